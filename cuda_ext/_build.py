@@ -1,0 +1,108 @@
+"""Compile and load the tlc_bsr C++ ops on first use, or fall back to pure torch with one warning.
+
+The extension is built with torch.utils.cpp_extension.load into the default torch extensions
+directory (~/.cache/torch_extensions). Its name carries a hash of the sources, the compiler flags,
+the torch version and the CPU's feature flags, because -march=native code built on one machine
+must not be loaded on another that shares the cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import threading
+import warnings
+from pathlib import Path
+
+import torch
+
+CSRC = Path(__file__).parent / "csrc"
+CPU_SOURCES = ("bsr_ops.cpp", "bsr_cpu.cpp", "bsr_kernels_cpu.cpp")
+CUDA_SOURCES = ("cuda/bsr_kernels.cu", "cuda/bsr_cuda.cu")
+HEADERS = ("bsr_checks.h", "bsr_kernels_cpu.h", "bsr_simd_avx512.h", "cuda/bsr_kernels.h")
+CFLAGS = ("-O3", "-march=native", "-fopenmp", "-std=c++17")
+CUDA_CFLAGS = ("-O3", "-std=c++17")
+
+DISABLE_ENV = "TLC_CUDA_EXT_DISABLE"
+"""Set to 1 to skip the build and always use the pure-torch path."""
+EXTRA_CFLAGS_ENV = "TLC_CUDA_EXT_EXTRA_CFLAGS"
+"""Extra compiler flags, space separated (tests pass an invalid one to simulate a failed build)."""
+
+_lock = threading.Lock()
+_state: dict = {"tried": False, "loaded": False, "error": None}
+
+
+def _with_cuda() -> bool:
+    from torch.utils.cpp_extension import CUDA_HOME
+
+    return torch.version.cuda is not None and CUDA_HOME is not None
+
+
+def _cpu_fingerprint() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith(("flags", "Features"))), "")
+    except OSError:
+        flags = ""
+    return platform.machine() + flags
+
+
+def _build_name(sources: list[Path], cflags: list[str]) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(sources) + [CSRC / h for h in HEADERS]:
+        if path.exists():
+            digest.update(path.read_bytes())
+    digest.update(" ".join(cflags).encode())
+    digest.update(torch.__version__.encode())
+    digest.update(_cpu_fingerprint().encode())
+    return f"tlc_bsr_{digest.hexdigest()[:16]}"
+
+
+def load() -> bool:
+    """Build (first call only) and load the compiled ops; True if they are available.
+
+    A failed build is reported by one RuntimeWarning per process and leaves the pure-torch path
+    in use; it never raises.
+    """
+    if _state["tried"]:
+        return _state["loaded"]
+    with _lock:
+        if _state["tried"]:
+            return _state["loaded"]
+        try:
+            if os.environ.get(DISABLE_ENV) == "1":
+                raise RuntimeError(f"disabled by {DISABLE_ENV}=1")
+            from torch.utils.cpp_extension import load as load_extension
+
+            cflags = list(CFLAGS) + os.environ.get(EXTRA_CFLAGS_ENV, "").split()
+            sources = [CSRC / s for s in CPU_SOURCES]
+            if _with_cuda():
+                sources += [CSRC / s for s in CUDA_SOURCES]
+            load_extension(
+                name=_build_name(sources, cflags),
+                sources=[str(s) for s in sources],
+                extra_cflags=cflags,
+                extra_cuda_cflags=list(CUDA_CFLAGS),
+                extra_ldflags=["-fopenmp"],
+                extra_include_paths=[str(CSRC)],
+                is_python_module=False,
+                verbose=False,
+            )
+            _state["loaded"] = True
+        except Exception as error:  # any build or load failure means: use the fallback
+            _state["error"] = f"{type(error).__name__}: {str(error).strip().splitlines()[-1] if str(error).strip() else ''}"
+            warnings.warn(
+                f"cuda_ext: the block-sparse kernels could not be built or loaded ({_state['error']}); "
+                f"falling back to the slower pure-torch path. Set {DISABLE_ENV}=1 to skip the build.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        finally:
+            _state["tried"] = True
+    return _state["loaded"]
+
+
+def build_error() -> str | None:
+    """Why the compiled ops are unavailable (None if they loaded or no build was tried yet)."""
+    return _state["error"]

@@ -1,0 +1,91 @@
+"""The tlc_bsr operators: typed Python wrappers, fake (meta) kernels and autograd formulas.
+
+The schemas and the CPU/CUDA kernels live in C++ (csrc/); this module builds them on first use
+(see _build.py) and registers what torch.compile and autograd need. When the build fails the
+wrappers route to the pure-torch emulator in reference.py, with the same results.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import _build
+from .reference import bsr_linear_reference
+
+_registered = False
+
+
+def available() -> bool:
+    """True if the compiled block-sparse kernels loaded (building them on the first call)."""
+    global _registered
+    if not _build.load():
+        return False
+    if not _registered:
+        _register_python_side()
+        _registered = True
+    return True
+
+
+def bsr_linear(x: torch.Tensor, values: torch.Tensor, crow_indices: torch.Tensor, col_indices: torch.Tensor,
+               bias: torch.Tensor | None = None) -> torch.Tensor:
+    """y = x · Wᵀ + bias with W in BSR form (see bsr_format.py); x is [..., in_features].
+
+    Differentiable in x, values and bias. Uses the compiled kernels when available(), else the
+    pure-torch emulator.
+    """
+    if not available():
+        return bsr_linear_reference(x, values, crow_indices, col_indices, bias)
+    lead = x.shape[:-1]
+    y = torch.ops.tlc_bsr.bsr_linear(x.reshape(-1, x.shape[-1]), values, crow_indices, col_indices, bias)
+    return y.reshape(*lead, y.shape[-1])
+
+
+def bsr_linear_grad_input(grad_y: torch.Tensor, values: torch.Tensor, crow_indices: torch.Tensor,
+                          col_indices: torch.Tensor, in_features: int) -> torch.Tensor:
+    """grad_x [tokens, in] = grad_y [tokens, out] · W (the transposed BSR product). Needs available()."""
+    return torch.ops.tlc_bsr.bsr_linear_grad_input(grad_y, values, crow_indices, col_indices, in_features)
+
+
+def bsr_linear_grad_values(grad_y: torch.Tensor, x: torch.Tensor, crow_indices: torch.Tensor,
+                           col_indices: torch.Tensor, block_size: int) -> torch.Tensor:
+    """grad_values[k] = grad_y[:, rows of block k]ᵀ · x[:, cols of block k]. Needs available()."""
+    return torch.ops.tlc_bsr.bsr_linear_grad_values(grad_y, x, crow_indices, col_indices, block_size)
+
+
+def _fake_bsr_linear(x, values, crow_indices, col_indices, bias):
+    torch._check(x.dim() == 2, lambda: f"bsr_linear: x must be 2-D, got {x.dim()}-D")
+    return x.new_empty(x.shape[0], (crow_indices.shape[0] - 1) * values.shape[1])
+
+
+def _fake_grad_input(grad_y, values, crow_indices, col_indices, in_features):
+    return grad_y.new_empty(grad_y.shape[0], in_features)
+
+
+def _fake_grad_values(grad_y, x, crow_indices, col_indices, block_size):
+    return x.new_empty(col_indices.shape[0], block_size, block_size)
+
+
+def _setup_context(ctx, inputs, output):
+    x, values, crow_indices, col_indices, bias = inputs
+    ctx.save_for_backward(x, values, crow_indices, col_indices)
+    ctx.has_bias = bias is not None
+
+
+def _backward(ctx, grad_y):
+    x, values, crow_indices, col_indices = ctx.saved_tensors
+    grad_y = grad_y.contiguous()
+    grad_x = grad_values = grad_bias = None
+    if ctx.needs_input_grad[0]:
+        grad_x = bsr_linear_grad_input(grad_y, values, crow_indices, col_indices, x.shape[1])
+    if ctx.needs_input_grad[1]:
+        grad_values = bsr_linear_grad_values(grad_y, x, crow_indices, col_indices, values.shape[1])
+    if ctx.has_bias and ctx.needs_input_grad[4]:
+        grad_bias = grad_y.sum(0, dtype=torch.float32).to(grad_y.dtype)
+    return grad_x, grad_values, None, None, grad_bias
+
+
+def _register_python_side() -> None:
+    torch.library.register_fake("tlc_bsr::bsr_linear")(_fake_bsr_linear)
+    torch.library.register_fake("tlc_bsr::bsr_linear_grad_input")(_fake_grad_input)
+    torch.library.register_fake("tlc_bsr::bsr_linear_grad_values")(_fake_grad_values)
+    torch.library.register_autograd("tlc_bsr::bsr_linear", _backward, setup_context=_setup_context)
