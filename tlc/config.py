@@ -1,0 +1,321 @@
+"""Typed settings for one training run and for a sweep, with validation that speaks to the user.
+
+A sweep file (YAML, see ``sweeps/tiny.yaml``) and the ``tlc train`` flags both resolve to the
+same :class:`RunConfig`. Every check happens here, before any data is read or model is built,
+and every problem names the field (or flag) and says what would be valid.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from tlc.errors import UserError
+
+ARCHS = ("gpt2", "llama")
+PRECISIONS = ("fp32", "bf16")
+RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """The shape of one decoder-only transformer."""
+
+    width: int  # d_model: residual stream width
+    depth: int  # number of transformer blocks
+    heads: int  # attention heads; width must be a multiple of heads
+    context: int = 128  # tokens per training sequence (and position embeddings)
+    vocab_size: int = 1024  # BPE vocabulary, shared by the tokenizer
+    arch: str = "gpt2"  # "gpt2" (learned positions, GELU, Conv1D) or "llama" (RoPE, SwiGLU, RMSNorm)
+    ffn_mult: int = 4  # FFN hidden width = ffn_mult * width
+
+    def run_id(self, seed: int) -> str:
+        """Name a run by its shape, e.g. ``w256-d4-s0`` (architecture prefixed when not GPT-2)."""
+        prefix = "" if self.arch == "gpt2" else f"{self.arch}-"
+        return f"{prefix}w{self.width}-d{self.depth}-s{seed}"
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """How long and how one run trains."""
+
+    tokens: int | None = None  # training tokens for the run; give this or `flops`
+    flops: float | None = None  # training FLOPs for the run (converted to tokens by the model's FLOPs/token)
+    micro_batch: int = 16  # sequences per process per forward/backward
+    grad_accum: int = 1  # micro-batches accumulated per optimizer step
+    lr: float = 3e-3  # peak learning rate (AdamW)
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
+    warmup_frac: float = 0.05  # share of optimizer steps spent in linear warmup
+    weight_decay: float = 0.1  # decoupled weight decay on matrices only
+    grad_clip: float = 1.0  # global gradient-norm clip; 0 turns it off
+    zero_stage: int = 0  # DeepSpeed ZeRO stage: 0, 1 or 2
+    precision: str = "bf16"  # "fp32" or "bf16" (bf16 weights and activations, fp32 master weights)
+    evals: int = 12  # evaluations, spaced evenly in log training FLOPs
+    eval_tokens: int = 8192  # validation tokens scored at each evaluation
+    checkpoint_evals: int = 1  # write a DeepSpeed checkpoint every this many evaluations
+
+
+@dataclass(frozen=True)
+class DataSettings:
+    """Where the text comes from and how it is tokenized."""
+
+    source: str = "stdlib"  # "stdlib", a text file, a folder, a glob, or a .jsonl file with a "text" field
+    val_percent: float = 5.0  # share of documents (by path hash) held out for validation
+    text_field: str = "text"  # field read from JSONL records
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that determines one training run."""
+
+    shape: ModelShape
+    train: TrainSettings
+    data: DataSettings = field(default_factory=DataSettings)
+    seed: int = 0
+
+    @property
+    def run_id(self) -> str:
+        return self.shape.run_id(self.seed)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class LaunchSettings:
+    """How a sweep starts each run's process."""
+
+    nproc: int = 1  # processes per run (torchrun); 1 runs a plain Python process
+    retries: int = 1  # times a failed run is tried again before the sweep records it as failed
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """A grid of shapes (times seeds), each trained with the same settings."""
+
+    name: str
+    shapes: tuple[ModelShape, ...]
+    seeds: tuple[int, ...]
+    train: TrainSettings
+    data: DataSettings
+    launch: LaunchSettings = field(default_factory=LaunchSettings)
+
+    def runs(self) -> list[RunConfig]:
+        """Every run of the sweep, in a stable order (shapes as listed, then seeds)."""
+        return [RunConfig(shape=s, train=self.train, data=self.data, seed=seed) for s in self.shapes for seed in self.seeds]
+
+    def run(self, run_id: str) -> RunConfig:
+        for r in self.runs():
+            if r.run_id == run_id:
+                return r
+        valid = ", ".join(r.run_id for r in self.runs())
+        raise UserError(f"--run-id: no run named {run_id!r} in sweep {self.name!r}; valid: {valid}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Validation
+
+
+def _number(value: Any, where: str, kind: type) -> Any:
+    """Coerce YAML scalars to numbers. PyYAML reads ``3e6`` (no dot) as a string, so accept that."""
+    if isinstance(value, bool):
+        raise UserError(f"{where}: expected a number, got {value!r}")
+    if isinstance(value, str):
+        try:
+            value = float(value.replace("_", ""))
+        except ValueError:
+            raise UserError(f"{where}: expected a number, got {value!r}") from None
+    if not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise UserError(f"{where}: expected a finite number, got {value!r}")
+    if kind is int:
+        if float(value) != int(value):
+            raise UserError(f"{where}: expected a whole number, got {value!r}")
+        return int(value)
+    return float(value)
+
+
+def _from_mapping(cls: type, mapping: Any, where: str) -> Any:
+    """Build a settings dataclass from a mapping, refusing unknown keys and wrong types."""
+    if mapping is None:
+        mapping = {}
+    if not isinstance(mapping, Mapping):
+        raise UserError(f"{where}: expected a mapping of settings, got {type(mapping).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(map(str, mapping)) - set(fields))
+    if unknown:
+        raise UserError(f"{where}: unknown key {unknown[0]!r}; valid keys: {', '.join(fields)}")
+    kwargs = {}
+    for key, value in mapping.items():
+        hint = str(fields[key].type)
+        if value is None and "None" in hint:
+            kwargs[key] = None
+        elif hint.startswith("int"):
+            kwargs[key] = _number(value, f"{where}.{key}", int)
+        elif hint.startswith("float"):
+            kwargs[key] = _number(value, f"{where}.{key}", float)
+        elif hint == "str":
+            if not isinstance(value, str):
+                raise UserError(f"{where}.{key}: expected text, got {value!r}")
+            kwargs[key] = value
+        else:
+            raise AssertionError(f"unhandled field type {hint} for {cls.__name__}.{key}")
+    return cls(**kwargs)
+
+
+def validate_shape(shape: ModelShape, where: str = "shape") -> None:
+    """Check one model shape; raise UserError naming the field."""
+    for name in ("width", "depth", "heads", "context", "vocab_size", "ffn_mult"):
+        value = getattr(shape, name)
+        if value <= 0:
+            raise UserError(f"{where}.{name}: must be a positive integer, got {value}")
+    if shape.width % shape.heads:
+        divisors = [h for h in range(1, shape.width + 1) if shape.width % h == 0 and h <= 64]
+        raise UserError(
+            f"{where}: width {shape.width} is not divisible by heads {shape.heads}; "
+            f"heads that divide it: {', '.join(map(str, divisors))}"
+        )
+    if shape.arch == "llama" and (shape.width // shape.heads) % 2:
+        raise UserError(f"{where}: llama needs an even head size (width/heads), got {shape.width // shape.heads}")
+    if shape.arch not in ARCHS:
+        raise UserError(f"{where}.arch: unknown architecture {shape.arch!r}; valid: {', '.join(ARCHS)}")
+    if shape.vocab_size < 260:
+        raise UserError(f"{where}.vocab_size: must be at least 260 (256 bytes plus merges), got {shape.vocab_size}")
+    if shape.vocab_size > 65535:
+        raise UserError(f"{where}.vocab_size: must be at most 65535, got {shape.vocab_size}")
+
+
+def validate_train(train: TrainSettings, where: str = "train") -> None:
+    """Check training settings; raise UserError naming the field."""
+    if (train.tokens is None) == (train.flops is None):
+        raise UserError(f"{where}: give exactly one budget per run, {where}.tokens or {where}.flops")
+    if train.tokens is not None and train.tokens <= 0:
+        raise UserError(f"{where}.tokens: must be positive, got {train.tokens}")
+    if train.flops is not None and train.flops <= 0:
+        raise UserError(f"{where}.flops: must be positive, got {train.flops}")
+    for name in ("micro_batch", "grad_accum", "evals", "eval_tokens", "checkpoint_evals"):
+        if getattr(train, name) <= 0:
+            raise UserError(f"{where}.{name}: must be a positive integer, got {getattr(train, name)}")
+    if not train.lr > 0:
+        raise UserError(f"{where}.lr: must be positive, got {train.lr}")
+    if not 0 <= train.min_lr_ratio <= 1:
+        raise UserError(f"{where}.min_lr_ratio: must be in [0, 1], got {train.min_lr_ratio}")
+    if not 0 <= train.warmup_frac < 1:
+        raise UserError(f"{where}.warmup_frac: must be in [0, 1), got {train.warmup_frac}")
+    if train.weight_decay < 0 or train.grad_clip < 0:
+        raise UserError(f"{where}: weight_decay and grad_clip must be >= 0")
+    if train.zero_stage not in (0, 1, 2):
+        raise UserError(f"{where}.zero_stage: must be 0, 1 or 2, got {train.zero_stage}")
+    if train.precision not in PRECISIONS:
+        raise UserError(f"{where}.precision: must be one of {', '.join(PRECISIONS)}, got {train.precision!r}")
+
+
+def validate_data(data: DataSettings, where: str = "data") -> None:
+    """Check data settings (the source's existence is checked when the corpus is read)."""
+    if not 0 < data.val_percent < 50:
+        raise UserError(f"{where}.val_percent: must be in (0, 50), got {data.val_percent}")
+    if not data.source:
+        raise UserError(f"{where}.source: must not be empty; use 'stdlib' for the embedded corpus")
+
+
+def validate_run(cfg: RunConfig) -> None:
+    """Check a whole run configuration."""
+    validate_shape(cfg.shape)
+    validate_train(cfg.train)
+    validate_data(cfg.data)
+    if cfg.seed < 0:
+        raise UserError(f"seed: must be >= 0, got {cfg.seed}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Sweep files
+
+SWEEP_KEYS = ("name", "model", "shapes", "seeds", "train", "data", "launch")
+SHAPE_DEFAULT_KEYS = ("context", "vocab_size", "arch", "ffn_mult")
+
+
+def parse_sweep(doc: Any, where: str = "sweep") -> SweepConfig:
+    """Turn a parsed YAML document into a validated :class:`SweepConfig`."""
+    if not isinstance(doc, Mapping):
+        raise UserError(f"{where}: expected a mapping with keys {', '.join(SWEEP_KEYS)}")
+    unknown = sorted(set(map(str, doc)) - set(SWEEP_KEYS))
+    if unknown:
+        raise UserError(f"{where}: unknown key {unknown[0]!r}; valid keys: {', '.join(SWEEP_KEYS)}")
+    name = doc.get("name")
+    if not isinstance(name, str) or not RUN_ID_PATTERN.match(name):
+        raise UserError(
+            f"{where}.name: must be a simple name of letters, digits, '.', '_' or '-' (no slashes), got {name!r}"
+        )
+    model_defaults = doc.get("model") or {}
+    if not isinstance(model_defaults, Mapping):
+        raise UserError(f"{where}.model: expected a mapping of {', '.join(SHAPE_DEFAULT_KEYS)}")
+    bad = sorted(set(map(str, model_defaults)) - set(SHAPE_DEFAULT_KEYS))
+    if bad:
+        raise UserError(f"{where}.model: unknown key {bad[0]!r}; valid keys: {', '.join(SHAPE_DEFAULT_KEYS)}")
+    raw_shapes = doc.get("shapes")
+    if not isinstance(raw_shapes, list) or not raw_shapes:
+        raise UserError(f"{where}.shapes: expected a non-empty list of {{width, depth, heads}} mappings")
+    shapes = []
+    for i, raw in enumerate(raw_shapes):
+        if not isinstance(raw, Mapping):
+            raise UserError(f"{where}.shapes[{i}]: expected a mapping like {{width: 64, depth: 2, heads: 2}}")
+        missing = [k for k in ("width", "depth", "heads") if k not in raw]
+        if missing:
+            raise UserError(f"{where}.shapes[{i}]: missing {', '.join(missing)}")
+        shape = _from_mapping(ModelShape, {**model_defaults, **raw}, f"{where}.shapes[{i}]")
+        validate_shape(shape, f"{where}.shapes[{i}]")
+        shapes.append(shape)
+    seeds_raw = doc.get("seeds", [0])
+    if not isinstance(seeds_raw, list) or not seeds_raw:
+        raise UserError(f"{where}.seeds: expected a non-empty list of integers, e.g. [0, 1]")
+    seeds = tuple(_number(s, f"{where}.seeds", int) for s in seeds_raw)
+    if any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
+        raise UserError(f"{where}.seeds: seeds must be distinct integers >= 0, got {list(seeds)}")
+    train = _from_mapping(TrainSettings, doc.get("train"), f"{where}.train")
+    validate_train(train, f"{where}.train")
+    data = _from_mapping(DataSettings, doc.get("data"), f"{where}.data")
+    validate_data(data, f"{where}.data")
+    launch = _from_mapping(LaunchSettings, doc.get("launch"), f"{where}.launch")
+    if launch.nproc < 1 or launch.retries < 0:
+        raise UserError(f"{where}.launch: nproc must be >= 1 and retries >= 0")
+    sweep = SweepConfig(name=name, shapes=tuple(shapes), seeds=seeds, train=train, data=data, launch=launch)
+    ids = [r.run_id for r in sweep.runs()]
+    dupes = sorted({i for i in ids if ids.count(i) > 1})
+    if dupes:
+        raise UserError(f"{where}.shapes: run {dupes[0]!r} appears twice; each (shape, seed) must be unique")
+    return sweep
+
+
+def load_sweep(path: Path) -> SweepConfig:
+    """Read and validate a sweep YAML file (``yaml.safe_load``: nothing in it is executed)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"SWEEP: no such file {str(path)!r}; see sweeps/tiny.yaml for an example") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"SWEEP: cannot read {str(path)!r}: {e}") from None
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark else ""
+        raise UserError(f"SWEEP: {path.name} is not valid YAML{at}: {getattr(e, 'problem', e)}") from None
+    return parse_sweep(doc, where=path.name)
+
+
+def sweep_to_dict(sweep: SweepConfig) -> dict:
+    """The sweep as plain data, in the same layout as a sweep file (for the resolved copy)."""
+    return {
+        "name": sweep.name,
+        "shapes": [dataclasses.asdict(s) for s in sweep.shapes],
+        "seeds": list(sweep.seeds),
+        "train": dataclasses.asdict(sweep.train),
+        "data": dataclasses.asdict(sweep.data),
+        "launch": dataclasses.asdict(sweep.launch),
+    }

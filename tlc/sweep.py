@@ -1,0 +1,243 @@
+"""A sweep: a grid of runs shared out through an Optuna study, each run in its own process.
+
+Workers (on one machine or many) open the same study — SQLite in the run directory by
+default, any Optuna storage URL otherwise — and claim runs as trials. The first pass over
+the grid comes from Optuna's GridSampler, which gives trial k the k-th grid point, so workers
+starting together never collide; later passes (a worker died, an earlier invocation stopped)
+enqueue the unfinished runs. A claim is checked after it is written: when two live trials
+hold the same run, the one with the lower number keeps it and the other stands down. Live
+trials send heartbeats; a trial whose worker died is failed by Optuna and its run taken over,
+resuming from the run's last checkpoint.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from tlc.config import SweepConfig, load_sweep, sweep_to_dict
+from tlc.errors import UserError
+from tlc.io import atomic_write_text, read_jsonl
+from tlc.train import check_run_dir, is_complete, plan_run
+
+HEARTBEAT_S = 10  # a live trial records a heartbeat this often
+GRACE_S = 60  # a trial silent for this long is declared dead and its run retried
+POLL_S = 5  # how often an idle worker looks again while other workers finish
+
+
+@dataclass
+class RunOutcome:
+    run_id: str
+    status: str  # "trained", "skipped" (already complete), "failed", "elsewhere" (another worker has it)
+    detail: str = ""
+
+
+def prepare_sweep_dir(sweep: SweepConfig, runs_root: Path) -> Path:
+    """Create ``runs/<sweep>/`` with a resolved ``sweep.yaml``, or check that an existing one matches."""
+    import yaml
+
+    sweep_dir = Path(runs_root) / sweep.name
+    check_run_dir(sweep_dir)
+    resolved = sweep_to_dict(sweep)
+    path = sweep_dir / "sweep.yaml"
+    if path.exists():
+        old = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        for key in ("shapes", "seeds", "train", "data"):
+            if old.get(key) != resolved[key]:
+                raise UserError(
+                    f"SWEEP: {str(sweep_dir)!r} was made by a sweep with different {key!r}; "
+                    "rename the sweep (name:) or use another --runs-dir"
+                )
+    atomic_write_text(path, yaml.safe_dump(resolved, sort_keys=False))
+    return sweep_dir
+
+
+def open_study(sweep: SweepConfig, sweep_dir: Path, storage_url: str | None):
+    """The sweep's Optuna study, with heartbeats so that a dead worker's run is retried."""
+    import optuna
+    from optuna.storages import RDBStorage, RetryFailedTrialCallback
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    url = storage_url or f"sqlite:///{(sweep_dir / 'study.db').resolve()}"
+    engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
+    try:
+        storage = RDBStorage(
+            url,
+            engine_kwargs=engine_kwargs,
+            heartbeat_interval=HEARTBEAT_S,
+            grace_period=GRACE_S,
+            failed_trial_callback=RetryFailedTrialCallback(max_retry=max(1, sweep.launch.retries)),
+        )
+    except Exception as e:  # SQLAlchemy raises many kinds for a bad URL or an unreachable server
+        raise UserError(f"--storage: cannot open {url!r}: {str(e).splitlines()[0]}") from None
+    ids = [r.run_id for r in sweep.runs()]
+    sampler = optuna.samplers.GridSampler({"run_id": ids}, seed=0)
+    return optuna.create_study(study_name=sweep.name, storage=storage, sampler=sampler, load_if_exists=True)
+
+
+class _Heartbeat:
+    """Records the trial's heartbeat in the storage until stopped."""
+
+    def __init__(self, storage, trial_id: int):
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, args=(storage, trial_id), daemon=True)
+
+    def _beat(self, storage, trial_id):
+        while not self._stop.wait(HEARTBEAT_S):
+            try:
+                storage.record_heartbeat(trial_id)
+            except Exception:  # a missed beat is retried; the grace period covers several
+                pass
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+def _claims(study, run_ids: list[str]):
+    """Per run: the numbers of live (RUNNING) trials holding it."""
+    from optuna.trial import TrialState
+
+    holders: dict[str, list[int]] = {r: [] for r in run_ids}
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        run_id = t.params.get("run_id")
+        if run_id in holders:
+            holders[run_id].append(t.number)
+    return holders
+
+
+def run_command(sweep_file: Path, run_id: str, run_dir: Path, nproc: int) -> list[str]:
+    """The command that trains one run of the sweep in a fresh process (torchrun for several)."""
+    train = ["-m", "tlc", "train", "--sweep", str(sweep_file), "--run-id", run_id, "--out", str(run_dir)]
+    if nproc == 1:
+        return [sys.executable, *train]
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *train]
+
+
+def _train_in_subprocess(cmd: list[str], log_path: Path) -> tuple[int, str]:
+    """Run one training process, passing its stderr through (the progress bar) into a log; return code and tail."""
+    tail: collections.deque[str] = collections.deque(maxlen=20)
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        assert proc.stderr is not None
+        buffer = b""
+        while chunk := proc.stderr.read1(4096):
+            sys.stderr.buffer.write(chunk)
+            sys.stderr.flush()
+            log.write(chunk)
+            buffer = (buffer + chunk)[-8192:]
+        code = proc.wait()
+    for line in buffer.decode("utf-8", "replace").replace("\r", "\n").splitlines():
+        if line.strip():
+            tail.append(line.strip())
+    return code, tail[-1] if tail else ""
+
+
+def run_sweep(sweep_path: Path, runs_root: Path = Path("runs"), storage: str | None = None,
+              max_runs: int | None = None) -> list[RunOutcome]:
+    """Train every run of a sweep that is not finished, sharing the work with any other worker."""
+    from optuna.storages import fail_stale_trials
+    from optuna.trial import TrialState
+
+    sweep = load_sweep(sweep_path)
+    for run in sweep.runs():  # refuse a budget smaller than one step before anything starts
+        plan_run(run, sweep.launch.nproc)
+    _prepare_data(sweep)
+    sweep_dir = prepare_sweep_dir(sweep, runs_root)
+    study = open_study(sweep, sweep_dir, storage)
+    ids = [r.run_id for r in sweep.runs()]
+    outcomes: dict[str, RunOutcome] = {}
+    failed_here: set[str] = set()
+    worker = f"{socket.gethostname()}-{os.getpid()}"
+    trained = 0
+    while max_runs is None or trained < max_runs:
+        fail_stale_trials(study)  # dead workers' trials become FAIL and are re-enqueued by the retry callback
+        holders = _claims(study, ids)
+        todo = [r for r in ids if not is_complete(sweep_dir / r) and not holders[r] and r not in failed_here]
+        if not todo:
+            if any(holders[r] and not is_complete(sweep_dir / r) for r in ids):
+                time.sleep(POLL_S)  # others are training the rest; stay to take over if one of them dies
+                continue
+            break
+        waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+        if len(study.get_trials(deepcopy=False)) >= len(ids) and not waiting:
+            study.enqueue_trial({"run_id": todo[0]})  # past the first pass over the grid
+        trial = study.ask()
+        run_id = trial.suggest_categorical("run_id", ids)
+        trial.set_user_attr("worker", worker)
+        run_dir = sweep_dir / run_id
+        if is_complete(run_dir):
+            study.tell(trial, _final_loss(run_dir))
+            outcomes.setdefault(run_id, RunOutcome(run_id, "skipped"))
+            continue
+        if min(_claims(study, ids)[run_id]) != trial.number or run_id in failed_here:
+            study.tell(trial, state=TrialState.PRUNED)  # another live trial holds this run
+            continue
+        trial.set_user_attr("started", time.time())
+        cmd = run_command(sweep_dir / "sweep.yaml", run_id, run_dir, sweep.launch.nproc)
+        with _Heartbeat(study._storage, trial._trial_id):
+            for attempt in range(1 + sweep.launch.retries):
+                code, last_line = _train_in_subprocess(cmd, sweep_dir / f"{run_id}.log")
+                if code == 0:
+                    break
+        if code == 0 and is_complete(run_dir):
+            study.tell(trial, _final_loss(run_dir))
+            outcomes[run_id] = RunOutcome(run_id, "trained")
+            trained += 1
+        else:
+            trial.set_user_attr("error", last_line[-500:])
+            study.tell(trial, state=TrialState.FAIL)
+            failed_here.add(run_id)
+            outcomes[run_id] = RunOutcome(run_id, "failed", last_line)
+    for r in ids:
+        if r not in outcomes:
+            outcomes[r] = RunOutcome(r, "skipped" if is_complete(sweep_dir / r) else "elsewhere")
+    return [outcomes[r] for r in ids]
+
+
+def _prepare_data(sweep: SweepConfig) -> None:
+    """Read the corpus and train the tokenizer once, before runs start in parallel processes."""
+    from tlc.data import load_corpus, load_tokens
+
+    corpus = load_corpus(sweep.data.source, sweep.data.val_percent, sweep.data.text_field)
+    for vocab in sorted({s.vocab_size for s in sweep.shapes}):
+        load_tokens(corpus, vocab)
+
+
+def _final_loss(run_dir: Path) -> float:
+    rows = read_jsonl(run_dir / "metrics.jsonl")
+    return float(rows[-1]["val_loss"]) if rows else float("nan")
+
+
+def summary_table(sweep_dir: Path, outcomes: list[RunOutcome]) -> str:
+    """A plain-text table: one line per run with its size, budget and final metrics."""
+    import json
+
+    header = f"{'run':<18} {'status':<9} {'N (non-emb)':>11} {'tokens':>9} {'FLOPs':>9} {'val loss':>8} {'bpb':>6} {'acc':>6} {'wall s':>7}"
+    lines = [header, "-" * len(header)]
+    for o in outcomes:
+        run_dir = sweep_dir / o.run_id
+        cfg_path = run_dir / "config.json"
+        n = json.loads(cfg_path.read_text())["params"]["non_embedding"] if cfg_path.exists() else None
+        rows = read_jsonl(run_dir / "metrics.jsonl")
+        last = rows[-1] if rows else {}
+        cells = [
+            f"{o.run_id:<18}", f"{o.status:<9}", f"{n:>11,}" if n else f"{'-':>11}",
+            f"{last['tokens']:>9.3g}" if last else f"{'-':>9}", f"{last['flops']:>9.3g}" if last else f"{'-':>9}",
+            f"{last['val_loss']:>8.4f}" if last else f"{'-':>8}", f"{last['val_bpb']:>6.3f}" if last else f"{'-':>6}",
+            f"{last['val_acc']:>6.3f}" if last else f"{'-':>6}", f"{last['wall_s']:>7.1f}" if last else f"{'-':>7}",
+        ]
+        lines.append(" ".join(cells) + (f"  {o.detail}" if o.detail else ""))
+    return "\n".join(lines)
+
