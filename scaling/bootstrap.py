@@ -1,0 +1,114 @@
+"""Bootstrap over runs: intervals for every fitted parameter and every prediction.
+
+Points on one learning curve are strongly correlated (same model, same data order), so
+resampling points would understate the uncertainty. Runs are resampled instead: a resample
+draws n_runs runs with replacement, and each point is weighted by how often its run was
+drawn. The same resamples are reused for every law of a sweep, so draw k of one law and draw
+k of another come from the same data and can be combined into one prediction.
+
+The intervals are percentile intervals of the refits: they describe the uncertainty of the
+fitted *mean* loss from which runs happened to be trained, not the scatter of a new run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import numpy as np
+
+from scaling.fitting import FitResult, best_grid_starts, fit_law
+from scaling.forms import LawForm
+
+CONFIDENCE = 0.95
+BOOTSTRAP_GRID_STARTS = 1  # grid points tried in each refit besides the full-data optimum
+
+
+def resample_runs(n_runs: int, n_resamples: int, seed: int) -> np.ndarray:
+    """How often each run is drawn in each resample: integer counts (n_resamples, n_runs)."""
+    if n_runs < 1:
+        raise ValueError(f"n_runs: need at least 1 run to resample, got {n_runs}")
+    if n_resamples < 0:
+        raise ValueError(f"bootstrap: the number of resamples must be >= 0, got {n_resamples}")
+    draws = np.random.default_rng(seed).integers(0, n_runs, size=(n_resamples, n_runs))
+    counts = np.zeros((n_resamples, n_runs), dtype=np.int64)
+    np.add.at(counts, (np.arange(n_resamples)[:, None], draws), 1)
+    return counts
+
+
+@dataclass(frozen=True)
+class BootstrapFits:
+    """Refits of one law on each resample; rows of ``thetas`` are NaN where a refit was unusable."""
+
+    law: str
+    thetas: np.ndarray  # (R, P) fitted coordinates
+    statuses: tuple[str, ...]  # per resample: a FitResult status, or "skipped" when no point was drawn
+
+    @property
+    def n_usable(self) -> int:
+        """Refits that count towards intervals (converged or on a bound)."""
+        return int(np.isfinite(self.thetas).all(axis=1).sum())
+
+    def status_counts(self) -> dict[str, int]:
+        """How many refits ended in each status."""
+        return {s: self.statuses.count(s) for s in sorted(set(self.statuses))}
+
+
+def bootstrap_law(
+    form: LawForm,
+    x: Mapping[str, np.ndarray],
+    loss: np.ndarray,
+    run_index: np.ndarray,
+    run_counts: np.ndarray,
+    full_fit: FitResult,
+    base_weights: np.ndarray | None = None,
+) -> BootstrapFits:
+    """Refit ``form`` on each run resample, starting from the full-data optimum.
+
+    run_index (n,) maps each point to its run; run_counts (R, n_runs) comes from
+    `resample_runs`. Each refit starts from the full-data optimum plus the best
+    BOOTSTRAP_GRID_STARTS grid points for the full data (fixed, so no per-refit grid search).
+    Refits that end "not_converged" are dropped from intervals but counted in the statuses.
+    """
+    loss = np.asarray(loss, dtype=float)
+    run_index = np.asarray(run_index)
+    base = np.ones_like(loss) if base_weights is None else np.asarray(base_weights, dtype=float)
+    grid = best_grid_starts(form, x, np.log(loss), base, BOOTSTRAP_GRID_STARTS)
+    starts = np.concatenate([np.asarray(full_fit.theta)[None, :], grid], axis=0)
+    thetas = np.full((len(run_counts), len(form.fitted)), np.nan)
+    statuses = []
+    for k, counts in enumerate(run_counts):
+        weights = base * counts[run_index]
+        if not (weights > 0).any():
+            statuses.append("skipped")
+            continue
+        refit = fit_law(form, x, loss, weights, starts=starts, grid_starts=0)
+        statuses.append(refit.status)
+        if refit.status != "not_converged":
+            thetas[k] = refit.theta
+    return BootstrapFits(law=form.name, thetas=thetas, statuses=tuple(statuses))
+
+
+def percentile_interval(samples: np.ndarray, confidence: float = CONFIDENCE) -> tuple[np.ndarray, np.ndarray]:
+    """Equal-tailed percentile interval over axis 0, ignoring NaN draws (all NaN gives NaN)."""
+    samples = np.asarray(samples, dtype=float)
+    tail = 100.0 * (1.0 - confidence) / 2.0
+    finite = np.isfinite(samples)
+    if not finite.any():
+        nan = np.full(samples.shape[1:], np.nan)
+        return nan, nan.copy()
+    with np.errstate(invalid="ignore"):
+        low, high = np.nanpercentile(samples, [tail, 100.0 - tail], axis=0)
+    return low, high
+
+
+def parameter_draws(form: LawForm, thetas: np.ndarray) -> dict[str, np.ndarray]:
+    """Named user-facing parameters for each bootstrap draw, NaN where the draw is unusable."""
+    names = form.parameter_names
+    draws = {name: np.full(len(thetas), np.nan) for name in names}
+    for k, theta in enumerate(thetas):
+        if np.isfinite(theta).all():
+            params: Any = form.to_parameters(theta)
+            for name in names:
+                draws[name][k] = getattr(params, name)
+    return draws

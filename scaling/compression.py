@@ -1,0 +1,195 @@
+"""Compression models: the loss added by pruning to sparsity s, and by 8-bit weights, against N.
+
+Every model here predicts the compressed loss as the dense loss plus a positive added loss,
+L = L_dense + dL(s, N), and is fitted like the other laws: Huber loss on log(L), so points
+where pruning measured slightly *better* than dense (noise at low sparsity) are still usable.
+N is the dense model's non-embedding parameter count, in units of N_REF so the coefficient
+is the added loss of a 10^6-parameter model, which keeps the fit well conditioned.
+
+Pruning candidates (s the fraction of prunable weights removed):
+- "odds_power": dL = c·(s/(1-s))^gamma·(N/N_REF)^-delta. Grows as a power of the pruning
+  odds, so it is flat at low sparsity and diverges as s -> 1; larger models are more robust
+  when delta > 0, the effect Li et al. 2020 (sec. 5) report.
+- "density_power": dL = c·((1-s)^-gamma - 1)·(N/N_REF)^-delta. The sparsity-dependent
+  coefficient of Frantar et al. 2023 ("Scaling Laws for Sparsely-Connected Foundation
+  Models", their L(S, N, D) with a_S(1-S)^b_S + c_S multiplying the size term), taken as the
+  difference between sparse and dense at fixed N and D.
+- "odds_power_size_free": odds_power with delta = 0, for sweeps too small to measure delta.
+8-bit candidates: "size_power": dL = c·(N/N_REF)^-delta, and "constant": dL = c.
+
+Choice: the candidate with the lowest error predicting the *largest* model's compressed
+losses from a fit on the smaller models (leave-largest-out), because extrapolating to larger
+models is what the planner asks of it; in-sample error would favour the most flexible form.
+With fewer than three model sizes there is nothing to extrapolate from two, so the N-free
+candidate ("odds_power_size_free", "constant") is chosen and the reason recorded.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from scaling.forms import LawForm, ParameterSpec, _col, _softmax_lse
+
+N_REF = 1e6  # non-embedding parameters at which the coefficient c is quoted
+
+
+def _log_total(dense_loss: np.ndarray, log_added: np.ndarray, d_log_added: list[np.ndarray], jacobian: bool):
+    """log(L_dense + exp(g)) and its Jacobian from g = log dL and dg/dtheta."""
+    lse, (_, w_added) = _softmax_lse([np.log(dense_loss), log_added])
+    if not jacobian:
+        return lse, None
+    return lse, np.stack([np.broadcast_arrays(w_added * d, lse)[0] for d in d_log_added], axis=-1)
+
+
+@dataclass(frozen=True)
+class PruningParameters:
+    """dL(s, N) for one pruning method; delta = 0 in the size-free candidate."""
+
+    c: float  # added loss at the reference shape (see the candidate's formula), nats
+    gamma: float  # sparsity exponent
+    delta: float  # model-size exponent: > 0 means larger models lose less
+
+
+@dataclass(frozen=True)
+class Int8Parameters:
+    """dL(N) of 8-bit weights; delta = 0 in the constant candidate."""
+
+    c: float  # added loss at N = N_REF, nats
+    delta: float
+
+
+_LOG_C = ParameterSpec("log_c", -30.0, 5.0, (-6.0, -4.0, -2.0, 0.0))
+_DELTA = ParameterSpec("delta", -1.0, 3.0, (0.0, 0.25, 0.5, 1.0))
+
+
+class OddsPowerPruning(LawForm):
+    """dL = c·(s/(1-s))^gamma·(N/N_REF)^-delta added to the dense loss (this module's docstring)."""
+
+    name = "odds_power"
+    equation = "L = L_dense + c * (s/(1-s))^gamma * (N/1e6)^-delta"
+    source = "power law in the pruning odds; size dependence as in Li et al. 2020 sec. 5"
+    covariates = ("sparsity", "N", "dense_loss")
+    fitted = (_LOG_C, ParameterSpec("gamma", 0.0, 10.0, (0.5, 1.0, 2.0, 4.0)), _DELTA)
+    parameters_type = PruningParameters
+
+    def log_loss(self, theta, x, jacobian=True):
+        log_odds = np.log(x["sparsity"]) - np.log1p(-x["sparsity"])
+        log_size = np.log(x["N"] / N_REF)
+        log_c, gamma, delta = (_col(theta, i) for i in range(3))
+        g = log_c + gamma * log_odds - delta * log_size
+        return _log_total(x["dense_loss"], g, [np.ones_like(g), log_odds, -log_size], jacobian)
+
+    def to_parameters(self, theta):
+        return PruningParameters(c=math.exp(theta[0]), gamma=float(theta[1]), delta=float(theta[2]))
+
+    def to_theta(self, p):
+        return np.array([math.log(p.c), p.gamma, p.delta])
+
+
+class SizeFreeOddsPowerPruning(LawForm):
+    """dL = c·(s/(1-s))^gamma, the same for every model size."""
+
+    name = "odds_power_size_free"
+    equation = "L = L_dense + c * (s/(1-s))^gamma"
+    source = "odds_power with delta = 0"
+    covariates = ("sparsity", "N", "dense_loss")
+    fitted = (_LOG_C, ParameterSpec("gamma", 0.0, 10.0, (0.5, 1.0, 2.0, 4.0)))
+    parameters_type = PruningParameters
+
+    def log_loss(self, theta, x, jacobian=True):
+        log_odds = np.log(x["sparsity"]) - np.log1p(-x["sparsity"])
+        log_c, gamma = (_col(theta, i) for i in range(2))
+        g = log_c + gamma * log_odds
+        return _log_total(x["dense_loss"], g, [np.ones_like(g), log_odds], jacobian)
+
+    def to_parameters(self, theta):
+        return PruningParameters(c=math.exp(theta[0]), gamma=float(theta[1]), delta=0.0)
+
+    def to_theta(self, p):
+        return np.array([math.log(p.c), p.gamma])
+
+
+class DensityPowerPruning(LawForm):
+    """dL = c·((1-s)^-gamma - 1)·(N/N_REF)^-delta, after Frantar et al. 2023 (module docstring)."""
+
+    name = "density_power"
+    equation = "L = L_dense + c * ((1-s)^-gamma - 1) * (N/1e6)^-delta"
+    source = "Frantar et al. 2023, sparsity-dependent coefficient a_S (1-S)^b_S + c_S of their L(S, N, D)"
+    covariates = ("sparsity", "N", "dense_loss")
+    fitted = (_LOG_C, ParameterSpec("gamma", 1e-3, 10.0, (0.25, 0.5, 1.0, 2.0)), _DELTA)
+    parameters_type = PruningParameters
+
+    def log_loss(self, theta, x, jacobian=True):
+        log_inverse_density = -np.log1p(-x["sparsity"])  # u = -log(1-s) > 0
+        log_size = np.log(x["N"] / N_REF)
+        log_c, gamma, delta = (_col(theta, i) for i in range(3))
+        gu = gamma * log_inverse_density
+        g = log_c + np.log(np.expm1(gu)) - delta * log_size
+        # d/dgamma log(exp(gamma u) - 1) = u / (1 - exp(-gamma u))
+        d_gamma = log_inverse_density / -np.expm1(-gu)
+        return _log_total(x["dense_loss"], g, [np.ones_like(g), d_gamma, -log_size], jacobian)
+
+    def to_parameters(self, theta):
+        return PruningParameters(c=math.exp(theta[0]), gamma=float(theta[1]), delta=float(theta[2]))
+
+    def to_theta(self, p):
+        return np.array([math.log(p.c), p.gamma, p.delta])
+
+
+class SizePowerInt8(LawForm):
+    """dL = c·(N/N_REF)^-delta for 8-bit weights."""
+
+    name = "size_power"
+    equation = "L = L_dense + c * (N/1e6)^-delta"
+    source = "power law in model size, as for pruning"
+    covariates = ("N", "dense_loss")
+    fitted = (_LOG_C, _DELTA)
+    parameters_type = Int8Parameters
+
+    def log_loss(self, theta, x, jacobian=True):
+        log_size = np.log(x["N"] / N_REF)
+        log_c, delta = (_col(theta, i) for i in range(2))
+        g = log_c - delta * log_size
+        return _log_total(x["dense_loss"], g, [np.ones_like(g), -log_size], jacobian)
+
+    def to_parameters(self, theta):
+        return Int8Parameters(c=math.exp(theta[0]), delta=float(theta[1]))
+
+    def to_theta(self, p):
+        return np.array([math.log(p.c), p.delta])
+
+
+class ConstantInt8(LawForm):
+    """dL = c for 8-bit weights, whatever the model size."""
+
+    name = "constant"
+    equation = "L = L_dense + c"
+    source = "size_power with delta = 0"
+    covariates = ("N", "dense_loss")
+    fitted = (_LOG_C,)
+    parameters_type = Int8Parameters
+
+    def log_loss(self, theta, x, jacobian=True):
+        g = _col(theta, 0) + np.zeros_like(x["N"])
+        return _log_total(x["dense_loss"], g, [np.ones_like(g)], jacobian)
+
+    def to_parameters(self, theta):
+        return Int8Parameters(c=math.exp(theta[0]), delta=0.0)
+
+    def to_theta(self, p):
+        return np.array([math.log(p.c)])
+
+
+PRUNING_CANDIDATES: dict[str, LawForm] = {
+    f.name: f for f in (OddsPowerPruning(), DensityPowerPruning(), SizeFreeOddsPowerPruning())
+}
+INT8_CANDIDATES: dict[str, LawForm] = {f.name: f for f in (SizePowerInt8(), ConstantInt8())}
+SIZE_FREE = {"pruning": "odds_power_size_free", "int8": "constant"}
+
+
+def added_loss(form: LawForm, parameters, dense_loss: np.ndarray | float, **covariates) -> np.ndarray:
+    """dL predicted by a compression model: its compressed loss minus ``dense_loss``."""
+    return form.predict(parameters, dense_loss=dense_loss, **covariates) - np.asarray(dense_loss, dtype=float)

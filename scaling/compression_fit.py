@@ -1,0 +1,127 @@
+"""Fit and choose compression models for each pruning method and for 8-bit weights.
+
+The points: every compressed variant of every run, against that run's dense final loss.
+Pruning models use 32-bit variants with sparsity > 0, one model per method; the 8-bit model
+uses unpruned 8-bit variants. Variants both pruned and 8-bit are not fitted: the planner
+adds the two added losses (`scaling.fitted`), an assumption these variants could test.
+How a candidate is chosen is explained in `scaling.compression`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from scaling.compression import INT8_CANDIDATES, PRUNING_CANDIDATES, SIZE_FREE
+from scaling.fitting import FitResult, fit_law
+from scaling.observations import MIN_MODEL_SIZES, SweepObservations
+
+
+@dataclass(frozen=True)
+class CompressionPoints:
+    """Measured compressed losses for one method (or 8-bit), with covariates per point."""
+
+    kind: str  # "pruning" or "int8"
+    method: str  # pruning method, or "int8"
+    N: np.ndarray  # (n,) the dense model's non-embedding parameters
+    sparsity: np.ndarray  # (n,)
+    dense_loss: np.ndarray  # (n,) the run's final validation loss
+    loss: np.ndarray  # (n,) the compressed variant's validation loss
+    run_index: np.ndarray  # (n,) index into SweepObservations.runs
+
+    @property
+    def covariates(self) -> dict[str, np.ndarray]:
+        """Covariates by the names the compression forms use."""
+        return {"sparsity": self.sparsity, "N": self.N, "dense_loss": self.dense_loss}
+
+
+def compression_points(observations: SweepObservations) -> list[CompressionPoints]:
+    """Group the sweep's compressed variants: one group per pruning method, one for 8-bit."""
+    groups: dict[tuple[str, str], list] = {}
+    for variant in observations.variants:
+        if variant.bits == 32 and variant.sparsity > 0 and variant.method != "none":
+            key = ("pruning", variant.method)
+        elif variant.bits == 8 and variant.sparsity == 0:
+            key = ("int8", "int8")
+        else:
+            continue  # the dense baseline itself, or pruned and 8-bit together
+        groups.setdefault(key, []).append(variant)
+    out = []
+    for (kind, method), variants in sorted(groups.items()):
+        index = np.array([observations.run_position(v.run_id) for v in variants])
+        runs = [observations.runs[i] for i in index]
+        out.append(
+            CompressionPoints(
+                kind=kind,
+                method=method,
+                N=np.array([r.non_embedding_params for r in runs]),
+                sparsity=np.array([v.sparsity for v in variants]),
+                dense_loss=np.array([r.final_loss for r in runs]),
+                loss=np.array([v.val_loss for v in variants]),
+                run_index=index,
+            )
+        )
+    return out
+
+
+@dataclass(frozen=True)
+class CompressionModel:
+    """The chosen model for one method, the candidates' held-out errors and why it won."""
+
+    kind: str
+    method: str
+    candidate: str  # name of the chosen form
+    fit: FitResult  # fitted on every point of the method
+    heldout_errors: dict[str, float | None]  # candidate -> mean |pred/obs - 1| on the largest N
+    reason: str
+    n_points: int
+
+
+def _heldout_error(form, points: CompressionPoints) -> float | None:
+    """Mean relative error predicting the largest model's points from a fit on the others."""
+    largest = points.N.max()
+    train = points.N < largest
+    if train.sum() < len(form.fitted) + 1:
+        return None
+    fit = fit_law(form, points.covariates, points.loss, train.astype(float), grid_starts=6)
+    test = ~train
+    predicted = form.predict(fit.parameters, **{k: v[test] for k, v in points.covariates.items()})
+    return float(np.mean(np.abs(predicted / points.loss[test] - 1.0)))
+
+
+def fit_compression_model(points: CompressionPoints) -> CompressionModel | str:
+    """Choose and fit a compression model for ``points``; a string says why none could be fitted."""
+    candidates = PRUNING_CANDIDATES if points.kind == "pruning" else INT8_CANDIDATES
+    size_free = candidates[SIZE_FREE[points.kind]]
+    n = len(points.loss)
+    if n < len(size_free.fitted) + 1:
+        return f"{n} variant(s); need at least {len(size_free.fitted) + 1} to fit {size_free.name}"
+    n_sizes = len(np.unique(points.N))
+    errors: dict[str, float | None] = {name: None for name in candidates}
+    if n_sizes < MIN_MODEL_SIZES:
+        chosen = size_free
+        reason = (
+            f"{n_sizes} model size(s) measured; at least {MIN_MODEL_SIZES} are needed to compare candidates "
+            f"on the largest, so the size-free form was used"
+        )
+    else:
+        for name, form in candidates.items():
+            errors[name] = _heldout_error(form, points)
+        scored = {name: e for name, e in errors.items() if e is not None}
+        if not scored:
+            chosen, reason = size_free, "too few points below the largest model size to compare candidates"
+        else:
+            best = min(scored, key=scored.get)
+            chosen = candidates[best]
+            reason = f"lowest leave-largest-out error ({scored[best]:.4f}) among {sorted(scored)}"
+    fit = fit_law(chosen, points.covariates, points.loss, grid_starts=8)
+    return CompressionModel(
+        kind=points.kind,
+        method=points.method,
+        candidate=chosen.name,
+        fit=fit,
+        heldout_errors=errors,
+        reason=reason,
+        n_points=n,
+    )

@@ -1,0 +1,263 @@
+"""Scaling-law forms for loss against model size, data and compute.
+
+Each form predicts the *logarithm* of the loss, because every fit in `scaling` is made in log
+space (Hoffmann et al. 2022, approach 3), and returns the Jacobian of that log-prediction with
+respect to the coordinates the optimiser moves ("fitted coordinates", e.g. a = log A), so the
+objective's gradient is analytic. The user-facing parameters (E, A, alpha, ...) are a frozen
+dataclass per form; `to_parameters` / `to_theta` convert between the two.
+
+Shapes: ``theta`` is (..., P) so a whole grid of starting points can be evaluated at once;
+covariates are (n,); the log-prediction is (..., n) and the Jacobian (..., n, P).
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+from dataclasses import dataclass
+from typing import Any, ClassVar, Mapping
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class ParameterSpec:
+    """One fitted coordinate: its name, L-BFGS-B bounds and the values tried as starting points."""
+
+    name: str
+    lower: float
+    upper: float
+    grid: tuple[float, ...]
+
+
+class LawForm(abc.ABC):
+    """A loss law: log-prediction with analytic Jacobian, bounds and a start grid for fitting."""
+
+    name: ClassVar[str]
+    equation: ClassVar[str]
+    source: ClassVar[str]
+    covariates: ClassVar[tuple[str, ...]]
+    fitted: ClassVar[tuple[ParameterSpec, ...]]
+    parameters_type: ClassVar[type]
+
+    @abc.abstractmethod
+    def log_loss(
+        self, theta: np.ndarray, x: Mapping[str, np.ndarray], jacobian: bool = True
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Log predicted loss (..., n) and its Jacobian (..., n, P) w.r.t. theta (None if not asked)."""
+
+    @abc.abstractmethod
+    def to_parameters(self, theta: np.ndarray) -> Any:
+        """The named, user-facing parameters for fitted coordinates ``theta`` (P,)."""
+
+    @abc.abstractmethod
+    def to_theta(self, parameters: Any) -> np.ndarray:
+        """Fitted coordinates (P,) for named parameters; the inverse of `to_parameters`."""
+
+    @property
+    def parameter_names(self) -> tuple[str, ...]:
+        """Names of the user-facing parameters, in dataclass order."""
+        return tuple(self.parameters_type.__dataclass_fields__)
+
+    @property
+    def bounds(self) -> list[tuple[float, float]]:
+        """L-BFGS-B bounds on the fitted coordinates."""
+        return [(p.lower, p.upper) for p in self.fitted]
+
+    def start_grid(self) -> np.ndarray:
+        """Every combination of the per-coordinate start values, (G, P)."""
+        axes = np.meshgrid(*[np.asarray(p.grid, dtype=float) for p in self.fitted], indexing="ij")
+        return np.stack([a.ravel() for a in axes], axis=-1)
+
+    def predict(self, parameters: Any, **covariates: np.ndarray | float) -> np.ndarray:
+        """Predicted loss for named parameters at the given covariates (broadcast together)."""
+        arrays = np.broadcast_arrays(*[np.asarray(covariates[c], dtype=float) for c in self.covariates])
+        flat = {c: a.ravel() for c, a in zip(self.covariates, arrays)}
+        log_loss, _ = self.log_loss(self.to_theta(parameters), flat, jacobian=False)
+        return np.exp(log_loss).reshape(arrays[0].shape)
+
+
+def _softmax_lse(terms: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+    """log(sum(exp(terms))) and the softmax weights, computed stably; all terms broadcast."""
+    stacked = np.stack(np.broadcast_arrays(*terms), axis=0)
+    top = stacked.max(axis=0)
+    expd = np.exp(stacked - top)
+    total = expd.sum(axis=0)
+    return top + np.log(total), list(expd / total)
+
+
+def _col(theta: np.ndarray, i: int) -> np.ndarray:
+    """Coordinate i of theta (..., P) shaped (..., 1) to broadcast against covariates (n,)."""
+    return theta[..., i : i + 1]
+
+
+# --- Chinchilla ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ChinchillaParameters:
+    """L(N, D) = E + A / N^alpha + B / D^beta; N non-embedding parameters, D training tokens."""
+
+    E: float  # irreducible loss, nats per token
+    A: float  # model-size coefficient
+    B: float  # data coefficient
+    alpha: float  # model-size exponent
+    beta: float  # data exponent
+
+
+# Hoffmann et al. 2022, eq. 10 (approach 3), their fit on MassiveText.
+PUBLISHED_CHINCHILLA = ChinchillaParameters(E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28)
+
+
+class ChinchillaForm(LawForm):
+    """Chinchilla's parametric loss, fitted with the log-sum-exp parametrisation.
+
+    Source: Hoffmann et al. 2022, "Training Compute-Optimal Large Language Models", eq. 2
+    (approach 3); the log-space fit follows their eq. 3 and Besiroglu et al. 2024 (Epoch,
+    "Chinchilla Scaling: A replication attempt"):
+    log L = LSE(a - alpha·log N, b - beta·log D, e) with a = log A, b = log B, e = log E.
+    """
+
+    name = "chinchilla"
+    equation = "L(N, D) = E + A / N^alpha + B / D^beta"
+    source = "Hoffmann et al. 2022, eq. 2 and 3 (approach 3); log-sum-exp fit as in Besiroglu et al. 2024"
+    covariates = ("N", "D")
+    # Start grid after Hoffmann et al. (their appendix D.2) and Epoch's replication.
+    fitted = (
+        ParameterSpec("a", -10.0, 40.0, (0.0, 5.0, 10.0, 15.0, 20.0, 25.0)),
+        ParameterSpec("b", -10.0, 40.0, (0.0, 5.0, 10.0, 15.0, 20.0, 25.0)),
+        ParameterSpec("e", -10.0, 4.0, (-1.0, -0.5, 0.0, 0.5, 1.0, 1.5)),
+        ParameterSpec("alpha", 0.0, 3.0, (0.0, 0.5, 1.0, 1.5, 2.0)),
+        ParameterSpec("beta", 0.0, 3.0, (0.0, 0.5, 1.0, 1.5, 2.0)),
+    )
+    parameters_type = ChinchillaParameters
+
+    def log_loss(self, theta, x, jacobian=True):
+        log_n, log_d = np.log(x["N"]), np.log(x["D"])
+        a, b, e, alpha, beta = (_col(theta, i) for i in range(5))
+        lse, (w_n, w_d, w_e) = _softmax_lse([a - alpha * log_n, b - beta * log_d, e])
+        if not jacobian:
+            return lse, None
+        jac = np.stack([w_n, w_d, w_e, -w_n * log_n, -w_d * log_d], axis=-1)
+        return lse, jac
+
+    def to_parameters(self, theta):
+        a, b, e, alpha, beta = (float(v) for v in theta)
+        return ChinchillaParameters(E=math.exp(e), A=math.exp(a), B=math.exp(b), alpha=alpha, beta=beta)
+
+    def to_theta(self, p):
+        return np.array([math.log(p.A), math.log(p.B), math.log(p.E), p.alpha, p.beta])
+
+
+# --- Kaplan --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class KaplanParameters:
+    """L(N, D) = [(N_c / N)^(alpha_N / alpha_D) + D_c / D]^alpha_D."""
+
+    N_c: float  # critical model size, non-embedding parameters
+    D_c: float  # critical data size, tokens
+    alpha_N: float
+    alpha_D: float
+
+
+class KaplanForm(LawForm):
+    """Kaplan et al.'s joint law in model size and data, with no irreducible term.
+
+    Source: Kaplan et al. 2020, "Scaling Laws for Neural Language Models", eq. 1.5 (and 4.1).
+    In log space, with u = (alpha_N/alpha_D)(log N_c - log N) and v = log D_c - log D:
+    log L = alpha_D · LSE(u, v). Fitted coordinates: log N_c, log D_c, alpha_N, alpha_D.
+    """
+
+    name = "kaplan"
+    equation = "L(N, D) = [(N_c / N)^(alpha_N / alpha_D) + D_c / D]^alpha_D"
+    source = "Kaplan et al. 2020, eq. 1.5"
+    covariates = ("N", "D")
+    fitted = (
+        ParameterSpec("log_N_c", -10.0, 120.0, (10.0, 20.0, 30.0, 45.0)),
+        ParameterSpec("log_D_c", -10.0, 120.0, (10.0, 20.0, 30.0, 45.0)),
+        ParameterSpec("alpha_N", 1e-3, 3.0, (0.05, 0.1, 0.2, 0.4, 0.8)),
+        ParameterSpec("alpha_D", 1e-3, 3.0, (0.05, 0.1, 0.2, 0.4, 0.8)),
+    )
+    parameters_type = KaplanParameters
+
+    def log_loss(self, theta, x, jacobian=True):
+        log_n, log_d = np.log(x["N"]), np.log(x["D"])
+        log_nc, log_dc, alpha_n, alpha_d = (_col(theta, i) for i in range(4))
+        size_gap = log_nc - log_n
+        u = (alpha_n / alpha_d) * size_gap
+        lse, (w_u, w_v) = _softmax_lse([u, log_dc - log_d])
+        log_loss = alpha_d * lse
+        if not jacobian:
+            return log_loss, None
+        w_u, w_v = np.broadcast_arrays(w_u, log_loss)[0], np.broadcast_arrays(w_v, log_loss)[0]
+        jac = np.stack(
+            [
+                alpha_n * w_u,  # d/d log N_c
+                alpha_d * w_v,  # d/d log D_c
+                w_u * size_gap,  # d/d alpha_N
+                lse - w_u * u,  # d/d alpha_D: the exponent, and the ratio alpha_N/alpha_D inside u
+            ],
+            axis=-1,
+        )
+        return log_loss, jac
+
+    def to_parameters(self, theta):
+        log_nc, log_dc, alpha_n, alpha_d = (float(v) for v in theta)
+        return KaplanParameters(N_c=math.exp(log_nc), D_c=math.exp(log_dc), alpha_N=alpha_n, alpha_D=alpha_d)
+
+    def to_theta(self, p):
+        return np.array([math.log(p.N_c), math.log(p.D_c), p.alpha_N, p.alpha_D])
+
+
+# --- Per-run learning curve -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LearningCurveParameters:
+    """L(C) = E + A · C^-alpha for one run, C its training FLOPs so far."""
+
+    E: float
+    A: float
+    alpha: float
+
+
+class LearningCurveForm(LawForm):
+    """Loss against training compute for one run (or for the compute-optimal frontier).
+
+    Source: the saturating power law in compute used for learning curves and the frontier in
+    Kaplan et al. 2020 (sec. 3.3 and 6.1, there without the constant E) and Hoffmann et al.
+    2022 (the E + ... structure of eq. 2). log L = LSE(e, a - alpha·log C).
+    """
+
+    name = "learning_curve"
+    equation = "L(C) = E + A * C^-alpha"
+    source = "Kaplan et al. 2020 sec. 6.1 (power law in compute) with Hoffmann et al. 2022's irreducible term E"
+    covariates = ("C",)
+    fitted = (
+        ParameterSpec("e", -10.0, 4.0, (-1.0, 0.0, 0.5, 1.0, 1.5)),
+        ParameterSpec("a", -20.0, 200.0, (0.0, 2.0, 5.0, 10.0, 20.0, 40.0)),
+        ParameterSpec("alpha", 0.0, 5.0, (0.05, 0.1, 0.2, 0.4, 0.8, 1.5)),
+    )
+    parameters_type = LearningCurveParameters
+
+    def log_loss(self, theta, x, jacobian=True):
+        log_c = np.log(x["C"])
+        e, a, alpha = (_col(theta, i) for i in range(3))
+        lse, (w_e, w_c) = _softmax_lse([e, a - alpha * log_c])
+        if not jacobian:
+            return lse, None
+        w_e = np.broadcast_arrays(w_e, lse)[0]
+        return lse, np.stack([w_e, w_c, -w_c * log_c], axis=-1)
+
+    def to_parameters(self, theta):
+        e, a, alpha = (float(v) for v in theta)
+        return LearningCurveParameters(E=math.exp(e), A=math.exp(a), alpha=alpha)
+
+    def to_theta(self, p):
+        return np.array([math.log(p.E), math.log(p.A), p.alpha])
+
+
+LAWS: dict[str, LawForm] = {form.name: form for form in (ChinchillaForm(), KaplanForm())}
+"""The joint L(N, D) laws fitted to every sweep, by name."""

@@ -1,0 +1,237 @@
+"""Fit everything `scaling` knows to one sweep and return it as a JSON-ready dict (fit.json).
+
+One call fits the joint L(N, D) laws with bootstrap intervals and diagnostics, the
+compute-optimal allocation, per-run learning curves and the frontier, and the compression
+models. `scaling.fitted.load_fit` reads the dict back for prediction. The layout is
+documented field by field in `fit_sweep_observations`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import numpy as np
+
+from scaling.allocation import allocation_exponents, chinchilla_allocation
+from scaling.bootstrap import CONFIDENCE, BootstrapFits, bootstrap_law, parameter_draws, percentile_interval, resample_runs
+from scaling.compression import INT8_CANDIDATES, PRUNING_CANDIDATES
+from scaling.compression_fit import CompressionModel, compression_points, fit_compression_model
+from scaling.diagnostics import leave_largest_out, residuals_per_run
+from scaling.fitting import HUBER_DELTA, FitResult, fit_law
+from scaling.forms import LAWS, ChinchillaParameters, LawForm
+from scaling.frontier import LEARNING_CURVE, bootstrap_frontier, compute_frontier, fit_frontier, fit_learning_curve
+from scaling.observations import SweepObservations
+
+FORMAT = "tlc.fit/1"
+SCHEDULE_NOTE = (
+    "Every evaluation of every run is a point of the L(N, D) fits. Under a cosine schedule an "
+    "intermediate point overestimates the loss a run trained for exactly that many tokens would "
+    "reach, because its learning rate has not decayed yet (Hoffmann et al. 2022, sec. 3 and fig. A1); "
+    "fit with final_only to use each run's last evaluation only."
+)
+
+
+def json_clean(value: Any) -> Any:
+    """Plain JSON types: numpy scalars to Python, NaN and infinities to None, tuples to lists."""
+    if isinstance(value, dict):
+        return {str(k): json_clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_clean(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return json_clean(value.tolist())
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    return value
+
+
+def _intervals(form: LawForm, fit: FitResult, thetas: np.ndarray) -> tuple[dict, dict]:
+    """Parameters as {name: {value, low, high}} and the per-draw named parameters."""
+    draws = parameter_draws(form, thetas)
+    parameters = {}
+    for name, samples in draws.items():
+        low, high = percentile_interval(samples)
+        parameters[name] = {"value": getattr(fit.parameters, name), "low": low, "high": high}
+    return parameters, draws
+
+
+def _fit_json(form: LawForm, fit: FitResult, boot: BootstrapFits) -> dict:
+    """The part common to every fitted law: form, named parameters with intervals, status, draws."""
+    parameters, draws = _intervals(form, fit, boot.thetas)
+    return {
+        "name": form.name,
+        "equation": form.equation,
+        "source": form.source,
+        "covariates": list(form.covariates),
+        "parameters": parameters,
+        "status": fit.status,
+        "objective": fit.objective,
+        "optimizer_message": fit.message,
+        "n_points": fit.n_points,
+        "bootstrap": {"statuses": boot.status_counts(), "usable": boot.n_usable, "draws": draws},
+    }
+
+
+def _allocation_json(laws: dict[str, tuple[LawForm, FitResult, BootstrapFits]], reference_compute: float) -> dict:
+    """Closed-form Chinchilla allocation and numeric allocation for the other laws, with intervals."""
+    out: dict[str, Any] = {"flops_per_param_token": 6.0}
+    form, fit, boot = laws["chinchilla"]
+    try:
+        closed = chinchilla_allocation(fit.parameters)
+    except ValueError as error:
+        out["chinchilla"] = {"method": "closed_form", "error": str(error)}
+    else:
+        samples = {"a": [], "b": [], "G": []}
+        for theta in boot.thetas:
+            usable = np.isfinite(theta).all()
+            p = form.to_parameters(theta) if usable else None
+            draw = chinchilla_allocation(p) if p is not None and p.alpha > 0 and p.beta > 0 else None
+            for name in samples:
+                samples[name].append(getattr(draw, name) if draw else math.nan)
+        out["chinchilla"] = {"method": "closed_form", "equation": "N_opt = G (C/6)^a, D_opt = (C/6)^b / G"}
+        for name, values in samples.items():
+            low, high = percentile_interval(np.array(values))
+            out["chinchilla"][name] = {"value": getattr(closed, name), "low": low, "high": high}
+    for name, (form, fit, boot) in laws.items():
+        if name == "chinchilla":
+            continue
+        point = allocation_exponents(form, fit.parameters, reference_compute)
+        draws = np.array(
+            [
+                allocation_exponents(form, form.to_parameters(t), reference_compute)
+                if np.isfinite(t).all()
+                else (math.nan, math.nan)
+                for t in boot.thetas
+            ]
+        ).reshape(-1, 2)
+        low, high = percentile_interval(draws)
+        out[name] = {
+            "method": "numeric",
+            "compute": reference_compute,
+            "a": {"value": point[0], "low": low[0], "high": high[0]},
+            "b": {"value": point[1], "low": low[1], "high": high[1]},
+        }
+    return out
+
+
+def _compression_json(model: CompressionModel, boot: BootstrapFits) -> dict:
+    form = (PRUNING_CANDIDATES if model.kind == "pruning" else INT8_CANDIDATES)[model.candidate]
+    out = _fit_json(form, model.fit, boot)
+    out.update(
+        method=model.method,
+        candidate=model.candidate,
+        heldout_errors=model.heldout_errors,
+        reason=model.reason,
+    )
+    return out
+
+
+def fit_sweep_observations(
+    observations: SweepObservations, bootstrap: int = 200, seed: int = 0, final_only: bool = False
+) -> dict:
+    """Fit a sweep and return fit.json's content (JSON-clean: no NaN, only plain types).
+
+    Fields: format; n_runs; n_points; final_only; huber_delta; bootstrap {resamples, seed,
+    confidence, unit}; notes; runs [{run_id, non_embedding_params, n_points, final_tokens,
+    final_train_flops, final_loss}]; laws {chinchilla, kaplan: {name, equation, source,
+    covariates, parameters {name: {value, low, high}}, status, objective, n_points, heldout
+    (leave-largest-out, or null with heldout_reason), residuals {run_id: {n_points, mean, rms,
+    final}}, bootstrap {statuses, usable, draws {name: [per resample]}}}}; allocation
+    {chinchilla {a, b, G}, kaplan {compute, a, b}}; learning_curves {equation, runs {run_id:
+    {parameters, status} or null}}; frontier {compute, loss, run_ids, fit}; compression
+    {pruning {method: model}, int8: model or null, skipped {method: reason}}.
+
+    Raises ValueError naming the problem when the sweep cannot identify the laws.
+    """
+    observations.check_identifiable(final_only)
+    table = observations.points(final_only)
+    x = {"N": table.N, "D": table.D}
+    run_counts = resample_runs(len(observations.runs), bootstrap, seed)
+
+    laws_json: dict[str, Any] = {}
+    fitted: dict[str, tuple[LawForm, FitResult, BootstrapFits]] = {}
+    for name, form in LAWS.items():
+        fit = fit_law(form, x, table.loss)
+        boot = bootstrap_law(form, x, table.loss, table.run_index, run_counts, fit)
+        fitted[name] = (form, fit, boot)
+        law = _fit_json(form, fit, boot)
+        heldout = leave_largest_out(form, observations, table, start=np.asarray(fit.theta))
+        law["heldout"] = dataclasses.asdict(heldout) if heldout else None
+        law["heldout_reason"] = None if heldout else "fewer than 3 model sizes remain without the largest"
+        law["residuals"] = {
+            r.run_id: {"n_points": r.n_points, "mean": r.mean, "rms": r.rms, "final": r.final}
+            for r in residuals_per_run(form, fit, observations, table)
+        }
+        laws_json[name] = law
+
+    final_compute = np.array([r.train_flops[-1] for r in observations.runs])
+    reference_compute = float(np.exp(np.log(final_compute).mean()))
+
+    curves = {}
+    for run in observations.runs:
+        curve = fit_learning_curve(run)
+        curves[run.run_id] = (
+            None if curve is None else {"parameters": dataclasses.asdict(curve.parameters), "status": curve.status}
+        )
+    frontier = compute_frontier(observations.runs)
+    frontier_fit = fit_frontier(frontier)
+    frontier_draws = bootstrap_frontier(observations.runs, run_counts, frontier_fit)
+    frontier_parameters, _ = _intervals(LEARNING_CURVE, frontier_fit, frontier_draws)
+
+    pruning, skipped, int8 = {}, {}, None
+    for points in compression_points(observations):
+        model = fit_compression_model(points)
+        if isinstance(model, str):
+            skipped[points.method] = model
+            continue
+        form = (PRUNING_CANDIDATES if points.kind == "pruning" else INT8_CANDIDATES)[model.candidate]
+        boot = bootstrap_law(form, points.covariates, points.loss, points.run_index, run_counts, model.fit)
+        if points.kind == "pruning":
+            pruning[points.method] = _compression_json(model, boot)
+        else:
+            int8 = _compression_json(model, boot)
+
+    return json_clean(
+        {
+            "format": FORMAT,
+            "n_runs": len(observations.runs),
+            "n_points": len(table.loss),
+            "final_only": final_only,
+            "huber_delta": HUBER_DELTA,
+            "bootstrap": {"resamples": bootstrap, "seed": seed, "confidence": CONFIDENCE, "unit": "run"},
+            "notes": [] if final_only else [SCHEDULE_NOTE],
+            "runs": [
+                {
+                    "run_id": r.run_id,
+                    "non_embedding_params": r.non_embedding_params,
+                    "n_points": len(r.val_loss),
+                    "final_tokens": r.tokens[-1],
+                    "final_train_flops": r.train_flops[-1],
+                    "final_loss": r.final_loss,
+                }
+                for r in observations.runs
+            ],
+            "laws": laws_json,
+            "allocation": _allocation_json(fitted, reference_compute),
+            "learning_curves": {"equation": LEARNING_CURVE.equation, "source": LEARNING_CURVE.source, "runs": curves},
+            "frontier": {
+                "compute": frontier.compute,
+                "loss": frontier.loss,
+                "run_ids": frontier.run_ids,
+                "fit": {
+                    "equation": LEARNING_CURVE.equation,
+                    "parameters": frontier_parameters,
+                    "status": frontier_fit.status,
+                },
+            },
+            "compression": {"pruning": pruning, "int8": int8, "skipped": skipped},
+        }
+    )
+
+
+__all__ = ["FORMAT", "fit_sweep_observations", "json_clean", "ChinchillaParameters"]
