@@ -24,6 +24,7 @@ from tlc.io import atomic_write_bytes
 
 EOT = "<|endoftext|>"
 CHUNK_BYTES = 64 * 1024  # long documents are cut into pieces so one big file still splits into train and val
+MIN_PIECES = 200  # small corpora get smaller pieces, so that a 5% validation share is never empty
 DATA_HELP = "give 'stdlib', a text file, a folder, a glob such as 'texts/*.txt', or a .jsonl file with a text field"
 
 
@@ -118,13 +119,13 @@ def _source_docs(source: str, text_field: str) -> list[tuple[str, str]]:
     return docs
 
 
-def _chunks(name: str, text: str) -> list[tuple[str, str]]:
-    """Cut a document at line ends into pieces of about CHUNK_BYTES, named ``name#k``."""
-    if len(text) <= CHUNK_BYTES:
+def _chunks(name: str, text: str, size: int) -> list[tuple[str, str]]:
+    """Cut a document at line ends into pieces of about ``size`` characters, named ``name#k``."""
+    if len(text) <= size:
         return [(name, text)]
     pieces, start = [], 0
     while start < len(text):
-        end = min(len(text), start + CHUNK_BYTES)
+        end = min(len(text), start + size)
         if end < len(text):
             newline = text.rfind("\n", start, end)
             end = newline + 1 if newline > start else end
@@ -139,8 +140,14 @@ def _is_validation(name: str, val_percent: float) -> bool:
 
 
 def load_corpus(source: str = "stdlib", val_percent: float = 5.0, text_field: str = "text") -> Corpus:
-    """Read a corpus and split it into train and validation by a hash of each document's name."""
-    docs = [piece for name, text in _source_docs(source, text_field) for piece in _chunks(name, text)]
+    """Read a corpus and split it into train and validation by a hash of each document's name.
+
+    Documents longer than a piece size (64 KiB, or less for corpora under ~13 MB so that there
+    are at least MIN_PIECES pieces) are cut at line ends and each piece hashed by ``name#k``.
+    """
+    whole = _source_docs(source, text_field)
+    size = max(1024, min(CHUNK_BYTES, sum(len(t) for _, t in whole) // MIN_PIECES))
+    docs = [piece for name, text in whole for piece in _chunks(name, text, size)]
     docs = [(n, t) for n, t in docs if t.strip()]
     if not docs:
         raise UserError(f"--data: {source!r} holds no readable text; {DATA_HELP}")
@@ -151,7 +158,7 @@ def load_corpus(source: str = "stdlib", val_percent: float = 5.0, text_field: st
         (val if _is_validation(name, val_percent) else train).append(text)
     if not val or not train:
         raise UserError(
-            f"--data: {source!r} has too little text to split ({len(docs)} pieces of up to {CHUNK_BYTES // 1024} KiB); "
+            f"--data: {source!r} has too little text to split ({len(docs)} pieces of up to {size} characters); "
             "give more text or raise data.val_percent"
         )
     digest.update(f"val_percent={val_percent}".encode())

@@ -13,6 +13,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable
 
+from tlc.errors import UserError
+
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that a reader sees either the old file or the whole new one."""
@@ -69,7 +71,7 @@ def read_jsonl(path: Path) -> list[dict]:
         except json.JSONDecodeError as e:
             if i == len(lines) and not line.endswith("\n"):
                 break  # torn final line from an interrupted append
-            raise ValueError(f"{path}:{i}: not valid JSON ({e.msg})") from None
+            raise UserError(f"{path}:{i}: not valid JSON ({e.msg}); repair or remove that line") from None
     return rows
 
 

@@ -45,6 +45,7 @@ def prepare_sweep_dir(sweep: SweepConfig, runs_root: Path) -> Path:
 
     sweep_dir = Path(runs_root) / sweep.name
     check_run_dir(sweep_dir)
+    sweep_dir.mkdir(parents=True, exist_ok=True)
     resolved = sweep_to_dict(sweep)
     path = sweep_dir / "sweep.yaml"
     if path.exists():

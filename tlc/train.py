@@ -171,14 +171,15 @@ def evaluate(model, tokens: TokenData, offsets: np.ndarray, context: int, batch_
 
 
 def check_run_dir(run_dir: Path) -> None:
-    """Fail early, naming --out, when the run directory cannot be created or written."""
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / f".write-probe-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except (PermissionError, FileExistsError, NotADirectoryError, OSError) as e:
-        raise UserError(f"--out: cannot write to run directory {str(run_dir)!r} ({e.strerror or e}); choose a writable folder") from None
+    """Fail early, naming --out, when the run directory could not be created or written (creates nothing)."""
+    existing = Path(run_dir).absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"--out: cannot write to run directory {str(run_dir)!r}: {str(existing)!r} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"--out: cannot write to run directory {str(run_dir)!r}: {str(existing)!r} is not writable; "
+                        "choose a folder you can write")
 
 
 IDENTITY_KEYS = ("run_id", "shape", "train", "data", "seed", "global_batch", "total_steps")
@@ -211,7 +212,10 @@ def write_or_check_config(run_dir: Path, config: dict) -> None:
     if path.exists():
         import json
 
-        old = json.loads(path.read_text(encoding="utf-8"))
+        try:
+            old = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise UserError(f"--out: {str(path)!r} is unreadable ({e}); remove the run directory to start it again") from None
         for key in IDENTITY_KEYS:
             if old.get(key) != config[key]:
                 raise UserError(
@@ -256,6 +260,7 @@ def train_run(cfg: RunConfig, run_dir: Path, progress: bool = True) -> dict:
     }
     config = resolved_config(cfg, plan, data_info)
     if rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
         write_or_check_config(run_dir, config)
     device = device_for_rank()
 

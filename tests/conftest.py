@@ -1,0 +1,55 @@
+"""Shared fixtures: a small real-text corpus, an isolated cache, and a helper to run the CLI."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_cache(tmp_path_factory):
+    """Tokenizers and token streams go to a per-session cache, never the user's."""
+    cache = tmp_path_factory.mktemp("tlc-cache")
+    old = os.environ.get("TLC_CACHE")
+    os.environ["TLC_CACHE"] = str(cache)
+    yield cache
+    if old is None:
+        os.environ.pop("TLC_CACHE", None)
+    else:
+        os.environ["TLC_CACHE"] = old
+
+
+@pytest.fixture(scope="session")
+def small_corpus(tmp_path_factory) -> Path:
+    """About 400 KB of real Python source copied from the standard library into a folder."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    out = tmp_path_factory.mktemp("corpus")
+    names = ["argparse.py", "csv.py", "textwrap.py", "string.py", "heapq.py", "bisect.py", "fractions.py",
+             "shlex.py", "statistics.py", "json/encoder.py", "json/decoder.py", "json/__init__.py", "calendar.py",
+             "difflib.py", "pprint.py", "random.py", "tempfile.py", "glob.py", "fnmatch.py", "queue.py"]
+    for name in names:
+        target = out / name.replace("/", "_")
+        shutil.copyfile(root / name, target)
+    return out
+
+
+TINY_SHAPE = ["--width", "32", "--depth", "2", "--heads", "2", "--context", "32", "--vocab-size", "300"]
+
+
+def run_tlc(*args: str, env: dict | None = None, timeout: int = 300, check: bool = False) -> subprocess.CompletedProcess:
+    """Run ``python -m tlc ARGS`` in a fresh process, as a user would."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "tlc", *map(str, args)],
+        capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})}, cwd=REPO,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"tlc {' '.join(map(str, args))} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return proc

@@ -1,0 +1,146 @@
+"""Bad input is refused before any work, with one line naming the field or flag."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tlc.cli import main
+from tlc.config import load_sweep, parse_sweep
+from tlc.errors import UserError
+
+BASE = {
+    "name": "t",
+    "model": {"context": 32, "vocab_size": 300},
+    "shapes": [{"width": 32, "depth": 2, "heads": 2}],
+    "train": {"tokens": 100000},
+}
+
+
+def _sweep(**changes):
+    doc = {k: (dict(v) if isinstance(v, dict) else list(v) if isinstance(v, list) else v) for k, v in BASE.items()}
+    doc.update(changes)
+    return doc
+
+
+def _error_line(capsys, argv) -> str:
+    code = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert "\n" not in err and "Traceback" not in err
+    return err
+
+
+@pytest.mark.parametrize(
+    "doc, expected",
+    [
+        (_sweep(shapes=[{"width": 30, "depth": 2, "heads": 4}]), "not divisible by heads 4"),
+        (_sweep(shapes=[{"width": 0, "depth": 2, "heads": 1}]), "width: must be a positive integer"),
+        (_sweep(shapes=[{"width": 32, "depth": -1, "heads": 2}]), "depth: must be a positive integer"),
+        (_sweep(train={"tokens": 100000, "lrr": 0.1}), "unknown key 'lrr'; valid keys: tokens"),
+        (_sweep(extra=1), "unknown key 'extra'"),
+        (_sweep(shapes=[{"width": 32, "depth": 2, "heads": 2, "colour": 1}]), "unknown key 'colour'"),
+        (_sweep(train={"tokens": -5}), "train.tokens: must be positive"),
+        (_sweep(train={}), "give exactly one budget"),
+        (_sweep(train={"tokens": 1000, "zero_stage": 3}), "zero_stage: must be 0, 1 or 2"),
+        (_sweep(train={"tokens": 1000, "precision": "fp8"}), "precision: must be one of fp32, bf16"),
+        (_sweep(name="../escape"), "name: must be a simple name"),
+        (_sweep(seeds=[0, 0]), "seeds must be distinct"),
+        (_sweep(shapes=[{"width": 32, "depth": 2, "heads": 2}] * 2), "appears twice"),
+        (_sweep(train={"tokens": "lots"}), "expected a number"),
+    ],
+)
+def test_bad_sweep_fields_name_the_field(doc, expected):
+    with pytest.raises(UserError) as info:
+        parse_sweep(doc, where="s.yaml")
+    assert expected in str(info.value)
+
+
+def test_yaml_exponent_without_dot_is_a_number(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text("name: t\nshapes: [{width: 32, depth: 2, heads: 2}]\ntrain: {tokens: 3e6}\n")
+    assert load_sweep(path).train.tokens == 3_000_000
+
+
+def test_invalid_yaml_is_one_line(tmp_path, capsys):
+    path = tmp_path / "s.yaml"
+    path.write_text("name: [unclosed\n")
+    assert "not valid YAML" in _error_line(capsys, ["sweep", str(path)])
+
+
+def test_missing_sweep_file(capsys):
+    assert "no such file" in _error_line(capsys, ["sweep", "nope.yaml"])
+
+
+def test_width_not_divisible_by_heads(capsys):
+    err = _error_line(capsys, ["train", "--width", "30", "--depth", "1", "--heads", "4", "--tokens", "1e5"])
+    assert "heads that divide it: 1, 2, 3, 5, 6, 10, 15, 30" in err
+
+
+def test_zero_and_negative_sizes(capsys):
+    assert "depth: must be a positive integer" in _error_line(
+        capsys, ["train", "--width", "32", "--depth", "0", "--heads", "2", "--tokens", "1e5"]
+    )
+    assert "context: must be a positive integer" in _error_line(
+        capsys, ["train", "--width", "32", "--depth", "1", "--heads", "2", "--context", "-8", "--tokens", "1e5"]
+    )
+
+
+def test_missing_data_path(capsys, tmp_path):
+    err = _error_line(capsys, ["train", "--width", "32", "--depth", "1", "--heads", "2", "--tokens", "1e5",
+                               "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "run")])
+    assert "--data: no such file or folder" in err
+    assert not (tmp_path / "run" / "config.json").exists()
+
+
+def test_budget_too_small_for_one_step(capsys, tmp_path):
+    err = _error_line(capsys, ["train", "--width", "32", "--depth", "1", "--heads", "2", "--tokens", "100",
+                               "--out", str(tmp_path / "run")])
+    assert "less than one optimizer step" in err and "2048 tokens" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_flops_budget_too_small(capsys, tmp_path):
+    err = _error_line(capsys, ["train", "--width", "32", "--depth", "1", "--heads", "2", "--flops", "1e6"])
+    assert "--flops" in err and "FLOPs" in err
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere, so permissions cannot make a folder unreadable")
+def test_unwritable_run_directory_permissions(capsys, tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    err = _error_line(capsys, ["train", "--width", "32", "--depth", "1", "--heads", "2", "--tokens", "1e5",
+                               "--out", str(locked / "run")])
+    assert "--out: cannot write" in err
+
+
+def test_unusable_run_directory(capsys, tmp_path, small_corpus):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    err = _error_line(capsys, ["train", "--width", "32", "--depth", "1", "--heads", "2", "--tokens", "1e5",
+                               "--data", str(small_corpus), "--out", str(blocker / "run")])
+    assert "--out: cannot write to run directory" in err
+
+
+def test_every_command_has_help(capsys):
+    from tlc.cli import COMMANDS
+
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    for name in COMMANDS:
+        assert name in out
+        with pytest.raises(SystemExit) as info:
+            main([name, "--help"])
+        assert info.value.code == 0
+        assert capsys.readouterr().out.strip()
+
+
+def test_repo_sweeps_all_load():
+    sweeps = sorted((Path(__file__).resolve().parents[1] / "sweeps").glob("*.yaml"))
+    assert {p.stem for p in sweeps} >= {"tiny", "small", "li2020"}
+    for path in sweeps:
+        sweep = load_sweep(path)
+        assert sweep.runs()

@@ -1,0 +1,102 @@
+"""Corpora, the split, the tokenizer cache and the batch layout."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from tlc.data import cache_dir, load_corpus, load_tokens, train_offsets, val_offsets, windows
+from tlc.errors import UserError
+
+
+def test_stdlib_corpus_is_deterministic_and_excludes_site_packages():
+    a = load_corpus("stdlib")
+    b = load_corpus("stdlib")
+    assert a.fingerprint == b.fingerprint
+    assert len(a.train_docs) > 500 and len(a.val_docs) > 20
+    share = len(a.val_docs) / (len(a.train_docs) + len(a.val_docs))
+    assert 0.02 < share < 0.10  # 5% by path hash
+    assert not any("site-packages" in d[:0] for d in a.train_docs)
+    import tlc.data as data
+
+    assert all("site-packages" not in rel for rel, _ in data._stdlib_files())
+
+
+def test_split_is_by_name_hash_and_fingerprint_tracks_content(tmp_path):
+    for i in range(60):
+        (tmp_path / f"doc{i}.txt").write_text(f"document {i}\n" * 50)
+    first = load_corpus(str(tmp_path))
+    (tmp_path / "doc0.txt").write_text("changed\n" * 50)
+    second = load_corpus(str(tmp_path))
+    assert first.fingerprint != second.fingerprint
+    assert len(first.val_docs) == len(second.val_docs)  # editing a file never moves others across the split
+    (tmp_path / "extra.txt").write_text("new\n" * 50)
+    third = load_corpus(str(tmp_path))
+    assert set(first.val_docs) - {"changed\n" * 50} <= set(third.val_docs) | {"document 0\n" * 50}
+
+
+def test_sources_file_glob_and_jsonl(tmp_path):
+    big = tmp_path / "one.txt"
+    big.write_text("".join(f"line {i} of a long single file\n" for i in range(40000)))  # ~1.2 MB, chunked
+    single = load_corpus(str(big))
+    assert single.train_docs and single.val_docs
+    sub = tmp_path / "many"
+    sub.mkdir()
+    for i in range(40):
+        (sub / f"{i}.md").write_text(f"# note {i}\n" * 30)
+    (sub / "blob.bin").write_bytes(b"\x00\x01binary")
+    globbed = load_corpus(str(sub / "*.md"))
+    assert len(globbed.train_docs) + len(globbed.val_docs) == 40
+    folder = load_corpus(str(sub))
+    assert len(folder.train_docs) + len(folder.val_docs) == 40  # binary file skipped
+    jsonl = tmp_path / "d.jsonl"
+    jsonl.write_text("".join(json.dumps({"text": f"record {i} " * 20}) + "\n" for i in range(200)))
+    records = load_corpus(str(jsonl))
+    assert len(records.train_docs) + len(records.val_docs) == 200
+
+
+def test_bad_sources_name_the_flag(tmp_path):
+    with pytest.raises(UserError, match="--data: no such file or folder"):
+        load_corpus(str(tmp_path / "missing"))
+    with pytest.raises(UserError, match="matches no files"):
+        load_corpus(str(tmp_path / "*.nothing"))
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"body": "x"}\n')
+    with pytest.raises(UserError, match="no string field 'text'"):
+        load_corpus(str(bad))
+    tiny = tmp_path / "tiny.txt"
+    tiny.write_text("hello\n")
+    with pytest.raises(UserError, match="too little text"):
+        load_corpus(str(tiny))
+
+
+def test_tokenizer_is_cached_by_fingerprint_and_vocab(small_corpus):
+    corpus = load_corpus(str(small_corpus))
+    tokens = load_tokens(corpus, 300)
+    assert tokens.tokenizer.get_vocab_size() == 300
+    assert tokens.train.dtype == np.uint16 and tokens.train.max() < 300
+    cached = list((cache_dir() / "tokenizers").glob(f"{corpus.fingerprint[:20]}-v300.json"))
+    assert len(cached) == 1
+    mtime = cached[0].stat().st_mtime_ns
+    again = load_tokens(corpus, 300)
+    assert cached[0].stat().st_mtime_ns == mtime  # loaded, not retrained
+    assert np.array_equal(again.val, tokens.val)
+    text = corpus.val_docs[0][:200]
+    assert tokens.tokenizer.decode(tokens.tokenizer.encode(text).ids) == text  # byte-level: lossless
+    # bits per byte: bytes per token is the ratio of the validation text to its tokens
+    assert 1.0 < tokens.val_bytes_per_token < 6  # 300 tokens is 44 merges past the bytes
+
+
+def test_batches_are_a_pure_function_of_seed_and_step():
+    a = train_offsets(10_000, 32, 8, seed=3, step=5)
+    b = train_offsets(10_000, 32, 8, seed=3, step=5)
+    assert np.array_equal(a, b)
+    assert not np.array_equal(a, train_offsets(10_000, 32, 8, seed=3, step=6))
+    stream = np.arange(10_000, dtype=np.uint16)
+    w = windows(stream, a, 32)
+    assert w.shape == (8, 33) and (np.diff(w, axis=1) == 1).all()
+    v = val_offsets(5000, 32, 1000)
+    assert len(v) == math.ceil(1000 / 32) and v.max() <= 5000 - 33
