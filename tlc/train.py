@@ -43,7 +43,9 @@ class RunPlan:
 
 def eval_schedule(total_steps: int, evals: int) -> tuple[int, ...]:
     """Steps spaced evenly in log FLOPs (FLOPs grow linearly with steps); always ends at the last step."""
-    points = np.geomspace(1, total_steps, num=min(evals, total_steps))
+    if evals >= total_steps:
+        return tuple(range(1, total_steps + 1))
+    points = np.geomspace(1, total_steps, num=evals)
     return tuple(sorted(set(int(round(p)) for p in points) | {total_steps}))
 
 

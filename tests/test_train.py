@@ -1,0 +1,117 @@
+"""A training run: its files, exact gradient accumulation, and resume after SIGKILL."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import REPO, TINY_SHAPE, run_tlc
+from tlc.io import read_jsonl
+from tlc.train import eval_schedule, get_lr
+
+METRIC_FIELDS = {"step", "tokens", "flops", "wall_s", "train_loss", "val_loss", "val_bpb", "val_acc", "lr"}
+
+
+def test_lr_schedule_warms_up_then_decays_to_the_floor():
+    lrs = [get_lr(s, 100, 1e-3, 0.1, 0.1) for s in range(100)]
+    assert lrs[0] == pytest.approx(1e-4) and lrs[9] == pytest.approx(1e-3)
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
+    assert lrs[-1] == pytest.approx(1e-4, rel=0.01)
+
+
+def test_evaluations_are_log_spaced_and_end_at_the_last_step():
+    steps = eval_schedule(1000, 10)
+    assert steps[0] == 1 and steps[-1] == 1000
+    ratios = [b / a for a, b in zip(steps[2:], steps[3:])]
+    assert max(ratios) / min(ratios) < 1.3  # even in log space
+    assert eval_schedule(5, 12) == (1, 2, 3, 4, 5)
+
+
+def test_run_writes_the_run_directory_contract(tmp_path, small_corpus):
+    out = tmp_path / "run"
+    args = ["train", *TINY_SHAPE, "--tokens", "16384", "--micro-batch", "8", "--evals", "5",
+            "--precision", "bf16", "--data", small_corpus, "--out", out, "--no-progress"]
+    run_tlc(*args, check=True)
+    config = json.loads((out / "config.json").read_text())
+    assert config["run_id"] == "w32-d2-s0" and config["total_steps"] == 64
+    assert config["data"]["fingerprint"] and config["versions"]["deepspeed"] and config["versions"]["torch"]
+    assert config["params"]["non_embedding"] > 0 and config["flops_per_token"] > 0
+    rows = read_jsonl(out / "metrics.jsonl")
+    assert [r["step"] for r in rows] == list(eval_schedule(64, 5))
+    assert all(set(r) == METRIC_FIELDS for r in rows)
+    assert rows[-1]["tokens"] == 64 * 8 * 32 and rows[-1]["flops"] == pytest.approx(rows[-1]["tokens"] * config["flops_per_token"])
+    assert rows[-1]["val_loss"] < rows[0]["val_loss"] - 0.5
+    assert rows[-1]["val_bpb"] == pytest.approx(rows[-1]["val_loss"] / 0.6931471805599453 / config["data"]["val_bytes_per_token"])
+    assert 0 < rows[-1]["val_acc"] < 1
+    assert (out / "checkpoint" / "tlc_latest.json").exists()
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(out / "model")
+    tokenizer = AutoTokenizer.from_pretrained(out / "model")
+    assert (out / "model" / "model.safetensors").exists()
+    assert model.config.n_embd == 32 and tokenizer("def f():")["input_ids"]
+    # a finished run is left alone
+    again = run_tlc(*args, check=True)
+    assert "val_loss" in again.stdout and len(read_jsonl(out / "metrics.jsonl")) == len(rows)
+
+
+def _trajectory(out):
+    rows = read_jsonl(out / "metrics.jsonl")
+    return [r["step"] for r in rows], [r["train_loss"] for r in rows], [r["val_loss"] for r in rows]
+
+
+def test_gradient_accumulation_and_data_parallel_are_exact(tmp_path, small_corpus):
+    common = [*TINY_SHAPE, "--tokens", str(6 * 8 * 32), "--evals", "6", "--precision", "fp32",
+              "--data", small_corpus, "--no-progress", "--lr", "3e-3"]
+    run_tlc("train", *common, "--micro-batch", "8", "--grad-accum", "1", "--out", tmp_path / "mb8", check=True)
+    run_tlc("train", *common, "--micro-batch", "4", "--grad-accum", "2", "--out", tmp_path / "mb4ga2", check=True)
+    torchrun = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         "-m", "tlc", "train", *map(str, common), "--micro-batch", "4", "--out", str(tmp_path / "dp2")],
+        capture_output=True, text=True, timeout=300, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert torchrun.returncode == 0, torchrun.stderr[-3000:]
+    assert json.loads((tmp_path / "dp2" / "config.json").read_text())["world_size"] == 2
+    steps, train, val = _trajectory(tmp_path / "mb8")
+    assert steps == [1, 2, 3, 4, 5, 6]
+    assert train[-1] < train[0]
+    for other in ("mb4ga2", "dp2"):
+        o_steps, o_train, o_val = _trajectory(tmp_path / other)
+        assert o_steps == steps
+        assert max(abs(a - b) for a, b in zip(train, o_train)) < 1e-4, (other, train, o_train)
+        assert max(abs(a - b) for a, b in zip(val, o_val)) < 1e-4, (other, val, o_val)
+
+
+def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, small_corpus):
+    common = ["train", "--width", "64", "--depth", "2", "--heads", "2", "--context", "64", "--vocab-size", "300",
+              "--tokens", str(160 * 8 * 64), "--micro-batch", "8", "--evals", "12", "--precision", "fp32",
+              "--data", small_corpus, "--no-progress"]
+    run_tlc(*common, "--out", tmp_path / "whole", check=True)
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "tlc", *map(str, common), "--out", str(killed)], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    latest = killed / "checkpoint" / "tlc_latest.json"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if latest.exists() and json.loads(latest.read_text())["step"] >= 20:
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run finished before it could be killed; make it longer"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = json.loads(latest.read_text())["step"]
+    assert killed_at < 160 and not (killed / "model").exists()
+
+    run_tlc(*common, "--out", killed, check=True)
+    whole, resumed = read_jsonl(tmp_path / "whole" / "metrics.jsonl"), read_jsonl(killed / "metrics.jsonl")
+    assert [r["step"] for r in resumed] == [r["step"] for r in whole]  # no duplicated or missing lines
+    assert abs(resumed[-1]["val_loss"] - whole[-1]["val_loss"]) < 1e-5
+    for a, b in zip(whole, resumed):
+        assert abs(a["val_loss"] - b["val_loss"]) < 1e-5
