@@ -21,7 +21,9 @@ from scaling.fitting import FitResult, best_grid_starts, fit_law
 from scaling.forms import LawForm
 
 CONFIDENCE = 0.95
-BOOTSTRAP_GRID_STARTS = 1  # grid points tried in each refit besides the full-data optimum
+REFIT_STARTS = 3  # the full-data optimum and up to two other local optima of the full-data fit
+NEAR_BEST = 1.1  # ... whose objective is within 10% of the optimum's: a resample could prefer them
+FALLBACK_GRID_STARTS = 2  # grid points added when a refit from those does not converge
 
 
 def resample_runs(n_runs: int, n_resamples: int, seed: int) -> np.ndarray:
@@ -66,15 +68,23 @@ def bootstrap_law(
     """Refit ``form`` on each run resample, starting from the full-data optimum.
 
     run_index (n,) maps each point to its run; run_counts (R, n_runs) comes from
-    `resample_runs`. Each refit starts from the full-data optimum plus the best
-    BOOTSTRAP_GRID_STARTS grid points for the full data (fixed, so no per-refit grid search).
-    Refits that end "not_converged" are dropped from intervals but counted in the statuses.
+    `resample_runs`. Each refit starts from the full-data optimum and the other distinct
+    local optima the full fit's grid starts ended in, if nearly as good (at most REFIT_STARTS
+    in all, within NEAR_BEST of the optimum's objective): a resample
+    moves the optimum a little, so starting next to it saves most of the descent. A refit
+    that does not converge from those (or hits a bound the full fit did not) is tried again
+    with the best FALLBACK_GRID_STARTS grid points added. Refits that still end "not_converged" are dropped from intervals but counted.
     """
     loss = np.asarray(loss, dtype=float)
     run_index = np.asarray(run_index)
     base = np.ones_like(loss) if base_weights is None else np.asarray(base_weights, dtype=float)
-    grid = best_grid_starts(form, x, np.log(loss), base, BOOTSTRAP_GRID_STARTS)
-    starts = np.concatenate([np.asarray(full_fit.theta)[None, :], grid], axis=0)
+    near_best = [
+        theta
+        for theta, value in zip(full_fit.local_optima, full_fit.local_objectives)
+        if value <= NEAR_BEST * full_fit.objective + 1e-12
+    ]
+    starts = np.array([full_fit.theta, *near_best[1:]][:REFIT_STARTS], dtype=float)
+    fallback = None
     thetas = np.full((len(run_counts), len(form.fitted)), np.nan)
     statuses = []
     for k, counts in enumerate(run_counts):
@@ -82,7 +92,13 @@ def bootstrap_law(
         if not (weights > 0).any():
             statuses.append("skipped")
             continue
-        refit = fit_law(form, x, loss, weights, starts=starts, grid_starts=0)
+        refit = fit_law(form, x, loss, weights, starts=starts, grid_starts=0, precise=False)
+        if refit.status == "not_converged" or (refit.status == "hit_bound" and full_fit.status == "converged"):
+            if fallback is None:
+                fallback = np.concatenate([starts, best_grid_starts(form, x, np.log(loss), base, FALLBACK_GRID_STARTS)])
+            again = fit_law(form, x, loss, weights, starts=fallback, grid_starts=0, precise=False)
+            if again.objective < refit.objective or refit.status == "not_converged":
+                refit = again
         statuses.append(refit.status)
         if refit.status != "not_converged":
             thetas[k] = refit.theta

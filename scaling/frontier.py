@@ -62,11 +62,15 @@ def compute_frontier(runs: tuple[RunCurve, ...] | list[RunCurve], n_points: int 
     )
 
 
-def fit_frontier(frontier: Frontier, start: np.ndarray | None = None, grid_starts: int = 12) -> FitResult:
+def fit_frontier(
+    frontier: Frontier, start: np.ndarray | None = None, grid_starts: int = 12, precise: bool = True
+) -> FitResult:
     """Fit L(C) = E + A·C^-alpha to the envelope (Kaplan et al. 2020 eq. 1.3 with a constant E)."""
     if len(frontier.loss) < len(LEARNING_CURVE.fitted) + 1:
         raise ValueError(f"frontier: {len(frontier.loss)} points; need at least {len(LEARNING_CURVE.fitted) + 1}")
-    return fit_law(LEARNING_CURVE, {"C": frontier.compute}, frontier.loss, starts=start, grid_starts=grid_starts)
+    return fit_law(
+        LEARNING_CURVE, {"C": frontier.compute}, frontier.loss, starts=start, grid_starts=grid_starts, precise=precise
+    )
 
 
 def bootstrap_frontier(
@@ -75,6 +79,7 @@ def bootstrap_frontier(
     """Frontier refits on each run resample (R, 3) in fitted coordinates; NaN where unusable.
 
     A resample's envelope is the envelope of the runs it drew (how often does not matter).
+    Refits start from the full-data optimum; grid starts are added only when that fails.
     """
     thetas = np.full((len(run_counts), len(LEARNING_CURVE.fitted)), np.nan)
     for k, counts in enumerate(run_counts):
@@ -82,7 +87,9 @@ def bootstrap_frontier(
         frontier = compute_frontier(drawn)
         if len(frontier.loss) < len(LEARNING_CURVE.fitted) + 1:
             continue
-        refit = fit_frontier(frontier, start=np.asarray(full_fit.theta), grid_starts=1)
+        refit = fit_frontier(frontier, start=np.asarray(full_fit.theta), grid_starts=0, precise=False)
+        if refit.status != "converged" and full_fit.status == "converged":
+            refit = fit_frontier(frontier, start=np.asarray(full_fit.theta), grid_starts=2, precise=False)
         if refit.status != "not_converged":
             thetas[k] = refit.theta
     return thetas
