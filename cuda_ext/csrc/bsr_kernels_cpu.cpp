@@ -58,36 +58,98 @@ ColumnView column_view(const BsrShape& s, const int64_t* crow, const int64_t* co
 #if defined(__AVX512F__)
 using namespace simd;
 
+// Each block-row is a small GEMM, y[:, rows] = X_r · B_rᵀ with X_r the gathered columns of x; it is
+// blocked like one: a token chunk of x (~1 MiB) stays in L2 for every block-row; a panel of 16
+// weight rows × 256 reduction elements stays in L1 while 4-token tiles of x stream past it; fp32
+// partial sums of each k-panel go to a per-thread buffer of the chunk's y.
 template <typename T>
 void forward_impl(const BsrShape& s, const T* x, const T* values, const int64_t* crow, const int64_t* col,
                   const T* bias, T* y) {
   const int64_t bs = s.bs, out = s.block_rows * bs, ld = s.in_features, n_tok = s.tokens;
-  // 16 weight rows × all blocks of the row stay in L1 while 4-token tiles of x stream past them.
+  const int64_t chunk = std::max<int64_t>(16, ((int64_t(1) << 20) / int64_t(sizeof(T) * ld)) & ~int64_t(3));
+  const int64_t k_panel = 256 / bs;  // blocks per k-panel
   constexpr int64_t kRowGroup = 16;
-#pragma omp parallel for num_threads(s.num_threads) schedule(dynamic, 1)
-  for (int64_t r = 0; r < s.block_rows; ++r) {
-    const int64_t kb = crow[r], ke = crow[r + 1];
-    for (int64_t ig = 0; ig < bs; ig += kRowGroup) {
-      for (int64_t t0 = 0; t0 < n_tok; t0 += 4) {
-        const int64_t nt = std::min<int64_t>(4, n_tok - t0);
-        const T* xr[4];  // a tail tile repeats the last token; only nt rows are stored
-        for (int m = 0; m < 4; ++m) xr[m] = x + std::min(t0 + m, n_tok - 1) * ld;
-        for (int64_t i0 = ig; i0 < ig + kRowGroup; i0 += 4) {
-          __m512 acc[4][4];
-          for (auto& row : acc)
-            for (auto& a : row) a = _mm512_setzero_ps();
-          for (int64_t k = kb; k < ke; ++k) {
-            const int64_t c0 = col[k] * bs;
-            const T* xk[4] = {xr[0] + c0, xr[1] + c0, xr[2] + c0, xr[3] + c0};
-            dot_tile_4x4(xk, values + (k * bs + i0) * bs, bs, bs, acc);
-          }
-          alignas(64) float sums[16];
-          _mm512_store_ps(sums, reduce_4x4(acc));
-          for (int64_t m = 0; m < nt; ++m) {
-            T* yr = y + (t0 + m) * out + r * bs + i0;
-            for (int n = 0; n < 4; ++n) store_float(yr + n, sums[4 * m + n] + (bias ? to_float(bias[r * bs + i0 + n]) : 0.f));
+#pragma omp parallel num_threads(s.num_threads)
+  {
+    std::vector<float> partial(std::min(chunk, n_tok) * bs);  // [chunk tokens, bs] fp32
+    for (int64_t tc = 0; tc < n_tok; tc += chunk) {
+      const int64_t tc_end = std::min(n_tok, tc + chunk);
+#pragma omp for schedule(dynamic, 1) nowait
+      for (int64_t r = 0; r < s.block_rows; ++r) {
+        std::fill(partial.begin(), partial.end(), 0.f);
+        for (int64_t kp = crow[r]; kp < crow[r + 1]; kp += k_panel) {
+          const int64_t kp_end = std::min(crow[r + 1], kp + k_panel);
+          for (int64_t ig = 0; ig < bs; ig += kRowGroup) {
+            for (int64_t t0 = tc; t0 < tc_end; t0 += 4) {
+              const int64_t nt = std::min<int64_t>(4, tc_end - t0);
+              const T* xr[4];  // a tail tile repeats its last token; only nt rows are kept
+              for (int m = 0; m < 4; ++m) xr[m] = x + std::min(t0 + m, tc_end - 1) * ld;
+              for (int64_t i0 = ig; i0 < ig + kRowGroup; i0 += 4) {
+                __m512 acc[4][4];
+                for (auto& row : acc)
+                  for (auto& a : row) a = _mm512_setzero_ps();
+                for (int64_t k = kp; k < kp_end; ++k) {
+                  const int64_t c0 = col[k] * bs;
+                  const T* xk[4] = {xr[0] + c0, xr[1] + c0, xr[2] + c0, xr[3] + c0};
+                  dot_tile_4x4(xk, values + (k * bs + i0) * bs, bs, bs, acc);
+                }
+                alignas(64) float sums[16];
+                _mm512_store_ps(sums, reduce_4x4(acc));
+                for (int64_t m = 0; m < nt; ++m)
+                  for (int n = 0; n < 4; ++n) partial[(t0 - tc + m) * bs + i0 + n] += sums[4 * m + n];
+              }
+            }
           }
         }
+        for (int64_t t = tc; t < tc_end; ++t)
+          for (int64_t i = 0; i < bs; i += 16) {
+            __m512 v = _mm512_loadu_ps(&partial[(t - tc) * bs + i]);
+            if (bias) v = _mm512_add_ps(v, load16(bias + r * bs + i));
+            store16(y + t * out + r * bs + i, v);
+          }
+      }
+    }
+  }
+}
+
+// fp32 forward in outer-product form: y[t, r·bs + i] += x[t, c·bs + j] · Wᵀ_k[j, i]. Each thread
+// transposes the blocks of its current block-row into an L2-resident panel, so the 16·NV outputs
+// of a register tile are contiguous: no horizontal sums, M·NV FMAs per NV loads + M broadcasts.
+template <int M, int NV>
+void forward_packed_f32(const BsrShape& s, const float* x, const float* values, const int64_t* crow,
+                        const int64_t* col, const float* bias, float* y) {
+  const int64_t bs = s.bs, bb = bs * bs, out = s.block_rows * bs, ld = s.in_features, n_tok = s.tokens;
+#pragma omp parallel num_threads(s.num_threads)
+  {
+    std::vector<float> panel;  // Wᵀ blocks of one block-row: [blocks, bs (j), bs (i)]
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t r = 0; r < s.block_rows; ++r) {
+      const int64_t kb = crow[r], ke = crow[r + 1];
+      panel.resize((ke - kb) * bb);
+      for (int64_t k = kb; k < ke; ++k)
+        for (int64_t i = 0; i < bs; i += 16)
+          for (int64_t j = 0; j < bs; j += 16)
+            transpose_16x16(values + k * bb + i * bs + j, bs, panel.data() + (k - kb) * bb + j * bs + i, bs);
+      for (int64_t t0 = 0; t0 < n_tok; t0 += M) {
+        const int64_t nt = std::min<int64_t>(M, n_tok - t0);
+        __m512 acc[M][NV];
+        for (int v = 0; v < NV; ++v) {
+          const __m512 b = bias ? _mm512_loadu_ps(bias + r * bs + 16 * v) : _mm512_setzero_ps();
+          for (int m = 0; m < M; ++m) acc[m][v] = b;
+        }
+        const float* xrow[M];  // a tail tile repeats its last token; only nt rows are stored
+        for (int m = 0; m < M; ++m) xrow[m] = x + std::min(t0 + m, n_tok - 1) * ld;
+        for (int64_t k = kb; k < ke; ++k) {
+          const float* a[M];
+          for (int m = 0; m < M; ++m) a[m] = xrow[m] + col[k] * bs;
+          if (k + 1 < ke)  // x rows jump between blocks, beyond what hardware prefetchers follow
+            for (int m = 0; m < M; ++m)
+              for (int64_t j = 0; j < bs; j += 16)
+                _mm_prefetch(reinterpret_cast<const char*>(xrow[m] + col[k + 1] * bs + j), _MM_HINT_T0);
+          rank1_tile<M, NV>(a, 1, panel.data() + (k - kb) * bb, bs, bs, acc);
+        }
+        for (int64_t m = 0; m < nt; ++m)
+          for (int v = 0; v < NV; ++v) _mm512_storeu_ps(y + (t0 + m) * out + r * bs + 16 * v, acc[m][v]);
       }
     }
   }
@@ -222,6 +284,16 @@ void grad_values_dispatch(const BsrShape& s, const T* gy, const T* x, const int6
 
 void bsr_forward_f32(const BsrShape& s, const float* x, const float* values, const int64_t* crow, const int64_t* col,
                      const float* bias, float* y) {
+#if defined(__AVX512F__)
+  // Below kPackMinTokens the per-call transpose costs more than the horizontal sums it saves.
+  constexpr int64_t kPackMinTokens = 64;
+  if (s.tokens >= kPackMinTokens) {
+    if (s.bs == 16) forward_packed_f32<24, 1>(s, x, values, crow, col, bias, y);
+    else if (s.bs == 32) forward_packed_f32<12, 2>(s, x, values, crow, col, bias, y);
+    else forward_packed_f32<6, 4>(s, x, values, crow, col, bias, y);
+    return;
+  }
+#endif
   forward_impl(s, x, values, crow, col, bias, y);
 }
 void bsr_forward_bf16(const BsrShape& s, const uint16_t* x, const uint16_t* values, const int64_t* crow,

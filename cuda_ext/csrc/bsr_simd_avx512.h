@@ -48,6 +48,32 @@ inline __m512 reduce_4x4(const __m512 (&acc)[4][4]) {
   return _mm512_add_ps(_mm512_shuffle_f32x4(u01, u23, 0x88), _mm512_shuffle_f32x4(u01, u23, 0xDD));
 }
 
+// dst[c][r] = src[r][c] for a 16×16 fp32 tile: unpack pairs, shuffle quads, then transpose the
+// 128-bit lanes (64 shuffles, versus 256 scalar strided moves).
+inline void transpose_16x16(const float* src, int64_t src_stride, float* dst, int64_t dst_stride) {
+  __m512 t[16], u[16];
+  for (int k = 0; k < 8; ++k) {
+    const __m512 a = _mm512_loadu_ps(src + (2 * k) * src_stride), b = _mm512_loadu_ps(src + (2 * k + 1) * src_stride);
+    t[2 * k] = _mm512_unpacklo_ps(a, b);      // lane L: a[4L], b[4L], a[4L+1], b[4L+1]
+    t[2 * k + 1] = _mm512_unpackhi_ps(a, b);  // lane L: a[4L+2], b[4L+2], a[4L+3], b[4L+3]
+  }
+  for (int g = 0; g < 4; ++g) {  // u[4g+e], lane L: rows 4g..4g+3 at column 4L+e
+    const __m512* q = t + 4 * g;
+    u[4 * g + 0] = _mm512_shuffle_ps(q[0], q[2], 0x44);
+    u[4 * g + 1] = _mm512_shuffle_ps(q[0], q[2], 0xEE);
+    u[4 * g + 2] = _mm512_shuffle_ps(q[1], q[3], 0x44);
+    u[4 * g + 3] = _mm512_shuffle_ps(q[1], q[3], 0xEE);
+  }
+  for (int e = 0; e < 4; ++e) {  // column 4L+e gathers lane L of u[e], u[4+e], u[8+e], u[12+e]
+    const __m512 v0 = _mm512_shuffle_f32x4(u[e], u[4 + e], 0x44), v1 = _mm512_shuffle_f32x4(u[e], u[4 + e], 0xEE);
+    const __m512 v2 = _mm512_shuffle_f32x4(u[8 + e], u[12 + e], 0x44), v3 = _mm512_shuffle_f32x4(u[8 + e], u[12 + e], 0xEE);
+    _mm512_storeu_ps(dst + (0 + e) * dst_stride, _mm512_shuffle_f32x4(v0, v2, 0x88));
+    _mm512_storeu_ps(dst + (4 + e) * dst_stride, _mm512_shuffle_f32x4(v0, v2, 0xDD));
+    _mm512_storeu_ps(dst + (8 + e) * dst_stride, _mm512_shuffle_f32x4(v1, v3, 0x88));
+    _mm512_storeu_ps(dst + (12 + e) * dst_stride, _mm512_shuffle_f32x4(v1, v3, 0xDD));
+  }
+}
+
 // acc[m][n] (lane-wise) += x_m[j] · w_n[j] for j in [0, len); w_n = w + n·w_stride. len is a multiple of 16.
 // Keeping the reduction in lanes lets one accumulator run over every block of a block-row.
 template <typename T>
