@@ -19,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,24 +64,45 @@ def prepare_sweep_dir(sweep: SweepConfig, runs_root: Path) -> Path:
 def open_study(sweep: SweepConfig, sweep_dir: Path, storage_url: str | None):
     """The sweep's Optuna study, with heartbeats so that a dead worker's run is retried."""
     import optuna
-    from optuna.storages import RDBStorage, RetryFailedTrialCallback
+    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     url = storage_url or f"sqlite:///{(sweep_dir / 'study.db').resolve()}"
     engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
-    try:
-        storage = RDBStorage(
-            url,
-            engine_kwargs=engine_kwargs,
-            heartbeat_interval=HEARTBEAT_S,
-            grace_period=GRACE_S,
-            failed_trial_callback=RetryFailedTrialCallback(max_retry=max(1, sweep.launch.retries)),
-        )
-    except Exception as e:  # SQLAlchemy raises many kinds for a bad URL or an unreachable server
-        raise UserError(f"--storage: cannot open {url!r}: {str(e).splitlines()[0]}") from None
+    for attempt in range(5):  # workers starting together race to create the schema; the loser retries
+        try:
+            storage = RDBStorage(
+                url,
+                engine_kwargs=engine_kwargs,
+                heartbeat_interval=HEARTBEAT_S,
+                grace_period=GRACE_S,
+                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=max(1, sweep.launch.retries)),
+            )
+            break
+        except Exception as e:  # SQLAlchemy raises many kinds for a bad URL or an unreachable server
+            if attempt == 4 or "IntegrityError" not in type(e).__name__ + str(e):
+                raise UserError(f"--storage: cannot open {url!r}: {str(e).splitlines()[0]}") from None
+            time.sleep(1 + attempt)
     ids = [r.run_id for r in sweep.runs()]
-    sampler = optuna.samplers.GridSampler({"run_id": ids}, seed=0)
+    sampler = _SweepGridSampler({"run_id": ids}, seed=0)
     return optuna.create_study(study_name=sweep.name, storage=storage, sampler=sampler, load_if_exists=True)
+
+
+def _grid_sampler_class():
+    import optuna
+
+    class SweepGridSampler(optuna.samplers.GridSampler):
+        """GridSampler whose trials never stop the study: the worker loop decides when a sweep is done."""
+
+        def after_trial(self, study, trial, state, values):
+            pass
+
+    return SweepGridSampler
+
+
+def _SweepGridSampler(*args, **kwargs):
+    return _grid_sampler_class()(*args, **kwargs)
 
 
 class _Heartbeat:
@@ -229,8 +251,10 @@ def summary_table(sweep_dir: Path, outcomes: list[RunOutcome]) -> str:
     lines = [header, "-" * len(header)]
     for o in outcomes:
         run_dir = sweep_dir / o.run_id
-        cfg_path = run_dir / "config.json"
-        n = json.loads(cfg_path.read_text())["params"]["non_embedding"] if cfg_path.exists() else None
+        try:
+            n = json.loads((run_dir / "config.json").read_text())["params"]["non_embedding"]
+        except (OSError, ValueError, KeyError):
+            n = None  # not started, or its config is what failed
         rows = read_jsonl(run_dir / "metrics.jsonl")
         last = rows[-1] if rows else {}
         cells = [

@@ -1,0 +1,81 @@
+"""Sweeps: two workers share a grid through one SQLite study; failures are recorded and the sweep goes on."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import optuna
+import yaml
+
+from conftest import REPO
+from tlc.io import read_jsonl
+from tlc.train import is_complete
+
+
+def _write_sweep(path, corpus, shapes, name="grid", context=32):
+    doc = {
+        "name": name,
+        "model": {"context": context, "vocab_size": 300},
+        "shapes": shapes,
+        "seeds": [0],
+        "train": {"tokens": 8 * 8 * context, "micro_batch": 8, "evals": 3, "precision": "fp32"},
+        "data": {"source": str(corpus)},
+        "launch": {"retries": 0},
+    }
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+FOUR = [{"width": 16, "depth": 1, "heads": 2}, {"width": 32, "depth": 1, "heads": 2},
+        {"width": 16, "depth": 2, "heads": 2}, {"width": 32, "depth": 2, "heads": 2}]
+
+
+def _study(runs):
+    return optuna.load_study(study_name="grid", storage=f"sqlite:///{runs / 'grid' / 'study.db'}")
+
+
+def test_two_workers_train_every_run_exactly_once(tmp_path, small_corpus):
+    sweep = _write_sweep(tmp_path / "grid.yaml", small_corpus, FOUR)
+    runs = tmp_path / "runs"
+    cmd = [sys.executable, "-m", "tlc", "sweep", str(sweep), "--runs-dir", str(runs)]
+    # the first worker makes the study; the second joins it while the first is training
+    workers = [subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)]
+    workers.append(subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    results = [w.communicate(timeout=600) for w in workers]
+    assert all(w.returncode == 0 for w in workers), [r[1][-2000:] for r in results]
+
+    started = {}
+    for t in _study(runs).get_trials():
+        if "started" in t.user_attrs:
+            started.setdefault(t.params["run_id"], []).append(t.user_attrs["worker"])
+    assert sorted(started) == ["w16-d1-s0", "w16-d2-s0", "w32-d1-s0", "w32-d2-s0"]
+    assert all(len(w) == 1 for w in started.values()), started  # trained exactly once
+    assert len({w[0] for w in started.values()}) == 2  # and the work was shared
+    for run_id in started:
+        rows = read_jsonl(runs / "grid" / run_id / "metrics.jsonl")
+        assert [r["step"] for r in rows] == [1, 3, 8]
+        assert is_complete(runs / "grid" / run_id)
+    summary = results[0][0] + results[1][0]
+    assert "w32-d2-s0" in summary and "val loss" in summary
+
+    # a finished sweep run again trains nothing
+    again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and again.stdout.count("skipped") == 4
+
+
+def test_a_failed_run_is_recorded_and_the_sweep_goes_on(tmp_path, small_corpus):
+    # one run's directory holds a corrupt config.json, so that run fails inside its own process
+    sweep = _write_sweep(tmp_path / "grid.yaml", small_corpus, FOUR[:2], name="grid")
+    runs = tmp_path / "runs"
+    blocker = runs / "grid" / "w16-d1-s0"
+    blocker.mkdir(parents=True)
+    (blocker / "config.json").write_text("{ not json")  # this run cannot start
+    proc = subprocess.run([sys.executable, "-m", "tlc", "sweep", str(sweep), "--runs-dir", str(runs)],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 1
+    assert "1 run(s) failed: w16-d1-s0" in proc.stderr
+    assert is_complete(runs / "grid" / "w32-d1-s0")
+    states = {t.params["run_id"]: t.state.name for t in _study(runs).get_trials() if "started" in t.user_attrs}
+    assert states == {"w16-d1-s0": "FAIL", "w32-d1-s0": "COMPLETE"}
+    assert "failed" in proc.stdout and "is unreadable" in proc.stdout
