@@ -20,7 +20,7 @@ from scaling.compression import INT8_CANDIDATES, PRUNING_CANDIDATES
 from scaling.compression_fit import CompressionModel, compression_points, fit_compression_model
 from scaling.diagnostics import leave_largest_out, residuals_per_run
 from scaling.fitting import HUBER_DELTA, FitResult, fit_law
-from scaling.forms import LAWS, ChinchillaParameters, LawForm
+from scaling.forms import LAWS, LawForm
 from scaling.frontier import LEARNING_CURVE, bootstrap_frontier, compute_frontier, fit_frontier, fit_learning_curve
 from scaling.observations import SweepObservations
 
@@ -234,4 +234,4 @@ def fit_sweep_observations(
     )
 
 
-__all__ = ["FORMAT", "fit_sweep_observations", "json_clean", "ChinchillaParameters"]
+

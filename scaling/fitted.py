@@ -1,0 +1,178 @@
+"""A fitted sweep read back from fit.json, for prediction with intervals (what `tlc plan` calls).
+
+    fitted = scaling.load_fit(json.loads(Path("runs/tiny/fit.json").read_text()))
+    mean, low, high = fitted.predict_loss(N=2e7, D=4e8, method="magnitude", sparsity=0.5, int8=True)
+
+A compressed model's loss is predicted as the dense law's loss plus the pruning model's
+added loss plus the 8-bit model's added loss: the two added losses are assumed to add, which
+the fits do not test (see `scaling.compression_fit`). Intervals come from the bootstrap draws
+stored in fit.json: draw k of every law was fitted to the same resample of runs, so the
+draws are summed draw by draw before taking percentiles.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from scaling.allocation import chinchilla_allocation, optimal_allocation
+from scaling.bootstrap import CONFIDENCE, percentile_interval
+from scaling.compression import INT8_CANDIDATES, PRUNING_CANDIDATES
+from scaling.forms import LAWS, PUBLISHED_CHINCHILLA, LawForm
+from scaling.sweep_fit import FORMAT
+
+
+@dataclass(frozen=True)
+class FittedLaw:
+    """One fitted form: point estimate, status, and its bootstrap draws in fitted coordinates."""
+
+    form: LawForm
+    parameters: Any  # the form's parameters dataclass
+    status: str
+    draws: np.ndarray = field(repr=False)  # (R, P); rows of NaN for unusable resamples
+
+    @classmethod
+    def from_json(cls, form: LawForm, entry: dict) -> FittedLaw:
+        """Read one law's entry of fit.json (see `scaling.sweep_fit.fit_sweep_observations`)."""
+        names = form.parameter_names
+        try:
+            parameters = form.parameters_type(**{n: float(entry["parameters"][n]["value"]) for n in names})
+            draw_lists = entry["bootstrap"]["draws"]
+            n_draws = len(draw_lists[names[0]])
+        except (KeyError, TypeError) as error:
+            raise ValueError(f"fit.json: law {form.name}: missing or malformed field {error}") from None
+        draws = np.full((n_draws, len(form.fitted)), np.nan)
+        for k in range(n_draws):
+            values = [draw_lists[n][k] for n in names]
+            if all(v is not None for v in values):
+                draws[k] = form.to_theta(form.parameters_type(*map(float, values)))
+        return cls(form=form, parameters=parameters, status=str(entry.get("status", "converged")), draws=draws)
+
+    def log_loss(self, **covariates: float) -> tuple[float, np.ndarray]:
+        """Log-prediction at one point: from the point estimate, and per draw (R,) (NaN if unusable)."""
+        x = {c: np.array([float(covariates[c])]) for c in self.form.covariates}
+        theta = self.form.to_theta(self.parameters)
+        point, _ = self.form.log_loss(theta, x, jacobian=False)
+        if len(self.draws) == 0:
+            return float(point[0]), np.empty(0)
+        usable = np.isfinite(self.draws).all(axis=1)
+        per_draw, _ = self.form.log_loss(np.where(usable[:, None], self.draws, theta), x, jacobian=False)
+        per_draw = np.where(usable, per_draw[:, 0], np.nan)
+        return float(point[0]), per_draw
+
+
+def _positive(name: str, value: float) -> float:
+    value = float(value)
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name}: must be finite and > 0, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class FittedSweep:
+    """Every law fitted to a sweep, ready to predict loss for (N, D, pruning method, sparsity, int8)."""
+
+    laws: dict[str, FittedLaw]  # joint L(N, D) laws by name ("chinchilla", "kaplan")
+    pruning: dict[str, FittedLaw]  # pruning models by method
+    int8: FittedLaw | None
+    confidence: float = CONFIDENCE
+
+    @property
+    def methods(self) -> tuple[str, ...]:
+        """Pruning methods the sweep measured well enough to model."""
+        return tuple(sorted(self.pruning))
+
+    def predict_loss(
+        self,
+        N: float,
+        D: float,
+        method: str | None = None,
+        sparsity: float = 0.0,
+        int8: bool = False,
+        law: str = "chinchilla",
+    ) -> tuple[float, float, float]:
+        """Predicted validation loss (mean, low, high) of a model of N non-embedding parameters
+        trained on D tokens, then pruned with ``method`` to ``sparsity`` and/or made 8-bit.
+
+        mean is the point estimate; (low, high) the bootstrap interval at ``confidence`` (NaN when
+        fit.json holds no draws). The interval covers the uncertainty of the fitted mean loss, not
+        the run-to-run scatter. Sparsities beyond those measured are extrapolations.
+        """
+        N, D = _positive("N", N), _positive("D", D)
+        if law not in self.laws:
+            raise ValueError(f"law: {law!r} is not in this fit; valid: {sorted(self.laws)}")
+        if not (0.0 <= sparsity < 1.0):
+            raise ValueError(f"sparsity: must be in [0, 1), got {sparsity!r}")
+        log_dense, log_dense_draws = self.laws[law].log_loss(N=N, D=D)
+        mean, draws = math.exp(log_dense), np.exp(log_dense_draws)
+        added_terms = []
+        if sparsity > 0:
+            if method is None or method == "none":
+                raise ValueError(f"method: sparsity {sparsity} needs a pruning method; valid: {list(self.methods)}")
+            if method not in self.pruning:
+                raise ValueError(f"method: no pruning model for {method!r} in this fit; valid: {list(self.methods)}")
+            added_terms.append((self.pruning[method], {"sparsity": sparsity, "N": N}))
+        if int8:
+            if self.int8 is None:
+                raise ValueError("int8: this fit has no 8-bit model (no 8-bit variants in compress.jsonl)")
+            added_terms.append((self.int8, {"N": N}))
+        for model, covariates in added_terms:
+            # Compression forms predict log(dense_loss + added); with dense_loss = 1 that is log(1 + added).
+            log_point, log_draws = model.log_loss(dense_loss=1.0, **covariates)
+            mean += math.expm1(log_point)
+            draws = draws + np.expm1(log_draws) if len(draws) else draws
+        low, high = percentile_interval(draws, self.confidence) if len(draws) else (math.nan, math.nan)
+        return mean, float(low), float(high)
+
+    def compute_optimal(self, compute: float, law: str = "chinchilla") -> tuple[float, float]:
+        """(N_opt, D_opt) at ``compute`` training FLOPs under C = 6ND: closed form for Chinchilla."""
+        _positive("compute", compute)
+        if law not in self.laws:
+            raise ValueError(f"law: {law!r} is not in this fit; valid: {sorted(self.laws)}")
+        fitted = self.laws[law]
+        if law == "chinchilla":
+            allocation = chinchilla_allocation(fitted.parameters)
+            return float(allocation.optimal_params(compute)), float(allocation.optimal_tokens(compute))
+        return optimal_allocation(fitted.form, fitted.parameters, compute)
+
+    @classmethod
+    def published_chinchilla(cls) -> FittedSweep:
+        """Hoffmann et al. 2022's fitted law (eq. 10), with no intervals and no compression models."""
+        form = LAWS["chinchilla"]
+        law = FittedLaw(form=form, parameters=PUBLISHED_CHINCHILLA, status="converged", draws=np.empty((0, 5)))
+        return cls(laws={"chinchilla": law}, pruning={}, int8=None)
+
+
+def load_fit(data: dict) -> FittedSweep:
+    """Read the content of fit.json (as written by `tlc fit`) into a FittedSweep.
+
+    Laws whose status is "not_converged" are left out rather than used silently;
+    ValueError names a missing field or an unknown format.
+    """
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        got = data.get("format") if isinstance(data, dict) else type(data).__name__
+        raise ValueError(f"fit.json: format must be {FORMAT!r}, got {got!r}; rerun `tlc fit`")
+    laws = {
+        name: FittedLaw.from_json(LAWS[name], entry)
+        for name, entry in data.get("laws", {}).items()
+        if name in LAWS and entry.get("status") != "not_converged"
+    }
+    if not laws:
+        raise ValueError("fit.json: no usable L(N, D) law (all missing or not converged); rerun `tlc fit`")
+    compression = data.get("compression") or {}
+    pruning = {
+        method: FittedLaw.from_json(PRUNING_CANDIDATES[entry["candidate"]], entry)
+        for method, entry in (compression.get("pruning") or {}).items()
+        if entry.get("status") != "not_converged"
+    }
+    int8_entry = compression.get("int8")
+    int8 = (
+        FittedLaw.from_json(INT8_CANDIDATES[int8_entry["candidate"]], int8_entry)
+        if int8_entry and int8_entry.get("status") != "not_converged"
+        else None
+    )
+    confidence = float((data.get("bootstrap") or {}).get("confidence", CONFIDENCE))
+    return FittedSweep(laws=laws, pruning=pruning, int8=int8, confidence=confidence)

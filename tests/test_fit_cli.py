@@ -1,0 +1,172 @@
+"""`tlc fit` end to end on run directories written here, in the contract's format."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from scaling import load_fit
+from scaling.synthetic import synthetic_sweep
+from tlc import fit as tlc_fit
+from tlc.errors import UserError
+
+
+def write_runs(runs_dir: Path, n_runs: int = 6, points: int = 12, noise: float = 0.002, compress: bool = True) -> None:
+    """A sweep in the run-directory contract, from the synthetic truth in `scaling.synthetic`."""
+    sweep = synthetic_sweep(n_runs=n_runs, points_per_run=points, noise=noise, seed=1, max_params=3e7)
+    for run in sweep.runs:
+        run_dir = runs_dir / run.run_id
+        run_dir.mkdir(parents=True)
+        n = int(run.non_embedding_params)
+        config = {
+            "run_id": run.run_id,
+            "shape": {"width": 64, "depth": 2, "heads": 2, "context": 128, "vocab_size": 2048, "arch": "gpt2"},
+            "params": {"total": n + 2048 * 64, "non_embedding": n},
+            "flops_per_token": 6.0 * n,
+            "seed": 0,
+        }
+        (run_dir / "config.json").write_text(json.dumps(config))
+        rows = [{"step": 0, "tokens": 0, "flops": 0.0, "wall_s": 0.0, "train_loss": 7.6, "val_loss": 7.6,
+                 "val_bpb": 3.0, "val_acc": 0.0, "lr": 0.0}]
+        for step, (tokens, flops, loss) in enumerate(zip(run.tokens, run.train_flops, run.val_loss), 1):
+            rows.append({"step": step * 10, "tokens": float(tokens), "flops": float(flops), "wall_s": step * 1.0,
+                         "train_loss": float(loss) * 0.98, "val_loss": float(loss), "val_bpb": float(loss) / 2.4,
+                         "val_acc": 0.3, "lr": 1e-3})
+        (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        if compress:
+            variants = [v for v in sweep.variants if v.run_id == run.run_id]
+            lines = [{"method": "none", "sparsity": 0.0, "bits": 32, "nonzeros": n, "bytes": 4 * n,
+                      "val_loss": run.final_loss}]
+            lines += [{"method": v.method, "sparsity": v.sparsity, "bits": v.bits, "nonzeros": int(n * (1 - v.sparsity)),
+                       "bytes": n, "val_loss": v.val_loss} for v in variants]
+            (run_dir / "compress.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+
+
+def run_cli(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="tlc fit")
+    tlc_fit.add_arguments(parser)
+    return tlc_fit.run(parser.parse_args(argv))
+
+
+def _no_nan(value) -> None:
+    if isinstance(value, float):
+        assert math.isfinite(value)
+    elif isinstance(value, dict):
+        for v in value.values():
+            _no_nan(v)
+    elif isinstance(value, list):
+        for v in value:
+            _no_nan(v)
+
+
+def test_fit_writes_valid_fit_json(tmp_path, capsys):
+    write_runs(tmp_path)
+    (tmp_path / "report").mkdir()  # a folder that is not a run is ignored
+    assert run_cli([str(tmp_path), "--bootstrap", "20"]) == 0
+    text = (tmp_path / "fit.json").read_text()
+    fit = json.loads(text, parse_constant=lambda c: pytest.fail(f"fit.json holds {c}"))
+    _no_nan(fit)
+    assert fit["n_runs"] == 6 and fit["n_points"] == 6 * 12  # the step-0 evaluations are skipped
+    chinchilla = fit["laws"]["chinchilla"]
+    assert chinchilla["status"] in ("converged", "hit_bound", "not_converged")
+    assert set(chinchilla["parameters"]) == {"E", "A", "B", "alpha", "beta"}
+    for entry in chinchilla["parameters"].values():
+        assert entry["low"] <= entry["value"] * 1.0000001 or entry["low"] is None
+    assert set(chinchilla["residuals"]) == {p.name for p in tmp_path.iterdir() if (p / "config.json").exists()}
+    assert chinchilla["heldout"]["relative_error"] < 0.05
+    assert "a" in fit["allocation"]["chinchilla"] and "magnitude" in fit["compression"]["pruning"]
+    assert fit["compression"]["int8"] is not None
+    out = capsys.readouterr().out
+    assert "chinchilla" in out and "alpha" in out and "leave-largest-out" in out
+    mean, low, high = load_fit(fit).predict_loss(1e7, 2e8, method="magnitude", sparsity=0.5, int8=True)
+    assert low <= mean <= high
+    assert not list(tmp_path.glob(".fit.json*"))  # the temporary file was renamed into place
+
+
+def test_final_only_fits_one_point_per_run(tmp_path):
+    write_runs(tmp_path, n_runs=10, compress=False)
+    fit = tlc_fit.fit_sweep(tmp_path, bootstrap=0, final_only=True)
+    assert fit["n_points"] == 10 and fit["final_only"] and fit["compression"]["pruning"] == {}
+
+
+def test_final_only_refuses_fewer_points_than_needed(tmp_path):
+    write_runs(tmp_path, n_runs=6, compress=False)
+    with pytest.raises(UserError, match="6 points; need at least 10; or drop --final-only"):
+        tlc_fit.fit_sweep(tmp_path, final_only=True)
+
+
+def test_refuses_too_few_runs(tmp_path):
+    write_runs(tmp_path, n_runs=2, compress=False)
+    with pytest.raises(UserError, match="distinct model size"):
+        run_cli([str(tmp_path)])
+    assert not (tmp_path / "fit.json").exists()
+
+
+def test_refuses_a_single_run(tmp_path):
+    write_runs(tmp_path, n_runs=1, compress=False)
+    with pytest.raises(UserError, match="1 run"):
+        tlc_fit.fit_sweep(tmp_path)
+
+
+def test_refuses_missing_or_empty_dir(tmp_path):
+    with pytest.raises(UserError, match="RUNS_DIR: .* is not a directory"):
+        tlc_fit.fit_sweep(tmp_path / "nope")
+    with pytest.raises(UserError, match="no runs under"):
+        tlc_fit.fit_sweep(tmp_path)
+
+
+def _append(path: Path, text: str) -> None:
+    with open(path, "a") as f:
+        f.write(text)
+
+
+def test_malformed_metrics_line_names_file_and_line(tmp_path):
+    write_runs(tmp_path, compress=False)
+    metrics = sorted(tmp_path.glob("*/metrics.jsonl"))[0]
+    _append(metrics, "{not json\n")
+    with pytest.raises(UserError, match=rf"{metrics.name}:14: not valid JSON"):
+        tlc_fit.fit_sweep(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "row, message",
+    [
+        ({"step": 999, "tokens": 1e9, "flops": 1e18, "val_loss": float("nan")}, "val_loss must be a finite number"),
+        ({"step": 999, "tokens": 1e9, "flops": 1e18, "val_loss": -1.0}, "val_loss must be > 0"),
+        ({"step": 999, "tokens": 1e9, "val_loss": 3.0}, "flops must be a finite number"),
+    ],
+)
+def test_bad_metric_values_are_user_errors(tmp_path, row, message):
+    write_runs(tmp_path, compress=False)
+    metrics = sorted(tmp_path.glob("*/metrics.jsonl"))[0]
+    _append(metrics, json.dumps(row) + "\n")  # json writes NaN for nan; the reader must refuse it
+    with pytest.raises(UserError, match=message):
+        tlc_fit.fit_sweep(tmp_path)
+
+
+def test_bad_compress_line_is_a_user_error(tmp_path):
+    write_runs(tmp_path)
+    compress = sorted(tmp_path.glob("*/compress.jsonl"))[0]
+    _append(compress, json.dumps({"method": "magnitude", "sparsity": 1.5, "bits": 32, "val_loss": 4.0}) + "\n")
+    with pytest.raises(UserError, match=r"compress.jsonl:\d+: sparsity must be in \[0, 1\)"):
+        tlc_fit.fit_sweep(tmp_path, bootstrap=0)
+
+
+def test_missing_non_embedding_count_is_a_user_error(tmp_path):
+    write_runs(tmp_path, compress=False)
+    config = sorted(tmp_path.glob("*/config.json"))[0]
+    data = json.loads(config.read_text())
+    del data["params"]["non_embedding"]
+    config.write_text(json.dumps(data))
+    with pytest.raises(UserError, match="config.json: non_embedding must be a finite number"):
+        tlc_fit.fit_sweep(tmp_path)
+
+
+def test_negative_bootstrap_is_a_user_error(tmp_path):
+    write_runs(tmp_path, compress=False)
+    with pytest.raises(UserError, match="--bootstrap"):
+        run_cli([str(tmp_path), "--bootstrap", "-1"])

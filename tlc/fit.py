@@ -1,0 +1,222 @@
+"""``tlc fit RUNS_DIR``: fit scaling laws to a trained (and compressed) sweep, write fit.json.
+
+Reads the run-directory contract written by ``tlc sweep`` and ``tlc compress``:
+
+- ``<run-id>/config.json``: run_id and params.non_embedding (N in every law);
+- ``<run-id>/metrics.jsonl``: one evaluation per line with step, tokens (D), flops (C) and
+  val_loss; points at step 0 or with no tokens seen are skipped;
+- ``<run-id>/compress.jsonl`` (optional): one compressed variant per line with method,
+  sparsity, bits and val_loss; the dense baseline is the run's last evaluation.
+
+and writes ``RUNS_DIR/fit.json`` atomically (layout in `scaling.sweep_fit`). All fitting is in
+`scaling`; this module only reads files, reports and turns input problems into UserError.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import scaling
+from tlc.errors import UserError
+from tlc.io import atomic_write_json
+
+DEFAULT_BOOTSTRAP = 200
+
+
+def _read_json_lines(path: Path) -> list[tuple[int, dict]]:
+    """(line number, object) for each non-blank line; a malformed line is a UserError naming it."""
+    rows = []
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            cut = " (cut short: an interrupted write? resume the run or delete the line)" if not line.endswith("\n") else ""
+            raise UserError(f"{path}:{number}: not valid JSON ({error.msg}){cut}") from None
+        if not isinstance(row, dict):
+            raise UserError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
+        rows.append((number, row))
+    return rows
+
+
+def _number(path: Path, where: str, row: dict, field: str, positive: bool = False) -> float:
+    """A finite number from ``row[field]`` (strictly positive if asked), else a UserError naming it."""
+    value = row.get(field)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise UserError(f"{path}{where}: {field} must be a finite number, got {value!r}")
+    if positive and value <= 0:
+        raise UserError(f"{path}{where}: {field} must be > 0, got {value!r}")
+    return float(value)
+
+
+def read_run(run_dir: Path) -> tuple[scaling.RunCurve, list[scaling.CompressedVariant]]:
+    """One run's learning curve and compressed variants, validated, from its directory."""
+    config_path, metrics_path = run_dir / "config.json", run_dir / "metrics.jsonl"
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise UserError(f"{config_path}: not valid JSON ({error.msg}, line {error.lineno})") from None
+    if not isinstance(config, dict):
+        raise UserError(f"{config_path}: expected a JSON object")
+    run_id = str(config.get("run_id") or run_dir.name)
+    params = config.get("params")
+    if not isinstance(params, dict):
+        raise UserError(f"{config_path}: params must be an object with total and non_embedding counts")
+    non_embedding = _number(config_path, "", params, "non_embedding", positive=True)
+    if not metrics_path.exists():
+        raise UserError(f"{metrics_path}: missing; train the run first (tlc sweep) or remove {run_dir}")
+
+    by_step: dict[float, tuple[float, float, float]] = {}
+    for number, row in _read_json_lines(metrics_path):
+        where = f":{number}"
+        step = _number(metrics_path, where, row, "step")
+        tokens = _number(metrics_path, where, row, "tokens")
+        flops = _number(metrics_path, where, row, "flops")
+        val_loss = _number(metrics_path, where, row, "val_loss", positive=True)
+        if step <= 0 or tokens <= 0:
+            continue  # the initial evaluation: no training yet, no point on a scaling law
+        if flops <= 0:
+            raise UserError(f"{metrics_path}{where}: flops must be > 0 once tokens > 0, got {flops!r}")
+        by_step[step] = (tokens, flops, val_loss)  # a step logged twice (a resumed run): the last counts
+    if not by_step:
+        raise UserError(f"{metrics_path}: no evaluation after step 0; train the run further or remove {run_dir}")
+    steps = sorted(by_step)
+    curve = scaling.RunCurve(
+        run_id=run_id,
+        non_embedding_params=non_embedding,
+        tokens=[by_step[s][0] for s in steps],
+        train_flops=[by_step[s][1] for s in steps],
+        val_loss=[by_step[s][2] for s in steps],
+    )
+
+    variants = []
+    compress_path = run_dir / "compress.jsonl"
+    if compress_path.exists():
+        for number, row in _read_json_lines(compress_path):
+            where = f":{number}"
+            method = row.get("method")
+            if not isinstance(method, str) or not method:
+                raise UserError(f"{compress_path}{where}: method must be a non-empty string, got {method!r}")
+            sparsity = _number(compress_path, where, row, "sparsity")
+            bits = _number(compress_path, where, row, "bits")
+            val_loss = _number(compress_path, where, row, "val_loss", positive=True)
+            try:
+                variants.append(scaling.CompressedVariant(run_id, method, sparsity, int(bits), val_loss))
+            except ValueError as error:
+                raise UserError(f"{compress_path}{where}: {str(error).split(': ', 1)[-1]}") from None
+    return curve, variants
+
+
+def read_sweep(runs_dir: Path) -> scaling.SweepObservations:
+    """Every run under ``runs_dir`` (a subdirectory holding config.json), in name order."""
+    runs_dir = Path(runs_dir)
+    if not runs_dir.is_dir():
+        raise UserError(f"RUNS_DIR: {runs_dir} is not a directory; give the sweep's output folder, e.g. runs/tiny")
+    run_dirs = sorted(p for p in runs_dir.iterdir() if p.is_dir() and (p / "config.json").is_file())
+    if not run_dirs:
+        raise UserError(f"RUNS_DIR: no runs under {runs_dir} (expected <run-id>/config.json); run tlc sweep first")
+    curves, variants = [], []
+    for run_dir in run_dirs:
+        curve, run_variants = read_run(run_dir)
+        curves.append(curve)
+        variants.extend(run_variants)
+    try:
+        return scaling.SweepObservations(runs=tuple(curves), variants=tuple(variants))
+    except ValueError as error:
+        raise UserError(f"RUNS_DIR {runs_dir}: {error}") from None
+
+
+def fit_sweep(runs_dir: Path, bootstrap: int = DEFAULT_BOOTSTRAP, seed: int = 0, final_only: bool = False) -> dict:
+    """Fit the sweep under ``runs_dir`` and return fit.json's content (nothing is written).
+
+    Raises UserError for unreadable input and for a sweep too small to identify the laws.
+    """
+    if bootstrap < 0:
+        raise UserError(f"--bootstrap: must be >= 0 resamples, got {bootstrap}")
+    observations = read_sweep(Path(runs_dir))
+    try:
+        observations.check_identifiable(final_only)
+    except ValueError as error:
+        hint = "; or drop --final-only" if final_only else ""
+        raise UserError(f"RUNS_DIR {runs_dir}: {error}{hint}") from None
+    return scaling.fit_sweep_observations(observations, bootstrap=bootstrap, seed=seed, final_only=final_only)
+
+
+def _interval(entry: dict) -> str:
+    def fmt(v):
+        return "-" if v is None else f"{v:.4g}"
+
+    return f"{fmt(entry['value']):>10}  [{fmt(entry['low'])}, {fmt(entry['high'])}]"
+
+
+def format_table(fit: dict, path: Path) -> str:
+    """The short summary ``tlc fit`` prints: parameters with intervals, held-out error, status."""
+    points = "final evaluations only" if fit["final_only"] else "every evaluation"
+    lines = [
+        f"{fit['n_runs']} runs, {fit['n_points']} points ({points}), {fit['bootstrap']['resamples']} bootstrap "
+        f"resamples over runs, {fit['bootstrap']['confidence']:.0%} intervals -> {path}",
+        f"{'law':<12}{'parameter':<11}{'value':>10}  interval",
+    ]
+    for name, law in fit["laws"].items():
+        heldout = law["heldout"]
+        error = f"{heldout['relative_error']:.2%} on {', '.join(heldout['held_out_runs'])}" if heldout else "n/a"
+        for i, (parameter, entry) in enumerate(law["parameters"].items()):
+            lines.append(f"{name if i == 0 else '':<12}{parameter:<11}{_interval(entry)}")
+        lines.append(f"{'':<12}status {law['status']}; leave-largest-out error {error}")
+    chinchilla = fit["allocation"].get("chinchilla", {})
+    if "a" in chinchilla:
+        lines.append(
+            f"compute-optimal (chinchilla, C = 6ND): N_opt ~ C^a, a = {_interval(chinchilla['a']).strip()}; "
+            f"D_opt ~ C^b, b = {_interval(chinchilla['b']).strip()}"
+        )
+    frontier = fit["frontier"]["fit"]
+    alpha = _interval(frontier["parameters"]["alpha"]).strip()
+    lines.append(f"frontier {frontier['equation']}: alpha = {alpha}, status {frontier['status']}")
+    compression = fit["compression"]
+    models = [(f"pruning {m}", e) for m, e in compression["pruning"].items()]
+    if compression["int8"]:
+        models.append(("int8", compression["int8"]))
+    for label, entry in models:
+        parameters = ", ".join(f"{p} = {_interval(v).strip()}" for p, v in entry["parameters"].items())
+        lines.append(f"{label} ({entry['candidate']}): {parameters}; status {entry['status']}")
+    for method, reason in compression["skipped"].items():
+        lines.append(f"pruning {method}: not fitted, {reason}")
+    return "\n".join(lines)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``tlc fit``."""
+    parser.add_argument("runs_dir", type=Path, metavar="RUNS_DIR", help="the sweep's folder, holding <run-id>/ runs")
+    parser.add_argument(
+        "--bootstrap",
+        type=int,
+        default=DEFAULT_BOOTSTRAP,
+        help=f"bootstrap resamples over runs for the intervals (default {DEFAULT_BOOTSTRAP}; 0 for none)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resampling (default 0)")
+    parser.add_argument(
+        "--final-only",
+        action="store_true",
+        help="fit L(N, D) to each run's last evaluation only (intermediate points of a cosine schedule "
+        "overestimate the loss at their token count)",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Fit scaling laws to a sweep (and its compressed variants) and write RUNS_DIR/fit.json.
+
+    Fits Chinchilla's L(N, D) = E + A/N^alpha + B/D^beta and Kaplan's law in log space (Huber
+    loss, L-BFGS-B from a grid of starts), with bootstrap intervals over runs, the
+    compute-optimal allocation, the frontier of the learning curves, and the loss added by
+    each pruning method and by 8-bit weights as a function of model size.
+    """
+    fit = fit_sweep(args.runs_dir, bootstrap=args.bootstrap, seed=args.seed, final_only=args.final_only)
+    path = Path(args.runs_dir) / "fit.json"
+    atomic_write_json(path, fit)
+    print(format_table(fit, path))
+    return 0
