@@ -1,0 +1,169 @@
+"""Fitting recovers known parameters, reports its status honestly and refuses bad input."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from scaling.compression import INT8_CANDIDATES, PRUNING_CANDIDATES
+from scaling.fitting import fit_law
+from scaling.forms import (
+    ChinchillaForm,
+    KaplanForm,
+    KaplanParameters,
+    LearningCurveForm,
+    LearningCurveParameters,
+)
+from scaling.observations import CompressedVariant, RunCurve, SweepObservations
+from scaling.synthetic import TINY_TRUTH, synthetic_sweep
+
+
+def _relative_errors(fitted, truth) -> dict[str, float]:
+    t, f = dataclasses.asdict(truth), dataclasses.asdict(fitted)
+    return {k: abs(f[k] / t[k] - 1.0) if t[k] else abs(f[k]) for k in t}
+
+
+def test_chinchilla_recovered_exactly_without_noise():
+    table = synthetic_sweep(noise=0.0).points()
+    fit = fit_law(ChinchillaForm(), {"N": table.N, "D": table.D}, table.loss)
+    assert fit.status == "converged"
+    assert max(_relative_errors(fit.parameters, TINY_TRUTH).values()) < 1e-4
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_chinchilla_recovered_within_2_percent_with_noise(seed):
+    # 0.1% log-normal noise on every loss, sizes 1e5..1e10: A, the least identified
+    # parameter, moves about 1.5% at worst over seeds.
+    table = synthetic_sweep(noise=0.001, seed=seed, max_params=1e10).points()
+    fit = fit_law(ChinchillaForm(), {"N": table.N, "D": table.D}, table.loss)
+    assert fit.status == "converged"
+    errors = _relative_errors(fit.parameters, TINY_TRUTH)
+    assert max(errors.values()) < 0.02, errors
+
+
+def test_kaplan_recovered_exactly_without_noise():
+    truth = KaplanParameters(N_c=6.4e13, D_c=1.8e13, alpha_N=0.076, alpha_D=0.103)
+    n = np.repeat(np.geomspace(1e5, 1e9, 10), 15)
+    d = np.tile(np.geomspace(1e7, 1e11, 15), 10)
+    form = KaplanForm()
+    fit = fit_law(form, {"N": n, "D": d}, form.predict(truth, N=n, D=d))
+    assert fit.status == "converged"
+    assert max(_relative_errors(fit.parameters, truth).values()) < 1e-4
+
+
+def test_kaplan_recovered_within_2_percent_with_noise():
+    truth = KaplanParameters(N_c=6.4e13, D_c=1.8e13, alpha_N=0.076, alpha_D=0.103)
+    n = np.repeat(np.geomspace(1e5, 1e10, 12), 20)
+    d = np.tile(np.geomspace(1e7, 1e12, 20), 12)
+    form = KaplanForm()
+    loss = form.predict(truth, N=n, D=d) * np.exp(0.001 * np.random.default_rng(0).standard_normal(n.size))
+    fit = fit_law(form, {"N": n, "D": d}, loss)
+    errors = _relative_errors(fit.parameters, truth)
+    assert fit.status == "converged" and max(errors.values()) < 0.02, errors
+
+
+def test_learning_curve_recovered():
+    truth = LearningCurveParameters(E=2.5, A=300.0, alpha=0.15)
+    compute = np.geomspace(1e12, 1e18, 25)
+    form = LearningCurveForm()
+    fit = fit_law(form, {"C": compute}, form.predict(truth, C=compute))
+    assert fit.status == "converged"
+    assert max(_relative_errors(fit.parameters, truth).values()) < 1e-4
+
+
+@pytest.mark.parametrize("name", sorted(PRUNING_CANDIDATES))
+def test_pruning_forms_recovered_without_noise(name):
+    form = PRUNING_CANDIDATES[name]
+    truth = form.parameters_type(c=0.08, gamma=1.5, delta=0.0 if "size_free" in name else 0.3)
+    s = np.tile([0.2, 0.4, 0.6, 0.8, 0.9], 5)
+    n = np.repeat(np.geomspace(1e5, 1e8, 5), 5)
+    dense = 6.0 - 0.2 * np.log10(n)
+    loss = form.predict(truth, sparsity=s, N=n, dense_loss=dense)
+    fit = fit_law(form, {"sparsity": s, "N": n, "dense_loss": dense}, loss)
+    assert fit.status == "converged"
+    assert max(_relative_errors(fit.parameters, truth).values()) < 1e-4
+
+
+@pytest.mark.parametrize("name", sorted(INT8_CANDIDATES))
+def test_int8_forms_recovered_without_noise(name):
+    form = INT8_CANDIDATES[name]
+    truth = form.parameters_type(c=0.02, delta=0.0 if name == "constant" else 0.25)
+    n = np.geomspace(1e5, 1e8, 6)
+    dense = 6.0 - 0.2 * np.log10(n)
+    fit = fit_law(form, {"N": n, "dense_loss": dense}, form.predict(truth, N=n, dense_loss=dense))
+    assert fit.status == "converged"
+    assert max(_relative_errors(fit.parameters, truth).values()) < 1e-4
+
+
+def test_weights_drop_points():
+    table = synthetic_sweep(noise=0.0).points()
+    loss = table.loss.copy()
+    loss[:20] *= 1.5  # corrupt the first run...
+    weights = np.ones_like(loss)
+    weights[:20] = 0.0  # ...and leave it out
+    fit = fit_law(ChinchillaForm(), {"N": table.N, "D": table.D}, loss, weights)
+    assert fit.n_points == len(loss) - 20
+    assert max(_relative_errors(fit.parameters, TINY_TRUTH).values()) < 1e-4
+
+
+def test_unidentified_law_reports_hit_bound():
+    # Loss does not depend on N at all: the best fit drives alpha to its bound at 0 (or A to -inf).
+    n = np.repeat(np.geomspace(1e5, 1e8, 4), 10)
+    d = np.tile(np.geomspace(1e7, 1e10, 10), 4)
+    loss = 2.0 + 300.0 / d**0.3
+    fit = fit_law(ChinchillaForm(), {"N": n, "D": d}, loss)
+    assert fit.status == "hit_bound"
+
+
+def test_iteration_limit_reports_not_converged(monkeypatch):
+    import scaling.fitting as fitting
+
+    monkeypatch.setitem(fitting._LBFGSB_OPTIONS, "maxiter", 2)
+    table = synthetic_sweep(noise=0.01).points()
+    fit = fit_law(ChinchillaForm(), {"N": table.N, "D": table.D}, table.loss, grid_starts=1)
+    assert fit.status == "not_converged"
+
+
+@pytest.mark.parametrize("bad", [-1.0, 0.0, np.nan, np.inf])
+def test_bad_losses_are_named(bad):
+    table = synthetic_sweep(n_runs=4, points_per_run=5).points()
+    loss = table.loss.copy()
+    loss[3] = bad
+    with pytest.raises(ValueError, match=r"loss: must be finite and > 0, got .* at index 3 \(1 bad\)"):
+        fit_law(ChinchillaForm(), {"N": table.N, "D": table.D}, loss)
+
+
+def test_missing_and_misshapen_covariates_are_named():
+    table = synthetic_sweep(n_runs=4, points_per_run=5).points()
+    with pytest.raises(ValueError, match="D: missing"):
+        fit_law(ChinchillaForm(), {"N": table.N}, table.loss)
+    with pytest.raises(ValueError, match="N: shape"):
+        fit_law(ChinchillaForm(), {"N": table.N[:-1], "D": table.D}, table.loss)
+    with pytest.raises(ValueError, match="weights"):
+        fit_law(ChinchillaForm(), {"N": table.N, "D": table.D}, table.loss, -np.ones_like(table.loss))
+
+
+def test_observations_validate_their_fields():
+    with pytest.raises(ValueError, match="run a: val_loss must be finite and > 0, got np.float64\\(nan\\)"):
+        RunCurve("a", 1e6, [1e6, 2e6], [6e12, 1.2e13], [4.0, float("nan")])
+    with pytest.raises(ValueError, match="run a: non_embedding_params must be > 0"):
+        RunCurve("a", -5, [1e6], [6e12], [4.0])
+    with pytest.raises(ValueError, match="equal lengths"):
+        RunCurve("a", 1e6, [1e6, 2e6], [6e12], [4.0])
+    with pytest.raises(ValueError, match="sparsity must be in \\[0, 1\\)"):
+        CompressedVariant("a", "magnitude", 1.0, 32, 4.0)
+    with pytest.raises(ValueError, match="bits must be 32 or 8"):
+        CompressedVariant("a", "magnitude", 0.5, 4, 4.0)
+    run = RunCurve("a", 1e6, [1e6], [6e12], [4.0])
+    with pytest.raises(ValueError, match="duplicates"):
+        SweepObservations(runs=(run, run))
+    with pytest.raises(ValueError, match="not in the sweep"):
+        SweepObservations(runs=(run,), variants=(CompressedVariant("b", "magnitude", 0.5, 32, 4.5),))
+
+
+def test_a_single_run_is_refused():
+    sweep = synthetic_sweep(n_runs=1, points_per_run=20)
+    with pytest.raises(ValueError, match="1 run\\(s\\); a scaling law needs runs of at least 3 sizes"):
+        sweep.check_identifiable()

@@ -1,0 +1,124 @@
+"""Every form's analytic Jacobian and the Huber objective's gradient against finite differences."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from scaling.compression import INT8_CANDIDATES, PRUNING_CANDIDATES
+from scaling.fitting import huber_objective
+from scaling.forms import (
+    PUBLISHED_CHINCHILLA,
+    ChinchillaForm,
+    KaplanForm,
+    KaplanParameters,
+    LearningCurveForm,
+    LearningCurveParameters,
+)
+
+RNG = np.random.default_rng(1234)
+N = np.geomspace(1e5, 1e9, 9)
+D = np.geomspace(1e7, 1e11, 9)[::-1]
+C = 6 * N * D
+SPARSITY = np.linspace(0.1, 0.95, 9)
+DENSE = np.linspace(3.0, 5.0, 9)
+COVARIATES = {"N": N, "D": D, "C": C, "sparsity": SPARSITY, "dense_loss": DENSE}
+
+# (form, a point in its fitted coordinates away from any bound)
+CASES = [
+    (ChinchillaForm(), np.array([6.0, 6.0, 0.5, 0.34, 0.28])),
+    (ChinchillaForm(), np.array([3.0, 9.0, -0.2, 0.2, 0.5])),
+    (KaplanForm(), np.array([31.8, 30.5, 0.076, 0.103])),
+    (KaplanForm(), np.array([20.0, 25.0, 0.3, 0.2])),
+    (LearningCurveForm(), np.array([0.9, 8.0, 0.2])),
+    *[(form, np.array([-2.0, 1.3, 0.4])[: len(form.fitted)]) for form in PRUNING_CANDIDATES.values()],
+    *[(form, np.array([-4.0, 0.2])[: len(form.fitted)]) for form in INT8_CANDIDATES.values()],
+]
+IDS = [f"{form.name}-{i}" for i, (form, _) in enumerate(CASES)]
+
+
+def _covariates(form):
+    return {c: COVARIATES[c] for c in form.covariates}
+
+
+@pytest.mark.parametrize("form, theta", CASES, ids=IDS)
+def test_jacobian_matches_finite_differences(form, theta):
+    x = _covariates(form)
+    _, jac = form.log_loss(theta, x)
+    assert jac.shape == (len(N), len(theta))
+    for p in range(len(theta)):
+        step = 1e-6 * max(1.0, abs(theta[p]))
+        up, down = theta.copy(), theta.copy()
+        up[p] += step
+        down[p] -= step
+        numeric = (form.log_loss(up, x, jacobian=False)[0] - form.log_loss(down, x, jacobian=False)[0]) / (2 * step)
+        np.testing.assert_allclose(jac[:, p], numeric, rtol=1e-5, atol=1e-7, err_msg=f"d/d{form.fitted[p].name}")
+
+
+@pytest.mark.parametrize("form, theta", CASES, ids=IDS)
+def test_batched_thetas_match_one_at_a_time(form, theta):
+    x = _covariates(form)
+    batch = theta + 0.01 * RNG.standard_normal((4, len(theta)))
+    values, jacs = form.log_loss(batch, x)
+    assert values.shape == (4, len(N)) and jacs.shape == (4, len(N), len(theta))
+    for row, value, jac in zip(batch, values, jacs):
+        single_value, single_jac = form.log_loss(row, x)
+        np.testing.assert_allclose(value, single_value, rtol=1e-12)
+        np.testing.assert_allclose(jac, single_jac, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("form, theta", CASES, ids=IDS)
+def test_parameters_round_trip(form, theta):
+    parameters = form.to_parameters(theta)
+    assert dataclasses.is_dataclass(parameters)
+    np.testing.assert_allclose(form.to_theta(parameters), theta, rtol=1e-12)
+
+
+@pytest.mark.parametrize("form, theta", CASES, ids=IDS)
+def test_huber_objective_gradient(form, theta):
+    x = _covariates(form)
+    truth, _ = form.log_loss(theta, x, jacobian=False)
+    # Residuals on both arms of the Huber: within delta of the truth, and far outside it.
+    log_observed = truth + np.where(np.arange(len(N)) % 2 == 0, 3e-4, 2e-2) * RNG.choice([-1, 1], len(N))
+    weights = RNG.integers(0, 3, len(N)).astype(float) + 0.5
+    start = theta + 0.002
+    _, grad = huber_objective(form, start, x, log_observed, weights)
+    for p in range(len(theta)):
+        step = 1e-7 * max(1.0, abs(start[p]))
+        up, down = start.copy(), start.copy()
+        up[p] += step
+        down[p] -= step
+        numeric = (
+            huber_objective(form, up, x, log_observed, weights, gradient=False)[0]
+            - huber_objective(form, down, x, log_observed, weights, gradient=False)[0]
+        ) / (2 * step)
+        assert grad[p] == pytest.approx(numeric, rel=1e-4, abs=1e-5), form.fitted[p].name
+
+
+def test_chinchilla_matches_its_equation():
+    p = PUBLISHED_CHINCHILLA
+    loss = ChinchillaForm().predict(p, N=7e10, D=1.4e12)
+    assert loss == pytest.approx(p.E + p.A / 7e10**p.alpha + p.B / 1.4e12**p.beta, rel=1e-12)
+
+
+def test_kaplan_matches_its_equation():
+    p = KaplanParameters(N_c=6.4e13, D_c=1.8e13, alpha_N=0.076, alpha_D=0.103)
+    expected = ((p.N_c / 1e8) ** (p.alpha_N / p.alpha_D) + p.D_c / 1e10) ** p.alpha_D
+    assert KaplanForm().predict(p, N=1e8, D=1e10) == pytest.approx(expected, rel=1e-12)
+
+
+def test_learning_curve_matches_its_equation():
+    p = LearningCurveParameters(E=2.0, A=50.0, alpha=0.1)
+    assert LearningCurveForm().predict(p, C=1e15) == pytest.approx(2.0 + 50.0 * 1e15**-0.1, rel=1e-12)
+
+
+def test_compression_forms_add_to_the_dense_loss():
+    odds = PRUNING_CANDIDATES["odds_power"]
+    p = odds.parameters_type(c=0.1, gamma=1.5, delta=0.3)
+    loss = odds.predict(p, sparsity=0.75, N=1e8, dense_loss=3.0)
+    assert loss == pytest.approx(3.0 + 0.1 * 3.0**1.5 * 100.0**-0.3, rel=1e-12)
+    density = PRUNING_CANDIDATES["density_power"]
+    loss = density.predict(p, sparsity=0.75, N=1e8, dense_loss=3.0)
+    assert loss == pytest.approx(3.0 + 0.1 * (0.25**-1.5 - 1) * 100.0**-0.3, rel=1e-12)
