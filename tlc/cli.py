@@ -166,6 +166,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 COMMANDS = {
     "train": (add_train_arguments, cmd_train),
     "sweep": (add_sweep_arguments, cmd_sweep),
+    "fit": "tlc.fit",
     "demo": (add_demo_arguments, cmd_demo),
 }
 

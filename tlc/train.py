@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tlc.config import RunConfig, validate_run
+from tlc.config import RunConfig, TrainSettings, validate_run
 from tlc.data import TokenData, load_corpus, load_tokens, train_offsets, val_offsets, windows
 from tlc.errors import UserError
 from tlc.io import append_jsonl, atomic_replace_dir, atomic_write_json, read_jsonl, rewrite_jsonl
@@ -118,6 +118,36 @@ def device_for_rank():
         torch.cuda.set_device(local)
         return torch.device("cuda", local)
     return torch.device("cpu")
+
+
+def build_engine(deepspeed, model, train: TrainSettings, global_batch: int):
+    """A DeepSpeed engine around ``model`` with AdamW (decay on matrices only) for these settings.
+
+    Returns the engine and its optimizer, whose ``param_groups`` take the learning rate.
+    """
+    import torch
+
+    def decays(name, p):
+        return p.dim() >= 2 and "wte" not in name and "embed" not in name
+
+    named = list(model.named_parameters())
+    optimizer = torch.optim.AdamW(
+        [{"params": [p for n, p in named if decays(n, p)], "weight_decay": train.weight_decay},
+         {"params": [p for n, p in named if not decays(n, p)], "weight_decay": 0.0}],
+        lr=train.lr, betas=(0.9, 0.95), eps=1e-8,
+    )
+    ds_config = {
+        "train_batch_size": global_batch,
+        "train_micro_batch_size_per_gpu": train.micro_batch,
+        "gradient_accumulation_steps": train.grad_accum,
+        "gradient_clipping": train.grad_clip,
+        "zero_optimization": {"stage": train.zero_stage},
+        "bf16": {"enabled": train.precision == "bf16"},
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 10**12,
+    }
+    engine, engine_optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
+    return engine, engine_optimizer
 
 
 # ----------------------------------------------------------------------------------------------
@@ -268,25 +298,7 @@ def train_run(cfg: RunConfig, run_dir: Path, progress: bool = True) -> dict:
 
     # -- model, optimizer, engine ------------------------------------------------------------
     model = build_model(cfg.shape, eot_id=tokens.eot_id, seed=cfg.seed)
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "wte" not in n and "embed" not in n]
-    no_decay = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "wte" not in n and "embed" not in n)]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.train.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg.train.lr,
-        betas=(0.9, 0.95),
-        eps=1e-8,
-    )
-    ds_config = {
-        "train_batch_size": plan.global_batch,
-        "train_micro_batch_size_per_gpu": cfg.train.micro_batch,
-        "gradient_accumulation_steps": cfg.train.grad_accum,
-        "gradient_clipping": cfg.train.grad_clip,
-        "zero_optimization": {"stage": cfg.train.zero_stage},
-        "bf16": {"enabled": cfg.train.precision == "bf16"},
-        "zero_allow_untested_optimizer": True,
-        "steps_per_print": 10**12,
-    }
-    engine, engine_optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
+    engine, engine_optimizer = build_engine(deepspeed, model, cfg.train, plan.global_batch)
 
     # -- resume --------------------------------------------------------------------------------
     ckpt_dir = run_dir / "checkpoint"
