@@ -1,0 +1,183 @@
+"""A whole sweep: fit.json's content, bootstrap intervals, diagnostics, frontier, compression, load_fit."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from scaling import FittedSweep, fit_sweep_observations, load_fit
+from scaling.bootstrap import resample_runs
+from scaling.compression_fit import compression_points, fit_compression_model
+from scaling.diagnostics import leave_largest_out, residuals_per_run
+from scaling.fitting import fit_law
+from scaling.forms import ChinchillaForm
+from scaling.frontier import compute_frontier, fit_frontier
+from scaling.observations import SweepObservations
+from scaling.synthetic import INT8_TRUTH, PRUNING_TRUTH, TINY_TRUTH, synthetic_sweep
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def sweep() -> SweepObservations:
+    return synthetic_sweep(n_runs=8, points_per_run=12, noise=0.002, seed=3)
+
+
+@pytest.fixture(scope="module")
+def fit_json(sweep) -> dict:
+    return json.loads(json.dumps(fit_sweep_observations(sweep, bootstrap=40, seed=0), allow_nan=False))
+
+
+def test_import_pulls_no_torch_and_no_tlc():
+    code = "import sys, scaling; bad = [m for m in ('torch', 'tlc') if m in sys.modules]; print(bad); sys.exit(bool(bad))"
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_resample_counts():
+    counts = resample_runs(7, 50, seed=5)
+    assert counts.shape == (50, 7) and (counts.sum(axis=1) == 7).all()
+    np.testing.assert_array_equal(counts, resample_runs(7, 50, seed=5))
+    assert not np.array_equal(counts, resample_runs(7, 50, seed=6))
+    with pytest.raises(ValueError, match="bootstrap: the number of resamples must be >= 0"):
+        resample_runs(7, -1, seed=0)
+
+
+def test_fit_json_layout(fit_json):
+    assert fit_json["format"] == "tlc.fit/1" and fit_json["n_runs"] == 8 and fit_json["n_points"] == 96
+    for law in fit_json["laws"].values():
+        assert law["status"] in ("converged", "hit_bound", "not_converged")
+        assert sum(law["bootstrap"]["statuses"].values()) == 40
+        for name, entry in law["parameters"].items():
+            assert len(law["bootstrap"]["draws"][name]) == 40
+            assert entry["low"] <= entry["high"]
+        assert set(law["residuals"]) == {f"r{i:02d}-n{n:.3g}" for i, n in enumerate(np.geomspace(1e5, 1e8, 8))}
+    assert fit_json["notes"], "the cosine-schedule caveat is recorded when intermediate points are used"
+
+
+def test_intervals_cover_the_truth(fit_json):
+    chinchilla = fit_json["laws"]["chinchilla"]
+    assert chinchilla["status"] == "converged"
+    for name, entry in chinchilla["parameters"].items():
+        assert entry["low"] <= getattr(TINY_TRUTH, name) <= entry["high"], name
+    a = fit_json["allocation"]["chinchilla"]["a"]
+    assert a["low"] <= TINY_TRUTH.beta / (TINY_TRUTH.alpha + TINY_TRUTH.beta) <= a["high"]
+
+
+def test_heldout_and_residuals_are_small(fit_json):
+    chinchilla = fit_json["laws"]["chinchilla"]
+    assert chinchilla["heldout"]["held_out_runs"] == ["r07-n1e+08"]
+    assert chinchilla["heldout"]["relative_error"] < 0.01
+    assert all(abs(r["mean"]) < 0.01 for r in chinchilla["residuals"].values())
+    # Kaplan's law has no irreducible loss; on Chinchilla-shaped data it fits, and extrapolates, worse.
+    assert fit_json["laws"]["kaplan"]["heldout"]["relative_error"] > chinchilla["heldout"]["relative_error"]
+
+
+def test_leave_largest_out_needs_enough_sizes():
+    sweep = synthetic_sweep(n_runs=3, points_per_run=10)
+    assert leave_largest_out(ChinchillaForm(), sweep, sweep.points()) is None
+
+
+def test_residuals_vanish_without_noise():
+    sweep = synthetic_sweep(n_runs=5, points_per_run=10)
+    table = sweep.points()
+    fit = fit_law(ChinchillaForm(), {"N": table.N, "D": table.D}, table.loss)
+    residuals = residuals_per_run(ChinchillaForm(), fit, sweep, table)
+    assert [r.run_id for r in residuals] == [r.run_id for r in sweep.runs]
+    assert max(r.rms for r in residuals) < 1e-8
+
+
+def test_frontier_is_the_lower_envelope(sweep):
+    frontier = compute_frontier(sweep.runs)
+    for run in sweep.runs:
+        inside = (frontier.compute >= run.train_flops.min()) & (frontier.compute <= run.train_flops.max())
+        interpolated = np.interp(np.log(frontier.compute[inside]), np.log(run.train_flops), run.val_loss)
+        assert (frontier.loss[inside] <= interpolated + 1e-12).all()
+    assert frontier.run_ids[0] == sweep.runs[0].run_id  # only the smallest model reaches the least compute
+    assert fit_frontier(frontier).status == "converged"
+
+
+def test_frontier_skips_gaps_between_runs():
+    sweep = synthetic_sweep(n_runs=2, points_per_run=5, min_params=1e5, max_params=1e9)
+    frontier = compute_frontier(sweep.runs)
+    assert np.isfinite(frontier.loss).all() and len(frontier.loss) < 40
+
+
+def test_compression_model_choice(fit_json):
+    magnitude = fit_json["compression"]["pruning"]["magnitude"]
+    assert magnitude["candidate"] in ("odds_power", "density_power")  # a size-dependent form
+    assert magnitude["heldout_errors"]["odds_power"] < magnitude["heldout_errors"]["odds_power_size_free"]
+    if magnitude["candidate"] == "odds_power":
+        for name, value in PRUNING_TRUTH.items():
+            entry = magnitude["parameters"][name]
+            assert entry["value"] == pytest.approx(value, rel=0.15), name
+
+
+def test_size_free_model_with_two_sizes():
+    sweep = synthetic_sweep(n_runs=2, points_per_run=5, noise=0.001)
+    pruning = [p for p in compression_points(sweep) if p.kind == "pruning"][0]
+    model = fit_compression_model(pruning)
+    assert model.candidate == "odds_power_size_free" and "2 model size(s)" in model.reason
+
+
+def test_too_few_variants_are_skipped():
+    sweep = synthetic_sweep(n_runs=1, points_per_run=5)
+    int8 = [p for p in compression_points(sweep) if p.kind == "int8"][0]
+    assert fit_compression_model(int8) == "1 variant(s); need at least 2 to fit constant"
+
+
+def test_load_fit_predicts_with_intervals(fit_json):
+    fitted = load_fit(fit_json)
+    n, d = 2e7, 5e8
+    true_dense = ChinchillaForm().predict(TINY_TRUTH, N=n, D=d)
+    mean, low, high = fitted.predict_loss(n, d)
+    assert low <= mean <= high and mean == pytest.approx(true_dense, rel=0.01)
+    pruned, p_low, p_high = fitted.predict_loss(n, d, method="magnitude", sparsity=0.7)
+    true_added = PRUNING_TRUTH["c"] * (0.7 / 0.3) ** PRUNING_TRUTH["gamma"] * (n / 1e6) ** -PRUNING_TRUTH["delta"]
+    assert pruned - mean == pytest.approx(true_added, rel=0.2)
+    assert p_low <= pruned <= p_high and p_low > low
+    both, _, _ = fitted.predict_loss(n, d, method="magnitude", sparsity=0.7, int8=True)
+    assert both - pruned == pytest.approx(INT8_TRUTH["c"] * (n / 1e6) ** -INT8_TRUTH["delta"], abs=0.01)
+    assert fitted.predict_loss(n, d, method="magnitude", sparsity=0.0)[0] == mean
+    n_opt, d_opt = fitted.compute_optimal(1e18)
+    assert 6 * n_opt * d_opt == pytest.approx(1e18)
+    assert fitted.predict_loss(n, d, law="kaplan")[0] > 0
+
+
+def test_predict_loss_names_bad_requests(fit_json):
+    fitted = load_fit(fit_json)
+    with pytest.raises(ValueError, match=r"method: no pruning model for 'block'.*valid: \['magnitude'\]"):
+        fitted.predict_loss(1e7, 1e8, method="block", sparsity=0.5)
+    with pytest.raises(ValueError, match="method: sparsity 0.5 needs a pruning method"):
+        fitted.predict_loss(1e7, 1e8, sparsity=0.5)
+    with pytest.raises(ValueError, match="sparsity: must be in"):
+        fitted.predict_loss(1e7, 1e8, method="magnitude", sparsity=1.0)
+    with pytest.raises(ValueError, match="N: must be finite and > 0"):
+        fitted.predict_loss(-1, 1e8)
+    with pytest.raises(ValueError, match="law: 'hoffmann' is not in this fit"):
+        fitted.predict_loss(1e7, 1e8, law="hoffmann")
+    with pytest.raises(ValueError, match="format must be 'tlc.fit/1'"):
+        load_fit({"format": "something else"})
+    published = FittedSweep.published_chinchilla()
+    with pytest.raises(ValueError, match="int8: this fit has no 8-bit model"):
+        published.predict_loss(1e9, 2e10, int8=True)
+
+
+def test_published_law_predicts_without_intervals():
+    mean, low, high = FittedSweep.published_chinchilla().predict_loss(70e9, 1.4e12)
+    assert mean == pytest.approx(1.69 + 406.4 / 70e9**0.34 + 410.7 / 1.4e12**0.28)
+    assert np.isnan(low) and np.isnan(high)
+
+
+def test_unusable_draws_are_left_out_of_intervals(fit_json):
+    data = json.loads(json.dumps(fit_json))
+    draws = data["laws"]["chinchilla"]["bootstrap"]["draws"]
+    for name in draws:
+        draws[name][:20] = [None] * 20
+    mean, low, high = load_fit(data).predict_loss(2e7, 5e8)
+    assert np.isfinite([low, high]).all() and low <= mean <= high
