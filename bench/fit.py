@@ -44,7 +44,8 @@ def main() -> None:
     args = parser.parse_args()
 
     sweep = synthetic_sweep(n_runs=args.runs, points_per_run=args.points, noise=0.01, seed=0)
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, python {platform.python_version()}")
+    machine = platform.processor() or platform.machine()
+    print(f"machine: {machine}, {os.cpu_count()} cores, python {platform.python_version()}")
     elapsed, fit = timed_fit(sweep, args.bootstrap)
     statuses = {name: law["status"] for name, law in fit["laws"].items()}
     refits = sum(sum(law["bootstrap"]["statuses"].values()) for law in fit["laws"].values())

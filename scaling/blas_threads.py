@@ -40,9 +40,10 @@ def _openblas_controls() -> tuple[tuple[object, object], ...]:
             except OSError:
                 continue
             for prefix in _PREFIXES:
-                pair = [getattr(library, f"{prefix}_{verb}_num_threads{s}", None) for verb in ("get", "set") for s in _SUFFIXES]
-                getter = next((f for f in pair[:3] if f is not None), None)
-                setter = next((f for f in pair[3:] if f is not None), None)
+                getters = [getattr(library, f"{prefix}_get_num_threads{s}", None) for s in _SUFFIXES]
+                setters = [getattr(library, f"{prefix}_set_num_threads{s}", None) for s in _SUFFIXES]
+                getter = next((f for f in getters if f is not None), None)
+                setter = next((f for f in setters if f is not None), None)
                 if getter is not None and setter is not None:
                     getter.restype = ctypes.c_int
                     controls.append((getter, setter))

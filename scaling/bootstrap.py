@@ -73,7 +73,8 @@ def bootstrap_law(
     in all, within NEAR_BEST of the optimum's objective): a resample
     moves the optimum a little, so starting next to it saves most of the descent. A refit
     that does not converge from those (or hits a bound the full fit did not) is tried again
-    with the best FALLBACK_GRID_STARTS grid points added. Refits that still end "not_converged" are dropped from intervals but counted.
+    with the best FALLBACK_GRID_STARTS grid points added. Refits that still end
+    "not_converged" are dropped from intervals but counted.
     """
     loss = np.asarray(loss, dtype=float)
     run_index = np.asarray(run_index)

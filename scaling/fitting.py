@@ -60,7 +60,8 @@ def _distinct_end_points(results: list) -> tuple[tuple[tuple[float, ...], ...], 
     for result in sorted(results, key=lambda r: r.fun):
         point = np.asarray(result.x, dtype=float)
         if all(
-            np.max(np.abs(point - k.x) / (1.0 + np.abs(k.x))) > 1e-3 and result.fun - k.fun > 1e-8 * max(1.0, abs(k.fun))
+            np.max(np.abs(point - k.x) / (1.0 + np.abs(k.x))) > 1e-3
+            and result.fun - k.fun > 1e-8 * max(1.0, abs(k.fun))
             for k in kept
         ):
             kept.append(result)

@@ -114,10 +114,8 @@ class SweepObservations:
 
     def points(self, final_only: bool = False) -> PointTable:
         """Points for the joint laws: every evaluation of every run, or each run's last one."""
-        curves = [
-            (i, r.tokens[-1:], r.train_flops[-1:], r.val_loss[-1:]) if final_only else (i, r.tokens, r.train_flops, r.val_loss)
-            for i, r in enumerate(self.runs)
-        ]
+        last = slice(-1, None) if final_only else slice(None)
+        curves = [(i, r.tokens[last], r.train_flops[last], r.val_loss[last]) for i, r in enumerate(self.runs)]
         return PointTable(
             N=np.concatenate([np.full(len(d), self.runs[i].non_embedding_params) for i, d, _, _ in curves]),
             D=np.concatenate([d for _, d, _, _ in curves]),

@@ -15,7 +15,14 @@ from typing import Any
 import numpy as np
 
 from scaling.allocation import allocation_exponents, chinchilla_allocation
-from scaling.bootstrap import CONFIDENCE, BootstrapFits, bootstrap_law, parameter_draws, percentile_interval, resample_runs
+from scaling.bootstrap import (
+    CONFIDENCE,
+    BootstrapFits,
+    bootstrap_law,
+    parameter_draws,
+    percentile_interval,
+    resample_runs,
+)
 from scaling.compression import INT8_CANDIDATES, PRUNING_CANDIDATES
 from scaling.compression_fit import CompressionModel, compression_points, fit_compression_model
 from scaling.diagnostics import leave_largest_out, residuals_per_run

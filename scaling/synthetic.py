@@ -56,7 +56,8 @@ def synthetic_sweep(
         dense = run.final_loss
         for method in methods:
             for s in SPARSITIES:
-                added = PRUNING_TRUTH["c"] * (s / (1 - s)) ** PRUNING_TRUTH["gamma"] * (n / N_REF) ** -PRUNING_TRUTH["delta"]
+                odds, size = s / (1 - s), n / N_REF
+                added = PRUNING_TRUTH["c"] * odds ** PRUNING_TRUTH["gamma"] * size ** -PRUNING_TRUTH["delta"]
                 compressed = (dense + added) * np.exp(noise * rng.standard_normal())
                 variants.append(CompressedVariant(run.run_id, method, s, 32, float(compressed)))
         if methods:

@@ -41,8 +41,8 @@ def write_runs(runs_dir: Path, n_runs: int = 6, points: int = 12, noise: float =
             variants = [v for v in sweep.variants if v.run_id == run.run_id]
             lines = [{"method": "none", "sparsity": 0.0, "bits": 32, "nonzeros": n, "bytes": 4 * n,
                       "val_loss": run.final_loss}]
-            lines += [{"method": v.method, "sparsity": v.sparsity, "bits": v.bits, "nonzeros": int(n * (1 - v.sparsity)),
-                       "bytes": n, "val_loss": v.val_loss} for v in variants]
+            lines += [{"method": v.method, "sparsity": v.sparsity, "bits": v.bits,
+                       "nonzeros": int(n * (1 - v.sparsity)), "bytes": n, "val_loss": v.val_loss} for v in variants]
             (run_dir / "compress.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
 
 

@@ -36,7 +36,7 @@ def _read_json_lines(path: Path) -> list[tuple[int, dict]]:
         try:
             row = json.loads(line)
         except json.JSONDecodeError as error:
-            cut = " (cut short: an interrupted write? resume the run or delete the line)" if not line.endswith("\n") else ""
+            cut = "" if line.endswith("\n") else " (cut short: an interrupted write? resume the run or delete the line)"
             raise UserError(f"{path}:{number}: not valid JSON ({error.msg}){cut}") from None
         if not isinstance(row, dict):
             raise UserError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
