@@ -34,7 +34,11 @@ def fit_json(sweep) -> dict:
 
 
 def test_import_pulls_no_torch_and_no_tlc():
-    code = "import sys, scaling; bad = [m for m in ('torch', 'tlc') if m in sys.modules]; sys.exit(bad and str(bad))"
+    code = (
+        "import sys, scaling\n"
+        "bad = [m for m in ('torch', 'tlc') if m in sys.modules]\n"
+        "sys.exit(str(bad) if bad else None)"
+    )
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
 
