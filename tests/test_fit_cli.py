@@ -119,6 +119,26 @@ def test_refuses_missing_or_empty_dir(tmp_path):
         tlc_fit.fit_sweep(tmp_path)
 
 
+def test_untrained_runs_are_skipped_and_listed(tmp_path, capsys):
+    write_runs(tmp_path, compress=False)
+    waiting = tmp_path / "w999-d9-s0"
+    waiting.mkdir()
+    (waiting / "config.json").write_text(json.dumps({"run_id": "w999-d9-s0", "params": {"non_embedding": 10**9}}))
+    assert run_cli([str(tmp_path), "--bootstrap", "0"]) == 0
+    fit = json.loads((tmp_path / "fit.json").read_text())
+    assert fit["n_runs"] == 6 and fit["skipped_runs"] == ["w999-d9-s0: no metrics.jsonl yet"]
+    assert "skipped w999-d9-s0" in capsys.readouterr().out
+
+
+def test_refuses_a_sweep_with_nothing_trained(tmp_path):
+    (tmp_path / "w64-d2-s0").mkdir()
+    (tmp_path / "w64-d2-s0" / "config.json").write_text(json.dumps({"params": {"non_embedding": 1000}}))
+    (tmp_path / "w64-d2-s0" / "metrics.jsonl").write_text(json.dumps({"step": 0, "tokens": 0, "flops": 0,
+                                                                       "val_loss": 7.0}) + "\n")
+    with pytest.raises(UserError, match="no run under .* has an evaluation yet .*no evaluation after step 0"):
+        tlc_fit.fit_sweep(tmp_path)
+
+
 def _append(path: Path, text: str) -> None:
     with open(path, "a") as f:
         f.write(text)

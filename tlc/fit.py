@@ -54,8 +54,15 @@ def _number(path: Path, where: str, row: dict, field: str, positive: bool = Fals
     return float(value)
 
 
+class RunNotTrained(Exception):
+    """A run directory without any evaluation yet (a sweep still in progress); it is skipped."""
+
+
 def read_run(run_dir: Path) -> tuple[scaling.RunCurve, list[scaling.CompressedVariant]]:
-    """One run's learning curve and compressed variants, validated, from its directory."""
+    """One run's learning curve and compressed variants, validated, from its directory.
+
+    Raises RunNotTrained when metrics.jsonl is missing or has no evaluation after step 0.
+    """
     config_path, metrics_path = run_dir / "config.json", run_dir / "metrics.jsonl"
     try:
         config = json.loads(config_path.read_text(encoding="utf-8"))
@@ -69,7 +76,7 @@ def read_run(run_dir: Path) -> tuple[scaling.RunCurve, list[scaling.CompressedVa
         raise UserError(f"{config_path}: params must be an object with total and non_embedding counts")
     non_embedding = _number(config_path, "", params, "non_embedding", positive=True)
     if not metrics_path.exists():
-        raise UserError(f"{metrics_path}: missing; train the run first (tlc sweep) or remove {run_dir}")
+        raise RunNotTrained(f"{run_id}: no metrics.jsonl yet")
 
     by_step: dict[float, tuple[float, float, float]] = {}
     for number, row in _read_json_lines(metrics_path):
@@ -84,7 +91,7 @@ def read_run(run_dir: Path) -> tuple[scaling.RunCurve, list[scaling.CompressedVa
             raise UserError(f"{metrics_path}{where}: flops must be > 0 once tokens > 0, got {flops!r}")
         by_step[step] = (tokens, flops, val_loss)  # a step logged twice (a resumed run): the last counts
     if not by_step:
-        raise UserError(f"{metrics_path}: no evaluation after step 0; train the run further or remove {run_dir}")
+        raise RunNotTrained(f"{run_id}: no evaluation after step 0 in metrics.jsonl yet")
     steps = sorted(by_step)
     curve = scaling.RunCurve(
         run_id=run_id,
@@ -112,21 +119,28 @@ def read_run(run_dir: Path) -> tuple[scaling.RunCurve, list[scaling.CompressedVa
     return curve, variants
 
 
-def read_sweep(runs_dir: Path) -> scaling.SweepObservations:
-    """Every run under ``runs_dir`` (a subdirectory holding config.json), in name order."""
+def read_sweep(runs_dir: Path) -> tuple[scaling.SweepObservations, list[str]]:
+    """Every trained run under ``runs_dir`` (a subdirectory holding config.json), in name order,
+    and a line for each run skipped because it has no evaluation yet."""
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir():
         raise UserError(f"RUNS_DIR: {runs_dir} is not a directory; give the sweep's output folder, e.g. runs/tiny")
     run_dirs = sorted(p for p in runs_dir.iterdir() if p.is_dir() and (p / "config.json").is_file())
     if not run_dirs:
         raise UserError(f"RUNS_DIR: no runs under {runs_dir} (expected <run-id>/config.json); run tlc sweep first")
-    curves, variants = [], []
+    curves, variants, skipped = [], [], []
     for run_dir in run_dirs:
-        curve, run_variants = read_run(run_dir)
+        try:
+            curve, run_variants = read_run(run_dir)
+        except RunNotTrained as reason:
+            skipped.append(str(reason))
+            continue
         curves.append(curve)
         variants.extend(run_variants)
+    if not curves:
+        raise UserError(f"RUNS_DIR: no run under {runs_dir} has an evaluation yet ({'; '.join(skipped)}); train first")
     try:
-        return scaling.SweepObservations(runs=tuple(curves), variants=tuple(variants))
+        return scaling.SweepObservations(runs=tuple(curves), variants=tuple(variants)), skipped
     except ValueError as error:
         raise UserError(f"RUNS_DIR {runs_dir}: {error}") from None
 
@@ -134,17 +148,22 @@ def read_sweep(runs_dir: Path) -> scaling.SweepObservations:
 def fit_sweep(runs_dir: Path, bootstrap: int = DEFAULT_BOOTSTRAP, seed: int = 0, final_only: bool = False) -> dict:
     """Fit the sweep under ``runs_dir`` and return fit.json's content (nothing is written).
 
-    Raises UserError for unreadable input and for a sweep too small to identify the laws.
+    Runs with no evaluation yet (a sweep still training) are left out and listed under
+    "skipped_runs". Raises UserError for unreadable input and for a sweep too small to
+    identify the laws.
     """
     if bootstrap < 0:
         raise UserError(f"--bootstrap: must be >= 0 resamples, got {bootstrap}")
-    observations = read_sweep(Path(runs_dir))
+    observations, skipped = read_sweep(Path(runs_dir))
     try:
         observations.check_identifiable(final_only)
     except ValueError as error:
         hint = "; or drop --final-only" if final_only else ""
-        raise UserError(f"RUNS_DIR {runs_dir}: {error}{hint}") from None
-    return scaling.fit_sweep_observations(observations, bootstrap=bootstrap, seed=seed, final_only=final_only)
+        waiting = f" ({len(skipped)} more run(s) not trained yet)" if skipped else ""
+        raise UserError(f"RUNS_DIR {runs_dir}: {error}{hint}{waiting}") from None
+    fit = scaling.fit_sweep_observations(observations, bootstrap=bootstrap, seed=seed, final_only=final_only)
+    fit["skipped_runs"] = skipped
+    return fit
 
 
 def _interval(entry: dict) -> str:
@@ -157,7 +176,8 @@ def _interval(entry: dict) -> str:
 def format_table(fit: dict, path: Path) -> str:
     """The short summary ``tlc fit`` prints: parameters with intervals, held-out error, status."""
     points = "final evaluations only" if fit["final_only"] else "every evaluation"
-    lines = [
+    lines = [f"skipped {reason}" for reason in fit.get("skipped_runs", [])]
+    lines += [
         f"{fit['n_runs']} runs, {fit['n_points']} points ({points}), {fit['bootstrap']['resamples']} bootstrap "
         f"resamples over runs, {fit['bootstrap']['confidence']:.0%} intervals -> {path}",
         f"{'law':<12}{'parameter':<11}{'value':>10}  interval",
