@@ -21,8 +21,8 @@ CSRC = Path(__file__).parent / "csrc"
 CPU_SOURCES = ("bsr_ops.cpp", "bsr_cpu.cpp", "bsr_kernels_cpu.cpp")
 CUDA_SOURCES = ("cuda/bsr_kernels.cu", "cuda/bsr_cuda.cu")
 HEADERS = ("bsr_checks.h", "bsr_kernels_cpu.h", "bsr_simd_avx512.h", "cuda/bsr_kernels.h")
-CFLAGS = ("-O3", "-march=native", "-fopenmp", "-std=c++17")
-CUDA_CFLAGS = ("-O3", "-std=c++17")
+CFLAGS = ("-O3", "-march=native", "-fopenmp")
+CUDA_CFLAGS = ("-O3",)
 
 DISABLE_ENV = "TLC_CUDA_EXT_DISABLE"
 """Set to 1 to skip the build and always use the pure-torch path."""

@@ -3,7 +3,7 @@
 // (sorted, in range) are not checked here, since reading them would synchronize with the device:
 // BlockSparseLinear checks them once, when it is built.
 #include <ATen/ATen.h>
-#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
@@ -40,7 +40,7 @@ at::Tensor bsr_linear_cuda(const at::Tensor& x, const at::Tensor& values, const 
   check_launch(op, tlc_bsr_cuda::bsr_forward(cuda_dtype(op, x), xc.data_ptr(), vc.data_ptr(), cc.data_ptr<int64_t>(),
                                              lc.data_ptr<int64_t>(), bc.defined() ? bc.data_ptr() : nullptr,
                                              y.data_ptr(), x.size(0), x.size(1), block_rows, static_cast<int>(bs),
-                                             at::cuda::getCurrentCUDAStream()));
+                                             c10::cuda::getCurrentCUDAStream()));
   return y;
 }
 
@@ -69,7 +69,7 @@ at::Tensor bsr_linear_grad_input_cuda(const at::Tensor& grad_y, const at::Tensor
                                                 col_ptr.data_ptr<int64_t>(), col_block.data_ptr<int64_t>(),
                                                 block_row.data_ptr<int64_t>(), gx.data_ptr(), grad_y.size(0),
                                                 in_features, out_features, static_cast<int>(bs),
-                                                at::cuda::getCurrentCUDAStream()));
+                                                c10::cuda::getCurrentCUDAStream()));
   return gx;
 }
 
@@ -92,7 +92,7 @@ at::Tensor bsr_linear_grad_values_cuda(const at::Tensor& grad_y, const at::Tenso
   check_launch(op, tlc_bsr_cuda::bsr_grad_values(cuda_dtype(op, x), gc.data_ptr(), xc.data_ptr(),
                                                  block_row.data_ptr<int64_t>(), lc.data_ptr<int64_t>(), gv.data_ptr(),
                                                  x.size(0), x.size(1), grad_y.size(1), nnz,
-                                                 static_cast<int>(block_size), at::cuda::getCurrentCUDAStream()));
+                                                 static_cast<int>(block_size), c10::cuda::getCurrentCUDAStream()));
   return gv;
 }
 

@@ -1,0 +1,106 @@
+"""Block-sparse linear on CPU: cuda_ext's kernel against dense F.linear and torch's native BSR.
+
+For each weight shape, block density and token count, the three are timed side by side in one
+run (interleaved rounds, best of each), and printed as ratios:
+  ext/ideal     extension time ÷ (density × dense time): 1.0 means sparsity turned fully into speed
+  vs dense      dense time ÷ extension time
+  vs torch-bsr  torch BSR time ÷ extension time  (W.to_sparse_bsr((bs, bs)) then F.linear)
+
+  python bench/block_sparse.py            # full grid (a few minutes on 2 cores)
+  python bench/block_sparse.py --quick    # the two headline shapes only
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import time
+import warnings
+
+import torch
+import torch.nn.functional as F
+
+import cuda_ext
+
+SQUARE = [(1024, 1024), (2048, 2048), (4096, 4096)]
+FFN = [(4 * w, w) for w in (64, 128, 256)] + [(w, 4 * w) for w in (64, 128, 256)]  # tiny-sweep FFN layers
+
+
+def block_pruned_weight(out_features: int, in_features: int, block_size: int, density: float, seed: int = 0):
+    """Random [out, in] weight with round(density × blocks) blocks kept at random positions."""
+    g = torch.Generator().manual_seed(seed)
+    rows, cols = out_features // block_size, in_features // block_size
+    keep = torch.zeros(rows * cols, dtype=torch.bool)
+    keep[torch.randperm(rows * cols, generator=g)[: max(1, round(density * rows * cols))]] = True
+    mask = keep.reshape(rows, cols).repeat_interleave(block_size, 0).repeat_interleave(block_size, 1)
+    return torch.randn(out_features, in_features, generator=g) * mask
+
+
+def best_times(functions, min_seconds: float, max_rounds: int = 200) -> list[float]:
+    """Best wall time of each function over interleaved rounds (robust to other load on the machine)."""
+    for f in functions:
+        f()
+    best = [float("inf")] * len(functions)
+    start, rounds = time.perf_counter(), 0
+    while rounds < 3 or (time.perf_counter() - start < min_seconds and rounds < max_rounds):
+        for i, f in enumerate(functions):
+            t = time.perf_counter()
+            f()
+            best[i] = min(best[i], time.perf_counter() - t)
+        rounds += 1
+    return best
+
+
+def run(shapes, densities, token_counts, dtype, min_seconds):
+    print(f"{'weight':>11} {'bs':>3} {'dens':>5} {'tok':>4} | {'dense ms':>9} {'ext ms':>8} {'bsr ms':>8} | "
+          f"{'ext/ideal':>9} {'vs dense':>8} {'vs torch-bsr':>12}")
+    rows = []
+    for out_features, in_features in shapes:
+        block_size = 32 if out_features % 32 == 0 and in_features % 32 == 0 else 16
+        for density in densities:
+            weight = block_pruned_weight(out_features, in_features, block_size, density).to(dtype)
+            layer = cuda_ext.BlockSparseLinear.from_dense(weight, None, block_size, dense_above=1.0)
+            real_density = layer.density
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # "sparse BSR support is in beta"
+                weight_bsr = weight.to_sparse_bsr((block_size, block_size))
+            for tokens in token_counts:
+                x = torch.randn(tokens, in_features).to(dtype)
+                with torch.no_grad():
+                    dense, ext, bsr = best_times(
+                        [lambda: F.linear(x, weight), lambda: layer(x), lambda: F.linear(x, weight_bsr)], min_seconds)
+                ideal = real_density * dense
+                rows.append((out_features, in_features, block_size, real_density, tokens, dense, ext, bsr))
+                print(f"{out_features:>5}x{in_features:<5} {block_size:>3} {real_density:>5.2f} {tokens:>4} | "
+                      f"{dense * 1e3:>9.3f} {ext * 1e3:>8.3f} {bsr * 1e3:>8.3f} | "
+                      f"{ext / ideal:>9.2f} {dense / ext:>8.2f} {bsr / ext:>12.2f}", flush=True)
+    return rows
+
+
+def main() -> None:
+    """Time the block-sparse linear against dense and torch BSR; print the ratios."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="2048² and 4096² at 10%% and 50%%, 256 tokens")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    parser.add_argument("--threads", type=int, default=None, help="torch/OpenMP threads (default: torch's)")
+    parser.add_argument("--densities", type=float, nargs="+", default=None, help="block densities, e.g. 0.05 0.1")
+    parser.add_argument("--tokens", type=int, nargs="+", default=None, help="token counts, e.g. 1 32 256")
+    parser.add_argument("--min-seconds", type=float, default=0.5, help="timing budget per measurement")
+    args = parser.parse_args()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    if not cuda_ext.available():
+        raise SystemExit(f"cuda_ext kernels unavailable: {cuda_ext.ops._build.build_error()}")
+    shapes = [(2048, 2048), (4096, 4096)] if args.quick else SQUARE + FFN
+    densities = args.densities or ([0.1, 0.5] if args.quick else [0.05, 0.1, 0.25, 0.5])
+    tokens = args.tokens or ([256] if args.quick else [1, 32, 256])
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+               platform.processor()) if os.path.exists("/proc/cpuinfo") else platform.processor()
+    print(f"# {cpu}, {os.cpu_count()} cpus, {torch.get_num_threads()} threads, torch {torch.__version__}, "
+          f"dtype {args.dtype}")
+    run(shapes, densities, tokens, getattr(torch, args.dtype), args.min_seconds)
+
+
+if __name__ == "__main__":
+    main()
