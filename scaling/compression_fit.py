@@ -91,7 +91,12 @@ def _heldout_error(form, points: CompressionPoints) -> float | None:
 
 
 def fit_compression_model(points: CompressionPoints) -> CompressionModel | str:
-    """Choose and fit a compression model for ``points``; a string says why none could be fitted."""
+    """Choose and fit a compression model for ``points``; a string says why none could be fitted.
+
+    The rule (reasons in `scaling.compression`): with at least MIN_MODEL_SIZES sizes, the
+    candidate with the lowest leave-largest-out error whose fit on all points converges (the
+    best one if none does); with fewer sizes, the size-free candidate.
+    """
     candidates = PRUNING_CANDIDATES if points.kind == "pruning" else INT8_CANDIDATES
     size_free = candidates[SIZE_FREE[points.kind]]
     n = len(points.loss)
@@ -112,9 +117,22 @@ def fit_compression_model(points: CompressionPoints) -> CompressionModel | str:
         if not scored:
             chosen, reason = size_free, "too few points below the largest model size to compare candidates"
         else:
-            best = min(scored, key=scored.get)
+            # Best held-out error first; a candidate whose full fit hits a bound (a parameter the
+            # data cannot pin down, e.g. a size exponent when the added loss is within noise)
+            # gives way to the next one that converges.
+            ranked = sorted(scored, key=scored.get)
+            fits = {}
+            for name in ranked:
+                fits[name] = fit_law(candidates[name], points.covariates, points.loss, grid_starts=8)
+                if fits[name].status == "converged":
+                    break
+            best = next((name for name in ranked if name in fits and fits[name].status == "converged"), ranked[0])
             chosen = candidates[best]
-            reason = f"lowest leave-largest-out error ({scored[best]:.4f}) among {sorted(scored)}"
+            passed = ranked[: ranked.index(best)]
+            reason = f"lowest leave-largest-out error ({scored[best]:.4f}) among {ranked}" + (
+                f" whose fit converged ({', '.join(passed)} hit a bound)" if passed else ""
+            )
+            return CompressionModel(points.kind, points.method, best, fits[best], errors, reason, n)
     fit = fit_law(chosen, points.covariates, points.loss, grid_starts=8)
     return CompressionModel(
         kind=points.kind,
