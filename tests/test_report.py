@@ -1,0 +1,97 @@
+"""tlc report: figures, tables, what is missing, escaping, and a real browser check."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+from report_fixtures import write_synthetic_sweep
+from tlc.cli import main
+
+ARTIFACTS = REPO / "test-artifacts"
+ALL_FIGURES = {"loss_vs_flops.png", "accuracy_vs_flops.png", "loss_vs_wall.png", "loss_vs_sparsity.png",
+               "equal_inference_cost.png", "pareto.png", "frequency_buckets.png"}
+
+
+@pytest.fixture(scope="module")
+def full_sweep(tmp_path_factory) -> Path:
+    sweep = write_synthetic_sweep(tmp_path_factory.mktemp("runs") / "synthetic")
+    assert main(["report", str(sweep)]) == 0
+    return sweep
+
+
+def test_report_has_every_figure_and_table(full_sweep):
+    report = full_sweep / "report"
+    assert ALL_FIGURES <= {p.name for p in report.glob("*.png")}
+    page = (report / "index.html").read_text()
+    for name in ALL_FIGURES:
+        assert f"src='{name}'" in page
+    assert page.count("<figcaption>") == len(ALL_FIGURES)
+    assert "<script" not in page and "http://" not in page and "https://" not in page  # opens offline
+    md = (report / "report.md").read_text()
+    assert "## Runs" in md and "## Scaling-law fits" in md and "## Plan" in md
+    assert "Not in this report yet" not in md
+
+
+def test_report_works_with_only_training_and_says_what_is_missing(tmp_path, capsys):
+    sweep = write_synthetic_sweep(tmp_path / "bare", with_fit=False, with_compress=False, with_plan=False)
+    assert main(["report", str(sweep)]) == 0
+    assert str(sweep / "report" / "index.html") in capsys.readouterr().out
+    md = (sweep / "report" / "report.md").read_text()
+    assert "no compression results yet" in md and "no scaling-law fit yet" in md and "no plan yet" in md
+    assert {p.name for p in (sweep / "report").glob("*.png")} == {"loss_vs_flops.png", "accuracy_vs_flops.png",
+                                                                 "loss_vs_wall.png"}
+
+
+def test_user_strings_are_escaped(tmp_path):
+    sweep = write_synthetic_sweep(tmp_path / "<b>evil</b>", with_fit=False, with_plan=False,
+                                  run_id_prefix="<img src=x onerror=alert(1)>")
+    assert main(["report", str(sweep)]) == 0
+    page = (sweep / "report" / "index.html").read_text()
+    assert "<img src=x" not in page and "&lt;img src=x onerror=alert(1)&gt;" in page
+    assert "<b>evil</b>" not in page
+
+
+def test_report_of_nothing_is_a_one_line_error(tmp_path, capsys):
+    assert main(["report", str(tmp_path)]) == 2
+    assert "holds no trained runs" in capsys.readouterr().err
+
+
+def _chromium() -> str | None:
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found or os.geteuid() != 0 or not shutil.which("apt-get"):
+        return found
+    # test set-up: install Debian's Chromium when it is absent (root, apt available)
+    subprocess.run(["apt-get", "update", "-qq"], capture_output=True, timeout=600)
+    subprocess.run(["apt-get", "install", "-y", "-qq", "chromium"], capture_output=True, timeout=900)
+    return shutil.which("chromium")
+
+
+def test_report_renders_in_headless_chromium(full_sweep):
+    chromium = _chromium()
+    if chromium is None:
+        pytest.skip("Chromium is not installed and cannot be installed here (needs root and apt-get)")
+    from playwright.sync_api import sync_playwright
+
+    errors = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--no-first-run", "--disable-quic"])
+        page = browser.new_page(viewport={"width": 1100, "height": 900})
+        page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.goto((full_sweep / "report" / "index.html").as_uri(), wait_until="load")
+        images = page.evaluate("Array.from(document.images).map(i => [i.getAttribute('src'), i.complete && i.naturalWidth > 0])")
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "report.png"), full_page=True)
+        browser.close()
+    assert len(images) == len(ALL_FIGURES)
+    assert all(ok for _, ok in images), images
+    assert errors == []
+    assert (ARTIFACTS / "report.png").stat().st_size > 10_000

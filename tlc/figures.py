@@ -1,0 +1,233 @@
+"""The report's figures: each a function from the collected sweep to a matplotlib figure (or None).
+
+Every figure has axis labels with units, a legend, and a caption that says what to read from it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from tlc.report_data import SweepData, chinchilla_parameters, dense_row, variant_label  # noqa: E402
+
+
+@dataclass(frozen=True)
+class FigureSpec:
+    filename: str
+    title: str
+    caption: str
+    draw: Callable[[SweepData], object]  # returns a Figure, or None when the data is not there
+
+
+def _size_colors(data: SweepData):
+    sizes = [max(1, r.non_embedding) for r in data.runs]
+    lo, hi = math.log(min(sizes)), math.log(max(sizes))
+    cmap = plt.get_cmap("viridis")
+    return {r.run_id: cmap(0.9 * (math.log(max(1, r.non_embedding)) - lo) / max(hi - lo, 1e-9)) for r in data.runs}
+
+
+def _label(run) -> str:
+    return f"{run.run_id} (N={run.non_embedding / 1e6:.2f}M)"
+
+
+def loss_vs_flops(data: SweepData):
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    colors = _size_colors(data)
+    for run in data.runs:
+        x = [m["flops"] for m in run.metrics]
+        ax.plot(x, [m["val_loss"] for m in run.metrics], "o-", ms=3, color=colors[run.run_id], label=_label(run))
+    law = chinchilla_parameters(data.fit)
+    if law:
+        for run in data.runs:
+            fpt, n = run.config.get("flops_per_token"), run.non_embedding
+            if not fpt or not n:
+                continue
+            tokens = np.geomspace(run.metrics[0]["tokens"], run.metrics[-1]["tokens"], 50)
+            loss = law["E"] + law["A"] / n ** law["alpha"] + law["B"] / tokens ** law["beta"]
+            ax.plot(tokens * fpt, loss, "--", lw=1, color=colors[run.run_id])
+        ax.plot([], [], "k--", lw=1, label="fitted L(N, D) (Chinchilla form)")
+    frontier = (data.fit or {}).get("frontier") or {}
+    if frontier.get("compute") and frontier.get("loss"):
+        ax.plot(frontier["compute"], frontier["loss"], "-", color="crimson", lw=2.5, alpha=0.6, label="compute-optimal frontier")
+    ax.set(xscale="log", yscale="log", xlabel="training compute (FLOPs)", ylabel="validation loss (nats/token)")
+    ax.legend(fontsize=7)
+    ax.grid(True, which="both", alpha=0.3)
+    return fig
+
+
+def accuracy_vs_flops(data: SweepData):
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    colors = _size_colors(data)
+    for run in data.runs:
+        ax.plot([m["flops"] for m in run.metrics], [100 * m["val_acc"] for m in run.metrics], "o-", ms=3,
+                color=colors[run.run_id], label=_label(run))
+    ax.set(xscale="log", xlabel="training compute (FLOPs)", ylabel="next-token accuracy (%)")
+    ax.legend(fontsize=7)
+    ax.grid(True, which="both", alpha=0.3)
+    return fig
+
+
+def loss_vs_wall(data: SweepData):
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    colors = _size_colors(data)
+    for run in data.runs:
+        ax.plot([max(m["wall_s"], 1e-3) for m in run.metrics], [m["val_loss"] for m in run.metrics], "o-", ms=3,
+                color=colors[run.run_id], label=_label(run))
+    ax.set(xscale="log", yscale="log", xlabel="training wall-clock time (s)", ylabel="validation loss (nats/token)")
+    ax.legend(fontsize=7)
+    ax.grid(True, which="both", alpha=0.3)
+    return fig
+
+
+def loss_vs_sparsity(data: SweepData):
+    runs = data.compressed_runs
+    methods = sorted({row["method"] for r in runs for row in r.compress if row.get("method") not in ("none", "dense")})
+    if not methods:
+        return None
+    fig, axes = plt.subplots(1, len(methods), figsize=(3.6 * len(methods), 4), sharey=True, squeeze=False)
+    colors = _size_colors(data)
+    for ax, method in zip(axes[0], methods):
+        for run in runs:
+            base = run.final.get("val_loss")
+            for bits, marker, fill in ((32, "o", "full"), (8, "s", "none")):
+                rows = sorted((r for r in run.compress if r.get("method") == method and int(r.get("bits", 32)) == bits),
+                              key=lambda r: r["sparsity"])
+                if not rows:
+                    continue
+                xs, ys = [0.0] + [r["sparsity"] for r in rows], [base] + [r["val_loss"] for r in rows]
+                ax.plot(xs, ys, marker=marker, fillstyle=fill, ls="-" if bits == 32 else ":", color=colors[run.run_id],
+                        label=f"{run.run_id}{' int8' if bits == 8 else ''}")
+        ax.set(title=method, xlabel="sparsity (share of weights removed)")
+        ax.grid(True, alpha=0.3)
+    axes[0][0].set_ylabel("validation loss (nats/token)")
+    axes[0][-1].legend(fontsize=6)
+    fig.tight_layout()
+    return fig
+
+
+def _cost(row: dict) -> float | None:
+    return row.get("bytes")
+
+
+def equal_inference_cost(data: SweepData):
+    runs = data.compressed_runs
+    if not runs:
+        return None
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    colors = _size_colors(data)
+    dense = []
+    for run in runs:
+        row = dense_row(run)
+        if row and _cost(row):
+            dense.append((_cost(row), row["val_loss"]))
+        for r in run.compress:
+            if r is row or not _cost(r):
+                continue
+            ax.scatter(_cost(r), r["val_loss"], s=18, color=colors[run.run_id], marker="s" if int(r.get("bits", 32)) == 8 else "o",
+                       alpha=0.8)
+        ax.scatter([], [], color=colors[run.run_id], s=18, label=f"{run.run_id} compressed")
+    if dense:
+        dense.sort()
+        ax.plot(*zip(*dense), "k-o", lw=2, ms=6, label="dense models (train small)")
+    ax.scatter([], [], marker="s", color="grey", s=18, label="square: int8")
+    ax.set(xscale="log", xlabel="inference cost: artifact size (bytes)", ylabel="validation loss (nats/token)")
+    ax.legend(fontsize=7)
+    ax.grid(True, which="both", alpha=0.3)
+    return fig
+
+
+def _pareto_points(plan: dict) -> list[dict]:
+    front = plan.get("pareto_front") or plan.get("pareto") or []
+    return [p for p in front if isinstance(p, dict)]
+
+
+def _point_xy(point: dict) -> tuple[float, float] | None:
+    loss = point.get("predicted_loss", point.get("loss"))
+    if isinstance(loss, dict):
+        loss = loss.get("mean", loss.get("value"))
+    cost = point.get("inference_cost", point.get("cost", point.get("nonzeros", point.get("bytes"))))
+    if isinstance(cost, dict):
+        cost = cost.get("bytes", cost.get("nonzero_params", cost.get("nonzeros")))
+    if isinstance(loss, (int, float)) and isinstance(cost, (int, float)):
+        return float(cost), float(loss)
+    return None
+
+
+def plan_pareto(data: SweepData):
+    if not data.plan:
+        return None
+    points = [xy for p in _pareto_points(data.plan) if (xy := _point_xy(p))]
+    if not points:
+        return None
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    points.sort()
+    ax.plot(*zip(*points), "o-", color="steelblue", label="Pareto front (predicted)")
+    for key, style, name in (("recommendation", ("*", "crimson", 16), "recommendation"),
+                             ("train_small", ("D", "black", 8), "best uncompressed (train small)")):
+        xy = _point_xy(data.plan.get(key) or {})
+        if xy:
+            ax.plot(*xy, style[0], color=style[1], ms=style[2], label=name)
+    ax.set(xscale="log", xlabel="inference cost (see plan table for the unit)", ylabel="predicted validation loss (nats/token)")
+    ax.legend(fontsize=8)
+    ax.grid(True, which="both", alpha=0.3)
+    return fig
+
+
+def frequency_buckets(data: SweepData):
+    runs = [r for r in data.compressed_runs if dense_row(r) and dense_row(r).get("loss_by_freq_bucket")]
+    if not runs:
+        return None
+    run = runs[-1]  # the largest model that has compression results
+    dense = dense_row(run)["loss_by_freq_bucket"]
+    variants = {}
+    for row in run.compress:
+        if row.get("loss_by_freq_bucket") and row is not dense_row(run):
+            key = (row["method"], int(row.get("bits", 32)))
+            if key not in variants or row.get("sparsity", 0) > variants[key].get("sparsity", 0):
+                variants[key] = row  # the strongest level of each method
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    xs = np.arange(len(dense))
+    ax.plot(xs, dense, "k-o", lw=2, label=f"{run.run_id} dense")
+    for row in sorted(variants.values(), key=variant_label):
+        ax.plot(xs, row["loss_by_freq_bucket"], "o--", ms=4, label=variant_label(row))
+    ax.set_xticks(xs, [f"bucket {i + 1}" for i in xs])
+    ax.set(xlabel="target tokens by training-set frequency (1 = most frequent, 5 = rarest)",
+           ylabel="validation loss (nats/token)")
+    ax.legend(fontsize=7)
+    ax.grid(True, alpha=0.3)
+    return fig
+
+
+FIGURES = [
+    FigureSpec("loss_vs_flops.png", "Validation loss against training compute",
+               "Each colour is one model size; dashed lines are the fitted law and the red line the compute-optimal "
+               "frontier: where a larger model's curve dips below a smaller one's, training the larger model was the "
+               "better use of that compute.", loss_vs_flops),
+    FigureSpec("accuracy_vs_flops.png", "Next-token accuracy against training compute",
+               "Accuracy rises with compute and size as loss falls; read it as the same story as the loss curves in a "
+               "more familiar unit.", accuracy_vs_flops),
+    FigureSpec("loss_vs_wall.png", "Validation loss against wall-clock time",
+               "The same curves on this machine's clock: a model that wins per FLOP can still lose per second if "
+               "small shapes use the hardware poorly.", loss_vs_wall),
+    FigureSpec("loss_vs_sparsity.png", "Loss against sparsity, per pruning method",
+               "Flatter lines mean a method removes weights more cheaply; hollow squares on dotted lines add 8-bit "
+               "quantization, and larger models (yellow) should tolerate more sparsity than small ones (purple).",
+               loss_vs_sparsity),
+    FigureSpec("equal_inference_cost.png", "Loss at equal inference cost",
+               "Points below the black line of dense models are compressed large models that beat every small model "
+               "of the same size: that is where 'train large, then compress' pays on this data.", equal_inference_cost),
+    FigureSpec("pareto.png", "Planner: predicted loss against inference cost",
+               "The front is the best predicted loss reachable at each inference cost within the training budget; the "
+               "star is the recommendation and the diamond the best uncompressed model under the same budgets.",
+               plan_pareto),
+    FigureSpec("frequency_buckets.png", "Loss by token frequency, before and after compression",
+               "Compression usually costs rare tokens (right) more than frequent ones (left); a widening gap to the "
+               "right means the average loss hides damage to the long tail.", frequency_buckets),
+]

@@ -1,0 +1,107 @@
+"""What a report reads from a run directory: runs, fit, compression and plan — and what is missing.
+
+The report never trains or compresses anything; it reads the files the other stages wrote and
+works with whatever is there.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tlc.errors import UserError
+from tlc.io import read_jsonl
+
+
+@dataclass
+class RunData:
+    run_id: str
+    config: dict
+    metrics: list[dict]
+    compress: list[dict]
+
+    @property
+    def non_embedding(self) -> int:
+        return int(self.config.get("params", {}).get("non_embedding", 0))
+
+    @property
+    def final(self) -> dict:
+        return self.metrics[-1] if self.metrics else {}
+
+
+@dataclass
+class SweepData:
+    sweep_dir: Path
+    name: str
+    runs: list[RunData]
+    fit: dict | None = None
+    plan: dict | None = None
+    missing: list[str] = field(default_factory=list)
+
+    @property
+    def compressed_runs(self) -> list[RunData]:
+        return [r for r in self.runs if r.compress]
+
+
+def _read_json(path: Path) -> dict | None:
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise UserError(f"RUNS_DIR: {str(path)!r} is unreadable ({e}); run its stage again to rewrite it") from None
+
+
+def collect(sweep_dir: Path) -> SweepData:
+    """Read every stage's output under ``sweep_dir`` (a ``runs/<sweep>`` folder)."""
+    sweep_dir = Path(sweep_dir)
+    if not sweep_dir.is_dir():
+        raise UserError(f"RUNS_DIR: {str(sweep_dir)!r} is not a folder; give a sweep's run directory such as runs/tiny")
+    runs = []
+    for cfg_path in sorted(sweep_dir.glob("*/config.json")):
+        config = _read_json(cfg_path) or {}
+        metrics = read_jsonl(cfg_path.parent / "metrics.jsonl")
+        if not metrics:
+            continue
+        runs.append(RunData(cfg_path.parent.name, config, metrics, read_jsonl(cfg_path.parent / "compress.jsonl")))
+    if not runs:
+        raise UserError(f"RUNS_DIR: {str(sweep_dir)!r} holds no trained runs (no <run>/metrics.jsonl); run tlc sweep first")
+    runs.sort(key=lambda r: (r.non_embedding, r.run_id))
+    data = SweepData(sweep_dir, sweep_dir.name, runs, _read_json(sweep_dir / "fit.json"), _read_json(sweep_dir / "plan.json"))
+    incomplete = [r.run_id for r in runs if not (sweep_dir / r.run_id / "model" / "config.json").exists()]
+    if incomplete:
+        data.missing.append(f"runs still training or stopped early: {', '.join(incomplete)} (tlc sweep resumes them)")
+    if not data.compressed_runs:
+        data.missing.append("no compression results yet: run tlc compress " + str(sweep_dir))
+    if data.fit is None:
+        data.missing.append("no scaling-law fit yet: run tlc fit " + str(sweep_dir))
+    if data.plan is None:
+        data.missing.append(f"no plan yet: run tlc plan --runs {sweep_dir} --budget FLOPS")
+    return data
+
+
+def chinchilla_parameters(fit: dict | None) -> dict | None:
+    """{E, A, B, alpha, beta} from fit.json, or None when the law is absent or did not converge."""
+    try:
+        law = fit["laws"]["chinchilla"]
+        params = {name: float(v["value"]) for name, v in law["parameters"].items()}
+    except (TypeError, KeyError, ValueError):
+        return None
+    return params if {"E", "A", "B", "alpha", "beta"} <= set(params) else None
+
+
+def dense_row(run: RunData) -> dict | None:
+    """The compression stage's row for the unmodified model, when it wrote one."""
+    for row in run.compress:
+        if row.get("method") in ("none", "dense") and int(row.get("bits", 32)) == 32 and not row.get("sparsity"):
+            return row
+    return None
+
+
+def variant_label(row: dict) -> str:
+    method = row.get("method", "?")
+    parts = [] if method in ("none", "dense") else [f"{method} {float(row.get('sparsity', 0)):.0%}"]
+    if int(row.get("bits", 32)) == 8:
+        parts.append("int8")
+    return " + ".join(parts) or "dense"
