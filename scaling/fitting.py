@@ -133,9 +133,13 @@ def best_grid_starts(
 
 
 def _status(form: LawForm, theta: np.ndarray, success: bool) -> str:
-    """Classify an optimiser result; a coordinate on a bound beats convergence."""
+    """Classify an optimiser result; a coordinate on a bound beats convergence.
+
+    "On a bound" means within 0.1% of the bound's range: on the flat valley of an
+    unidentified parameter the optimiser stops near the bound rather than on it.
+    """
     for value, spec in zip(theta, form.fitted):
-        tolerance = 1e-7 * max(1.0, spec.upper - spec.lower)
+        tolerance = 1e-3 * (spec.upper - spec.lower)
         if value <= spec.lower + tolerance or value >= spec.upper - tolerance:
             return "hit_bound"
     return "converged" if success else "not_converged"
