@@ -5,6 +5,8 @@ Imports numpy and scipy only (never torch, never `tlc`). The entry points:
 - `fit_sweep_observations(SweepObservations(...), bootstrap=200, seed=0)` -> fit.json's dict
 - `load_fit(dict)` -> `FittedSweep`, whose `predict_loss(N, D, method, sparsity, int8)` gives
   (mean, low, high) and `compute_optimal(C)` gives (N_opt, D_opt)
+- `fit_sweep_law(form, observations, resample_runs(...))` -> `LawFit`: one law with its
+  intervals, status, held-out error and residuals
 - the building blocks: the forms in `scaling.forms` and `scaling.compression`, `fit_law`,
   `bootstrap_law`, `chinchilla_allocation`, `optimal_allocation`, `leave_largest_out`.
 """
@@ -25,6 +27,7 @@ from scaling.forms import (
     LearningCurveParameters,
 )
 from scaling.frontier import Frontier, compute_frontier, fit_frontier, fit_learning_curve
+from scaling.law_fit import LawFit, fit_sweep_law
 from scaling.observations import CompressedVariant, RunCurve, SweepObservations
 from scaling.sweep_fit import FORMAT, fit_sweep_observations
 
@@ -44,6 +47,7 @@ __all__ = [
     "KaplanForm",
     "KaplanParameters",
     "LAWS",
+    "LawFit",
     "LearningCurveForm",
     "LearningCurveParameters",
     "PUBLISHED_CHINCHILLA",
@@ -56,6 +60,7 @@ __all__ = [
     "fit_frontier",
     "fit_law",
     "fit_learning_curve",
+    "fit_sweep_law",
     "fit_sweep_observations",
     "leave_largest_out",
     "load_fit",

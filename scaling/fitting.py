@@ -177,6 +177,8 @@ def fit_law(
     candidates = [] if starts is None else [np.atleast_2d(np.asarray(starts, dtype=float))]
     if grid_starts > 0:
         candidates.append(best_grid_starts(form, x, log_observed, weights, grid_starts, delta))
+    if not candidates:
+        raise ValueError("starts: no starting point; give starts or grid_starts > 0")
     start_points = np.concatenate(candidates, axis=0)
     lower = np.array([s.lower for s in form.fitted])
     upper = np.array([s.upper for s in form.fitted])

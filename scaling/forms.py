@@ -226,14 +226,14 @@ class LearningCurveParameters:
 class LearningCurveForm(LawForm):
     """Loss against training compute for one run (or for the compute-optimal frontier).
 
-    Source: the saturating power law in compute used for learning curves and the frontier in
-    Kaplan et al. 2020 (sec. 3.3 and 6.1, there without the constant E) and Hoffmann et al.
-    2022 (the E + ... structure of eq. 2). log L = LSE(e, a - alpha·log C).
+    Source: the power law in compute of Kaplan et al. 2020, eq. 1.3 (there for the frontier
+    and without a constant), given the irreducible term E of Hoffmann et al. 2022, eq. 2, so
+    that it saturates. log L = LSE(e, a - alpha·log C).
     """
 
     name = "learning_curve"
     equation = "L(C) = E + A * C^-alpha"
-    source = "Kaplan et al. 2020 sec. 6.1 (power law in compute) with Hoffmann et al. 2022's irreducible term E"
+    source = "Kaplan et al. 2020 eq. 1.3 (power law in compute) with Hoffmann et al. 2022's irreducible term E"
     covariates = ("C",)
     fitted = (
         ParameterSpec("e", -10.0, 4.0, (-1.0, 0.0, 0.5, 1.0, 1.5)),

@@ -25,10 +25,10 @@ from scaling.bootstrap import (
 )
 from scaling.compression import INT8_CANDIDATES, PRUNING_CANDIDATES
 from scaling.compression_fit import CompressionModel, compression_points, fit_compression_model
-from scaling.diagnostics import leave_largest_out, residuals_per_run
-from scaling.fitting import HUBER_DELTA, FitResult, fit_law
+from scaling.fitting import HUBER_DELTA, FitResult
 from scaling.forms import LAWS, LawForm
 from scaling.frontier import LEARNING_CURVE, bootstrap_frontier, compute_frontier, fit_frontier, fit_learning_curve
+from scaling.law_fit import LawFit, fit_sweep_law
 from scaling.observations import SweepObservations
 
 FORMAT = "tlc.fit/1"
@@ -157,22 +157,19 @@ def fit_sweep_observations(
     """
     observations.check_identifiable(final_only)
     table = observations.points(final_only)
-    x = {"N": table.N, "D": table.D}
     run_counts = resample_runs(len(observations.runs), bootstrap, seed)
 
     laws_json: dict[str, Any] = {}
     fitted: dict[str, tuple[LawForm, FitResult, BootstrapFits]] = {}
     for name, form in LAWS.items():
-        fit = fit_law(form, x, table.loss)
-        boot = bootstrap_law(form, x, table.loss, table.run_index, run_counts, fit)
-        fitted[name] = (form, fit, boot)
-        law = _fit_json(form, fit, boot)
-        heldout = leave_largest_out(form, observations, table, start=np.asarray(fit.theta))
-        law["heldout"] = dataclasses.asdict(heldout) if heldout else None
-        law["heldout_reason"] = None if heldout else "fewer than 3 model sizes remain without the largest"
+        result: LawFit = fit_sweep_law(form, observations, run_counts, final_only)
+        fitted[name] = (form, result.fit, result.bootstrap)
+        law = _fit_json(form, result.fit, result.bootstrap)
+        law["heldout"] = dataclasses.asdict(result.heldout) if result.heldout else None
+        law["heldout_reason"] = None if result.heldout else "fewer than 3 model sizes remain without the largest"
         law["residuals"] = {
             r.run_id: {"n_points": r.n_points, "mean": r.mean, "rms": r.rms, "final": r.final}
-            for r in residuals_per_run(form, fit, observations, table)
+            for r in result.residuals
         }
         laws_json[name] = law
 

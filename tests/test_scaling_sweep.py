@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -203,3 +204,18 @@ def test_candidate_that_hits_a_bound_gives_way():
     model = fit_compression_model(int8)
     assert model.candidate == "constant" and model.fit.status == "converged"
     assert "size_power hit a bound" in model.reason
+
+
+def test_law_fit_bundles_intervals_and_diagnostics():
+    from scaling import LawFit, fit_sweep_law
+
+    sweep = synthetic_sweep(n_runs=6, points_per_run=10, noise=0.002, seed=4)
+    result = fit_sweep_law(ChinchillaForm(), sweep, resample_runs(6, 20, seed=0))
+    assert isinstance(result, LawFit) and result.status == "converged"
+    assert set(result.intervals) == {"E", "A", "B", "alpha", "beta"}
+    low, high = result.intervals["beta"]
+    assert low <= result.parameters.beta <= high
+    assert result.heldout_error is not None and result.heldout_error < 0.02
+    assert len(result.residuals) == 6
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        result.fit = None
