@@ -403,8 +403,11 @@ def save_final_model(module, tokens: TokenData, run_dir: Path) -> None:
     """Weights (safetensors, fp32) and tokenizer in a form `transformers` loads; moved into place whole."""
     import torch
     from transformers import PreTrainedTokenizerFast
+    from transformers.utils import logging as hf_logging
 
     from tlc.data import EOT
+
+    hf_logging.disable_progress_bar()
 
     tmp = run_dir / ".model.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
