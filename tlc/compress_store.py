@@ -1,0 +1,196 @@
+"""Compressed artifacts on disk: safetensors that store sparse and 8-bit weights as what they are.
+
+A variant folder holds ``config.json`` (the `transformers` config, shrunk shapes included),
+``model.safetensors`` and ``manifest.json``. Each prunable matrix (and, for 8-bit, each
+embedding table) is stored in the smallest of these encodings, in [out, in] orientation:
+
+- ``dense``:   ``<key>`` as the model holds it (fp32), or ``<key>.q`` int8 + ``<key>.scale`` fp16 per row
+- ``bitmask``: ``<key>.bitmask`` uint8 (one bit per element, row-major, ``numpy.packbits``) and
+  ``<key>.values`` (the non-zeros in row-major order; int8 with ``<key>.scale`` for 8-bit)
+- ``bsr``:     block compressed sparse rows (``torch.Tensor.to_sparse_bsr``): ``<key>.bsr_values``
+  [blocks, bs, bs], ``<key>.crow`` and ``<key>.col`` int32 (values int8 + ``<key>.scale`` for 8-bit)
+
+The encoding of every key is in the safetensors metadata (``tlc_format``), so loading needs no
+code from the run directory. "bytes" of a variant is the size of ``model.safetensors``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from tlc.io import atomic_replace_dir, atomic_write_json
+from tlc.prune import is_conv1d, prunable_layers
+from tlc.quantize import INT8_PATHS, apply_int8, dequantize_rows, embedding_names, int8_weights
+
+WEIGHTS = "model.safetensors"
+MANIFEST = "manifest.json"
+
+
+def _encode(key: str, w: torch.Tensor, q_scale, kind: str, block_size: int) -> tuple[dict, dict]:
+    """Tensors and a format record for one [out, in] matrix (fp32 ``w``, or int8 ``q_scale``)."""
+    values = q_scale[0] if q_scale is not None else w.detach().float()
+    extra = {f"{key}.scale": q_scale[1].half().contiguous()} if q_scale is not None else {}
+    record = {"kind": kind, "shape": list(values.shape), "bits": 8 if q_scale is not None else 32}
+    if kind == "dense":
+        return {(f"{key}.q" if q_scale is not None else key): values.contiguous(), **extra}, record
+    if kind == "bitmask":
+        keep = values.ne(0).flatten()
+        bits = np.packbits(keep.cpu().numpy())
+        return {f"{key}.bitmask": torch.from_numpy(bits), f"{key}.values": values.flatten()[keep].contiguous(),
+                **extra}, record
+    if kind == "bsr":
+        bsr = values.float().to_sparse_bsr((block_size, block_size))
+        blocks = bsr.values().to(values.dtype).contiguous()
+        record["block_size"] = block_size
+        return {f"{key}.bsr_values": blocks, f"{key}.crow": bsr.crow_indices().to(torch.int32).contiguous(),
+                f"{key}.col": bsr.col_indices().to(torch.int32).contiguous(), **extra}, record
+    raise ValueError(f"unknown encoding {kind!r}")
+
+
+def _nbytes(tensors: dict) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors.values())
+
+
+def _decode(key: str, record: dict, tensors: dict) -> tuple[torch.Tensor, tuple | None]:
+    """(fp32 [out, in] matrix, (q, scale) or None) from stored tensors."""
+    shape, kind, int8 = record["shape"], record["kind"], record["bits"] == 8
+    if kind == "dense":
+        values = tensors[f"{key}.q"] if int8 else tensors[key]
+    elif kind == "bitmask":
+        keep = torch.from_numpy(np.unpackbits(tensors[f"{key}.bitmask"].numpy())[: shape[0] * shape[1]].astype(bool))
+        stored = tensors[f"{key}.values"]
+        values = torch.zeros(shape[0] * shape[1], dtype=stored.dtype)
+        values[keep] = stored
+        values = values.view(shape)
+    elif kind == "bsr":
+        bsr = torch.sparse_bsr_tensor(tensors[f"{key}.crow"].long(), tensors[f"{key}.col"].long(),
+                                      tensors[f"{key}.bsr_values"].float(), size=tuple(shape))
+        values = bsr.to_dense().to(tensors[f"{key}.bsr_values"].dtype)
+    else:
+        raise ValueError(f"{key}: unknown encoding {kind!r} in {WEIGHTS}")
+    if int8:
+        scale = tensors[f"{key}.scale"].float()
+        return dequantize_rows(values, scale), (values, scale)
+    return values.float(), None
+
+
+def save_variant(folder: Path, model: nn.Module, sparse_kind: str = "dense", block_size: int = 32,
+                 bits: int = 32, int8_path: str | None = None, manifest: dict | None = None) -> dict:
+    """Write the (pruned or shrunk, fp32) ``model`` as a variant folder, 8-bit if ``bits == 8``.
+
+    ``sparse_kind`` ("dense", "bitmask" or "bsr") is the preferred encoding of the prunable
+    matrices; each falls back to dense where that is smaller. Returns ``{"bytes", "nonzeros"}``
+    and the runtime model for 8-bit (``"model"``), built from exactly the stored int8 values.
+    """
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    layers = prunable_layers(model)
+    quantized = int8_weights(model) if bits == 8 else {}
+    matrices = {f"{n}.weight": n for n in list(layers) + (embedding_names(model) if bits == 8 else [])}
+    tensors, formats, seen = {}, {}, set()
+    for key, tensor in model.state_dict().items():
+        ident = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
+        if tensor.numel() and ident in seen:
+            continue  # a tied copy (GPT-2's lm_head is the token embedding)
+        seen.add(ident)
+        if key not in matrices:
+            tensors[key] = tensor.detach().contiguous().clone()
+            continue
+        name = matrices[key]
+        module = model.get_submodule(name)
+        w = module.weight.t() if is_conv1d(module) else module.weight
+        options = ["dense"] + ([sparse_kind] if sparse_kind != "dense" and name in layers else [])
+        if "bsr" in options and (w.shape[0] % block_size or w.shape[1] % block_size):
+            options.remove("bsr")
+        encoded = [_encode(key, w, quantized.get(name), kind, block_size) for kind in options]
+        chosen, record = min(encoded, key=lambda e: _nbytes(e[0]))
+        record["conv1d"] = is_conv1d(module)
+        tensors.update(chosen)
+        formats[key] = record
+    tmp = folder.with_name(f".{folder.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file(tensors, str(tmp / WEIGHTS), metadata={"tlc_format": json.dumps(formats),
+                                                    "int8_path": int8_path or ""})
+    model.config.save_pretrained(tmp)
+    atomic_write_json(tmp / MANIFEST, {**(manifest or {}), "bits": bits, "int8_path": int8_path,
+                                       "sparse_kind": sparse_kind, "weights": WEIGHTS})
+    atomic_replace_dir(tmp, folder)
+    result = {"bytes": (folder / WEIGHTS).stat().st_size}
+    logical, int8 = read_weights(folder)
+    result["nonzeros"] = sum(int(t.count_nonzero()) for k, t in logical.items() if not k.endswith(".scale"))
+    if bits == 8:
+        runtime = _fp32_model_from(folder, logical)
+        result["model"] = apply_int8(runtime, int8, int8_path)
+    return result
+
+
+def read_weights(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, tuple]]:
+    """The logical fp32 state dict of a variant (param layouts) and its int8 (q, scale) by module name."""
+    from safetensors import safe_open
+
+    path = Path(folder) / WEIGHTS
+    with safe_open(str(path), framework="pt") as f:
+        formats = json.loads((f.metadata() or {}).get("tlc_format", "{}"))
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    state, int8 = {}, {}
+    encoded_keys = set()
+    for key, record in formats.items():
+        w, q_scale = _decode(key, record, tensors)
+        state[key] = w.t().contiguous() if record.get("conv1d") else w
+        if q_scale is not None:
+            int8[key[: -len(".weight")]] = q_scale
+        encoded_keys.update(k for k in tensors if k == key or k.startswith(key + "."))
+    for key, tensor in tensors.items():
+        if key not in encoded_keys:
+            state[key] = tensor
+    return state, int8
+
+
+def _fp32_model_from(folder: Path, state: dict) -> nn.Module:
+    from transformers import AutoConfig
+
+    from tlc.prune_structured import build_from_config
+
+    model = build_from_config(AutoConfig.from_pretrained(str(folder)))
+    result = model.load_state_dict(state, strict=False)
+    params = dict(model.named_parameters(remove_duplicate=False))
+    loaded = {id(params[k]) for k in state if k in params}
+    missing = [k for k in result.missing_keys if k not in params or id(params[k]) not in loaded]
+    if missing or result.unexpected_keys:
+        raise ValueError(f"{folder}: weights do not fit the config (missing {missing[:3]}, "
+                         f"unexpected {result.unexpected_keys[:3]})")
+    return model.eval()
+
+
+def load_variant(folder: Path, int8_path: str | None = None) -> nn.Module:
+    """Rebuild a saved variant as a runnable model (8-bit variants on their stored int8 values).
+
+    ``int8_path`` overrides the runtime recorded in the artifact (e.g. when loading elsewhere).
+    """
+    folder = Path(folder)
+    manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+    state, int8 = read_weights(folder)
+    model = _fp32_model_from(folder, state)
+    if manifest.get("bits") == 8:
+        path = int8_path or manifest.get("int8_path") or INT8_PATHS[0]
+        model = apply_int8(model, int8, path)
+    return model
+
+
+def load_fp32(folder: Path) -> nn.Module:
+    """A saved variant as an fp32 model (8-bit weights dequantized), e.g. to quantize a pruned variant."""
+    state, _ = read_weights(folder)
+    return _fp32_model_from(Path(folder), state)
+
+
+def is_saved(folder: Path) -> bool:
+    """A variant folder is complete once it is in place (it is moved there whole)."""
+    return (Path(folder) / MANIFEST).exists() and (Path(folder) / WEIGHTS).exists()
