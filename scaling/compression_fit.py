@@ -76,6 +76,7 @@ class CompressionModel:
     heldout_errors: dict[str, float | None]  # candidate -> mean |pred/obs - 1| on the largest N
     reason: str
     n_points: int
+    sparsities: tuple[float, ...]  # distinct sparsities measured; with one, gamma is not identified
 
 
 def _heldout_error(form, points: CompressionPoints) -> float | None:
@@ -88,6 +89,14 @@ def _heldout_error(form, points: CompressionPoints) -> float | None:
     test = ~train
     predicted = form.predict(fit.parameters, **{k: v[test] for k, v in points.covariates.items()})
     return float(np.mean(np.abs(predicted / points.loss[test] - 1.0)))
+
+
+def _one_level(points: CompressionPoints) -> str:
+    """A note for pruning measured at a single sparsity (e.g. 2:4, always 0.5)."""
+    levels = np.unique(points.sparsity)
+    if points.kind != "pruning" or len(levels) > 1:
+        return ""
+    return f"; measured at sparsity {levels[0]:g} only, so gamma is not identified and predictions hold there only"
 
 
 def fit_compression_model(points: CompressionPoints) -> CompressionModel | str:
@@ -103,6 +112,7 @@ def fit_compression_model(points: CompressionPoints) -> CompressionModel | str:
     if n < len(size_free.fitted) + 1:
         return f"{n} variant(s); need at least {len(size_free.fitted) + 1} to fit {size_free.name}"
     n_sizes = len(np.unique(points.N))
+    sparsities = tuple(float(s) for s in np.unique(points.sparsity))
     errors: dict[str, float | None] = {name: None for name in candidates}
     if n_sizes < MIN_MODEL_SIZES:
         chosen = size_free
@@ -132,7 +142,9 @@ def fit_compression_model(points: CompressionPoints) -> CompressionModel | str:
             reason = f"lowest leave-largest-out error ({scored[best]:.4f}) among {ranked}" + (
                 f" whose fit converged ({', '.join(passed)} hit a bound)" if passed else ""
             )
-            return CompressionModel(points.kind, points.method, best, fits[best], errors, reason, n)
+            return CompressionModel(
+                points.kind, points.method, best, fits[best], errors, reason + _one_level(points), n, sparsities
+            )
     fit = fit_law(chosen, points.covariates, points.loss, grid_starts=8)
     return CompressionModel(
         kind=points.kind,
@@ -140,6 +152,7 @@ def fit_compression_model(points: CompressionPoints) -> CompressionModel | str:
         candidate=chosen.name,
         fit=fit,
         heldout_errors=errors,
-        reason=reason,
+        reason=reason + _one_level(points),
         n_points=n,
+        sparsities=sparsities,
     )

@@ -79,6 +79,7 @@ class FittedSweep:
     pruning: dict[str, FittedLaw]  # pruning models by method
     int8: FittedLaw | None
     confidence: float = CONFIDENCE
+    pruning_sparsities: dict[str, tuple[float, ...]] = field(default_factory=dict)  # measured, per method
 
     @property
     def methods(self) -> tuple[str, ...]:
@@ -114,6 +115,12 @@ class FittedSweep:
                 raise ValueError(f"method: sparsity {sparsity} needs a pruning method; valid: {list(self.methods)}")
             if method not in self.pruning:
                 raise ValueError(f"method: no pruning model for {method!r} in this fit; valid: {list(self.methods)}")
+            measured = self.pruning_sparsities.get(method, ())
+            if len(measured) == 1 and abs(sparsity - measured[0]) > 1e-9:
+                raise ValueError(
+                    f"sparsity: {method} was measured at sparsity {measured[0]:g} only; "
+                    f"its model cannot say how loss changes with sparsity, ask for {measured[0]:g}"
+                )
             added_terms.append((self.pruning[method], {"sparsity": sparsity, "N": N}))
         if int8:
             if self.int8 is None:
@@ -175,4 +182,10 @@ def load_fit(data: dict) -> FittedSweep:
         else None
     )
     confidence = float((data.get("bootstrap") or {}).get("confidence", CONFIDENCE))
-    return FittedSweep(laws=laws, pruning=pruning, int8=int8, confidence=confidence)
+    sparsities = {
+        method: tuple(float(s) for s in compression["pruning"][method].get("sparsities", ()))
+        for method in pruning
+    }
+    return FittedSweep(
+        laws=laws, pruning=pruning, int8=int8, confidence=confidence, pruning_sparsities=sparsities
+    )

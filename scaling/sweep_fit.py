@@ -134,6 +134,7 @@ def _compression_json(model: CompressionModel, boot: BootstrapFits) -> dict:
         candidate=model.candidate,
         heldout_errors=model.heldout_errors,
         reason=model.reason,
+        sparsities=model.sparsities,
     )
     return out
 

@@ -18,7 +18,7 @@ from scaling.diagnostics import leave_largest_out, residuals_per_run
 from scaling.fitting import fit_law
 from scaling.forms import ChinchillaForm
 from scaling.frontier import compute_frontier, fit_frontier
-from scaling.observations import SweepObservations
+from scaling.observations import CompressedVariant, SweepObservations
 from scaling.synthetic import INT8_TRUTH, PRUNING_TRUTH, TINY_TRUTH, synthetic_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -219,3 +219,22 @@ def test_law_fit_bundles_intervals_and_diagnostics():
     assert len(result.residuals) == 6
     with pytest.raises(dataclasses.FrozenInstanceError):
         result.fit = None
+
+
+def test_method_measured_at_one_sparsity_predicts_only_there():
+    base = synthetic_sweep(n_runs=5, points_per_run=8, noise=0.001, seed=2)
+    two_four = [
+        CompressedVariant(run.run_id, "2:4", 0.5, 32, run.final_loss + 0.05 * (run.non_embedding_params / 1e6) ** -0.2)
+        for run in base.runs
+    ]
+    sweep = SweepObservations(runs=base.runs, variants=base.variants + tuple(two_four))
+    fit = fit_sweep_observations(sweep, bootstrap=5)
+    entry = fit["compression"]["pruning"]["2:4"]
+    assert entry["sparsities"] == [0.5] and "measured at sparsity 0.5 only" in entry["reason"]
+    fitted = load_fit(fit)
+    mean, _, _ = fitted.predict_loss(3e6, 1e8, method="2:4", sparsity=0.5)
+    dense, _, _ = fitted.predict_loss(3e6, 1e8)
+    assert mean - dense == pytest.approx(0.05 * 3.0**-0.2, rel=0.05)
+    with pytest.raises(ValueError, match="2:4 was measured at sparsity 0.5 only"):
+        fitted.predict_loss(3e6, 1e8, method="2:4", sparsity=0.6)
+    fitted.predict_loss(3e6, 1e8, method="magnitude", sparsity=0.6)  # measured at five sparsities
