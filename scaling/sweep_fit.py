@@ -184,9 +184,14 @@ def fit_sweep_observations(
             None if curve is None else {"parameters": dataclasses.asdict(curve.parameters), "status": curve.status}
         )
     frontier = compute_frontier(observations.runs)
-    frontier_fit = fit_frontier(frontier)
-    frontier_draws = bootstrap_frontier(observations.runs, run_counts, frontier_fit)
-    frontier_parameters, _ = _intervals(LEARNING_CURVE, frontier_fit, frontier_draws)
+    frontier_json: dict[str, Any] = {"equation": LEARNING_CURVE.equation, "source": LEARNING_CURVE.source}
+    if len(frontier.loss) > len(LEARNING_CURVE.fitted):
+        frontier_fit = fit_frontier(frontier)
+        frontier_draws = bootstrap_frontier(observations.runs, run_counts, frontier_fit)
+        frontier_json["parameters"], _ = _intervals(LEARNING_CURVE, frontier_fit, frontier_draws)
+        frontier_json["status"] = frontier_fit.status
+    else:  # runs whose compute ranges do not overlap the envelope's grid, e.g. one evaluation each
+        frontier_json.update(parameters=None, status=None, reason=f"{len(frontier.loss)} envelope points; need 4")
 
     pruning, skipped, int8 = {}, {}, None
     for points in compression_points(observations):
@@ -228,11 +233,7 @@ def fit_sweep_observations(
                 "compute": frontier.compute,
                 "loss": frontier.loss,
                 "run_ids": frontier.run_ids,
-                "fit": {
-                    "equation": LEARNING_CURVE.equation,
-                    "parameters": frontier_parameters,
-                    "status": frontier_fit.status,
-                },
+                "fit": frontier_json,
             },
             "compression": {"pruning": pruning, "int8": int8, "skipped": skipped},
         }

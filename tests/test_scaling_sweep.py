@@ -18,7 +18,7 @@ from scaling.diagnostics import leave_largest_out, residuals_per_run
 from scaling.fitting import fit_law
 from scaling.forms import ChinchillaForm
 from scaling.frontier import compute_frontier, fit_frontier
-from scaling.observations import CompressedVariant, SweepObservations
+from scaling.observations import CompressedVariant, RunCurve, SweepObservations
 from scaling.synthetic import INT8_TRUTH, PRUNING_TRUTH, TINY_TRUTH, synthetic_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -238,3 +238,16 @@ def test_method_measured_at_one_sparsity_predicts_only_there():
     with pytest.raises(ValueError, match="2:4 was measured at sparsity 0.5 only"):
         fitted.predict_loss(3e6, 1e8, method="2:4", sparsity=0.6)
     fitted.predict_loss(3e6, 1e8, method="magnitude", sparsity=0.6)  # measured at five sparsities
+
+
+def test_runs_with_one_evaluation_each_still_fit():
+    # Final-only style data: one point per run, each at its own token count. The envelope has
+    # too few points for a frontier fit; that is reported, not raised.
+    full = synthetic_sweep(n_runs=12, points_per_run=6, noise=0.0)
+    single = [RunCurve(r.run_id, r.non_embedding_params, r.tokens[-1:], r.train_flops[-1:], r.val_loss[-1:])
+              for r in full.runs]
+    fit = fit_sweep_observations(SweepObservations(runs=tuple(single)), bootstrap=3)
+    assert fit["laws"]["chinchilla"]["status"] == "converged"
+    frontier = fit["frontier"]["fit"]
+    assert frontier["parameters"] is None and "envelope points" in frontier["reason"]
+    assert all(curve is None for curve in fit["learning_curves"]["runs"].values())

@@ -195,8 +195,11 @@ def format_table(fit: dict, path: Path) -> str:
             f"D_opt ~ C^b, b = {_interval(chinchilla['b']).strip()}"
         )
     frontier = fit["frontier"]["fit"]
-    alpha = _interval(frontier["parameters"]["alpha"]).strip()
-    lines.append(f"frontier {frontier['equation']}: alpha = {alpha}, status {frontier['status']}")
+    if frontier["parameters"]:
+        alpha = _interval(frontier["parameters"]["alpha"]).strip()
+        lines.append(f"frontier {frontier['equation']}: alpha = {alpha}, status {frontier['status']}")
+    else:
+        lines.append(f"frontier: not fitted, {frontier['reason']}")
     compression = fit["compression"]
     models = [(f"pruning {m}", e) for m, e in compression["pruning"].items()]
     if compression["int8"]:
