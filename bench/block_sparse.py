@@ -37,22 +37,31 @@ def block_pruned_weight(out_features: int, in_features: int, block_size: int, de
     return torch.randn(out_features, in_features, generator=g) * mask
 
 
-def best_times(functions, min_seconds: float, max_rounds: int = 200) -> list[float]:
-    """Best wall time of each function over interleaved rounds (robust to other load on the machine)."""
+def best_times(functions, min_seconds: float, clock=time.perf_counter, max_rounds: int = 200) -> list[float]:
+    """Best time of each function over interleaved rounds (robust to other load on the machine)."""
     for f in functions:
         f()
     best = [float("inf")] * len(functions)
     start, rounds = time.perf_counter(), 0
     while rounds < 3 or (time.perf_counter() - start < min_seconds and rounds < max_rounds):
         for i, f in enumerate(functions):
-            t = time.perf_counter()
+            t = clock()
             f()
-            best[i] = min(best[i], time.perf_counter() - t)
+            best[i] = min(best[i], clock() - t)
         rounds += 1
     return best
 
 
-def run(shapes, densities, token_counts, dtype, min_seconds):
+def torch_bsr_supports(x: torch.Tensor, weight_bsr: torch.Tensor) -> bool:
+    """torch's BSR matmul lacks some dtypes on CPU (bf16: addmm_out_sparse_csr_impl_mkl); those print nan."""
+    try:
+        F.linear(x, weight_bsr)
+        return True
+    except (NotImplementedError, RuntimeError):
+        return False
+
+
+def run(shapes, densities, token_counts, dtype, min_seconds, clock):
     print(f"{'weight':>11} {'bs':>3} {'dens':>5} {'tok':>4} | {'dense ms':>9} {'ext ms':>8} {'bsr ms':>8} | "
           f"{'ext/ideal':>9} {'vs dense':>8} {'vs torch-bsr':>12}")
     rows = []
@@ -67,9 +76,13 @@ def run(shapes, densities, token_counts, dtype, min_seconds):
                 weight_bsr = weight.to_sparse_bsr((block_size, block_size))
             for tokens in token_counts:
                 x = torch.randn(tokens, in_features).to(dtype)
+                candidates = [lambda: F.linear(x, weight), lambda: layer(x)]
+                if torch_bsr_supports(x, weight_bsr):
+                    candidates.append(lambda: F.linear(x, weight_bsr))
                 with torch.no_grad():
-                    dense, ext, bsr = best_times(
-                        [lambda: F.linear(x, weight), lambda: layer(x), lambda: F.linear(x, weight_bsr)], min_seconds)
+                    times = best_times(candidates, min_seconds, clock)
+                dense, ext = times[:2]
+                bsr = times[2] if len(times) > 2 else float("nan")
                 ideal = real_density * dense
                 rows.append((out_features, in_features, block_size, real_density, tokens, dense, ext, bsr))
                 print(f"{out_features:>5}x{in_features:<5} {block_size:>3} {real_density:>5.2f} {tokens:>4} | "
@@ -87,7 +100,12 @@ def main() -> None:
     parser.add_argument("--densities", type=float, nargs="+", default=None, help="block densities, e.g. 0.05 0.1")
     parser.add_argument("--tokens", type=int, nargs="+", default=None, help="token counts, e.g. 1 32 256")
     parser.add_argument("--min-seconds", type=float, default=0.5, help="timing budget per measurement")
+    parser.add_argument("--clock", choices=["wall", "thread"], default="wall",
+                        help="thread: CPU time of the calling thread, immune to preemption by other processes "
+                             "on a shared machine; needs --threads 1")
     args = parser.parse_args()
+    if args.clock == "thread" and args.threads != 1:
+        parser.error("--clock thread measures one thread only: add --threads 1")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     if not cuda_ext.available():
@@ -98,8 +116,9 @@ def main() -> None:
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
                platform.processor()) if os.path.exists("/proc/cpuinfo") else platform.processor()
     print(f"# {cpu}, {os.cpu_count()} cpus, {torch.get_num_threads()} threads, torch {torch.__version__}, "
-          f"dtype {args.dtype}")
-    run(shapes, densities, tokens, getattr(torch, args.dtype), args.min_seconds)
+          f"dtype {args.dtype}, {args.clock} clock")
+    clock = time.thread_time if args.clock == "thread" else time.perf_counter
+    run(shapes, densities, tokens, getattr(torch, args.dtype), args.min_seconds, clock)
 
 
 if __name__ == "__main__":

@@ -18,11 +18,12 @@ _registered = False
 def available() -> bool:
     """True if the compiled block-sparse kernels loaded (building them on the first call)."""
     global _registered
+    if _registered:
+        return _build.load()
     if not _build.load():
         return False
-    if not _registered:
-        _register_python_side()
-        _registered = True
+    _register_python_side()
+    _registered = True
     return True
 
 
@@ -35,9 +36,10 @@ def bsr_linear(x: torch.Tensor, values: torch.Tensor, crow_indices: torch.Tensor
     """
     if not available():
         return bsr_linear_reference(x, values, crow_indices, col_indices, bias)
-    lead = x.shape[:-1]
+    if x.dim() == 2:
+        return torch.ops.tlc_bsr.bsr_linear(x, values, crow_indices, col_indices, bias)
     y = torch.ops.tlc_bsr.bsr_linear(x.reshape(-1, x.shape[-1]), values, crow_indices, col_indices, bias)
-    return y.reshape(*lead, y.shape[-1])
+    return y.reshape(*x.shape[:-1], y.shape[-1])
 
 
 def bsr_linear_grad_input(grad_y: torch.Tensor, values: torch.Tensor, crow_indices: torch.Tensor,

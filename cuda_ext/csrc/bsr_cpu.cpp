@@ -20,8 +20,13 @@ const uint16_t* bits(const at::Tensor& t) {
   return reinterpret_cast<const uint16_t*>(t.data_ptr<T>());
 }
 
+// Below ~256K multiply-adds waking a second thread costs more than it saves (microseconds when
+// idle, a scheduler time slice when the machine is busy).
+constexpr int64_t kMinParallelMacs = int64_t(1) << 18;
+
 BsrShape shape_of(int64_t tokens, int64_t in_features, const at::Tensor& crow, int64_t nnz, int64_t bs) {
-  return BsrShape{tokens, in_features, crow.numel() - 1, nnz, static_cast<int>(bs), at::get_num_threads()};
+  const int threads = tokens * nnz * bs * bs < kMinParallelMacs ? 1 : at::get_num_threads();
+  return BsrShape{tokens, in_features, crow.numel() - 1, nnz, static_cast<int>(bs), threads};
 }
 
 at::Tensor bsr_linear_cpu(const at::Tensor& x, const at::Tensor& values, const at::Tensor& crow,

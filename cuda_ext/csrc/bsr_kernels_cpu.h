@@ -18,7 +18,7 @@ struct BsrShape {
   int64_t block_rows;   // out_features / bs
   int64_t nnz_blocks;
   int bs;               // 16, 32 or 64
-  int num_threads;
+  int num_threads;     // OpenMP threads for this call
 };
 
 // y = x · Wᵀ + bias (bias may be null).
