@@ -167,6 +167,7 @@ COMMANDS = {
     "train": (add_train_arguments, cmd_train),
     "sweep": (add_sweep_arguments, cmd_sweep),
     "fit": "tlc.fit",
+    "plan": "tlc.plan",
     "report": "tlc.report",
     "demo": (add_demo_arguments, cmd_demo),
 }

@@ -1,0 +1,314 @@
+"""``tlc plan --budget FLOPS``: the model to train and how to compress it, searched with Optuna.
+
+The pieces: `tlc.plan_law` (the law and its measured ranges), `tlc.plan_cost` (non-zeros,
+bytes, latency), `tlc.plan_space` (sizes, tokens from the budget, the polish),
+`tlc.plan_search` (TPE, NSGA-II, storage) and `tlc.plan_output` (plan.json and the table).
+Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+from tlc.errors import UserError
+from tlc.io import atomic_write_json
+from tlc.plan_cost import LATENCY_BATCHES, build_cost_model
+from tlc.plan_law import PUBLISHED_LAWS, PlanLaw, load_plan_law
+from tlc.plan_output import FORMAT, format_table, plan_json
+from tlc.plan_search import (
+    DEFAULT_PARETO_TRIALS, DEFAULT_TPE_TRIALS, feasible, persist, run_nsga2, run_tpe, study_key, trial_start,
+)
+from tlc.plan_space import MAX_DEPTH, MAX_WIDTH_STEPS, MIN_CONTINUOUS_N, Budgets, Category, PlanSpace, Point
+from tlc.units import format_bytes, format_count, parse_bytes, parse_count, parse_flops
+
+DEFAULT_MAX_SPARSITY = 0.95
+FLAGS = {"params": "--max-params", "bytes": "--max-bytes", "latency_ms": "--max-latency-ms"}
+
+
+def _format_cost(name: str, value: float) -> str:
+    return {"params": format_count, "bytes": format_bytes}.get(name, lambda v: f"{v:.3g} ms")(value)
+
+
+def _categories(law: PlanLaw, args: argparse.Namespace, latency_groups: set | None) -> list[Category]:
+    """Compression choices: dense, then each fitted pruning method, each with and without int8."""
+    compression_flags = [f for f, given in (("--methods", args.methods is not None),
+                                             ("--max-sparsity", args.max_sparsity is not None)) if given]
+    if not law.methods and not law.has_int8 and compression_flags:
+        raise UserError(f"{compression_flags[0]}: {law.source} has no compression model (a published or bare law "
+                        "describes dense models only); plan with --runs RUNS_DIR after tlc compress and tlc fit")
+    methods = list(law.methods)
+    if args.methods is not None:
+        asked = [m.strip() for m in args.methods.split(",") if m.strip()]
+        unknown = [m for m in asked if m != "none" and m not in law.methods]
+        if unknown:
+            raise UserError(f"--methods: no pruning model for {', '.join(unknown)} in {law.source}; "
+                            f"valid: {', '.join(law.methods) or 'none (no pruning was fitted)'}")
+        methods = [m for m in asked if m != "none"]
+    int8_options = [False, True] if law.has_int8 and not args.no_int8 else [False]
+    categories = [Category(m, q) for m in ["none", *methods] for q in int8_options]
+    if latency_groups is not None:
+        categories = [c for c in categories if (c.method, c.int8) in latency_groups]
+        if not categories:
+            raise UserError("--device: no compression variant measured there is also in the fit's models")
+    return categories
+
+
+def _smallest_costs(space: PlanSpace) -> dict[str, tuple[float, str]]:
+    """Per inference budget, the least cost any model of the space reaches, and which model that is."""
+    sizes = space.sizes([1], [1]) if space.shapes else space.continuous_sizes([MIN_CONTINUOUS_N])
+    N, emb = sizes[0], sizes[1]
+    size = "width 32, depth 1" if space.shapes else f"N {format_count(MIN_CONTINUOUS_N)}"
+    out = {}
+    for name in space.budgets.limits():
+        options = []
+        for c in space.categories:
+            for s in ([0.0, space.max_sparsity] if c.method != "none" else [0.0]):
+                desc = f"{size}, " + ("dense" if s == 0 else f"{c.method} {s:.0%}") + (" int8" if c.int8 else "")
+                options.append((float(space.cost(name, N, emb, s, c)[0]), desc))
+        out[name] = min(options)
+    return out
+
+
+def _check_feasible(space: PlanSpace) -> None:
+    """UserError (one line, with the smallest budget that could be met) when no model can meet a budget."""
+    sizes = space.sizes([1], [1]) if space.shapes else space.continuous_sizes([MIN_CONTINUOUS_N])
+    if space.tokens(sizes[2], sizes[3])[0] < 1.0:
+        needed = space.budgets.inference_tokens * sizes[3][0] + sizes[2][0]
+        raise UserError(f"--budget: {space.budgets.train_flops:.3g} FLOPs cannot train even the smallest model and "
+                        f"serve --inference-tokens; it needs at least {needed:.3g} FLOPs")
+    for name, (cost, desc) in _smallest_costs(space).items():
+        limit = space.budgets.limits()[name]
+        if cost > limit:
+            raise UserError(f"{FLAGS[name]}: {_format_cost(name, limit)} cannot be met; the smallest model the planner "
+                            f"can make ({desc}) needs {_format_cost(name, cost)}, the smallest {FLAGS[name]} that "
+                            f"could be met")
+
+
+def _polish_best(space: PlanSpace, study, categories: list[Category], extra_starts=()) -> Point | None:
+    """Polish the best feasible trial of each category (and the extra starts); the lowest loss wins."""
+    starts = {}
+    for trial in sorted((t for t in study.get_trials(deepcopy=False) if t.values and feasible(t)),
+                        key=lambda t: t.values[0]):
+        category, k, d, N = trial_start(space, trial)
+        if category in categories:
+            starts.setdefault(category, (k, d, N))  # trials come best first
+    smallest = (1, 1, None) if space.shapes else (None, None, MIN_CONTINUOUS_N)
+    overall = next(iter(starts.values()), smallest)  # the best feasible trial of any category
+    results = []
+    for category in categories:
+        for k, d, N in {starts.get(category, smallest), overall, *extra_starts}:
+            point = space.polish(category, k, d, N)
+            if point is not None and point.feasible:
+                results.append(point)
+    return min(results, key=lambda p: p.loss) if results else None
+
+
+def _start_of(point: Point) -> tuple[int | None, int | None, float | None]:
+    return (point.width // 32, point.depth, None) if point.width is not None else (None, None, point.N)
+
+
+def _pareto_front(space: PlanSpace, study) -> list[Point]:
+    """Feasible non-dominated NSGA-II trials, each polished under its own cost as the budget."""
+    primary = space.budgets.primary
+    raw = [t for t in study.best_trials if feasible(t)]
+    points = []
+    for trial in raw:
+        category, k, d, N = trial_start(space, trial)
+        sampled = space.point(k, d, N, category, trial.params.get("sparsity", 0.0))
+        polished = space.with_limits(**{f"max_{primary}": sampled.costs[primary]}).polish(category, k, d, N)
+        best = polished if polished is not None and polished.feasible and polished.loss < sampled.loss else sampled
+        points.append(space.point(*_start_of(best), best.category, best.sparsity))  # costs under the real budgets
+    points.sort(key=lambda p: (p.costs[primary], p.loss))
+    front, best_loss = [], math.inf
+    for p in points:
+        if p.loss < best_loss:
+            front.append(p)
+            best_loss = p.loss
+    return front
+
+
+def _range_warnings(law: PlanLaw, label: str, point: Point) -> list[str]:
+    r, out = law.ranges, []
+    if r.N and not (r.N[0] <= point.N <= r.N[1]):
+        out.append(f"{label}: N = {format_count(point.N)} is outside the measured sizes "
+                   f"{format_count(r.N[0])}..{format_count(r.N[1])} (an extrapolation)")
+    if r.D and not (r.D[0] <= point.tokens <= r.D[1]):
+        out.append(f"{label}: {format_count(point.tokens)} tokens is outside the measured final tokens "
+                   f"{format_count(r.D[0])}..{format_count(r.D[1])} (an extrapolation)")
+    method = point.category.method
+    if point.sparsity > 0:
+        measured = r.sparsity.get(method)
+        if measured is None:
+            out.append(f"{label}: no measured sparsities recorded for {method} (no compress.jsonl found)")
+        elif not (measured[0] <= point.sparsity <= measured[1]):
+            out.append(f"{label}: sparsity {point.sparsity:.1%} is outside the measured {method} sparsities "
+                       f"{measured[0]:.0%}..{measured[1]:.0%} (an extrapolation)")
+    return out
+
+
+def make_plan(law: PlanLaw, budgets: Budgets, args: argparse.Namespace, storage: str | None) -> dict:
+    """Search, polish and assemble plan.json's content (see `tlc.plan_output`)."""
+    need_latency = budgets.max_latency_ms is not None or args.device is not None
+    costs = build_cost_model(law.runs_dir, args.device, args.latency_batch, need_latency)
+    groups = set(costs.latency.offsets) if costs.latency else None
+    categories = _categories(law, args, groups)
+    max_sparsity = args.max_sparsity if args.max_sparsity is not None else DEFAULT_MAX_SPARSITY
+    space = PlanSpace(law, costs, budgets, max_sparsity, categories)
+    _check_feasible(space)
+
+    tpe = run_tpe(space, args.trials, args.seed)
+    recommendation = _polish_best(space, tpe, categories)
+    if recommendation is None:
+        raise UserError("inference budgets: no model meets all of them together; loosen one of "
+                        + ", ".join(FLAGS[n] for n in budgets.limits()))
+    dense = Category("none", False)
+    train_small = _polish_best(space, tpe, [dense], extra_starts=[_start_of(recommendation)])
+    unlimited = space.with_limits(max_params=None, max_bytes=None, max_latency_ms=None)
+    compute_optimal = _polish_best(unlimited, tpe, [dense], extra_starts=[_start_of(recommendation)])
+    nsga = run_nsga2(space, args.pareto_trials, args.seed)
+    front = _pareto_front(space, nsga)
+
+    key = study_key(space, args.seed, args.trials, args.pareto_trials)
+    studies = {"tpe": f"plan-tpe-{key}", "nsga2": f"plan-nsga2-{key}"}
+    if storage:
+        persist(storage, {studies["tpe"]: tpe, studies["nsga2"]: nsga})
+
+    def entry(point: Point | None) -> dict | None:
+        if point is None:
+            return None
+        interval = law.interval(point.N, max(point.tokens, 1.0), point.category.method, point.sparsity,
+                                point.category.int8)
+        return plan_json(point, interval, budgets.inference_tokens)
+
+    rec, small = entry(recommendation), entry(train_small)
+    gain = None
+    if small is not None:
+        difference = small["loss"]["mean"] - rec["loss"]["mean"]
+        gain = {"loss": difference, "relative": difference / small["loss"]["mean"]}
+    warnings = _range_warnings(law, "recommended", recommendation)
+    if train_small is not None:
+        warnings += _range_warnings(law, "train small", train_small)
+    r = law.ranges
+    return {
+        "format": FORMAT,
+        "law": {
+            "source": law.source, "description": law.description, "form": law.law, "parameters": law.parameters,
+            "shapes": (f"{law.shape_template['arch']} shapes, context {law.shape_template['context']}, "
+                       f"vocab {law.shape_template['vocab_size']}") if space.shapes else "continuous N",
+            "flops": ("tlc.model.flops_per_token per training token, a third of it per inference token"
+                      if space.shapes else "6N per training token, 2N per inference token"),
+        },
+        "budget": {
+            "train_flops": budgets.train_flops, "inference_tokens": budgets.inference_tokens,
+            "max_params": budgets.max_params, "max_bytes": budgets.max_bytes,
+            "max_latency_ms": budgets.max_latency_ms, "device": args.device, "latency_batch": args.latency_batch,
+        },
+        "cost_model": costs.describe(),
+        "search": {
+            "seed": args.seed, "tpe_trials": args.trials, "pareto_trials": args.pareto_trials,
+            "max_sparsity": max_sparsity, "categories": [c.label for c in categories],
+            "storage": storage, "studies": studies,
+        },
+        "recommendation": rec,
+        "train_small": small,
+        "gain": gain,
+        "compute_optimal": entry(compute_optimal),
+        "pareto_front": {"cost": budgets.primary, "points": [entry(p) for p in front]},
+        "measured_ranges": {
+            "N": list(r.N) if r.N else None, "tokens": list(r.D) if r.D else None,
+            "sparsity": {m: list(v) for m, v in r.sparsity.items()}, "note": r.note,
+        },
+        "warnings": warnings,
+    }
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``tlc plan``."""
+    g = parser.add_argument_group("budgets")
+    g.add_argument("--budget", required=True, metavar="FLOPS", help="training compute in FLOPs, e.g. 1e17 or 3.5e18")
+    g.add_argument("--max-params", metavar="COUNT", help="most non-zero parameters at inference, e.g. 2e7 or 125M")
+    g.add_argument("--max-bytes", metavar="SIZE", help="largest artifact, e.g. 20MB, 1.5GiB or 5e7 (bytes)")
+    g.add_argument("--max-latency-ms", metavar="MS", help="slowest forward pass on --device, from compress.jsonl")
+    g.add_argument("--device", help="the device whose measured latency counts (as in compress.jsonl's device)")
+    g.add_argument("--latency-batch", type=int, choices=LATENCY_BATCHES, default=1,
+                   help="batch size of the latency that counts (default 1)")
+    g.add_argument("--inference-tokens", metavar="TOKENS", default="0",
+                   help="tokens served in the model's lifetime; their forward FLOPs come out of --budget")
+    g = parser.add_argument_group("law (one of)")
+    g.add_argument("--runs", type=Path, metavar="RUNS_DIR", help="a fitted sweep: uses RUNS_DIR/fit.json")
+    g.add_argument("--law", help=f"{', '.join(PUBLISHED_LAWS)}, or a fit.json or {{E, A, B, alpha, beta}} JSON file")
+    g = parser.add_argument_group("compression (needs a fit with compression models)")
+    g.add_argument("--methods", help="pruning methods to consider, comma-separated (default: every fitted one)")
+    g.add_argument("--max-sparsity", type=float, help=f"highest sparsity searched (default {DEFAULT_MAX_SPARSITY})")
+    g.add_argument("--no-int8", action="store_true", help="never recommend 8-bit weights")
+    g = parser.add_argument_group("search and output")
+    g.add_argument("--trials", type=int, default=DEFAULT_TPE_TRIALS, help=f"TPE trials (default {DEFAULT_TPE_TRIALS})")
+    g.add_argument("--pareto-trials", type=int, default=DEFAULT_PARETO_TRIALS,
+                   help=f"NSGA-II trials for the Pareto front (default {DEFAULT_PARETO_TRIALS})")
+    g.add_argument("--seed", type=int, default=0, help="sampler seed (default 0)")
+    g.add_argument("--storage", help="Optuna storage URL for the studies (default: SQLite RUNS_DIR/study.db "
+                   "with --runs, none otherwise)")
+    g.add_argument("--out", type=Path, help="where plan.json goes (default RUNS_DIR/plan.json with --runs)")
+    g.add_argument("--json", action="store_true", help="print only plan.json's content")
+
+
+def _budgets(args: argparse.Namespace) -> Budgets:
+    inference_tokens = parse_count(args.inference_tokens, "--inference-tokens") if args.inference_tokens not in (
+        "0", "0.0") else 0.0
+    latency = None
+    if args.max_latency_ms is not None:
+        latency = parse_flops(args.max_latency_ms, "--max-latency-ms")
+    return Budgets(
+        train_flops=parse_flops(args.budget, "--budget"),
+        inference_tokens=inference_tokens,
+        max_params=parse_count(args.max_params, "--max-params") if args.max_params is not None else None,
+        max_bytes=parse_bytes(args.max_bytes, "--max-bytes") if args.max_bytes is not None else None,
+        max_latency_ms=latency,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Recommend the model to train and how to compress it, for a training budget and an inference budget.
+
+    Searches width, depth (or N for a published law), training tokens from the compute budget,
+    pruning method and sparsity, and 8-bit weights with Optuna (TPE with constraints for the
+    answer, then a local polish; NSGA-II for the Pareto front of loss against inference cost)
+    over a fitted sweep (--runs) or a published law (--law chinchilla|besiroglu). Prints the
+    recommendation with its predicted loss and interval, the best uncompressed model meeting
+    the same budgets ("train small") and the gain, and writes plan.json.
+    """
+    budgets = _budgets(args)
+    if args.trials < 1 or args.pareto_trials < 2:
+        raise UserError("--trials must be >= 1 and --pareto-trials >= 2")
+    if args.max_sparsity is not None and not (0 < args.max_sparsity < 1):
+        raise UserError(f"--max-sparsity: must be in (0, 1), got {args.max_sparsity}")
+    law = load_plan_law(args.runs, args.law)
+    storage = args.storage or (f"sqlite:///{(args.runs / 'study.db').resolve()}" if args.runs else None)
+    plan = make_plan(law, budgets, args, storage)
+    out = args.out or (args.runs / "plan.json" if args.runs else None)
+    if out is not None:
+        atomic_write_json(out, plan)
+    print(json.dumps(plan, indent=2) if args.json else format_table(plan, str(out) if out else None))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m tlc.plan``: the same command without loading the other stages' modules (start-up time)."""
+    import sys
+
+    parser = argparse.ArgumentParser(prog="tlc plan", description=run.__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return run(args)
+    except UserError as error:
+        print(f"tlc plan: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

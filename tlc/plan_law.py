@@ -1,0 +1,238 @@
+"""The loss law the planner searches: a sweep's fit.json, a JSON file, or a published law.
+
+A `PlanLaw` predicts the loss of a model of N non-embedding parameters trained on D tokens,
+then pruned to sparsity s with a method and/or made 8-bit: vectorised point estimates for the
+search (`loss`), and (mean, low, high) with the bootstrap interval for the answers
+(`interval`, from `scaling.FittedSweep.predict_loss`). It also knows the ranges of sizes,
+tokens and sparsities behind the law, so the planner can warn when it extrapolates.
+
+Published laws (Hoffmann et al. 2022 approach 3 and Besiroglu et al. 2024's refit) carry no
+compression model: the planner then searches dense models only and refuses compression flags.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+import scaling
+from scaling.fitted import FittedLaw, FittedSweep
+from scaling.forms import LAWS, ChinchillaParameters
+from tlc.errors import UserError
+from tlc.io import read_jsonl
+
+# Hoffmann et al. 2022 trained "over 400 models ranging from 70 million to over 16 billion
+# parameters on 5 to 500 billion tokens" (sec. 3); Besiroglu et al. 2024 refit the same data.
+_CHINCHILLA_RANGES = {"N": (7e7, 1.6e10), "D": (5e9, 5e11)}
+PUBLISHED_LAWS = {
+    "chinchilla": (
+        ChinchillaParameters(E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28),
+        "Hoffmann et al. 2022, approach 3 (eq. 10)",
+    ),
+    "besiroglu": (
+        ChinchillaParameters(E=1.817, A=482.01, B=2085.43, alpha=0.3478, beta=0.3658),
+        "Besiroglu et al. 2024, Chinchilla scaling: a replication attempt (their refit of approach 3)",
+    ),
+}
+
+
+@dataclass(frozen=True)
+class MeasuredRanges:
+    """What the law was fitted on: [low, high] of N, of final training tokens, and of sparsity per method."""
+
+    N: tuple[float, float] | None = None
+    D: tuple[float, float] | None = None
+    sparsity: dict[str, tuple[float, float]] = field(default_factory=dict)
+    note: str = ""  # where the ranges come from
+
+
+@dataclass(frozen=True)
+class PlanLaw:
+    """A fitted or published law, ready for the planner (see the module docstring)."""
+
+    source: str  # what the user named: a fit.json path or a published law's name
+    description: str
+    fitted: FittedSweep
+    law: str  # which L(N, D) law of `fitted` is used ("chinchilla" when present)
+    ranges: MeasuredRanges
+    runs_dir: Path | None = None  # where <run>/config.json and compress.jsonl live, if known
+    shape_template: dict | None = None  # arch, context, vocab_size, ffn_mult of the sweep's models
+
+    @property
+    def methods(self) -> tuple[str, ...]:
+        """Pruning methods with a fitted model of the loss they add."""
+        return self.fitted.methods
+
+    @property
+    def has_int8(self) -> bool:
+        """Whether the fit holds a model of the loss added by 8-bit weights."""
+        return self.fitted.int8 is not None
+
+    @property
+    def parameters(self) -> dict[str, float]:
+        """The L(N, D) law's named parameters."""
+        p = self.fitted.laws[self.law].parameters
+        return {name: float(getattr(p, name)) for name in p.__dataclass_fields__}
+
+    def loss(self, N, D, method: str, sparsity, int8: bool) -> np.ndarray:
+        """Point-estimate loss, vectorised over N, D and sparsity (broadcast together), nats per token."""
+        N, D, sparsity = np.broadcast_arrays(*(np.atleast_1d(np.asarray(v, dtype=float)) for v in (N, D, sparsity)))
+        law = self.fitted.laws[self.law]
+        log_dense, _ = law.form.log_loss(law.form.to_theta(law.parameters), {"N": N, "D": D}, jacobian=False)
+        loss = np.exp(log_dense)
+        pruned = sparsity > 0
+        if method != "none" and pruned.any():
+            added = _added_loss(self.fitted.pruning[method], N=N, sparsity=np.where(pruned, sparsity, 0.5))
+            loss = loss + np.where(pruned, added, 0.0)
+        if int8:
+            loss = loss + _added_loss(self.fitted.int8, N=N)
+        return loss
+
+    def interval(self, N: float, D: float, method: str, sparsity: float, int8: bool) -> tuple[float, float, float]:
+        """(mean, low, high) from the bootstrap draws in fit.json; low and high are NaN without draws."""
+        pruning = method if (method != "none" and sparsity > 0) else None
+        return self.fitted.predict_loss(N, D, pruning, sparsity if pruning else 0.0, int8, law=self.law)
+
+
+def _added_loss(model: FittedLaw, **covariates: np.ndarray) -> np.ndarray:
+    """dL of a compression model at its point estimate (forms predict log(dense + dL); dense = 1)."""
+    n = len(next(iter(covariates.values())))
+    x = {name: np.asarray(covariates.get(name, np.ones(n)), dtype=float) for name in model.form.covariates}
+    log_total, _ = model.form.log_loss(model.form.to_theta(model.parameters), x, jacobian=False)
+    return np.expm1(log_total)
+
+
+def _published(name: str) -> PlanLaw:
+    parameters, citation = PUBLISHED_LAWS[name]
+    law = FittedLaw(form=LAWS["chinchilla"], parameters=parameters, status="converged", draws=np.empty((0, 5)))
+    ranges = MeasuredRanges(N=_CHINCHILLA_RANGES["N"], D=_CHINCHILLA_RANGES["D"], note=f"{citation}: its training runs")
+    return PlanLaw(
+        source=name,
+        description=f"{name}: {citation}",
+        fitted=FittedSweep(laws={"chinchilla": law}, pruning={}, int8=None),
+        law="chinchilla",
+        ranges=ranges,
+    )
+
+
+def _parameters_file(path: Path, data: dict) -> PlanLaw:
+    """A small JSON of {E, A, B, alpha, beta}: a Chinchilla-form law with no intervals and no compression."""
+    names = ("E", "A", "B", "alpha", "beta")
+    values = {}
+    for name in names:
+        value = data.get(name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise UserError(f"--law {path}: {name} must be a finite number; the file needs {', '.join(names)}")
+        values[name] = float(value)
+    for name in ("A", "B", "alpha", "beta"):
+        if values[name] <= 0:
+            raise UserError(f"--law {path}: {name} must be > 0, got {values[name]}")
+    law = FittedLaw(form=LAWS["chinchilla"], parameters=ChinchillaParameters(**values), status="converged",
+                    draws=np.empty((0, 5)))
+    return PlanLaw(
+        source=str(path),
+        description=f"{path}: L = E + A/N^alpha + B/D^beta from the file",
+        fitted=FittedSweep(laws={"chinchilla": law}, pruning={}, int8=None),
+        law="chinchilla",
+        ranges=MeasuredRanges(note="the file records no measured ranges"),
+    )
+
+
+def _run_dirs(runs_dir: Path) -> list[Path]:
+    return sorted(p for p in runs_dir.iterdir() if p.is_dir() and (p / "config.json").is_file())
+
+
+def _sweep_details(runs_dir: Path, fit: dict) -> tuple[MeasuredRanges, dict | None]:
+    """Measured ranges (N and final tokens from fit.json's runs, sparsities from compress.jsonl) and the shape template."""
+    runs = fit.get("runs") or []
+    sizes = [r["non_embedding_params"] for r in runs if r.get("non_embedding_params")]
+    tokens = [r["final_tokens"] for r in runs if r.get("final_tokens")]
+    sparsity: dict[str, list[float]] = {}
+    template = None
+    for run_dir in _run_dirs(runs_dir) if runs_dir.is_dir() else []:
+        for row in read_jsonl(run_dir / "compress.jsonl"):
+            s = row.get("sparsity")
+            if isinstance(s, (int, float)) and s > 0 and isinstance(row.get("method"), str):
+                sparsity.setdefault(row["method"], []).append(float(s))
+        if template is None:
+            try:
+                shape = json.loads((run_dir / "config.json").read_text(encoding="utf-8")).get("shape")
+            except (OSError, json.JSONDecodeError):
+                shape = None
+            if isinstance(shape, dict) and {"context", "vocab_size"} <= shape.keys():
+                template = {
+                    "arch": shape.get("arch", "gpt2"),
+                    "context": int(shape["context"]),
+                    "vocab_size": int(shape["vocab_size"]),
+                    "ffn_mult": int(shape.get("ffn_mult", 4)),
+                }
+    ranges = MeasuredRanges(
+        N=(min(sizes), max(sizes)) if sizes else None,
+        D=(min(tokens), max(tokens)) if tokens else None,
+        sparsity={m: (min(v), max(v)) for m, v in sparsity.items()},
+        note="sizes and final tokens of the runs in fit.json; sparsities from the runs' compress.jsonl",
+    )
+    return ranges, template
+
+
+def _fit_file(path: Path, data: dict, flag: str) -> PlanLaw:
+    try:
+        fitted = scaling.load_fit(data)
+    except ValueError as error:
+        raise UserError(f"{flag} {path}: {error}") from None
+    law = "chinchilla" if "chinchilla" in fitted.laws else sorted(fitted.laws)[0]
+    runs_dir = path.parent
+    ranges, template = _sweep_details(runs_dir, data)
+    has_runs = runs_dir.is_dir() and bool(_run_dirs(runs_dir))
+    return PlanLaw(
+        source=str(path),
+        description=f"{path}: {law} law fitted to {data.get('n_runs', '?')} runs",
+        fitted=fitted,
+        law=law,
+        ranges=ranges,
+        runs_dir=runs_dir if has_runs else None,
+        shape_template=template,
+    )
+
+
+def _read_json(path: Path, flag: str) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{flag}: {path} not found") from None
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise UserError(f"{flag}: cannot read {path} as JSON ({error})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{flag}: {path} must hold a JSON object (a fit.json or {{E, A, B, alpha, beta}})")
+    return data
+
+
+def load_plan_law(runs: Path | None, law: str | None) -> PlanLaw:
+    """The law named by ``--runs DIR`` (its fit.json) or ``--law NAME|FILE.json``; exactly one must be given."""
+    if runs is not None and law is not None:
+        raise UserError("--runs and --law: give one law, not both (--runs uses RUNS_DIR/fit.json)")
+    if runs is None and law is None:
+        valid = ", ".join(PUBLISHED_LAWS)
+        raise UserError(f"--runs or --law: no law given; pass --runs RUNS_DIR (after tlc fit) or --law {{{valid}, FILE.json}}")
+    if runs is not None:
+        runs = Path(runs)
+        if not runs.is_dir():
+            raise UserError(f"--runs: {runs} is not a directory; give the sweep's folder, e.g. runs/tiny")
+        path = runs / "fit.json"
+        if not path.exists():
+            raise UserError(f"--runs: {path} not found; run `tlc fit {runs}` first")
+        return _fit_file(path, _read_json(path, "--runs"), "--runs")
+    if law in PUBLISHED_LAWS:
+        return _published(law)
+    path = Path(law)
+    if path.suffix.lower() != ".json" and not path.exists():
+        valid = ", ".join(PUBLISHED_LAWS)
+        raise UserError(f"--law: unknown law {law!r}; valid: {valid}, or a path to a fit.json or {{E, A, B, alpha, beta}} JSON file")
+    data = _read_json(path, "--law")
+    if "format" in data:
+        return _fit_file(path, data, "--law")
+    return _parameters_file(path, data)

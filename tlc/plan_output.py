@@ -1,0 +1,121 @@
+"""What `tlc plan` writes: plan.json's content and the terminal table.
+
+plan.json (format "tlc.plan/1"):
+
+    format, law {source, description, form, parameters, shapes, flops}, budget {train_flops,
+    inference_tokens, max_params, max_bytes, max_latency_ms, device, latency_batch},
+    cost_model {...}, search {seed, tpe_trials, pareto_trials, max_sparsity, categories, storage,
+    studies {tpe, nsga2}}, recommendation PLAN, train_small PLAN or null, gain {loss, relative}
+    or null, compute_optimal PLAN or null, pareto_front {cost, points [PLAN, ...] by cost},
+    measured_ranges {N, tokens, sparsity {method: [low, high]}, note}, warnings [str]
+
+    PLAN = {width, depth, heads (null for a continuous N), non_embedding_params,
+            embedding_params, params_total, tokens, train_flops, inference_flops,
+            compression {method, sparsity, int8}, loss {mean, low, high},
+            inference {nonzeros, bytes, latency_ms}}
+
+Losses are nats per token; low/high are the bootstrap interval (null for laws without draws);
+the gain is train_small's mean loss minus the recommendation's (positive: compressing wins).
+"""
+
+from __future__ import annotations
+
+import math
+
+from tlc.plan_space import Point
+from tlc.units import format_bytes, format_count
+
+FORMAT = "tlc.plan/1"
+
+
+def _finite(value: float | None) -> float | None:
+    return float(value) if value is not None and math.isfinite(value) else None
+
+
+def plan_json(point: Point, interval: tuple[float, float, float], inference_tokens: float) -> dict:
+    """One PLAN entry of plan.json (module docstring)."""
+    mean, low, high = interval
+    heads = None
+    if point.width is not None:
+        heads = point.width // 64 if point.width % 64 == 0 else point.width // 32
+    return {
+        "width": point.width,
+        "depth": point.depth,
+        "heads": heads,
+        "non_embedding_params": point.N,
+        "embedding_params": point.embedding,
+        "params_total": point.N + point.embedding,
+        "tokens": point.tokens,
+        "train_flops": point.tokens * point.train_flops_per_token,
+        "inference_flops": inference_tokens * point.inference_flops_per_token,
+        "compression": {"method": point.category.method, "sparsity": point.sparsity, "int8": point.category.int8},
+        "loss": {"mean": _finite(mean), "low": _finite(low), "high": _finite(high)},
+        "inference": {
+            "nonzeros": point.costs["params"],
+            "bytes": point.costs["bytes"],
+            "latency_ms": _finite(point.costs["latency_ms"]),
+        },
+    }
+
+
+def _compression(entry: dict) -> str:
+    c = entry["compression"]
+    text = "dense" if c["method"] == "none" else f"{c['method']} {c['sparsity']:.0%}"
+    return text + (" +int8" if c["int8"] else "")
+
+
+def _loss(entry: dict) -> str:
+    loss = entry["loss"]
+    if loss["low"] is None:
+        return f"{loss['mean']:.4f}"
+    return f"{loss['mean']:.4f} [{loss['low']:.4f}, {loss['high']:.4f}]"
+
+
+def _row(label: str, entry: dict) -> str:
+    shape = "-" if entry["width"] is None else f"{entry['width']}x{entry['depth']}"
+    latency = entry["inference"]["latency_ms"]
+    return (f"{label:<16}{shape:>10}{format_count(entry['non_embedding_params']):>9}{format_count(entry['tokens']):>9}"
+            f"  {_compression(entry):<24}{_loss(entry):<28}{format_count(entry['inference']['nonzeros']):>9}"
+            f"{format_bytes(entry['inference']['bytes']):>11}{'-' if latency is None else f'{latency:.3g} ms':>11}")
+
+
+def _budget_line(plan: dict) -> str:
+    b = plan["budget"]
+    parts = [f"{b['train_flops']:.3g} training FLOPs"]
+    if b["inference_tokens"]:
+        parts.append(f"{format_count(b['inference_tokens'])} inference tokens")
+    if b["max_params"] is not None:
+        parts.append(f"<= {format_count(b['max_params'])} non-zero params")
+    if b["max_bytes"] is not None:
+        parts.append(f"<= {format_bytes(b['max_bytes'])}")
+    if b["max_latency_ms"] is not None:
+        parts.append(f"<= {b['max_latency_ms']:.3g} ms at batch {b['latency_batch']} on {b['device']}")
+    return ", ".join(parts)
+
+
+def format_table(plan: dict, path: str | None) -> str:
+    """The summary `tlc plan` prints: budgets, recommendation, train-small, gain, front size, warnings."""
+    lines = [
+        f"budget: {_budget_line(plan)}",
+        f"law: {plan['law']['description']}",
+        f"{'':<16}{'shape':>10}{'N':>9}{'tokens':>9}  {'compression':<24}{'loss [interval]':<28}"
+        f"{'non-zeros':>9}{'bytes':>11}{'latency':>11}",
+        _row("recommended", plan["recommendation"]),
+    ]
+    if plan["train_small"]:
+        lines.append(_row("train small", plan["train_small"]))
+    if plan["compute_optimal"]:
+        lines.append(_row("no inf. limit", plan["compute_optimal"]))
+    gain = plan["gain"]
+    if gain is None:
+        lines.append("train small: no uncompressed model meets the inference budget")
+    elif gain["loss"] > 1e-9:
+        lines.append(f"gain: train large then compress predicts {gain['loss']:.4f} nats/token lower loss "
+                     f"than training small ({gain['relative']:.2%})")
+    else:
+        lines.append("gain: none; the best plan is the uncompressed model")
+    front = plan["pareto_front"]
+    lines.append(f"Pareto front (loss against {front['cost']}): {len(front['points'])} points")
+    lines += [f"warning: {w}" for w in plan["warnings"]]
+    lines.append(f"-> {path}" if path else "(plan.json not written: give --runs or --out)")
+    return "\n".join(lines)

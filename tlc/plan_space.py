@@ -1,0 +1,267 @@
+"""The planner's search space: model size, tokens from the compute budget, compression; and the local polish.
+
+Model size is a GPT-2 (or Llama) shape when the law comes from a sweep whose run configs
+give the architecture, context and vocabulary: width a multiple of 32 from 32 to 8192, depth
+1 to 128, N = `tlc.model.param_counts(shape).non_embedding`, and FLOPs per token counted the
+way `tlc train` counts them (`tlc.model.flops_per_token`: 6 per matmul parameter, vocabulary
+projection and attention included; inference is its forward third). For a published law or
+a bare {E, A, B, alpha, beta} file shapes mean nothing, so N is continuous in [1e4, C/6] and
+FLOPs are 6·N per training token and 2·N per inference token (Kaplan et al. 2020 sec. 2.1).
+
+Tokens are never searched: loss falls with D, so the best plan spends all the compute left
+after inference on training, D = (C - inference_tokens·inference_flops_per_token) /
+train_flops_per_token (Sardana et al. 2024 add inference to the budget this way).
+
+Compression is a category (pruning method or none, times int8 or not) and a sparsity. The
+polish fixes a category and, for each size, takes the smallest sparsity that meets every
+inference budget (loss only grows with sparsity at a fixed size), found by bisection; it then
+minimises loss over size: Brent's method on log N for continuous sizes, and an exhaustive
+search of widths and depths within a factor 2 for shapes, re-centred until the optimum is
+inside the window.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from functools import lru_cache
+
+import numpy as np
+from scipy.optimize import minimize_scalar
+
+from tlc.config import ModelShape
+from tlc.model import flops_per_token, param_counts
+from tlc.plan_cost import CostModel
+from tlc.plan_law import PlanLaw
+
+WIDTH_STEP = 32  # widths are multiples of this
+MAX_WIDTH_STEPS, MAX_DEPTH = 256, 128  # widths 32..8192, depths 1..128
+MIN_CONTINUOUS_N = 1e4
+BISECTION_STEPS = 48
+INFEASIBLE = 1e300  # loss of an infeasible size in the polish (finite: Brent's method mishandles inf)
+
+
+def make_shape(template: dict, width_steps: int, depth: int) -> ModelShape:
+    """A shape of width ``width_steps``·32 with heads of 64 channels (32 where 64 does not divide the width)."""
+    width = WIDTH_STEP * width_steps
+    heads = width // 64 if width % 64 == 0 else width // WIDTH_STEP
+    t = template
+    return ModelShape(width, depth, heads, t["context"], t["vocab_size"], t["arch"], t["ffn_mult"])
+
+
+@lru_cache(maxsize=None)
+def _shape_sizes(template: tuple, width_steps: int, depth: int) -> tuple[float, float, float]:
+    shape = make_shape(dict(template), width_steps, depth)
+    counts = param_counts(shape)
+    return float(counts.non_embedding), float(counts.embedding), float(flops_per_token(shape))
+
+
+@dataclass(frozen=True)
+class Budgets:
+    """Training compute and the inference budgets a plan must meet (None: no limit)."""
+
+    train_flops: float
+    inference_tokens: float = 0.0
+    max_params: float | None = None  # non-zero parameters
+    max_bytes: float | None = None
+    max_latency_ms: float | None = None
+
+    def limits(self) -> dict[str, float]:
+        """{cost name: budget} for the inference budgets that were given."""
+        named = {"params": self.max_params, "bytes": self.max_bytes, "latency_ms": self.max_latency_ms}
+        return {k: v for k, v in named.items() if v is not None}
+
+    @property
+    def primary(self) -> str:
+        """The inference cost on the Pareto front's axis: latency, else bytes, else non-zero parameters."""
+        return next((k for k in ("latency_ms", "bytes") if k in self.limits()), "params")
+
+
+@dataclass(frozen=True)
+class Category:
+    """A compression choice: a pruning method ("none" for dense) and whether weights are 8-bit."""
+
+    method: str
+    int8: bool
+
+    @property
+    def label(self) -> str:
+        """How the category is written in studies and tables: "none", "magnitude+int8"."""
+        return self.method + ("+int8" if self.int8 else "")
+
+
+@dataclass(frozen=True)
+class Point:
+    """One evaluated plan (arrays of one element are unwrapped by `PlanSpace.point`)."""
+
+    width: int | None
+    depth: int | None
+    N: float  # non-embedding parameters, the law's N
+    embedding: float
+    tokens: float
+    train_flops_per_token: float
+    inference_flops_per_token: float
+    category: Category
+    sparsity: float
+    loss: float
+    costs: dict  # {"params": nonzeros, "bytes": ..., "latency_ms": ... or NaN}
+    feasible: bool
+
+
+class PlanSpace:
+    """Sizes, categories and costs for one law, cost model and set of budgets."""
+
+    def __init__(self, law: PlanLaw, costs: CostModel, budgets: Budgets, max_sparsity: float,
+                 categories: list[Category]):
+        self.law, self.costs, self.budgets, self.max_sparsity = law, costs, budgets, max_sparsity
+        self.categories = categories
+        self.template = law.shape_template
+        C, inference = budgets.train_flops, budgets.inference_tokens
+        self.max_continuous_N = C / (6.0 + 2.0 * inference)  # at least one training token
+
+    @property
+    def shapes(self) -> bool:
+        """Whether sizes are model shapes (True) or a continuous N."""
+        return self.template is not None
+
+    def with_limits(self, **limits: float | None) -> PlanSpace:
+        """The same space under other inference budgets (e.g. a point of the Pareto front)."""
+        return PlanSpace(self.law, self.costs, replace(self.budgets, **limits), self.max_sparsity, self.categories)
+
+    # -- sizes --------------------------------------------------------------------------------
+
+    def shape(self, width_steps: int, depth: int) -> ModelShape:
+        """The model shape for a width of ``width_steps``·32 (heads of 64 channels where they divide it)."""
+        return make_shape(self.template, width_steps, depth)
+
+    def sizes(self, width_steps, depth) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(N, embedding, training FLOPs per token, inference FLOPs per token) for arrays of shapes."""
+        key = tuple(sorted(self.template.items()))
+        rows = np.array([_shape_sizes(key, int(k), int(d)) for k, d in zip(np.ravel(width_steps), np.ravel(depth))])
+        return rows[:, 0], rows[:, 1], rows[:, 2], rows[:, 2] / 3.0
+
+    def continuous_sizes(self, N) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(N, embedding = 0, 6N, 2N) for a continuous N."""
+        N = np.atleast_1d(np.asarray(N, dtype=float))
+        return N, np.zeros_like(N), 6.0 * N, 2.0 * N
+
+    def tokens(self, train_fpt: np.ndarray, inference_fpt: np.ndarray) -> np.ndarray:
+        """Training tokens the compute budget leaves after inference (<= 0: the model cannot be trained)."""
+        return (self.budgets.train_flops - self.budgets.inference_tokens * inference_fpt) / train_fpt
+
+    # -- costs and constraints ----------------------------------------------------------------
+
+    def cost(self, name: str, N, embedding, sparsity, category: Category) -> np.ndarray:
+        """One inference cost ("params", "bytes", "latency_ms"), vectorised."""
+        if name == "params":
+            return self.costs.nonzeros(N, embedding, sparsity)
+        if name == "bytes":
+            return self.costs.bytes(N, embedding, sparsity, category.method, category.int8)
+        return self.costs.latency_ms(N, embedding, sparsity, category.method, category.int8)
+
+    def meets(self, N, embedding, sparsity, category: Category) -> np.ndarray:
+        """Whether each model meets every inference budget."""
+        ok = np.ones(np.shape(np.asarray(N) + np.asarray(sparsity)), dtype=bool)
+        for name, limit in self.budgets.limits().items():
+            ok &= self.cost(name, N, embedding, sparsity, category) <= limit * (1 + 1e-12)
+        return ok
+
+    def least_sparsity(self, N, embedding, category: Category) -> np.ndarray:
+        """Smallest sparsity meeting every inference budget, per model; NaN where even max_sparsity fails."""
+        N, embedding = np.broadcast_arrays(np.asarray(N, dtype=float), np.asarray(embedding, dtype=float))
+        dense_ok = self.meets(N, embedding, 0.0, category)
+        if category.method == "none":
+            return np.where(dense_ok, 0.0, np.nan)
+        low, high = np.zeros_like(N), np.full_like(N, self.max_sparsity)
+        sparse_ok = self.meets(N, embedding, high, category)
+        for _ in range(BISECTION_STEPS):  # costs fall as sparsity rises, so feasibility is an interval [s*, max]
+            middle = 0.5 * (low + high)
+            ok = self.meets(N, embedding, middle, category)
+            low, high = np.where(ok, low, middle), np.where(ok, middle, high)
+        return np.where(dense_ok, 0.0, np.where(sparse_ok, high, np.nan))
+
+    # -- evaluation -----------------------------------------------------------------------------
+
+    def evaluate(self, sizes, category: Category, sparsity=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(loss, sparsity, feasible) for arrays of sizes; sparsity None means the least that meets the budgets."""
+        N, embedding, train_fpt, inference_fpt = sizes
+        D = self.tokens(train_fpt, inference_fpt)
+        s = self.least_sparsity(N, embedding, category) if sparsity is None else np.broadcast_to(sparsity, N.shape)
+        feasible = (D >= 1.0) & np.isfinite(s)
+        if sparsity is not None:
+            feasible &= self.meets(N, embedding, s, category)
+        s_used = np.where(np.isfinite(s), s, self.max_sparsity)
+        loss = self.law.loss(N, np.maximum(D, 1.0), category.method, s_used, category.int8)
+        return loss, s_used, feasible
+
+    def point(self, width_steps: int | None, depth: int | None, N: float | None, category: Category,
+              sparsity: float | None = None) -> Point:
+        """One plan, sparsity None meaning the least that meets the inference budgets."""
+        if self.shapes:
+            sizes = self.sizes([width_steps], [depth])
+        else:
+            sizes = self.continuous_sizes([N])
+        loss, s, feasible = self.evaluate(sizes, category, sparsity)
+        n, emb, train_fpt, inference_fpt = (float(a[0]) for a in sizes)
+        s0 = float(s[0])
+        costs = {name: float(self.cost(name, n, emb, s0, category)) for name in ("params", "bytes", "latency_ms")}
+        return Point(
+            width=WIDTH_STEP * width_steps if self.shapes else None,
+            depth=depth if self.shapes else None,
+            N=n, embedding=emb,
+            tokens=float(self.tokens(train_fpt, inference_fpt)),
+            train_flops_per_token=train_fpt, inference_flops_per_token=inference_fpt,
+            category=category if s0 > 0 else Category("none", category.int8),
+            sparsity=s0, loss=float(loss[0]), costs=costs, feasible=bool(feasible[0]),
+        )
+
+    # -- polish -------------------------------------------------------------------------------
+
+    def polish(self, category: Category, start_steps: int | None, start_depth: int | None,
+               start_N: float | None) -> Point | None:
+        """The best plan of ``category`` near a start (module docstring); None if nothing there is feasible."""
+        if self.shapes:
+            return self._polish_shapes(category, start_steps, start_depth)
+        return self._polish_continuous(category, start_N)
+
+    def _polish_shapes(self, category: Category, k0: int, d0: int) -> Point | None:
+        best = None
+        for _ in range(16):
+            ks = np.arange(max(1, k0 // 2), min(MAX_WIDTH_STEPS, 2 * k0) + 1)
+            ds = np.arange(max(1, d0 // 2), min(MAX_DEPTH, 2 * d0) + 1)
+            K, Dp = (a.ravel() for a in np.meshgrid(ks, ds, indexing="ij"))
+            loss, _, feasible = self.evaluate(self.sizes(K, Dp), category)
+            if not feasible.any():
+                return best
+            i = int(np.argmin(np.where(feasible, loss, np.inf)))
+            best = int(K[i]), int(Dp[i])
+            if best == (k0, d0):  # the best of its own window
+                break
+            k0, d0 = best
+        return self.point(best[0], best[1], None, category)
+
+    def _polish_continuous(self, category: Category, N0: float) -> Point | None:
+        lo, hi = math.log(MIN_CONTINUOUS_N), math.log(self.max_continuous_N)
+        if hi <= lo:
+            return None
+
+        def objective(log_n: np.ndarray) -> np.ndarray:
+            loss, _, feasible = self.evaluate(self.continuous_sizes(np.exp(log_n)), category)
+            return np.where(feasible, loss, INFEASIBLE)
+
+        x0 = min(max(math.log(N0), lo), hi)
+        for _ in range(32):
+            grid = np.linspace(max(lo, x0 - math.log(4)), min(hi, x0 + math.log(4)), 33)
+            values = objective(grid)
+            if not (values < INFEASIBLE).any():
+                return None
+            i = int(np.argmin(values))
+            at_edge = (i == 0 and grid[0] > lo) or (i == len(grid) - 1 and grid[-1] < hi)
+            if not at_edge:
+                break
+            x0 = grid[i]
+        a, b = grid[max(i - 1, 0)], grid[min(i + 1, len(grid) - 1)]
+        result = minimize_scalar(lambda x: float(objective(np.array([x]))[0]), bounds=(a, b), method="bounded",
+                                 options={"xatol": 1e-9})
+        x = result.x if result.fun <= values[i] else grid[i]
+        return self.point(None, None, math.exp(x), category)

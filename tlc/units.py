@@ -1,0 +1,83 @@
+"""Numbers as users write them on the command line: FLOPs, parameter counts and byte sizes.
+
+    parse_flops("3.5e18") == 3.5e18
+    parse_count("125M") == 125e6           # K, M, B (10^9), T: decimal multipliers
+    parse_bytes("1.5GiB") == 1.5 * 2**30   # kB, MB, GB, TB are powers of 1000; KiB, MiB, GiB, TiB of 1024
+
+Every parser raises UserError naming the flag and showing what would be valid.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+from tlc.errors import UserError
+
+BYTE_UNITS = {
+    "": 1, "b": 1,
+    "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+    "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
+}
+COUNT_UNITS = {"": 1, "k": 10**3, "m": 10**6, "b": 10**9, "t": 10**12}
+_NUMBER_WITH_UNIT = re.compile(r"^\s*([0-9][0-9_]*\.?[0-9_]*(?:[eE][+-]?[0-9]+)?|\.[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([A-Za-z]*)\s*$")
+
+
+def _split(flag: str, text: str, example: str) -> tuple[float, str]:
+    match = _NUMBER_WITH_UNIT.match(str(text))
+    if not match:
+        raise UserError(f"{flag}: expected a positive number such as {example}, got {text!r}")
+    return float(match.group(1).replace("_", "")), match.group(2).lower()
+
+
+def _positive(flag: str, value: float, text: str) -> float:
+    if not (math.isfinite(value) and value > 0):
+        raise UserError(f"{flag}: must be a finite number > 0, got {text!r}")
+    return value
+
+
+def parse_flops(text: str, flag: str = "--budget") -> float:
+    """Training compute in FLOPs, a plain positive number: 1e17, 3.5e18, 2_000e15."""
+    try:
+        value = float(str(text).replace("_", ""))
+    except ValueError:
+        raise UserError(f"{flag}: expected FLOPs as a positive number such as 1e17 or 3.5e18, got {text!r}") from None
+    return _positive(flag, value, text)
+
+
+def parse_count(text: str, flag: str = "--max-params") -> float:
+    """A positive count with an optional decimal suffix: 2e8, 125M, 1.3B, 70k."""
+    value, unit = _split(flag, text, "2e8, 125M or 1.3B")
+    if unit not in COUNT_UNITS:
+        valid = ", ".join(u.upper() for u in COUNT_UNITS if u)
+        raise UserError(f"{flag}: unknown unit {unit!r} in {text!r}; valid suffixes: {valid} (or none)")
+    return _positive(flag, value * COUNT_UNITS[unit], text)
+
+
+def parse_bytes(text: str, flag: str = "--max-bytes") -> float:
+    """A positive size in bytes: 20MB (10^6), 1.5GiB (2^30), 500kB, or a plain number of bytes."""
+    value, unit = _split(flag, text, "20MB, 1.5GiB or 5e7")
+    if unit not in BYTE_UNITS:
+        raise UserError(
+            f"{flag}: unknown unit {unit!r} in {text!r}; valid: B, kB, MB, GB, TB (powers of 1000), "
+            "KiB, MiB, GiB, TiB (powers of 1024), or a plain number of bytes"
+        )
+    return _positive(flag, value * BYTE_UNITS[unit], text)
+
+
+def format_bytes(value: float) -> str:
+    """Decimal units, three significant figures: 1.23 MB."""
+    value = float(f"{value:.3g}")  # round first, so 999.9999e6 prints as 1 GB
+    for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if value >= size:
+            return f"{value / size:.3g} {unit}"
+    return f"{value:.3g} B"
+
+
+def format_count(value: float) -> str:
+    """Decimal suffixes, three significant figures: 125M, 1.3B."""
+    value = float(f"{value:.3g}")
+    for unit, size in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if value >= size:
+            return f"{value / size:.3g}{unit}"
+    return f"{value:.3g}"
