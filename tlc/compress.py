@@ -1,0 +1,340 @@
+"""``tlc compress RUNS_DIR``: prune and 8-bit quantize every trained model of a sweep, evaluate and
+measure every variant for real, and write one line per variant to ``<run>/compress.jsonl``.
+
+Each variant is saved under ``<run>/compressed/<variant-id>/`` (safetensors; sparse and int8
+weights stored as such, see tlc.compress_store) with its per-position validation losses and
+predictions (``eval.npz``). Resumable: a variant whose line is in compress.jsonl and whose
+artifact exists is skipped. Where a shape was trained with several seeds, a final pass replaces
+each row's disagreement with Hooker et al.'s compression-identified exemplars (CIE).
+
+compress.jsonl row (one per variant):
+  run_id, variant, method ("none" | METHODS), sparsity (achieved, prunable weights),
+  target_sparsity, block (block size or null), bits (32 | 8), int8_path, nonzeros (all
+  parameters), bytes (model.safetensors), dense_bytes, latency_ms_b1, latency_ms_b32 (ms per
+  token, median of repeats, forward pass over a fixed prompt), latency_kind, latency_note,
+  prompt_tokens, device, val_loss, val_bpb, val_acc, loss_by_freq_bucket (5, rarest first),
+  freq_bucket_tokens, freq_buckets ("equal_train_token_mass"), disagreement {kind: "cie" |
+  "disagreement_not_cie", seeds, count, fraction, loss, dense_loss}, dense_val_loss,
+  recovery_steps, wall_s, artifact.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from tlc.compress_variants import (DEFAULT_METHODS, DEFAULT_SPARSITIES, METHOD_HELP, RECOVERING, CompressSettings,
+                                   VariantSpec, parse_methods, parse_sparsities, variant_specs)
+from tlc.errors import UserError
+from tlc.io import append_jsonl, read_jsonl, rewrite_jsonl
+
+ROWS = "compress.jsonl"
+FREQ_BUCKETS = "equal_train_token_mass"
+
+
+def find_runs(runs_dir: Path) -> list[Path]:
+    """Complete runs under RUNS_DIR (or RUNS_DIR itself when it is one run), in name order."""
+    from tlc.train import is_complete
+
+    runs_dir = Path(runs_dir)
+    if not runs_dir.is_dir():
+        raise UserError(f"RUNS_DIR: {str(runs_dir)!r} is not a folder; give a sweep's folder such as runs/tiny")
+    if is_complete(runs_dir):
+        return [runs_dir]
+    runs = sorted(p for p in runs_dir.iterdir() if p.is_dir() and (p / "config.json").is_file() and is_complete(p))
+    if not runs:
+        raise UserError(f"RUNS_DIR: no trained runs under {str(runs_dir)!r} (a run has config.json and model/); "
+                        "train them first with tlc sweep or tlc train")
+    return runs
+
+
+@dataclasses.dataclass
+class RunContext:
+    """What every variant of one run is evaluated against, loaded once."""
+
+    run_dir: Path
+    config: dict
+    tokens: object  # tlc.data.TokenData
+    offsets: np.ndarray  # validation windows of the training run's evaluations
+    buckets: np.ndarray  # frequency bucket of each vocabulary id
+    calibration: object  # (windows, context) int64 tensor of training text
+    dense: object  # the trained model, fp32
+    device: object
+    int8_path: str | None
+
+
+def load_run(run_dir: Path, settings: CompressSettings) -> RunContext:
+    """Read a run's config, data and model; check the data is the one it was trained on."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from tlc.data import load_corpus, load_tokens, train_offsets, val_offsets, windows
+    from tlc.evaluate import frequency_buckets
+
+    config = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
+    data, shape, train = config["data"], config["shape"], config["train"]
+    corpus = load_corpus(data["source"], data["val_percent"], data["text_field"])
+    if data.get("fingerprint") and corpus.fingerprint != data["fingerprint"]:
+        raise UserError(f"RUNS_DIR: the data of {run_dir.name} ({data['source']!r}) changed since training "
+                        "(fingerprint differs); evaluate on the same data or retrain")
+    tokens = load_tokens(corpus, shape["vocab_size"])
+    context = shape["context"]
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dense = AutoModelForCausalLM.from_pretrained(str(run_dir / "model"), use_safetensors=True,
+                                                 attn_implementation="sdpa").float().to(device).eval()
+    offsets = train_offsets(len(tokens.train), context, settings.calibration_windows, config.get("seed", 0) + 104729, 0)
+    calibration = torch.from_numpy(windows(tokens.train, offsets, context)[:, :-1]).to(device)
+    int8_path = None
+    if settings.int8:
+        from tlc.quantize import choose_int8_path
+
+        int8_path, _ = choose_int8_path(device, shape["width"])
+    return RunContext(run_dir, config, tokens, val_offsets(len(tokens.val), context, train["eval_tokens"]),
+                      frequency_buckets(tokens.train, shape["vocab_size"]), calibration, dense, device, int8_path)
+
+
+def _save_eval(folder: Path, token_loss: np.ndarray, predictions: np.ndarray) -> None:
+    tmp = folder / f".eval.{os.getpid()}.npz"
+    with open(tmp, "wb") as f:
+        np.savez(f, token_loss=token_loss, predictions=predictions)
+    os.replace(tmp, folder / "eval.npz")
+
+
+def load_eval(folder: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(per-position loss, predictions) saved with a variant."""
+    with np.load(Path(folder) / "eval.npz", allow_pickle=False) as f:
+        return f["token_loss"], f["predictions"]
+
+
+def make_variant(ctx: RunContext, spec: VariantSpec, settings: CompressSettings, fp32_models: dict,
+                 dense_eval: tuple | None) -> dict:
+    """Build, save, evaluate and time one variant; returns its compress.jsonl row."""
+    from tlc.compress_store import is_saved, load_fp32, save_variant
+    from tlc.compress_variants import block_sparse_model, build_pruned, latency_kind, sparse_kind
+    from tlc.evaluate import disagreement, evaluate_positions, latency_ms_per_token
+
+    started = time.perf_counter()
+    shape, train = ctx.config["shape"], ctx.config["train"]
+    base = spec.base
+    base_folder = ctx.run_dir / "compressed" / base.id
+    if base.id in fp32_models:
+        model32, achieved = fp32_models[base.id]
+    elif spec.bits == 8 and is_saved(base_folder):
+        model32 = load_fp32(base_folder).to(ctx.device)
+        achieved = _row_value(ctx.run_dir, base.id, "sparsity")
+    else:
+        from tlc.config import TrainSettings
+
+        recovery = {"tokens": ctx.tokens, "context": shape["context"], "train": TrainSettings(**train),
+                    "steps": settings.recovery_steps, "seed": ctx.config.get("seed", 0)}
+        model32, achieved = build_pruned(base, ctx.dense, ctx.calibration, recovery)
+        model32 = model32.to(ctx.device).eval()
+    if spec.bits == 32:
+        fp32_models.clear()  # keep only the latest base for its 8-bit twin
+        fp32_models[base.id] = (model32, achieved)
+
+    folder = ctx.run_dir / "compressed" / spec.id
+    manifest = {"run_id": ctx.config["run_id"], "variant": spec.id, "method": spec.method,
+                "target_sparsity": spec.sparsity, "block": spec.block}
+    saved = save_variant(folder, model32, sparse_kind(spec), spec.block or 32, spec.bits,
+                         ctx.int8_path if spec.bits == 8 else None, manifest)
+    runtime = saved.get("model", model32)
+
+    metrics, token_loss, predictions = evaluate_positions(
+        runtime, ctx.tokens, ctx.offsets, shape["context"], train["micro_batch"], ctx.device, ctx.buckets)
+    _save_eval(folder, token_loss, predictions)
+
+    timed, kind, note = runtime, latency_kind(spec, ctx.int8_path), None
+    if spec.method == "block" and spec.bits == 32:
+        example = ctx.calibration[:2]
+        converted, why = block_sparse_model(model32, spec.block, example)
+        if converted is not None:
+            timed, kind = converted, why
+        else:
+            note = why
+    vocab = shape["vocab_size"]
+    prompt = min(settings.prompt_tokens, shape["context"])
+    b1 = latency_ms_per_token(timed, vocab, ctx.device, 1, prompt, settings.latency_repeats)
+    b32 = latency_ms_per_token(timed, vocab, ctx.device, 32, prompt, settings.latency_repeats)
+
+    if dense_eval is None:  # this is the dense model itself
+        dense_eval = (token_loss, predictions)
+    row = {
+        "run_id": ctx.config["run_id"],
+        "variant": spec.id,
+        "method": spec.method,
+        "sparsity": round(float(achieved), 6),
+        "target_sparsity": spec.sparsity,
+        "block": spec.block,
+        "bits": spec.bits,
+        "int8_path": ctx.int8_path if spec.bits == 8 else None,
+        "nonzeros": saved["nonzeros"],
+        "bytes": saved["bytes"],
+        "latency_ms_b1": b1,
+        "latency_ms_b32": b32,
+        "latency_kind": kind,
+        "latency_note": note,
+        "prompt_tokens": prompt,
+        "device": _device_name(ctx.device),
+        **metrics,
+        "freq_buckets": FREQ_BUCKETS,
+        "disagreement": disagreement(predictions, token_loss, dense_eval[1], dense_eval[0]),
+        "recovery_steps": settings.recovery_steps if spec.method in RECOVERING else 0,
+        "wall_s": round(time.perf_counter() - started, 3),
+        "artifact": str(folder.relative_to(ctx.run_dir)),
+    }
+    return row
+
+
+def _row_value(run_dir: Path, variant: str, field: str):
+    for row in read_jsonl(run_dir / ROWS):
+        if row.get("variant") == variant:
+            return row[field]
+    raise UserError(f"{run_dir / ROWS}: no row for {variant}; delete {run_dir / 'compressed' / variant} and rerun")
+
+
+def _device_name(device) -> str:
+    import platform
+
+    import torch
+
+    if device.type == "cuda":
+        return f"cuda:{torch.cuda.get_device_name(device)}"
+    return f"cpu:{platform.processor() or platform.machine()}:{torch.get_num_threads()}threads"
+
+
+def compress_run(run_dir: Path, settings: CompressSettings, log=print) -> list[dict]:
+    """Make every missing variant of one run; returns all of the run's rows."""
+    from tlc.compress_store import is_saved
+
+    run_dir = Path(run_dir)
+    path = run_dir / ROWS
+    rows = {r["variant"]: r for r in read_jsonl(path) if is_saved(run_dir / "compressed" / str(r.get("variant")))}
+    todo = [s for s in variant_specs(settings) if s.id not in rows]
+    if not todo:
+        log(f"{run_dir.name}: all {len(rows)} variants done")
+        return list(rows.values())
+    ctx = load_run(run_dir, settings)
+    if "block" in settings.methods:
+        from tlc.prune import check_block_size
+
+        check_block_size(ctx.dense, settings.block_size)
+    fp32_models: dict = {}
+    dense_spec = VariantSpec("none", 0.0, 32)
+    dense_eval = load_eval(run_dir / "compressed" / "dense") if "dense" in rows else None
+    if dense_spec.id not in rows:
+        todo = [dense_spec] + [s for s in todo if s.id != dense_spec.id]
+    for spec in todo:
+        row = make_variant(ctx, spec, settings, fp32_models, dense_eval)
+        if spec.id == "dense":
+            dense_eval = load_eval(run_dir / "compressed" / "dense")
+        row["dense_val_loss"] = rows["dense"]["val_loss"] if "dense" in rows else row["val_loss"]
+        append_jsonl(path, row)
+        rows[spec.id] = row
+        log(f"{run_dir.name} {spec.id:<22} loss {row['val_loss']:.4f} ({row['val_loss'] - row['dense_val_loss']:+.4f})  "
+            f"nonzeros {row['nonzeros']:>9}  bytes {row['bytes']:>9}  b1 {row['latency_ms_b1']:.4f} ms/tok "
+            f"[{row['latency_kind']}]  {row['wall_s']:.1f}s")
+    return list(rows.values())
+
+
+def add_cie(run_dirs: list[Path]) -> int:
+    """Where a shape has several seeds, set each variant's disagreement to its CIE (Hooker et al. 2020);
+    returns how many rows changed. Rows keep their one-seed figure as ``disagreement_vs_own_dense``."""
+    from tlc.evaluate import compression_identified_exemplars
+
+    groups: dict[str, list[Path]] = {}
+    for run_dir in run_dirs:
+        config = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
+        key = json.dumps([config["shape"], config["train"], config["data"].get("fingerprint")], sort_keys=True)
+        groups.setdefault(key, []).append(run_dir)
+    changed = 0
+    for members in groups.values():
+        if len(members) < 2:
+            continue
+        rows = {m: {r["variant"]: r for r in read_jsonl(m / ROWS)} for m in members}
+        shared = set.intersection(*(set(r) for r in rows.values()))
+        if "dense" not in shared:
+            continue
+        dense = [load_eval(m / "compressed" / "dense") for m in members]
+        dense_loss = np.mean([d[0] for d in dense], axis=0)
+        for variant in shared:
+            evals = [load_eval(m / "compressed" / variant) for m in members]
+            cie = compression_identified_exemplars([e[1] for e in evals], [d[1] for d in dense],
+                                                   np.mean([e[0] for e in evals], axis=0), dense_loss)
+            for m in members:
+                row = rows[m][variant]
+                if row["disagreement"].get("kind") != "cie":
+                    row["disagreement_vs_own_dense"] = row["disagreement"]
+                row["disagreement"] = cie
+                changed += 1
+        for m in members:
+            rewrite_jsonl(m / ROWS, list(rows[m].values()))
+    return changed
+
+
+# ----------------------------------------------------------------------------------------------
+# Command
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``tlc compress``."""
+    d = CompressSettings()
+    parser.add_argument("runs_dir", type=Path, metavar="RUNS_DIR", help="a sweep's folder (runs/<sweep>) or one run")
+    parser.add_argument("--methods", default=",".join(DEFAULT_METHODS),
+                        help="comma-separated pruning methods (default %(default)s): "
+                             + "; ".join(f"{k}: {v}" for k, v in METHOD_HELP.items()))
+    parser.add_argument("--sparsity", default=",".join(map(str, DEFAULT_SPARSITIES)),
+                        help="comma-separated sparsity levels in [0, 1) (default %(default)s)")
+    parser.add_argument("--int8", action=argparse.BooleanOptionalAction, default=d.int8,
+                        help="also 8-bit weights, alone and on top of every pruned variant (default on)")
+    parser.add_argument("--recovery-steps", type=int, default=d.recovery_steps,
+                        help=f"fine-tune steps of gradual/movement pruning (default {d.recovery_steps})")
+    parser.add_argument("--block-size", type=int, default=d.block_size,
+                        help=f"block side for block pruning: 16, 32 or 64 (default {d.block_size})")
+    parser.add_argument("--latency-repeats", type=int, default=d.latency_repeats,
+                        help=f"timed forward passes per batch size, median reported (default {d.latency_repeats})")
+
+
+def settings_from_args(args: argparse.Namespace) -> CompressSettings:
+    """Validate the flags into CompressSettings (UserError naming the flag)."""
+    from tlc.prune import BLOCK_SIZES
+
+    if args.recovery_steps < 0:
+        raise UserError(f"--recovery-steps: must be >= 0, got {args.recovery_steps}")
+    if args.block_size not in BLOCK_SIZES:
+        raise UserError(f"--block-size: must be one of {', '.join(map(str, BLOCK_SIZES))}, got {args.block_size}")
+    if args.latency_repeats < 1:
+        raise UserError(f"--latency-repeats: must be at least 1, got {args.latency_repeats}")
+    return CompressSettings(methods=parse_methods(args.methods), sparsities=parse_sparsities(args.sparsity),
+                            int8=args.int8, recovery_steps=args.recovery_steps, block_size=args.block_size,
+                            latency_repeats=args.latency_repeats)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Prune and 8-bit quantize every trained model of a sweep; evaluate and measure each variant.
+
+    For each run under RUNS_DIR, makes the dense baseline, int8 alone, and every --methods x
+    --sparsity variant (each also with int8 on top), saves each under <run>/compressed/<variant>/
+    and appends a line to <run>/compress.jsonl: method, sparsity, bits, non-zeros, bytes on disk,
+    latency per token at batch 1 and 32, validation loss, bits per byte, accuracy, loss by
+    token-frequency bucket and disagreement with the dense model (CIE across seeds where a shape
+    has several). Run it again to resume: finished variants are skipped.
+    """
+    settings = settings_from_args(args)
+    run_dirs = find_runs(args.runs_dir)
+    warnings.filterwarnings("ignore", message=".*MatMul8bitLt.*")
+    warnings.filterwarnings("ignore", message=".*quantize_per_tensor.*")
+    for run_dir in run_dirs:
+        compress_run(run_dir, settings)
+    changed = add_cie(run_dirs)
+    if changed:
+        print(f"compression-identified exemplars computed for {changed} rows across seeds")
+    print(f"{len(run_dirs)} run(s) compressed; rows in <run>/{ROWS}")
+    return 0
