@@ -15,8 +15,13 @@ from tlc import fit as tlc_fit
 from tlc.errors import UserError
 
 
-def write_runs(runs_dir: Path, n_runs: int = 6, points: int = 12, noise: float = 0.002, compress: bool = True) -> None:
-    """A sweep in the run-directory contract, from the synthetic truth in `scaling.synthetic`."""
+def write_runs(
+    runs_dir: Path, n_runs: int = 6, points: int = 12, noise: float = 0.002, compress: bool = True, warmup: int = 0
+) -> None:
+    """A sweep in the run-directory contract, from the synthetic truth in `scaling.synthetic`.
+
+    The first ``warmup`` evaluations of each run are logged with a rising learning rate, and
+    with a loss 1 nat above the law's (warmup points do not follow it)."""
     sweep = synthetic_sweep(n_runs=n_runs, points_per_run=points, noise=noise, seed=1, max_params=3e7)
     for run in sweep.runs:
         run_dir = runs_dir / run.run_id
@@ -33,9 +38,11 @@ def write_runs(runs_dir: Path, n_runs: int = 6, points: int = 12, noise: float =
         rows = [{"step": 0, "tokens": 0, "flops": 0.0, "wall_s": 0.0, "train_loss": 7.6, "val_loss": 7.6,
                  "val_bpb": 3.0, "val_acc": 0.0, "lr": 0.0}]
         for step, (tokens, flops, loss) in enumerate(zip(run.tokens, run.train_flops, run.val_loss), 1):
+            lr = 1e-3 * step / (warmup + 1) if step <= warmup else 1e-3 * (1.0 - 0.5 * (step - warmup - 1) / points)
+            loss = float(loss) + (1.0 if step <= warmup else 0.0)
             rows.append({"step": step * 10, "tokens": float(tokens), "flops": float(flops), "wall_s": step * 1.0,
-                         "train_loss": float(loss) * 0.98, "val_loss": float(loss), "val_bpb": float(loss) / 2.4,
-                         "val_acc": 0.3, "lr": 1e-3})
+                         "train_loss": loss * 0.98, "val_loss": loss, "val_bpb": loss / 2.4,
+                         "val_acc": 0.3, "lr": lr})
         (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
         if compress:
             variants = [v for v in sweep.variants if v.run_id == run.run_id]
@@ -203,3 +210,26 @@ def test_tlc_fit_through_the_cli_entry_point(tmp_path, capsys):
     write_runs(tmp_path / "more", n_runs=4, compress=False)
     assert cli.main(["fit", str(tmp_path / "more"), "--bootstrap", "5"]) == 0
     assert json.loads((tmp_path / "more" / "fit.json").read_text())["n_runs"] == 4
+
+
+def test_warmup_evaluations_are_left_out_by_default(tmp_path, capsys):
+    write_runs(tmp_path, n_runs=6, points=12, warmup=4, compress=False)
+    assert run_cli([str(tmp_path), "--bootstrap", "0"]) == 0
+    assert "24 warmup evaluations left out" in capsys.readouterr().out
+    fit = json.loads((tmp_path / "fit.json").read_text())
+    assert fit["n_points"] == 6 * (12 - 4) and fit["warmup_points_skipped"] == 6 * 4
+    assert fit["laws"]["chinchilla"]["heldout"]["relative_error"] < 0.02
+    assert run_cli([str(tmp_path), "--bootstrap", "0", "--include-warmup"]) == 0
+    assert "warmup evaluations left out" not in capsys.readouterr().out
+    kept = json.loads((tmp_path / "fit.json").read_text())
+    assert kept["n_points"] == 6 * 12 and kept["warmup_points_skipped"] == 0
+    # Warmup points 1 nat above the law pull the fit away from it.
+    assert kept["laws"]["chinchilla"]["objective"] > 10 * fit["laws"]["chinchilla"]["objective"]
+
+
+def test_lr_must_be_a_number(tmp_path):
+    write_runs(tmp_path, compress=False)
+    metrics = sorted(tmp_path.glob("*/metrics.jsonl"))[0]
+    _append(metrics, json.dumps({"step": 999, "tokens": 1e9, "flops": 1e18, "val_loss": 3.0, "lr": "high"}) + "\n")
+    with pytest.raises(UserError, match="lr must be a finite number, got 'high'"):
+        tlc_fit.fit_sweep(tmp_path)

@@ -3,8 +3,9 @@
 Reads the run-directory contract written by ``tlc sweep`` and ``tlc compress``:
 
 - ``<run-id>/config.json``: run_id and params.non_embedding (N in every law);
-- ``<run-id>/metrics.jsonl``: one evaluation per line with step, tokens (D), flops (C) and
-  val_loss; points at step 0 or with no tokens seen are skipped;
+- ``<run-id>/metrics.jsonl``: one evaluation per line with step, tokens (D), flops (C),
+  val_loss and lr; points at step 0 or with no tokens seen are skipped, and so are warmup
+  points (before the learning rate peaks) unless --include-warmup;
 - ``<run-id>/compress.jsonl`` (optional): one compressed variant per line with method,
   sparsity, bits and val_loss; the dense baseline is the run's last evaluation.
 
@@ -58,9 +59,16 @@ class RunNotTrained(Exception):
     """A run directory without any evaluation yet (a sweep still in progress); it is skipped."""
 
 
-def read_run(run_dir: Path) -> tuple[scaling.RunCurve, list[scaling.CompressedVariant]]:
-    """One run's learning curve and compressed variants, validated, from its directory.
+def read_run(
+    run_dir: Path, include_warmup: bool = False
+) -> tuple[scaling.RunCurve, list[scaling.CompressedVariant], int]:
+    """One run's learning curve and compressed variants, validated, from its directory, and
+    how many warmup evaluations were left out.
 
+    Evaluations before the learning rate first reaches its largest logged value are warmup:
+    there the loss follows the learning-rate ramp rather than N and D, and with evaluations
+    spaced evenly in log-FLOPs they can be half of a run's points. They are left out unless
+    ``include_warmup``; a run without an lr field keeps every point.
     Raises RunNotTrained when metrics.jsonl is missing or has no evaluation after step 0.
     """
     config_path, metrics_path = run_dir / "config.json", run_dir / "metrics.jsonl"
@@ -78,7 +86,7 @@ def read_run(run_dir: Path) -> tuple[scaling.RunCurve, list[scaling.CompressedVa
     if not metrics_path.exists():
         raise RunNotTrained(f"{run_id}: no metrics.jsonl yet")
 
-    by_step: dict[float, tuple[float, float, float]] = {}
+    by_step: dict[float, tuple[float, float, float, float]] = {}
     for number, row in _read_json_lines(metrics_path):
         where = f":{number}"
         step = _number(metrics_path, where, row, "step")
@@ -89,10 +97,16 @@ def read_run(run_dir: Path) -> tuple[scaling.RunCurve, list[scaling.CompressedVa
             continue  # the initial evaluation: no training yet, no point on a scaling law
         if flops <= 0:
             raise UserError(f"{metrics_path}{where}: flops must be > 0 once tokens > 0, got {flops!r}")
-        by_step[step] = (tokens, flops, val_loss)  # a step logged twice (a resumed run): the last counts
+        lr = _number(metrics_path, where, row, "lr") if "lr" in row else math.nan
+        by_step[step] = (tokens, flops, val_loss, lr)  # a step logged twice (a resumed run): the last counts
     if not by_step:
         raise RunNotTrained(f"{run_id}: no evaluation after step 0 in metrics.jsonl yet")
     steps = sorted(by_step)
+    rates = [by_step[s][3] for s in steps]
+    warmup = 0
+    if not include_warmup and all(math.isfinite(r) for r in rates):
+        warmup = rates.index(max(rates))  # evaluations before the learning rate's peak
+        steps = steps[warmup:]
     curve = scaling.RunCurve(
         run_id=run_id,
         non_embedding_params=non_embedding,
@@ -116,53 +130,65 @@ def read_run(run_dir: Path) -> tuple[scaling.RunCurve, list[scaling.CompressedVa
                 variants.append(scaling.CompressedVariant(run_id, method, sparsity, int(bits), val_loss))
             except ValueError as error:
                 raise UserError(f"{compress_path}{where}: {str(error).split(': ', 1)[-1]}") from None
-    return curve, variants
+    return curve, variants, warmup
 
 
-def read_sweep(runs_dir: Path) -> tuple[scaling.SweepObservations, list[str]]:
+def read_sweep(runs_dir: Path, include_warmup: bool = False) -> tuple[scaling.SweepObservations, list[str], int]:
     """Every trained run under ``runs_dir`` (a subdirectory holding config.json), in name order,
-    and a line for each run skipped because it has no evaluation yet."""
+    a line for each run skipped because it has no evaluation yet, and the number of warmup
+    evaluations left out (see `read_run`)."""
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir():
         raise UserError(f"RUNS_DIR: {runs_dir} is not a directory; give the sweep's output folder, e.g. runs/tiny")
     run_dirs = sorted(p for p in runs_dir.iterdir() if p.is_dir() and (p / "config.json").is_file())
     if not run_dirs:
         raise UserError(f"RUNS_DIR: no runs under {runs_dir} (expected <run-id>/config.json); run tlc sweep first")
-    curves, variants, skipped = [], [], []
+    curves, variants, skipped, warmup = [], [], [], 0
     for run_dir in run_dirs:
         try:
-            curve, run_variants = read_run(run_dir)
+            curve, run_variants, run_warmup = read_run(run_dir, include_warmup)
         except RunNotTrained as reason:
             skipped.append(str(reason))
             continue
         curves.append(curve)
         variants.extend(run_variants)
+        warmup += run_warmup
     if not curves:
         raise UserError(f"RUNS_DIR: no run under {runs_dir} has an evaluation yet ({'; '.join(skipped)}); train first")
     try:
-        return scaling.SweepObservations(runs=tuple(curves), variants=tuple(variants)), skipped
+        return scaling.SweepObservations(runs=tuple(curves), variants=tuple(variants)), skipped, warmup
     except ValueError as error:
         raise UserError(f"RUNS_DIR {runs_dir}: {error}") from None
 
 
-def fit_sweep(runs_dir: Path, bootstrap: int = DEFAULT_BOOTSTRAP, seed: int = 0, final_only: bool = False) -> dict:
+def fit_sweep(
+    runs_dir: Path,
+    bootstrap: int = DEFAULT_BOOTSTRAP,
+    seed: int = 0,
+    final_only: bool = False,
+    include_warmup: bool = False,
+) -> dict:
     """Fit the sweep under ``runs_dir`` and return fit.json's content (nothing is written).
 
     Runs with no evaluation yet (a sweep still training) are left out and listed under
-    "skipped_runs". Raises UserError for unreadable input and for a sweep too small to
-    identify the laws.
+    "skipped_runs"; warmup evaluations are left out unless ``include_warmup`` (see
+    `read_run`) and counted under "warmup_points_skipped". Raises UserError for unreadable
+    input and for a sweep too small to identify the laws.
     """
     if bootstrap < 0:
         raise UserError(f"--bootstrap: must be >= 0 resamples, got {bootstrap}")
-    observations, skipped = read_sweep(Path(runs_dir))
+    observations, skipped, warmup = read_sweep(Path(runs_dir), include_warmup)
     try:
         observations.check_identifiable(final_only)
     except ValueError as error:
         hint = "; or drop --final-only" if final_only else ""
+        hint += f"; {warmup} warmup evaluations were left out (--include-warmup keeps them)" if warmup else ""
         waiting = f" ({len(skipped)} more run(s) not trained yet)" if skipped else ""
         raise UserError(f"RUNS_DIR {runs_dir}: {error}{hint}{waiting}") from None
     fit = scaling.fit_sweep_observations(observations, bootstrap=bootstrap, seed=seed, final_only=final_only)
     fit["skipped_runs"] = skipped
+    fit["include_warmup"] = include_warmup
+    fit["warmup_points_skipped"] = warmup
     return fit
 
 
@@ -176,6 +202,8 @@ def _interval(entry: dict) -> str:
 def format_table(fit: dict, path: Path) -> str:
     """The short summary ``tlc fit`` prints: parameters with intervals, held-out error, status."""
     points = "final evaluations only" if fit["final_only"] else "every evaluation"
+    if fit.get("warmup_points_skipped"):
+        points += f" after warmup; {fit['warmup_points_skipped']} warmup evaluations left out"
     lines = [f"skipped {reason}" for reason in fit.get("skipped_runs", [])]
     lines += [
         f"{fit['n_runs']} runs, {fit['n_points']} points ({points}), {fit['bootstrap']['resamples']} bootstrap "
@@ -228,6 +256,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="fit L(N, D) to each run's last evaluation only (intermediate points of a cosine schedule "
         "overestimate the loss at their token count)",
     )
+    parser.add_argument(
+        "--include-warmup",
+        action="store_true",
+        help="keep evaluations taken before the learning rate peaked (left out by default: there the "
+        "loss follows the warmup, not model size and data)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -238,7 +272,13 @@ def run(args: argparse.Namespace) -> int:
     compute-optimal allocation, the frontier of the learning curves, and the loss added by
     each pruning method and by 8-bit weights as a function of model size.
     """
-    fit = fit_sweep(args.runs_dir, bootstrap=args.bootstrap, seed=args.seed, final_only=args.final_only)
+    fit = fit_sweep(
+        args.runs_dir,
+        bootstrap=args.bootstrap,
+        seed=args.seed,
+        final_only=args.final_only,
+        include_warmup=args.include_warmup,
+    )
     path = Path(args.runs_dir) / "fit.json"
     atomic_write_json(path, fit)
     print(format_table(fit, path))
