@@ -70,11 +70,11 @@ def bootstrap_law(
     run_index (n,) maps each point to its run; run_counts (R, n_runs) comes from
     `resample_runs`. Each refit starts from the full-data optimum and the other distinct
     local optima the full fit's grid starts ended in, if nearly as good (at most REFIT_STARTS
-    in all, within NEAR_BEST of the optimum's objective): a resample
-    moves the optimum a little, so starting next to it saves most of the descent. A refit
-    that does not converge from those (or hits a bound the full fit did not) is tried again
-    with the best FALLBACK_GRID_STARTS grid points added. Refits that still end
-    "not_converged" are dropped from intervals but counted.
+    in all, within NEAR_BEST of the optimum's objective): a resample moves the optimum a
+    little, so starting next to it saves most of the descent. A refit that does not converge
+    from those (or hits a bound the full fit did not) is tried again with the best
+    FALLBACK_GRID_STARTS grid points added. Refits that still end "not_converged" are dropped
+    from intervals but counted.
     """
     loss = np.asarray(loss, dtype=float)
     run_index = np.asarray(run_index)
