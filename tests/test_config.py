@@ -144,3 +144,22 @@ def test_repo_sweeps_all_load():
     for path in sweeps:
         sweep = load_sweep(path)
         assert sweep.runs()
+
+
+def test_command_summaries_match_their_docstrings():
+    import importlib
+
+    from tlc.cli import COMMANDS
+
+    for name, (module_name, summary) in COMMANDS.items():
+        doc = importlib.import_module(module_name).run.__doc__
+        assert doc and doc.strip().splitlines()[0] == summary, name
+
+
+def test_help_and_plan_do_not_import_torch():
+    import subprocess
+    import sys
+
+    code = "import sys; from tlc.cli import build_parser; build_parser(); build_parser('plan'); print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

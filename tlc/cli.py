@@ -22,7 +22,7 @@ COMMANDS = {
     "sweep": ("tlc.sweep_command", "Train every run of a sweep (shapes x seeds) that is not finished yet, each in its own process."),
     "compress": ("tlc.compress", "Prune and 8-bit quantize every trained model of a sweep; evaluate and measure each variant."),
     "fit": ("tlc.fit", "Fit scaling laws to a sweep (and its compressed variants) and write RUNS_DIR/fit.json."),
-    "plan": ("tlc.plan", None),
+    "plan": ("tlc.plan", "Recommend the model to train and how to compress it, for a training budget and an inference budget."),
     "report": ("tlc.report", "Write RUNS_DIR/report/: index.html (opens offline), report.md and the figures as PNG."),
     "demo": ("tlc.demo", "Run the whole pipeline on the tiny sweep and the standard-library corpus, then print the plan."),
 }

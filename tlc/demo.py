@@ -1,0 +1,79 @@
+"""`tlc demo`: sweep → compress → fit → plan → report on the embedded default, resumable.
+
+Each stage is the ordinary command, so the demo shows exactly what a user would run. Every
+stage skips what is already done (finished runs, finished variants), so running the demo
+again after an interruption continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from tlc.errors import UserError
+
+SWEEPS_DIR = Path(__file__).resolve().parents[1] / "sweeps"
+# The demo compresses with the fast one-shot methods plus gradual pruning (the method that
+# recovers), at two levels; `tlc compress` alone does every method.
+DEMO_COMPRESS = ["--methods", "magnitude,block,gradual", "--sparsity", "0.5,0.9", "--recovery-steps", "40"]
+
+
+def demo_budgets(sweep_dir: Path) -> tuple[float, int]:
+    """A training budget and an inference budget that make the recommendation interesting.
+
+    Training: the compute of the sweep's largest run, so the largest shape is affordable. Inference:
+    the artifact size of the dense model in the middle of the sweep, so the planner must choose
+    between training that small model and compressing a larger one — the paper's question.
+    """
+    runs = []
+    for cfg_path in sorted(sweep_dir.glob("*/config.json")):
+        config = json.loads(cfg_path.read_text(encoding="utf-8"))
+        runs.append((config["params"]["non_embedding"], config["train_flops"], config["params"]["total"]))
+    if not runs:
+        raise UserError(f"{sweep_dir}: no trained runs to plan from")
+    runs.sort()
+    budget = max(flops for _, flops, _ in runs)
+    middle_total_params = runs[len(runs) // 2][2]
+    return budget, 4 * middle_total_params  # fp32 bytes of the middle model
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--runs-dir", type=Path, default=Path("runs"), help="where runs/<sweep>/ goes (default runs)")
+    parser.add_argument("--sweep", type=Path, default=SWEEPS_DIR / "tiny.yaml", help="sweep file (default sweeps/tiny.yaml)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the whole pipeline on the tiny sweep and the standard-library corpus, then print the plan.
+
+    Stages: tlc sweep, tlc compress, tlc fit, tlc plan (a training budget equal to the largest run's
+    compute, an inference budget equal to the middle model's size) and tlc report. Interrupt it at
+    any time; running it again resumes where it stopped.
+    """
+    from tlc.cli import main
+    from tlc.config import load_sweep
+
+    if not args.sweep.exists():
+        raise UserError(f"--sweep: {str(args.sweep)!r} not found; run from a clone of the tlc repository or pass --sweep")
+    sweep_dir = args.runs_dir / load_sweep(args.sweep).name
+    started = time.perf_counter()
+
+    def stage(name: str, argv: list[str]) -> None:
+        print(f"\n== tlc {' '.join(argv)}", flush=True)
+        code = main(argv)
+        if code != 0:
+            raise UserError(f"the {name} stage failed (exit {code}); fix the problem above and run tlc demo again to resume")
+
+    stage("sweep", ["sweep", str(args.sweep), "--runs-dir", str(args.runs_dir)])
+    stage("compress", ["compress", str(sweep_dir), *DEMO_COMPRESS])
+    stage("fit", ["fit", str(sweep_dir)])
+    budget, max_bytes = demo_budgets(sweep_dir)
+    stage("plan", ["plan", "--runs", str(sweep_dir), "--budget", f"{budget:.3g}", "--max-bytes", str(max_bytes)])
+    stage("report", ["report", str(sweep_dir)])
+    print(f"\ndemo finished in {time.perf_counter() - started:.0f} s")
+    print(f"plan:   {sweep_dir / 'plan.json'}")
+    print(f"report: {(sweep_dir / 'report' / 'index.html').resolve()}  (open it in a browser)")
+    sys.stdout.flush()
+    return 0

@@ -1,0 +1,99 @@
+"""`tlc train`: one run from flags, or one run of a sweep file (``--sweep`` with ``--run-id``)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from tlc.errors import UserError
+
+
+def _count(text: str) -> int:
+    """Parse a positive count written as 2000000, 2e6 or 2_000_000."""
+    try:
+        value = float(text.replace("_", ""))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number such as 2e6, got {text!r}") from None
+    if value != int(value):
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}")
+    return int(value)
+
+
+def _float(text: str) -> float:
+    try:
+        return float(text.replace("_", ""))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number such as 1e15, got {text!r}") from None
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Arguments of ``tlc train``."""
+    from tlc.config import ARCHS, PRECISIONS, DataSettings, ModelShape, TrainSettings
+
+    t, s, d = TrainSettings(), ModelShape(1, 1, 1), DataSettings()
+    p.add_argument("--out", type=Path, help="run directory (default: runs/single/<run-id>, or runs/<sweep>/<run-id>)")
+    p.add_argument("--sweep", type=Path, help="take the run's settings from this sweep file (with --run-id)")
+    p.add_argument("--run-id", help="which run of --sweep to train, e.g. w64-d2-s0")
+    g = p.add_argument_group("shape (without --sweep)")
+    g.add_argument("--width", type=int, help="residual width d_model")
+    g.add_argument("--depth", type=int, help="number of transformer blocks")
+    g.add_argument("--heads", type=int, help="attention heads (must divide --width)")
+    g.add_argument("--context", type=int, default=s.context, help=f"tokens per sequence (default {s.context})")
+    g.add_argument("--vocab-size", type=int, default=s.vocab_size, help=f"BPE vocabulary (default {s.vocab_size})")
+    g.add_argument("--arch", choices=ARCHS, default=s.arch, help=f"model family (default {s.arch})")
+    g = p.add_argument_group("training (without --sweep)")
+    g.add_argument("--tokens", type=_count, help="training tokens for the run")
+    g.add_argument("--flops", type=_float, help="training FLOPs for the run (instead of --tokens)")
+    g.add_argument("--micro-batch", type=int, default=t.micro_batch, help=f"sequences per process per pass (default {t.micro_batch})")
+    g.add_argument("--grad-accum", type=int, default=t.grad_accum, help=f"micro-batches per optimizer step (default {t.grad_accum})")
+    g.add_argument("--lr", type=_float, default=t.lr, help=f"peak learning rate (default {t.lr})")
+    g.add_argument("--zero-stage", type=int, default=t.zero_stage, help="DeepSpeed ZeRO stage 0, 1 or 2 (default 0)")
+    g.add_argument("--precision", choices=PRECISIONS, default=t.precision, help=f"(default {t.precision})")
+    g.add_argument("--evals", type=int, default=t.evals, help=f"evaluations, spaced evenly in log FLOPs (default {t.evals})")
+    g.add_argument("--eval-tokens", type=int, default=t.eval_tokens, help=f"validation tokens per evaluation (default {t.eval_tokens})")
+    g.add_argument("--seed", type=int, default=0, help="seed for initialisation and data order (default 0)")
+    g.add_argument("--data", default=d.source, help="'stdlib' (default), a text file, a folder, a glob or a .jsonl file")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _train_config(args: argparse.Namespace):
+    from tlc.config import DataSettings, ModelShape, RunConfig, TrainSettings, load_sweep
+
+    if args.sweep is not None:
+        if not args.run_id:
+            raise UserError("--run-id: required with --sweep; it names the run to train, e.g. w64-d2-s0")
+        sweep = load_sweep(args.sweep)
+        cfg = sweep.run(args.run_id)
+        return cfg, args.out or Path("runs") / sweep.name / cfg.run_id
+    missing = [f"--{n}" for n in ("width", "depth", "heads") if getattr(args, n) is None]
+    if missing:
+        raise UserError(f"{', '.join(missing)}: required (or give --sweep and --run-id)")
+    if (args.tokens is None) == (args.flops is None):
+        raise UserError("--tokens or --flops: give exactly one training budget, e.g. --tokens 2e6")
+    shape = ModelShape(args.width, args.depth, args.heads, args.context, args.vocab_size, args.arch)
+    train = TrainSettings(
+        tokens=args.tokens, flops=args.flops, micro_batch=args.micro_batch, grad_accum=args.grad_accum,
+        lr=args.lr, zero_stage=args.zero_stage, precision=args.precision, evals=args.evals,
+        eval_tokens=args.eval_tokens,
+    )
+    cfg = RunConfig(shape=shape, train=train, data=DataSettings(source=args.data), seed=args.seed)
+    return cfg, args.out or Path("runs") / "single" / cfg.run_id
+
+
+def run(args: argparse.Namespace) -> int:
+    """Train one model with DeepSpeed, writing metrics.jsonl, checkpoints and model/ into its run directory.
+
+    Run it again with the same arguments to resume after an interruption. Under torchrun or
+    the deepspeed launcher, every process runs this same command.
+    """
+    from tlc.config import validate_run
+    from tlc.train import train_run
+
+    cfg, out = _train_config(args)
+    validate_run(cfg)
+    last = train_run(cfg, out, progress=not args.no_progress)
+    if last and int(os.environ.get("RANK", "0")) == 0:
+        print(f"{cfg.run_id}: val_loss {last['val_loss']:.4f}  val_bpb {last['val_bpb']:.3f}  "
+              f"val_acc {last['val_acc']:.3f}  -> {out}")
+    return 0
