@@ -6,6 +6,8 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 from scaling.allocation import allocation_exponents, chinchilla_allocation, optimal_allocation
 from scaling.forms import PUBLISHED_CHINCHILLA, ChinchillaForm, ChinchillaParameters, KaplanForm, KaplanParameters
@@ -69,3 +71,20 @@ def test_allocation_refuses_degenerate_laws_and_budgets():
         optimal_allocation(ChinchillaForm(), TINY_TRUTH, math.nan)
     with pytest.raises(ValueError, match="compute: must be finite"):
         optimal_allocation(ChinchillaForm(), TINY_TRUTH, 1.0)
+
+
+@settings(max_examples=40, deadline=None, derandomize=True)
+@given(
+    alpha=st.floats(0.1, 1.0),
+    beta=st.floats(0.1, 1.0),
+    log_a=st.floats(0.0, 10.0),
+    log_b=st.floats(0.0, 10.0),
+    log_compute=st.floats(30.0, 55.0),
+)
+def test_closed_form_matches_numeric_search_for_any_law(alpha, beta, log_a, log_b, log_compute):
+    p = ChinchillaParameters(E=1.5, A=math.exp(log_a), B=math.exp(log_b), alpha=alpha, beta=beta)
+    compute = math.exp(log_compute)
+    closed = chinchilla_allocation(p).optimal_params(compute)
+    assume(10.0 < closed < compute / 60.0)  # an interior optimum, away from the search's ends
+    n_numeric, _ = optimal_allocation(ChinchillaForm(), p, compute)
+    assert n_numeric == pytest.approx(closed, rel=1e-4)
