@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #if defined(__AVX512F__)
@@ -112,47 +113,84 @@ void forward_impl(const BsrShape& s, const T* x, const T* values, const int64_t*
   }
 }
 
-// fp32 forward in outer-product form: y[t, r·bs + i] += x[t, c·bs + j] · Wᵀ_k[j, i]. Each thread
-// transposes the blocks of its current block-row into an L2-resident panel, so the 16·NV outputs
-// of a register tile are contiguous: no horizontal sums, M·NV FMAs per NV loads + M broadcasts.
+// Wᵀ of one block in the layout the outer-product kernel reads: fp32 as [bs (j)][bs (i)]; bf16 as
+// VNNI pairs [bs/2 (j pair)][bs (i)] of (W[i][2p], W[i][2p+1]), the operand layout of VDPBF16PS.
+inline void pack_block_transposed(const float* w, int64_t bs, float* dst) {
+  for (int64_t i = 0; i < bs; i += 16)
+    for (int64_t j = 0; j < bs; j += 16) transpose_16x16(w + i * bs + j, bs, dst + j * bs + i, bs);
+}
+inline void pack_block_transposed(const uint16_t* w, int64_t bs, uint32_t* dst) {
+  const auto* pairs = reinterpret_cast<const uint32_t*>(w);  // [bs (i)][bs/2 (p)]: W[i][2p] | W[i][2p+1] << 16
+  if (bs % 32 == 0) {  // the 32-bit pairs move bit-exactly through the fp32 shuffles
+    for (int64_t i = 0; i < bs; i += 16)
+      for (int64_t p = 0; p < bs / 2; p += 16)
+        transpose_16x16(reinterpret_cast<const float*>(pairs + i * bs / 2 + p), bs / 2,
+                        reinterpret_cast<float*>(dst + p * bs + i), bs);
+  } else {
+    for (int64_t p = 0; p < bs / 2; ++p)
+      for (int64_t i = 0; i < bs; ++i) std::memcpy(dst + p * bs + i, pairs + i * bs / 2 + p, 4);
+  }
+}
+
 template <int M, int NV>
-void forward_packed_f32(const BsrShape& s, const float* x, const float* values, const int64_t* crow,
-                        const int64_t* col, const float* bias, float* y) {
+inline void panel_tile(const float* const (&a)[M], const float* panel, int64_t bs, __m512 (&acc)[M][NV]) {
+  rank1_tile<M, NV>(a, 1, panel, bs, bs, acc);
+}
+#if defined(__AVX512BF16__)
+template <int M, int NV>
+inline void panel_tile(const uint16_t* const (&a)[M], const uint32_t* panel, int64_t bs, __m512 (&acc)[M][NV]) {
+  rank2_tile_bf16<M, NV>(a, panel, bs, bs / 2, acc);
+}
+#endif
+
+// Forward in outer-product form: y[t, r·bs + i] += x[t, c·bs + j] · Wᵀ_k[j, i]. Each thread packs
+// the blocks of its current block-row transposed into an L2-resident panel, so the 16·NV outputs
+// of a register tile are contiguous: no horizontal sums, M·NV FMAs per NV loads + M broadcasts.
+template <int M, int NV, typename T>
+void forward_packed(const BsrShape& s, const T* x, const T* values, const int64_t* crow, const int64_t* col,
+                    const T* bias, T* y) {
+  using Packed = std::conditional_t<std::is_same_v<T, float>, float, uint32_t>;
   const int64_t bs = s.bs, bb = bs * bs, out = s.block_rows * bs, ld = s.in_features, n_tok = s.tokens;
+  const int64_t packed_block = bb * int64_t(sizeof(T)) / int64_t(sizeof(Packed));
 #pragma omp parallel num_threads(s.num_threads)
   {
-    std::vector<float> panel;  // Wᵀ blocks of one block-row: [blocks, bs (j), bs (i)]
+    std::vector<Packed> panel;  // the packed blocks of one block-row
 #pragma omp for schedule(dynamic, 1)
     for (int64_t r = 0; r < s.block_rows; ++r) {
       const int64_t kb = crow[r], ke = crow[r + 1];
-      panel.resize((ke - kb) * bb);
-      for (int64_t k = kb; k < ke; ++k)
-        for (int64_t i = 0; i < bs; i += 16)
-          for (int64_t j = 0; j < bs; j += 16)
-            transpose_16x16(values + k * bb + i * bs + j, bs, panel.data() + (k - kb) * bb + j * bs + i, bs);
+      panel.resize((ke - kb) * packed_block);
+      for (int64_t k = kb; k < ke; ++k) pack_block_transposed(values + k * bb, bs, panel.data() + (k - kb) * packed_block);
       for (int64_t t0 = 0; t0 < n_tok; t0 += M) {
         const int64_t nt = std::min<int64_t>(M, n_tok - t0);
         __m512 acc[M][NV];
         for (int v = 0; v < NV; ++v) {
-          const __m512 b = bias ? _mm512_loadu_ps(bias + r * bs + 16 * v) : _mm512_setzero_ps();
+          const __m512 b = bias ? load16(bias + r * bs + 16 * v) : _mm512_setzero_ps();
           for (int m = 0; m < M; ++m) acc[m][v] = b;
         }
-        const float* xrow[M];  // a tail tile repeats its last token; only nt rows are stored
+        const T* xrow[M];  // a tail tile repeats its last token; only nt rows are stored
         for (int m = 0; m < M; ++m) xrow[m] = x + std::min(t0 + m, n_tok - 1) * ld;
         for (int64_t k = kb; k < ke; ++k) {
-          const float* a[M];
+          const T* a[M];
           for (int m = 0; m < M; ++m) a[m] = xrow[m] + col[k] * bs;
           if (k + 1 < ke)  // x rows jump between blocks, beyond what hardware prefetchers follow
             for (int m = 0; m < M; ++m)
-              for (int64_t j = 0; j < bs; j += 16)
+              for (int64_t j = 0; j < bs; j += 64 / int64_t(sizeof(T)))
                 _mm_prefetch(reinterpret_cast<const char*>(xrow[m] + col[k + 1] * bs + j), _MM_HINT_T0);
-          rank1_tile<M, NV>(a, 1, panel.data() + (k - kb) * bb, bs, bs, acc);
+          panel_tile<M, NV>(a, panel.data() + (k - kb) * packed_block, bs, acc);
         }
         for (int64_t m = 0; m < nt; ++m)
-          for (int v = 0; v < NV; ++v) _mm512_storeu_ps(y + (t0 + m) * out + r * bs + 16 * v, acc[m][v]);
+          for (int v = 0; v < NV; ++v) store16(y + (t0 + m) * out + r * bs + 16 * v, acc[m][v]);
       }
     }
   }
+}
+
+template <typename T>
+void forward_packed_dispatch(const BsrShape& s, const T* x, const T* values, const int64_t* crow, const int64_t* col,
+                             const T* bias, T* y) {
+  if (s.bs == 16) forward_packed<24, 1>(s, x, values, crow, col, bias, y);
+  else if (s.bs == 32) forward_packed<12, 2>(s, x, values, crow, col, bias, y);
+  else forward_packed<6, 4>(s, x, values, crow, col, bias, y);
 }
 
 // M tokens × (16·NV) input features of grad_x per register tile; NV = bs / 16.
@@ -282,22 +320,21 @@ void grad_values_dispatch(const BsrShape& s, const T* gy, const T* x, const int6
 
 }  // namespace
 
+// Below kPackMinTokens the per-call packing costs more than the horizontal sums it saves.
+constexpr int64_t kPackMinTokens = 64;
+
 void bsr_forward_f32(const BsrShape& s, const float* x, const float* values, const int64_t* crow, const int64_t* col,
                      const float* bias, float* y) {
 #if defined(__AVX512F__)
-  // Below kPackMinTokens the per-call transpose costs more than the horizontal sums it saves.
-  constexpr int64_t kPackMinTokens = 64;
-  if (s.tokens >= kPackMinTokens) {
-    if (s.bs == 16) forward_packed_f32<24, 1>(s, x, values, crow, col, bias, y);
-    else if (s.bs == 32) forward_packed_f32<12, 2>(s, x, values, crow, col, bias, y);
-    else forward_packed_f32<6, 4>(s, x, values, crow, col, bias, y);
-    return;
-  }
+  if (s.tokens >= kPackMinTokens) return forward_packed_dispatch(s, x, values, crow, col, bias, y);
 #endif
   forward_impl(s, x, values, crow, col, bias, y);
 }
 void bsr_forward_bf16(const BsrShape& s, const uint16_t* x, const uint16_t* values, const int64_t* crow,
                       const int64_t* col, const uint16_t* bias, uint16_t* y) {
+#if defined(__AVX512BF16__)
+  if (s.tokens >= kPackMinTokens) return forward_packed_dispatch(s, x, values, crow, col, bias, y);
+#endif
   forward_impl(s, x, values, crow, col, bias, y);
 }
 void bsr_grad_input_f32(const BsrShape& s, const float* grad_y, const float* values, const int64_t* crow,

@@ -117,5 +117,24 @@ inline void rank1_tile(const T* const (&a)[M], int64_t a_step, const T* b, int64
   }
 }
 
+#if defined(__AVX512BF16__)
+// Like rank1_tile over P2 pairs of reduction steps with VDPBF16PS: a_m[2p], a_m[2p+1] are broadcast
+// as one 32-bit pair and b holds VNNI pairs (b[p·b_step + i] = (W[i][2p], W[i][2p+1])).
+template <int M, int NV>
+inline void rank2_tile_bf16(const uint16_t* const (&a)[M], const uint32_t* b, int64_t b_step, int64_t P2,
+                            __m512 (&acc)[M][NV]) {
+  for (int64_t p = 0; p < P2; ++p) {
+    __m512i bv[NV];
+    for (int v = 0; v < NV; ++v) bv[v] = _mm512_loadu_si512(b + p * b_step + 16 * v);
+    for (int m = 0; m < M; ++m) {
+      uint32_t pair;
+      std::memcpy(&pair, a[m] + 2 * p, 4);
+      const __m512i am = _mm512_set1_epi32(static_cast<int>(pair));
+      for (int v = 0; v < NV; ++v) acc[m][v] = _mm512_dpbf16_ps(acc[m][v], (__m512bh)am, (__m512bh)bv[v]);
+    }
+  }
+}
+#endif
+
 }  // namespace simd
 }  // namespace tlc_bsr
