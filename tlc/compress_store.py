@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -45,7 +46,9 @@ def _encode(key: str, w: torch.Tensor, q_scale, kind: str, block_size: int) -> t
         return {f"{key}.bitmask": torch.from_numpy(bits), f"{key}.values": values.flatten()[keep].contiguous(),
                 **extra}, record
     if kind == "bsr":
-        bsr = values.float().to_sparse_bsr((block_size, block_size))
+        with warnings.catch_warnings():  # "sparse BSR support is in beta": we only use it to lay out blocks
+            warnings.simplefilter("ignore", UserWarning)
+            bsr = values.float().to_sparse_bsr((block_size, block_size))
         blocks = bsr.values().to(values.dtype).contiguous()
         record["block_size"] = block_size
         return {f"{key}.bsr_values": blocks, f"{key}.crow": bsr.crow_indices().to(torch.int32).contiguous(),
@@ -69,8 +72,11 @@ def _decode(key: str, record: dict, tensors: dict) -> tuple[torch.Tensor, tuple 
         values[keep] = stored
         values = values.view(shape)
     elif kind == "bsr":
-        bsr = torch.sparse_bsr_tensor(tensors[f"{key}.crow"].long(), tensors[f"{key}.col"].long(),
-                                      tensors[f"{key}.bsr_values"].float(), size=tuple(shape))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            bsr = torch.sparse_bsr_tensor(tensors[f"{key}.crow"].long(), tensors[f"{key}.col"].long(),
+                                          tensors[f"{key}.bsr_values"].float(), size=tuple(shape),
+                                          check_invariants=True)  # indices come from a file: validate them
         values = bsr.to_dense().to(tensors[f"{key}.bsr_values"].dtype)
     else:
         raise ValueError(f"{key}: unknown encoding {kind!r} in {WEIGHTS}")

@@ -17,6 +17,7 @@ import json
 import platform
 import statistics
 import time
+import warnings
 
 import torch
 from torch import nn
@@ -61,13 +62,17 @@ def int8_linear(q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None,
     if path == "torch_dynamic":
         from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
 
-        layer = DynamicLinear(in_f, out_f, bias_=bias is not None, dtype=torch.qint8)
-        qweight = torch._make_per_channel_quantized_tensor(
-            q.cpu(), scale.double().cpu(), torch.zeros(out_f, dtype=torch.long), axis=0)
-        layer.set_weight_bias(qweight, None if bias is None else bias.detach().float().cpu())
+        with warnings.catch_warnings():  # torch marks its quantized tensor constructors deprecated
+            warnings.simplefilter("ignore", UserWarning)
+            layer = DynamicLinear(in_f, out_f, bias_=bias is not None, dtype=torch.qint8)
+            qweight = torch._make_per_channel_quantized_tensor(
+                q.cpu(), scale.double().cpu(), torch.zeros(out_f, dtype=torch.long), axis=0)
+            layer.set_weight_bias(qweight, None if bias is None else bias.detach().float().cpu())
         return layer
     if path == "bitsandbytes":
         import bitsandbytes as bnb
+
+        warnings.filterwarnings("ignore", message=".*MatMul8bitLt: inputs will be cast.*")
 
         device = q.device
         layer = bnb.nn.Linear8bitLt(in_f, out_f, bias=bias is not None, has_fp16_weights=False, threshold=0.0)
