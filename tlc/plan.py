@@ -256,8 +256,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _budgets(args: argparse.Namespace) -> Budgets:
-    inference_tokens = parse_count(args.inference_tokens, "--inference-tokens") if args.inference_tokens not in (
-        "0", "0.0") else 0.0
+    try:
+        served_none = float(args.inference_tokens) == 0.0
+    except ValueError:
+        served_none = False
+    inference_tokens = 0.0 if served_none else parse_count(args.inference_tokens, "--inference-tokens")
     latency = None
     if args.max_latency_ms is not None:
         latency = parse_flops(args.max_latency_ms, "--max-latency-ms")

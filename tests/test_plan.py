@@ -1,0 +1,196 @@
+"""`tlc plan` on laws without a sweep: closed-form optima, budgets, units and input errors."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from tlc import plan as tlc_plan
+from tlc.errors import UserError
+from tlc.plan_cost import CostModel, MeasuredVariant, fit_latency
+from tlc.plan_law import PUBLISHED_LAWS, load_plan_law
+from tlc.units import format_bytes, format_count, parse_bytes, parse_count, parse_flops
+
+
+def plan(argv: list[str], capsys) -> dict:
+    """Run ``tlc plan ARGV --json`` in this process and return the printed plan."""
+    assert tlc_plan.main([*map(str, argv), "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def closed_form(parameters, compute: float) -> tuple[float, float]:
+    """Hoffmann et al. 2022 eq. 4: N_opt = G (C/6)^a, D_opt = G^-1 (C/6)^b."""
+    E, A, B, alpha, beta = (parameters[k] for k in ("E", "A", "B", "alpha", "beta"))
+    G = (alpha * A / (beta * B)) ** (1 / (alpha + beta))
+    return G * (compute / 6) ** (beta / (alpha + beta)), (compute / 6) ** (alpha / (alpha + beta)) / G
+
+
+def law_parameters(name: str) -> dict:
+    p = PUBLISHED_LAWS[name][0]
+    return {k: getattr(p, k) for k in ("E", "A", "B", "alpha", "beta")}
+
+
+# -- units ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text, value", [("20MB", 20e6), ("1.5GiB", 1.5 * 2**30), ("5e7", 5e7), ("300 kB", 3e5),
+                                         ("2KiB", 2048), ("12b", 12)])
+def test_parse_bytes(text, value):
+    assert parse_bytes(text) == pytest.approx(value)
+
+
+@pytest.mark.parametrize("text", ["20XB", "MB", "-1MB", "0", "1e400", "ten"])
+def test_parse_bytes_errors_name_the_flag(text):
+    with pytest.raises(UserError, match="--max-bytes"):
+        parse_bytes(text)
+
+
+def test_parse_counts_and_flops():
+    assert parse_count("125M") == 125e6 and parse_count("1.3B") == 1.3e9 and parse_count("2e8") == 2e8
+    assert parse_flops("3.5e18") == 3.5e18
+    for bad in ("-1", "0", "nan", "1e17x"):
+        with pytest.raises(UserError, match="--budget"):
+            parse_flops(bad)
+    with pytest.raises(UserError, match="valid suffixes"):
+        parse_count("3Q", "--max-params")
+
+
+def test_formatting_rounds_before_choosing_the_unit():
+    assert format_bytes(999_999_999.9) == "1 GB" and format_count(999_999_999.9) == "1B"
+    assert format_count(125e6) == "125M" and format_bytes(512) == "512 B"
+
+
+# -- closed forms -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("law", ["chinchilla", "besiroglu"])
+@pytest.mark.parametrize("compute", [1e19, 1e22])
+def test_published_law_without_inference_budget_is_the_closed_form_allocation(law, compute, capsys):
+    result = plan(["--law", law, "--budget", compute], capsys)
+    n_opt, d_opt = closed_form(law_parameters(law), compute)
+    rec = result["recommendation"]
+    assert rec["non_embedding_params"] == pytest.approx(n_opt, rel=0.05)
+    assert rec["tokens"] == pytest.approx(d_opt, rel=0.05)
+    assert rec["train_flops"] == pytest.approx(compute, rel=1e-9)
+    assert rec["compression"] == {"method": "none", "sparsity": 0.0, "int8": False}
+    assert result["gain"]["loss"] == pytest.approx(0.0, abs=1e-9)
+
+
+SYNTHETIC = {"E": 2.0, "A": 300.0, "B": 900.0, "alpha": 0.4, "beta": 0.3}
+
+
+def test_synthetic_law_lands_within_two_percent_of_its_optimum(tmp_path, capsys):
+    path = tmp_path / "law.json"
+    path.write_text(json.dumps(SYNTHETIC))
+    compute = 3e18
+    n_opt, d_opt = closed_form(SYNTHETIC, compute)
+    free = plan(["--law", path, "--budget", compute], capsys)["recommendation"]
+    assert free["non_embedding_params"] == pytest.approx(n_opt, rel=0.02)
+    assert free["tokens"] == pytest.approx(d_opt, rel=0.02)
+    # A parameter budget below N_opt binds: the optimum is N = budget, D = C / (6 N), a closed form too.
+    limit = n_opt / 5
+    bound = plan(["--law", path, "--budget", compute, "--max-params", limit], capsys)["recommendation"]
+    assert bound["non_embedding_params"] == pytest.approx(limit, rel=0.02)
+    assert bound["non_embedding_params"] <= limit * (1 + 1e-9)
+    assert bound["tokens"] == pytest.approx(compute / (6 * limit), rel=0.02)
+    expected = SYNTHETIC["E"] + SYNTHETIC["A"] / limit ** 0.4 + SYNTHETIC["B"] / (compute / (6 * limit)) ** 0.3
+    assert bound["loss"]["mean"] == pytest.approx(expected, rel=1e-6)
+
+
+def test_inference_tokens_come_out_of_the_budget_and_shrink_the_model(capsys):
+    compute, served = 1e21, 2e12
+    without = plan(["--law", "chinchilla", "--budget", compute], capsys)["recommendation"]
+    result = plan(["--law", "chinchilla", "--budget", compute, "--inference-tokens", served], capsys)
+    rec = result["recommendation"]
+    n = rec["non_embedding_params"]
+    assert rec["inference_flops"] == pytest.approx(2 * n * served)
+    assert rec["train_flops"] + rec["inference_flops"] == pytest.approx(compute, rel=1e-9)
+    assert n < without["non_embedding_params"]
+    # Brute force over N along 6ND + 2NI = C (Sardana et al. 2024's objective).
+    p = law_parameters("chinchilla")
+    grid = np.geomspace(1e7, compute / (2 * served) * 0.999, 200_000)
+    tokens = (compute - 2 * grid * served) / (6 * grid)
+    loss = p["E"] + p["A"] / grid ** p["alpha"] + p["B"] / tokens ** p["beta"]
+    assert n == pytest.approx(grid[np.argmin(loss)], rel=0.02)
+
+
+def test_more_budget_never_predicts_a_worse_loss(capsys):
+    losses = [plan(["--law", "chinchilla", "--budget", c, "--max-params", "3e8"], capsys)["recommendation"]["loss"]["mean"]
+              for c in np.geomspace(1e18, 1e23, 6)]
+    assert all(b <= a + 1e-12 for a, b in zip(losses, losses[1:]))
+
+
+# -- input errors -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["--law", "chinchilla", "--budget", "-1"], "--budget"),
+    (["--law", "chinchilla", "--budget", "1e20", "--max-bytes", "20XB"], "--max-bytes"),
+    (["--budget", "1e20"], "--runs or --law"),
+    (["--law", "chinchilla", "--runs", ".", "--budget", "1e20"], "--runs and --law"),
+    (["--law", "kaplan2020", "--budget", "1e20"], "--law"),
+    (["--law", "chinchilla", "--budget", "1e20", "--methods", "magnitude"], "--methods"),
+    (["--law", "chinchilla", "--budget", "1e20", "--max-latency-ms", "5", "--device", "cpu"], "--max-latency-ms"),
+    (["--law", "chinchilla", "--budget", "1e20", "--max-params", "10"], "--max-params"),
+    (["--law", "chinchilla", "--budget", "1e4"], "--budget"),
+    (["--law", "chinchilla", "--budget", "1e20", "--inference-tokens", "1e20"], "--inference-tokens"),
+    (["--law", "chinchilla", "--budget", "1e20", "--inference-tokens", "-5"], "--inference-tokens"),
+])
+def test_bad_input_is_one_line_naming_the_flag(argv, flag, capsys):
+    assert tlc_plan.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("tlc plan: error: ") and "\n" not in err and flag in err
+
+
+def test_unmeetable_budget_names_the_smallest_that_could_be_met(capsys):
+    assert tlc_plan.main(["--law", "chinchilla", "--budget", "1e20", "--max-bytes", "1kB"]) == 2
+    err = capsys.readouterr().err.strip()
+    # The smallest continuous model, 1e4 parameters of 4 bytes, is 40 kB.
+    assert "cannot be met" in err and "needs 40 kB" in err and "\n" not in err
+
+
+def test_bad_law_files(tmp_path):
+    bad = tmp_path / "law.json"
+    bad.write_text(json.dumps({"E": 1.0, "A": 1.0, "B": 1.0, "alpha": -0.3, "beta": 0.3}))
+    with pytest.raises(UserError, match="alpha must be > 0"):
+        load_plan_law(None, str(bad))
+    bad.write_text(json.dumps({"format": "tlc.fit/0"}))
+    with pytest.raises(UserError, match="format"):
+        load_plan_law(None, str(bad))
+    bad.write_text("[1, 2]")
+    with pytest.raises(UserError, match="JSON object"):
+        load_plan_law(None, str(bad))
+    with pytest.raises(UserError, match="not found"):
+        load_plan_law(None, str(tmp_path / "missing.json"))
+
+
+# -- cost model -------------------------------------------------------------------------------
+
+
+def test_latency_fit_recovers_a_known_device():
+    """log latency = a_g + 0.8 log P + c_g log(1 - s): two groups, one sped up by sparsity."""
+    truth = {("none", False): (-9.0, 0.0), ("block", False): (-8.8, 0.6), ("none", True): (-9.4, 0.0)}
+    variants = []
+    for P in (1e5, 4e5, 2e6, 1e7):
+        for (method, int8), (a, c) in truth.items():
+            for s in ((0.0,) if method == "none" else (0.5, 0.75, 0.9)):
+                ms = math.exp(a + 0.8 * math.log(P) + c * math.log1p(-s))
+                variants.append(MeasuredVariant("r", (method, int8), s, P, None, None, {1: ms}, "cpu"))
+    model = fit_latency(variants, "cpu", 1)
+    assert model.size_exponent == pytest.approx(0.8, abs=1e-9)
+    assert model.sparsity_exponents[("block", False)] == pytest.approx(0.6, abs=1e-9)
+    costs = CostModel(bytes_per_nonzero={}, latency=model)
+    expected = math.exp(-8.8 + 0.8 * math.log(3e6) + 0.6 * math.log(0.2))
+    assert costs.latency_ms(2.5e6, 5e5, 0.8, "block", False) == pytest.approx(expected, rel=1e-9)
+    with pytest.raises(UserError, match="devices measured: cpu"):
+        fit_latency(variants, "cuda", 1)
+
+
+def test_bytes_use_measured_ratio_else_documented_default():
+    costs = CostModel(bytes_per_nonzero={("magnitude", True): 2.5})
+    assert costs.bytes(1e6, 1e5, 0.5, "magnitude", True) == pytest.approx(2.5 * 6e5)
+    assert costs.bytes(1e6, 1e5, 0.5, "magnitude", False) == pytest.approx(6.0 * 6e5)  # 4 + int16 index
+    assert costs.bytes(1e6, 0.0, 0.0, "none", True) == pytest.approx(1e6)

@@ -1,0 +1,210 @@
+"""`tlc plan --runs` on a fitted synthetic sweep in the run-directory contract, end to end."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from scaling.synthetic import synthetic_sweep
+from tlc import plan as tlc_plan
+from tlc.config import ModelShape
+from tlc.fit import fit_sweep
+from tlc.io import atomic_write_json
+from tlc.model import param_counts
+from tlc.plan_space import Category
+
+REPO = Path(__file__).resolve().parents[1]
+SHAPES = [(64, 2), (96, 3), (128, 4), (192, 4), (256, 6), (384, 6)]
+
+
+def fake_latency_ms(params_total: float, sparsity: float, method: str, int8: bool) -> float:
+    """A made-up device: latency ~ P^0.8; block sparsity speeds up as density^0.7, int8 by 30%."""
+    ms = 0.02 * (params_total / 1e5) ** 0.8
+    if method == "block":
+        ms *= (1 - sparsity) ** 0.7
+    return ms * (0.7 if int8 else 1.0)
+
+
+def write_sweep(runs_dir: Path, compress: bool = True) -> None:
+    """Runs of GPT-2 shapes with losses from `scaling.synthetic`, compress.jsonl with bytes and latency."""
+    template = {"context": 128, "vocab_size": 1024, "arch": "gpt2"}
+    counts = [param_counts(ModelShape(w, d, max(1, w // 64), **template)) for w, d in SHAPES]
+    sweep = synthetic_sweep(n_runs=len(SHAPES), points_per_run=10, noise=0.002, seed=1, methods=("magnitude", "block"),
+                            min_params=counts[0].non_embedding, max_params=counts[-1].non_embedding)
+    for (width, depth), pc, run in zip(SHAPES, counts, sweep.runs):
+        run_dir = runs_dir / run.run_id
+        run_dir.mkdir(parents=True)
+        config = {"run_id": run.run_id, "shape": {"width": width, "depth": depth, "heads": max(1, width // 64), **template},
+                  "params": {"total": pc.total, "non_embedding": run.non_embedding_params}}
+        (run_dir / "config.json").write_text(json.dumps(config))
+        rows = [{"step": 10 * (i + 1), "tokens": float(t), "flops": float(f), "val_loss": float(loss)}
+                for i, (t, f, loss) in enumerate(zip(run.tokens, run.train_flops, run.val_loss))]
+        (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        if not compress:
+            continue
+        lines = [(("none", 0.0, 32), run.final_loss)]
+        lines += [((v.method, v.sparsity, v.bits), v.val_loss) for v in sweep.variants if v.run_id == run.run_id]
+        out = []
+        for (method, sparsity, bits), loss in lines:
+            nonzeros = pc.embedding + (1 - sparsity) * pc.non_embedding
+            index = 0.0 if sparsity == 0 or method == "block" else 2.0
+            latency = fake_latency_ms(pc.total, sparsity, method, bits == 8)
+            out.append({"method": method, "sparsity": sparsity, "bits": bits, "nonzeros": nonzeros,
+                        "bytes": nonzeros * ((1 if bits == 8 else 4) + index), "latency_ms_b1": latency,
+                        "latency_ms_b32": 10 * latency, "latency_kind": "measured", "device": "cpu",
+                        "val_loss": loss})
+        (run_dir / "compress.jsonl").write_text("".join(json.dumps(r) + "\n" for r in out))
+    atomic_write_json(runs_dir / "fit.json", fit_sweep(runs_dir, bootstrap=20, seed=0))
+
+
+@pytest.fixture(scope="module")
+def sweep_dir(tmp_path_factory) -> Path:
+    runs = tmp_path_factory.mktemp("plan") / "runs"
+    write_sweep(runs)
+    return runs
+
+
+@pytest.fixture
+def runs(sweep_dir, tmp_path) -> Path:
+    """A private copy, so that study.db and plan.json start empty in every test."""
+    copy = tmp_path / "runs"
+    shutil.copytree(sweep_dir, copy)
+    return copy
+
+
+def plan(argv: list, capsys) -> dict:
+    assert tlc_plan.main([*map(str, argv), "--json"]) == 0, capsys.readouterr().err
+    return json.loads(capsys.readouterr().out)
+
+
+def test_compressing_a_larger_model_beats_training_small_under_a_byte_budget(runs, capsys):
+    result = plan(["--runs", runs, "--budget", "1e15", "--max-bytes", "600kB"], capsys)
+    rec, small = result["recommendation"], result["train_small"]
+    assert rec["inference"]["bytes"] <= 600e3 * (1 + 1e-9) and small["inference"]["bytes"] <= 600e3 * (1 + 1e-9)
+    assert small["compression"] == {"method": "none", "sparsity": 0.0, "int8": False}
+    assert rec["compression"] != small["compression"] and rec["non_embedding_params"] > small["non_embedding_params"]
+    assert result["gain"]["loss"] == pytest.approx(small["loss"]["mean"] - rec["loss"]["mean"])
+    assert result["gain"]["loss"] > 0.01
+    assert rec["loss"]["low"] <= rec["loss"]["mean"] <= rec["loss"]["high"]
+    shape = ModelShape(rec["width"], rec["depth"], rec["heads"], 128, 1024, "gpt2")
+    assert rec["non_embedding_params"] == param_counts(shape).non_embedding
+    assert rec["train_flops"] + rec["inference_flops"] <= 1e15 * (1 + 1e-9)
+
+
+def test_plan_json_round_trips_and_matches_the_printed_json(runs, capsys):
+    printed = plan(["--runs", runs, "--budget", "1e15", "--max-params", "200k"], capsys)
+    text = (runs / "plan.json").read_text()
+    assert json.loads(text) == printed
+    assert json.loads(json.dumps(printed, allow_nan=False)) == printed
+    assert printed["format"] == "tlc.plan/1" and printed["budget"]["max_params"] == 2e5
+    for key in ("recommendation", "train_small", "gain", "compute_optimal", "pareto_front", "measured_ranges",
+                "warnings", "cost_model", "search", "law"):
+        assert key in printed
+
+
+def test_same_seed_same_plan_and_the_studies_are_stored(runs, capsys):
+    argv = ["--runs", runs, "--budget", "1e15", "--max-bytes", "1MB", "--seed", "3"]
+    first, second = plan(argv, capsys), plan(argv, capsys)
+    assert first["recommendation"] == second["recommendation"] and first["pareto_front"] == second["pareto_front"]
+    names = first["search"]["studies"]
+    with sqlite3.connect(runs / "study.db") as db:
+        counts = dict(db.execute("SELECT s.study_name, COUNT(t.trial_id) FROM studies s "
+                                 "LEFT JOIN trials t ON t.study_id = s.study_id GROUP BY s.study_name"))
+    # Rerunning replaced the studies instead of appending to them.
+    assert counts[names["tpe"]] == first["search"]["tpe_trials"]
+    assert counts[names["nsga2"]] == first["search"]["pareto_trials"]
+    other = plan(["--runs", runs, "--budget", "1e15", "--max-bytes", "2MB", "--seed", "3"], capsys)
+    assert other["search"]["studies"]["tpe"] != names["tpe"]
+
+
+def test_polish_matches_an_exhaustive_search_over_shapes(runs, capsys):
+    result = plan(["--runs", runs, "--budget", "1e14", "--max-params", "150k"], capsys)
+    rec = result["recommendation"]
+    law = tlc_plan.load_plan_law(runs, None)
+    from tlc.plan_cost import build_cost_model
+    from tlc.plan_space import Budgets, PlanSpace
+
+    categories = [Category(m, q) for m in ("none", "block", "magnitude") for q in (False, True)]
+    space = PlanSpace(law, build_cost_model(runs, None, 1, False), Budgets(1e14, max_params=1.5e5), 0.95, categories)
+    K, D = (a.ravel() for a in np.meshgrid(np.arange(1, 33), np.arange(1, 41), indexing="ij"))
+    best = math.inf
+    for category in categories:
+        loss, _, feasible = space.evaluate(space.sizes(K, D), category)
+        best = min(best, float(np.min(np.where(feasible, loss, np.inf))))
+    assert rec["loss"]["mean"] <= best + 1e-9
+
+
+def test_pareto_front_is_sorted_non_dominated_and_does_not_beat_the_recommendation(runs, capsys):
+    result = plan(["--runs", runs, "--budget", "1e15", "--max-bytes", "1MB"], capsys)
+    front = result["pareto_front"]
+    assert front["cost"] == "bytes" and len(front["points"]) >= 3
+    costs = [p["inference"]["bytes"] for p in front["points"]]
+    losses = [p["loss"]["mean"] for p in front["points"]]
+    assert costs == sorted(costs) and all(b < a for a, b in zip(losses, losses[1:]))
+    rec = result["recommendation"]
+    for p in front["points"]:
+        if p["inference"]["bytes"] <= 1e6:
+            assert p["loss"]["mean"] >= rec["loss"]["mean"] - 1e-9
+
+
+def test_more_budget_never_worse_under_an_inference_budget(runs, capsys):
+    losses = [plan(["--runs", runs, "--budget", c, "--max-bytes", "800kB", "--pareto-trials", "16"], capsys)
+              ["recommendation"]["loss"]["mean"] for c in (1e13, 1e14, 1e15, 1e16)]
+    assert all(b <= a + 1e-9 for a, b in zip(losses, losses[1:]))
+
+
+def test_latency_budget_is_met_by_the_fitted_device_model(runs, capsys):
+    result = plan(["--runs", runs, "--budget", "1e15", "--max-latency-ms", "0.08", "--device", "cpu"], capsys)
+    rec = result["recommendation"]
+    assert rec["inference"]["latency_ms"] <= 0.08 * (1 + 1e-9)
+    assert result["pareto_front"]["cost"] == "latency_ms"
+    assert result["cost_model"]["latency"]["b"] == pytest.approx(0.8, abs=1e-6)
+    # Only block sparsity is faster on this device, so no unstructured plan may win on latency.
+    assert rec["compression"]["method"] in ("none", "block")
+    expected = fake_latency_ms(rec["params_total"], rec["compression"]["sparsity"], rec["compression"]["method"],
+                               rec["compression"]["int8"])
+    assert rec["inference"]["latency_ms"] == pytest.approx(expected, rel=1e-6)
+
+
+def test_latency_errors(runs, sweep_dir, tmp_path, capsys):
+    assert tlc_plan.main(["--runs", str(runs), "--budget", "1e15", "--max-latency-ms", "1", "--device", "tpu"]) == 2
+    assert "devices measured: cpu" in capsys.readouterr().err
+    bare = tmp_path / "bare"
+    shutil.copytree(sweep_dir, bare)
+    for path in bare.glob("*/compress.jsonl"):
+        path.unlink()
+    assert tlc_plan.main(["--runs", str(bare), "--budget", "1e15", "--max-latency-ms", "1", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--max-latency-ms: no compress.jsonl" in err and "\n" not in err
+
+
+def test_extrapolation_is_warned_about(runs, capsys):
+    result = plan(["--runs", runs, "--budget", "1e17", "--max-params", "300k", "--max-sparsity", "0.97"], capsys)
+    warnings = " ".join(result["warnings"])
+    assert "outside the measured final tokens" in warnings
+    assert result["measured_ranges"]["sparsity"]["magnitude"] == [0.3, 0.9]
+    if result["recommendation"]["compression"]["sparsity"] > 0.9:
+        assert "sparsity" in warnings
+
+
+def test_unknown_method_and_missing_fit(runs, tmp_path, capsys):
+    assert tlc_plan.main(["--runs", str(runs), "--budget", "1e15", "--methods", "movement"]) == 2
+    assert "valid: block, magnitude" in capsys.readouterr().err
+    assert tlc_plan.main(["--runs", str(tmp_path), "--budget", "1e15"]) == 2
+    assert "run `tlc fit" in capsys.readouterr().err
+
+
+def test_the_tlc_command_exits_2_with_one_line():
+    proc = subprocess.run([sys.executable, "-m", "tlc", "plan", "--law", "chinchilla", "--budget", "1e20",
+                           "--max-bytes", "20XB"], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == ("tlc plan: error: --max-bytes: unknown unit 'xb' in '20XB'; valid: B, kB, MB, GB, "
+                                   "TB (powers of 1000), KiB, MiB, GiB, TiB (powers of 1024), or a plain number of bytes")
