@@ -25,12 +25,25 @@ from pathlib import Path
 
 from tlc.config import SweepConfig, load_sweep, sweep_to_dict
 from tlc.errors import UserError
+from tlc.guard import WORKER_PID_ENV
 from tlc.io import atomic_write_text, read_jsonl
 from tlc.train import check_run_dir, is_complete, plan_run
 
-HEARTBEAT_S = 10  # a live trial records a heartbeat this often
-GRACE_S = 60  # a trial silent for this long is declared dead and its run retried
-POLL_S = 5  # how often an idle worker looks again while other workers finish
+
+def _seconds_from_env(name: str, default: int) -> int:
+    """A whole number of seconds from the environment (for tests and fast clusters), else ``default``."""
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return default
+    if not value.isdigit() or int(value) < 1:
+        raise UserError(f"{name}: expected a whole number of seconds >= 1, got {value!r}; unset it for {default}")
+    return int(value)
+
+
+# Override with TLC_HEARTBEAT_S, TLC_GRACE_S and TLC_POLL_S; every worker of a sweep must use the same values.
+HEARTBEAT_S = _seconds_from_env("TLC_HEARTBEAT_S", 10)  # a live trial records a heartbeat this often
+GRACE_S = _seconds_from_env("TLC_GRACE_S", 60)  # a trial silent for this long is declared dead and its run retried
+POLL_S = _seconds_from_env("TLC_POLL_S", 5)  # how often an idle worker looks again while other workers finish
 
 
 @dataclass
@@ -68,7 +81,7 @@ def open_study(sweep: SweepConfig, sweep_dir: Path, storage_url: str | None):
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    url = storage_url or f"sqlite:///{(sweep_dir / 'study.db').resolve()}"
+    url = _with_installed_driver(storage_url) if storage_url else f"sqlite:///{(sweep_dir / 'study.db').resolve()}"
     engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
     for attempt in range(5):  # workers starting together race to create the schema; the loser retries
         try:
@@ -87,6 +100,21 @@ def open_study(sweep: SweepConfig, sweep_dir: Path, storage_url: str | None):
     ids = [r.run_id for r in sweep.runs()]
     sampler = _SweepGridSampler({"run_id": ids}, seed=0)
     return optuna.create_study(study_name=sweep.name, storage=storage, sampler=sampler, load_if_exists=True)
+
+
+def _with_installed_driver(url: str) -> str:
+    """Name the PostgreSQL driver that is installed: SQLAlchemy 2.1 reads a bare postgresql:// as psycopg 3,
+    while ``tlc[postgres]`` installs psycopg2. Other URLs pass through unchanged."""
+    import importlib.util
+
+    scheme, sep, rest = url.partition("://")
+    if scheme not in ("postgresql", "postgres") or not sep:
+        return url
+    for module, dialect in (("psycopg", "postgresql+psycopg"), ("psycopg2", "postgresql+psycopg2")):
+        if importlib.util.find_spec(module) is not None:
+            return f"{dialect}://{rest}"
+    raise UserError("--storage: a postgresql:// URL needs a PostgreSQL driver; pip install 'tlc[postgres]' "
+                    "(psycopg2-binary) or psycopg[binary]")
 
 
 def _grid_sampler_class():
@@ -152,7 +180,9 @@ def _train_in_subprocess(cmd: list[str], log_path: Path) -> tuple[int, str]:
     """Run one training process, passing its stderr through (the progress bar) into a log; return code and tail."""
     tail: collections.deque[str] = collections.deque(maxlen=20)
     with open(log_path, "ab") as log:
-        proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        # the trainer dies with this worker (tlc.guard.exit_with_worker), so a killed worker's run is free to take over
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", WORKER_PID_ENV: str(os.getpid())}
+        proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, env=env)
         assert proc.stderr is not None
         buffer = b""
         while chunk := proc.stderr.read1(4096):

@@ -24,6 +24,7 @@ import numpy as np
 from tlc.config import RunConfig, TrainSettings, validate_run
 from tlc.data import TokenData, load_corpus, load_tokens, train_offsets, val_offsets, windows
 from tlc.errors import UserError
+from tlc.guard import checkpoint_tag, exit_with_worker, load_checkpoints_safely, lock_run_dir
 from tlc.io import append_jsonl, atomic_replace_dir, atomic_write_json, read_jsonl, rewrite_jsonl
 from tlc.model import build_model, flops_per_token, param_counts
 from tlc.versions import package_versions
@@ -272,6 +273,7 @@ def train_run(cfg: RunConfig, run_dir: Path, progress: bool = True) -> dict:
     import torch
 
     validate_run(cfg)
+    exit_with_worker()  # a trainer started by a sweep worker must not outlive it
     run_dir = Path(run_dir)
     check_run_dir(run_dir)
     if is_complete(run_dir):
@@ -293,6 +295,7 @@ def train_run(cfg: RunConfig, run_dir: Path, progress: bool = True) -> dict:
     config = resolved_config(cfg, plan, data_info)
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
+        lock_run_dir(run_dir)  # one trainer per run directory; released when this process ends
         write_or_check_config(run_dir, config)
     device = device_for_rank()
 
@@ -305,10 +308,8 @@ def train_run(cfg: RunConfig, run_dir: Path, progress: bool = True) -> dict:
     latest = ckpt_dir / "tlc_latest.json"
     start_step, wall_offset = 0, 0.0
     if latest.exists():
-        import json
-
-        state = json.loads(latest.read_text(encoding="utf-8"))
-        _, client = engine.load_checkpoint(str(ckpt_dir), tag=state["tag"])
+        load_checkpoints_safely(engine)  # DeepSpeed itself unpickles with weights_only=False
+        _, client = engine.load_checkpoint(str(ckpt_dir), tag=checkpoint_tag(latest)[0])
         start_step, wall_offset = int(client["step"]), float(client["wall_s"])
     if rank == 0:
         rows = read_jsonl(run_dir / "metrics.jsonl")
