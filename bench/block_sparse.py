@@ -98,6 +98,7 @@ def main() -> None:
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     parser.add_argument("--threads", type=int, default=None, help="torch/OpenMP threads (default: torch's)")
     parser.add_argument("--densities", type=float, nargs="+", default=None, help="block densities, e.g. 0.05 0.1")
+    parser.add_argument("--shapes", nargs="+", default=None, help="weights as OUTxIN, e.g. 2048x2048 1024x256")
     parser.add_argument("--tokens", type=int, nargs="+", default=None, help="token counts, e.g. 1 32 256")
     parser.add_argument("--min-seconds", type=float, default=0.5, help="timing budget per measurement")
     parser.add_argument("--clock", choices=["wall", "thread"], default="wall",
@@ -111,6 +112,8 @@ def main() -> None:
     if not cuda_ext.available():
         raise SystemExit(f"cuda_ext kernels unavailable: {cuda_ext.ops._build.build_error()}")
     shapes = [(2048, 2048), (4096, 4096)] if args.quick else SQUARE + FFN
+    if args.shapes:
+        shapes = [tuple(int(n) for n in shape.split("x")) for shape in args.shapes]
     densities = args.densities or ([0.1, 0.5] if args.quick else [0.05, 0.1, 0.25, 0.5])
     tokens = args.tokens or ([256] if args.quick else [1, 32, 256])
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),

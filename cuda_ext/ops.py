@@ -27,6 +27,11 @@ def available() -> bool:
     return True
 
 
+def cpu_kernel_isa() -> str | None:
+    """SIMD path of the compiled CPU kernels ("avx512-bf16", "avx512" or "portable"); None without them."""
+    return torch.ops.tlc_bsr.cpu_kernel_isa() if available() else None
+
+
 def bsr_linear(x: torch.Tensor, values: torch.Tensor, crow_indices: torch.Tensor, col_indices: torch.Tensor,
                bias: torch.Tensor | None = None) -> torch.Tensor:
     """y = x · Wᵀ + bias with W in BSR form (see bsr_format.py); x is [..., in_features].

@@ -3,6 +3,7 @@ bad input, the build-failure fallback, and BlockSparseLinear / the converter on 
 
 from __future__ import annotations
 
+import os
 import warnings
 
 import pytest
@@ -155,3 +156,14 @@ def test_build_failure_falls_back_with_one_warning(monkeypatch):
     assert len(build_warnings) == 1 and not ops.available()
     expected = x @ cuda_ext.bsr_to_dense(values, crow, col, 64).t()
     assert torch.allclose(first, expected, atol=1e-5) and torch.equal(first, second)
+
+
+@needs_kernels
+def test_cpu_kernels_use_the_cpus_simd():
+    flags = open("/proc/cpuinfo").read().split() if os.path.exists("/proc/cpuinfo") else []
+    isa = cuda_ext.cpu_kernel_isa()
+    assert isa in ("avx512-bf16", "avx512", "portable")
+    if "avx512f" in flags:
+        assert isa.startswith("avx512")
+    if "avx512_bf16" in flags:
+        assert isa == "avx512-bf16"

@@ -3,6 +3,7 @@
 #include <torch/library.h>
 
 #include "bsr_checks.h"
+#include "bsr_kernels_cpu.h"
 
 namespace tlc_bsr {
 
@@ -67,4 +68,6 @@ TORCH_LIBRARY(tlc_bsr, m) {
   // grad_values[k] = grad_y[:, rows of block k]ᵀ · x[:, cols of block k]
   m.def("bsr_linear_grad_values(Tensor grad_y, Tensor x, Tensor crow_indices, Tensor col_indices, "
         "int block_size) -> Tensor");
+  // Which SIMD path the CPU kernels were compiled for: "avx512-bf16", "avx512" or "portable".
+  m.def("cpu_kernel_isa() -> str", [] { return std::string(tlc_bsr::cpu_kernel_isa()); });
 }
