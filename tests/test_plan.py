@@ -10,7 +10,7 @@ import pytest
 
 from tlc import plan as tlc_plan
 from tlc.errors import UserError
-from tlc.plan_cost import CostModel, MeasuredVariant, fit_latency
+from tlc.plan_cost import CostModel, MeasuredVariant, fit_bytes, fit_latency
 from tlc.plan_law import PUBLISHED_LAWS, load_plan_law
 from tlc.units import format_bytes, format_count, parse_bytes, parse_count, parse_flops
 
@@ -182,15 +182,25 @@ def test_latency_fit_recovers_a_known_device():
     model = fit_latency(variants, "cpu", 1)
     assert model.size_exponent == pytest.approx(0.8, abs=1e-9)
     assert model.sparsity_exponents[("block", False)] == pytest.approx(0.6, abs=1e-9)
-    costs = CostModel(bytes_per_nonzero={}, latency=model)
+    costs = CostModel(bytes_fits={}, latency=model)
     expected = math.exp(-8.8 + 0.8 * math.log(3e6) + 0.6 * math.log(0.2))
     assert costs.latency_ms(2.5e6, 5e5, 0.8, "block", False) == pytest.approx(expected, rel=1e-9)
     with pytest.raises(UserError, match="devices measured: cpu"):
         fit_latency(variants, "cuda", 1)
 
 
-def test_bytes_use_measured_ratio_else_documented_default():
-    costs = CostModel(bytes_per_nonzero={("magnitude", True): 2.5})
-    assert costs.bytes(1e6, 1e5, 0.5, "magnitude", True) == pytest.approx(2.5 * 6e5)
-    assert costs.bytes(1e6, 1e5, 0.5, "magnitude", False) == pytest.approx(6.0 * 6e5)  # 4 + int16 index
-    assert costs.bytes(1e6, 0.0, 0.0, "none", True) == pytest.approx(1e6)
+def test_bytes_model_recovers_a_bitmask_format_and_falls_back_to_defaults():
+    """bytes = 4·nonzeros + P/8 (fp32 values and a bitmask), measured at three sizes and two sparsities."""
+    variants = []
+    for P in (2e5, 1e6, 5e6):
+        for s in (0.5, 0.9):
+            nonzeros = 0.1 * P + (1 - s) * 0.9 * P
+            variants.append(MeasuredVariant("r", ("magnitude", False), s, P, nonzeros, 4 * nonzeros + P / 8, {}, None))
+        variants.append(MeasuredVariant("r", ("none", True), 0.0, P, P, 1.0 * P, {}, None))
+    costs = CostModel(bytes_fits=fit_bytes(variants))
+    v, m = costs.bytes_coefficients("magnitude", False)
+    assert v == pytest.approx(4.0, rel=1e-6) and m == pytest.approx(0.125, rel=1e-6)
+    assert costs.bytes(9e5, 1e5, 0.5, "magnitude", False) == pytest.approx(4 * 5.5e5 + 1e6 / 8)
+    assert costs.bytes_coefficients("none", True) == pytest.approx((1.0, 0.0), abs=1e-9)
+    assert costs.bytes_coefficients("block", True) == (1.0, 0.0)  # never measured: the defaults
+    assert costs.bytes_coefficients("2:4", False) == (4.0, 0.125)

@@ -52,13 +52,16 @@ def write_sweep(runs_dir: Path, compress: bool = True) -> None:
             continue
         lines = [(("none", 0.0, 32), run.final_loss)]
         lines += [((v.method, v.sparsity, v.bits), v.val_loss) for v in sweep.variants if v.run_id == run.run_id]
+        # 2:4 exists at one sparsity only; here it loses twice what magnitude pruning loses at 0.5.
+        two_four = next(loss for (m, s, b), loss in lines if (m, s, b) == ("magnitude", 0.5, 32))
+        lines.append((("2:4", 0.5, 32), 2 * two_four - run.final_loss))
         out = []
         for (method, sparsity, bits), loss in lines:
             nonzeros = pc.embedding + (1 - sparsity) * pc.non_embedding
-            index = 0.0 if sparsity == 0 or method == "block" else 2.0
+            bitmask = 0.0 if sparsity == 0 or method == "block" else pc.total / 8
             latency = fake_latency_ms(pc.total, sparsity, method, bits == 8)
             out.append({"method": method, "sparsity": sparsity, "bits": bits, "nonzeros": nonzeros,
-                        "bytes": nonzeros * ((1 if bits == 8 else 4) + index), "latency_ms_b1": latency,
+                        "bytes": nonzeros * (1 if bits == 8 else 4) + bitmask, "latency_ms_b1": latency,
                         "latency_ms_b32": 10 * latency, "latency_kind": "measured", "device": "cpu",
                         "val_loss": loss})
         (run_dir / "compress.jsonl").write_text("".join(json.dumps(r) + "\n" for r in out))
@@ -97,6 +100,9 @@ def test_compressing_a_larger_model_beats_training_small_under_a_byte_budget(run
     shape = ModelShape(rec["width"], rec["depth"], rec["heads"], 128, 1024, "gpt2")
     assert rec["non_embedding_params"] == param_counts(shape).non_embedding
     assert rec["train_flops"] + rec["inference_flops"] <= 1e15 * (1 + 1e-9)
+    fitted = {(g["method"], g["int8"]): (g["v"], g["m"]) for g in result["cost_model"]["bytes_fitted"]}
+    assert fitted[("magnitude", False)] == pytest.approx((4.0, 0.125))  # fp32 values plus a bitmask
+    assert fitted[("block", False)] == pytest.approx((4.0, 0.0), abs=1e-9)
 
 
 def test_plan_json_round_trips_and_matches_the_printed_json(runs, capsys):
@@ -150,7 +156,10 @@ def test_pareto_front_is_sorted_non_dominated_and_does_not_beat_the_recommendati
     losses = [p["loss"]["mean"] for p in front["points"]]
     assert costs == sorted(costs) and all(b < a for a, b in zip(losses, losses[1:]))
     rec = result["recommendation"]
+    assert result["search"]["fixed_sparsity"] == {"2:4": 0.5}  # measured at one sparsity only
     for p in front["points"]:
+        if p["compression"]["method"] == "2:4":
+            assert p["compression"]["sparsity"] == 0.5
         if p["inference"]["bytes"] <= 1e6:
             assert p["loss"]["mean"] >= rec["loss"]["mean"] - 1e-9
 
@@ -197,7 +206,7 @@ def test_extrapolation_is_warned_about(runs, capsys):
 
 def test_unknown_method_and_missing_fit(runs, tmp_path, capsys):
     assert tlc_plan.main(["--runs", str(runs), "--budget", "1e15", "--methods", "movement"]) == 2
-    assert "valid: block, magnitude" in capsys.readouterr().err
+    assert "valid: 2:4, block, magnitude" in capsys.readouterr().err
     assert tlc_plan.main(["--runs", str(tmp_path), "--budget", "1e15"]) == 2
     assert "run `tlc fit" in capsys.readouterr().err
 

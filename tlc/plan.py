@@ -65,7 +65,7 @@ def _smallest_costs(space: PlanSpace) -> dict[str, tuple[float, str]]:
     for name in space.budgets.limits():
         options = []
         for c in space.categories:
-            for s in ([0.0, space.max_sparsity] if c.method != "none" else [0.0]):
+            for s in sorted({0.0, space.sparsity_range(c.method)[1]}):
                 desc = f"{size}, " + ("dense" if s == 0 else f"{c.method} {s:.0%}") + (" int8" if c.int8 else "")
                 options.append((float(space.cost(name, N, emb, s, c)[0]), desc))
         out[name] = min(options)
@@ -117,7 +117,7 @@ def _pareto_front(space: PlanSpace, study) -> list[Point]:
     points = []
     for trial in raw:
         category, k, d, N = trial_start(space, trial)
-        sampled = space.point(k, d, N, category, trial.params.get("sparsity", 0.0))
+        sampled = space.point(k, d, N, category, trial.params.get("sparsity", space.sparsity_range(category.method)[0]))
         polished = space.with_limits(**{f"max_{primary}": sampled.costs[primary]}).polish(category, k, d, N)
         best = polished if polished is not None and polished.feasible and polished.loss < sampled.loss else sampled
         points.append(space.point(*_start_of(best), best.category, best.sparsity))  # costs under the real budgets
@@ -156,7 +156,8 @@ def make_plan(law: PlanLaw, budgets: Budgets, args: argparse.Namespace, storage:
     groups = set(costs.latency.offsets) if costs.latency else None
     categories = _categories(law, args, groups)
     max_sparsity = args.max_sparsity if args.max_sparsity is not None else DEFAULT_MAX_SPARSITY
-    space = PlanSpace(law, costs, budgets, max_sparsity, categories)
+    fixed = {m: low for m, (low, high) in law.ranges.sparsity.items() if high - low < 1e-6 and m in law.methods}
+    space = PlanSpace(law, costs, budgets, max_sparsity, categories, fixed)
     _check_feasible(space)
 
     tpe = run_tpe(space, args.trials, args.seed)
@@ -209,7 +210,7 @@ def make_plan(law: PlanLaw, budgets: Budgets, args: argparse.Namespace, storage:
         "cost_model": costs.describe(),
         "search": {
             "seed": args.seed, "tpe_trials": args.trials, "pareto_trials": args.pareto_trials,
-            "max_sparsity": max_sparsity, "categories": [c.label for c in categories],
+            "max_sparsity": max_sparsity, "fixed_sparsity": fixed, "categories": [c.label for c in categories],
             "storage": storage, "studies": studies,
         },
         "recommendation": rec,

@@ -5,11 +5,16 @@ dense, so a model of E embedding and N non-embedding parameters keeps
 
     nonzeros = E + (1 - s)·N.
 
-Bytes are nonzeros × bytes per non-zero, one figure per (pruning method, int8): the median of
-bytes/nonzeros over the variants `tlc compress` measured (compress.jsonl), or where none was
-measured a default of 4 bytes per fp32 value or 1 per 8-bit value, plus index overhead: none for
-dense, structured and block-sparse storage (one index per 32x32 block), 2 bits per kept
-value for 2:4 metadata, 2 bytes (an int16 column index) for unstructured sparsity.
+Bytes, per (pruning method, int8) group g, are linear in the non-zeros and the dense size P = E + N:
+
+    bytes = v_g·nonzeros + m_g·P
+
+v_g is bytes per stored value and m_g the per-weight overhead of the sparse format (a bitmask
+costs 1/8 byte per weight). Both are fitted, non-negative, to the variants `tlc compress`
+measured (compress.jsonl's nonzeros and bytes, config.json's params.total), or with a single
+measured size the ratio bytes/nonzeros alone (m_g = 0). Groups never measured get defaults:
+v = 4 for fp32 or 1 for 8-bit values, m = 1/8 for unstructured sparsity stored as a bitmask
+(magnitude, 2:4, gradual, movement), 0 for dense, block-sparse and structured models.
 
 Latency, per device and batch size, is a log-linear fit to compress.jsonl's measurements:
 
@@ -36,14 +41,12 @@ VALUE_BYTES = {False: 4.0, True: 1.0}  # fp32 weights (compress.jsonl's dense ro
 LATENCY_BATCHES = (1, 32)
 
 
-def default_index_bytes(method: str) -> float:
-    """Index bytes per kept value assumed for a pruning method never measured (module docstring)."""
+def default_overhead(method: str) -> float:
+    """Bytes per dense weight of a sparse format, m_g of the module docstring, for a method never measured."""
     name = method.lower()
-    if name == "none" or "block" in name or "struct" in name or "head" in name or "neuron" in name:
+    if name == "none" or "block" in name or "struct" in name:
         return 0.0
-    if "2:4" in name or "2_4" in name or "n:m" in name:
-        return 0.25
-    return 2.0
+    return 0.125  # a bitmask over the weights
 
 
 def _group(row: dict) -> tuple[str, bool]:
@@ -161,21 +164,22 @@ def fit_latency(variants: list[MeasuredVariant], device: str, batch: int) -> Lat
 class CostModel:
     """Non-zeros, bytes and (where fitted) latency of a model, vectorised over N, embeddings and sparsity."""
 
-    bytes_per_nonzero: dict  # {(method, int8): measured median bytes/nonzeros}
+    bytes_fits: dict  # {(method, int8): (v_g, m_g)} fitted to compress.jsonl
     latency: LatencyModel | None = None
 
     def nonzeros(self, N, embedding, sparsity) -> np.ndarray:
         """Non-zero parameters: dense embeddings plus the kept fraction of the non-embedding weights."""
         return np.asarray(embedding) + (1.0 - np.asarray(sparsity)) * np.asarray(N)
 
-    def bytes_ratio(self, method: str, int8: bool) -> float:
-        """Bytes per non-zero for a (method, int8) group: measured, else the documented default."""
-        measured = self.bytes_per_nonzero.get((method, int8))
-        return measured if measured is not None else VALUE_BYTES[int8] + default_index_bytes(method)
+    def bytes_coefficients(self, method: str, int8: bool) -> tuple[float, float]:
+        """(v_g, m_g) for a group: fitted, else the documented defaults."""
+        fitted = self.bytes_fits.get((method, int8))
+        return fitted if fitted is not None else (VALUE_BYTES[int8], default_overhead(method))
 
     def bytes(self, N, embedding, sparsity, method: str, int8: bool) -> np.ndarray:
         """Artifact size in bytes (module docstring)."""
-        return self.nonzeros(N, embedding, sparsity) * self.bytes_ratio(method, int8)
+        v, m = self.bytes_coefficients(method, int8)
+        return v * self.nonzeros(N, embedding, sparsity) + m * (np.asarray(embedding) + np.asarray(N))
 
     def latency_ms(self, N, embedding, sparsity, method: str, int8: bool) -> np.ndarray:
         """Predicted latency in ms on the fitted device (NaN when no latency model)."""
@@ -187,22 +191,38 @@ class CostModel:
         """JSON-ready summary for plan.json."""
         return {
             "nonzeros": "embedding + (1 - sparsity) * N",
-            "bytes": "nonzeros * bytes_per_nonzero(method, int8)",
-            "bytes_per_nonzero_measured": [
-                {"method": m, "int8": q, "value": v} for (m, q), v in sorted(self.bytes_per_nonzero.items())
+            "bytes": "v_g * nonzeros + m_g * (embedding + N), g = (method, int8)",
+            "bytes_fitted": [
+                {"method": m, "int8": q, "v": v, "m": o} for (m, q), (v, o) in sorted(self.bytes_fits.items())
             ],
-            "bytes_per_nonzero_default": "4 (fp32) or 1 (int8) + index bytes: 0 dense/block/structured, 0.25 2:4, 2 unstructured",
+            "bytes_default": "v = 4 (fp32) or 1 (int8); m = 1/8 for bitmask-stored unstructured sparsity, else 0",
             "latency": self.latency.describe() if self.latency else None,
         }
+
+
+def fit_bytes(variants: list[MeasuredVariant]) -> dict:
+    """(v_g, m_g) per group by non-negative least squares on the measured variants (module docstring)."""
+    from scipy.optimize import nnls
+
+    fits = {}
+    groups = {v.group for v in variants if v.nonzeros and v.bytes}
+    for group in sorted(groups):
+        rows = [v for v in variants if v.group == group and v.nonzeros and v.bytes]
+        nonzeros = np.array([v.nonzeros for v in rows], dtype=float)
+        size = np.array([v.bytes for v in rows], dtype=float)
+        total = np.array([v.params_total for v in rows], dtype=float)
+        X = np.stack([nonzeros, total], axis=1)
+        if np.isfinite(total).all() and np.linalg.matrix_rank(X / X.max(axis=0)) == 2:
+            coefficients, _ = nnls(X / X.max(axis=0), size)
+            fits[group] = (float(coefficients[0] / X[:, 0].max()), float(coefficients[1] / X[:, 1].max()))
+        else:
+            fits[group] = (float(np.median(size / nonzeros)), 0.0)
+    return fits
 
 
 def build_cost_model(runs_dir: Path | None, device: str | None, batch: int, need_latency: bool) -> CostModel:
     """The cost model for a law: bytes calibrated from compress.jsonl, latency fitted when asked."""
     variants = read_measurements(runs_dir) if runs_dir is not None else []
-    ratios: dict[tuple[str, bool], list[float]] = {}
-    for v in variants:
-        if v.nonzeros and v.bytes:
-            ratios.setdefault(v.group, []).append(v.bytes / v.nonzeros)
     latency = None
     if need_latency:
         if not variants:
@@ -213,4 +233,4 @@ def build_cost_model(runs_dir: Path | None, device: str | None, batch: int, need
             devices = sorted({str(v.device) for v in variants if v.latency_ms})
             raise UserError(f"--device: required with --max-latency-ms; measured: {', '.join(devices) or 'none'}")
         latency = fit_latency(variants, device, batch)
-    return CostModel(bytes_per_nonzero={g: float(np.median(r)) for g, r in ratios.items()}, latency=latency)
+    return CostModel(bytes_fits=fit_bytes(variants), latency=latency)

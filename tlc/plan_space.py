@@ -12,7 +12,8 @@ Tokens are never searched: loss falls with D, so the best plan spends all the co
 after inference on training, D = (C - inference_tokens·inference_flops_per_token) /
 train_flops_per_token (Sardana et al. 2024 add inference to the budget this way).
 
-Compression is a category (pruning method or none, times int8 or not) and a sparsity. The
+Compression is a category (pruning method or none, times int8 or not) and a sparsity (fixed
+for a method measured at one sparsity only, such as 2:4 at 0.5). The
 polish fixes a category and, for each size, takes the smallest sparsity that meets every
 inference budget (loss only grows with sparsity at a fixed size), found by bisection; it then
 minimises loss over size: Brent's method on log N for continuous sizes, and an exhaustive
@@ -112,9 +113,10 @@ class PlanSpace:
     """Sizes, categories and costs for one law, cost model and set of budgets."""
 
     def __init__(self, law: PlanLaw, costs: CostModel, budgets: Budgets, max_sparsity: float,
-                 categories: list[Category]):
+                 categories: list[Category], fixed_sparsity: dict[str, float] | None = None):
         self.law, self.costs, self.budgets, self.max_sparsity = law, costs, budgets, max_sparsity
         self.categories = categories
+        self.fixed_sparsity = fixed_sparsity or {}  # methods measured at one sparsity only (2:4 at 0.5)
         self.template = law.shape_template
         C, inference = budgets.train_flops, budgets.inference_tokens
         self.max_continuous_N = C / (6.0 + 2.0 * inference)  # at least one training token
@@ -126,7 +128,15 @@ class PlanSpace:
 
     def with_limits(self, **limits: float | None) -> PlanSpace:
         """The same space under other inference budgets (e.g. a point of the Pareto front)."""
-        return PlanSpace(self.law, self.costs, replace(self.budgets, **limits), self.max_sparsity, self.categories)
+        return PlanSpace(self.law, self.costs, replace(self.budgets, **limits), self.max_sparsity, self.categories,
+                         self.fixed_sparsity)
+
+    def sparsity_range(self, method: str) -> tuple[float, float]:
+        """Sparsities a method may use: (0, 0) for dense, the one measured value for a fixed method."""
+        if method == "none":
+            return 0.0, 0.0
+        fixed = self.fixed_sparsity.get(method)
+        return (fixed, fixed) if fixed is not None else (0.0, self.max_sparsity)
 
     # -- sizes --------------------------------------------------------------------------------
 
@@ -172,7 +182,8 @@ class PlanSpace:
         dense_ok = self.meets(N, embedding, 0.0, category)
         if category.method == "none":
             return np.where(dense_ok, 0.0, np.nan)
-        low, high = np.zeros_like(N), np.full_like(N, self.max_sparsity)
+        lowest, highest = self.sparsity_range(category.method)
+        low, high = np.full_like(N, lowest), np.full_like(N, highest)
         sparse_ok = self.meets(N, embedding, high, category)
         for _ in range(BISECTION_STEPS):  # costs fall as sparsity rises, so feasibility is an interval [s*, max]
             middle = 0.5 * (low + high)
