@@ -100,13 +100,13 @@ def huber_objective(
     """
     log_pred, jac = form.log_loss(theta, x, jacobian=gradient)
     z = (log_pred - log_observed) / delta
-    abs_z = np.abs(z)
-    huber = np.where(abs_z <= 1.0, 0.5 * z * z, abs_z - 0.5)
+    clipped = np.minimum(np.maximum(z, -1.0), 1.0)  # h'(z)
+    huber = clipped * (z - 0.5 * clipped)  # z²/2 where |z| <= 1, |z| - 1/2 beyond
     total_weight = weights.sum()
     value = huber @ weights / total_weight
     if not gradient:
         return value, None
-    dz = np.clip(z, -1.0, 1.0) * (weights / (delta * total_weight))
+    dz = clipped * (weights / (delta * total_weight))
     return value, np.einsum("...n,...np->...p", dz, jac)
 
 
