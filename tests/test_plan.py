@@ -204,3 +204,31 @@ def test_bytes_model_recovers_a_bitmask_format_and_falls_back_to_defaults():
     assert costs.bytes_coefficients("none", True) == pytest.approx((1.0, 0.0), abs=1e-9)
     assert costs.bytes_coefficients("block", True) == (1.0, 0.0)  # never measured: the defaults
     assert costs.bytes_coefficients("2:4", False) == (4.0, 0.125)
+
+
+def test_trials_written_to_sqlite_read_back_as_optuna_wrote_them(tmp_path):
+    import optuna
+
+    from tlc.plan_search import persist
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=0))
+
+    def objective(trial):
+        x = trial.suggest_float("x", 1.0, 10.0, log=True)
+        trial.suggest_categorical("compression", ["none", "2:4+int8"])
+        trial.suggest_int("depth", 1, 128, log=True)
+        trial.set_constraint("bytes", x - 5.0)
+        return x
+
+    study.optimize(objective, n_trials=12)
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    persist(url, {"s": study})
+    persist(url, {"s": study})  # a rerun replaces the study
+    stored = optuna.load_study(study_name="s", storage=url)
+    assert len(stored.trials) == 12
+    for mine, theirs in zip(study.trials, stored.trials):
+        assert (mine.number, mine.state, mine.params, mine.values, mine.constraints, mine.distributions) == (
+            theirs.number, theirs.state, theirs.params, theirs.values, theirs.constraints, theirs.distributions)
+    stored.optimize(objective, n_trials=1)  # Optuna itself can carry on from what was written
+    assert len(optuna.load_study(study_name="s", storage=url).trials) == 13
