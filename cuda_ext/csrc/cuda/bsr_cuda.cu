@@ -82,6 +82,14 @@ at::Tensor bsr_linear_grad_values_cuda(const at::Tensor& grad_y, const at::Tenso
               ": grad_y and x must be 2-D with the same number of tokens, got shapes ", grad_y.sizes(), " and ", x.sizes());
   TORCH_CHECK(grad_y.scalar_type() == x.scalar_type(), op, ": grad_y and x must have the same dtype, got ",
               grad_y.scalar_type(), " and ", x.scalar_type());
+  TORCH_CHECK(crow.dim() == 1 && crow.numel() >= 1 && crow.scalar_type() == at::kLong && col.dim() == 1 &&
+                  col.scalar_type() == at::kLong,
+              op, ": crow_indices and col_indices must be 1-D int64 tensors");
+  TORCH_CHECK(grad_y.device() == x.device() && crow.device() == x.device() && col.device() == x.device(), op,
+              ": all tensors must be on one device, got grad_y on ", grad_y.device(), ", x on ", x.device(),
+              ", crow_indices on ", crow.device(), ", col_indices on ", col.device());
+  TORCH_CHECK(x.size(1) % block_size == 0, op, ": in_features (", x.size(1), ") must be a multiple of block_size (",
+              block_size, ")");
   TORCH_CHECK(grad_y.size(1) == (crow.numel() - 1) * block_size, op, ": grad_y must have out_features (",
               (crow.numel() - 1) * block_size, ") columns, got ", grad_y.size(1));
   const c10::cuda::CUDAGuard guard(x.device());
