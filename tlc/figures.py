@@ -37,12 +37,19 @@ def _label(run) -> str:
     return f"{run.run_id} (N={run.non_embedding / 1e6:.2f}M)"
 
 
-def loss_vs_flops(data: SweepData):
-    fig, ax = plt.subplots(figsize=(7.5, 5))
+def _curves(data: SweepData, x, y, size=(7.5, 4.5)):
+    """One line per run of ``y(row)`` against ``x(row)`` over its evaluations, coloured by model size."""
+    fig, ax = plt.subplots(figsize=size)
     colors = _size_colors(data)
     for run in data.runs:
-        x = [m["flops"] for m in run.metrics]
-        ax.plot(x, [m["val_loss"] for m in run.metrics], "o-", ms=3, color=colors[run.run_id], label=_label(run))
+        ax.plot([x(m) for m in run.metrics], [y(m) for m in run.metrics], "o-", ms=3, color=colors[run.run_id],
+                label=_label(run))
+    ax.grid(True, which="both", alpha=0.3)
+    return fig, ax, colors
+
+
+def loss_vs_flops(data: SweepData):
+    fig, ax, colors = _curves(data, lambda m: m["flops"], lambda m: m["val_loss"], size=(7.5, 5))
     law = chinchilla_parameters(data.fit)
     if law:
         for run in data.runs:
@@ -58,31 +65,20 @@ def loss_vs_flops(data: SweepData):
         ax.plot(frontier["compute"], frontier["loss"], "-", color="crimson", lw=2.5, alpha=0.6, label="compute-optimal frontier")
     ax.set(xscale="log", yscale="log", xlabel="training compute (FLOPs)", ylabel="validation loss (nats/token)")
     ax.legend(fontsize=7)
-    ax.grid(True, which="both", alpha=0.3)
     return fig
 
 
 def accuracy_vs_flops(data: SweepData):
-    fig, ax = plt.subplots(figsize=(7.5, 4.5))
-    colors = _size_colors(data)
-    for run in data.runs:
-        ax.plot([m["flops"] for m in run.metrics], [100 * m["val_acc"] for m in run.metrics], "o-", ms=3,
-                color=colors[run.run_id], label=_label(run))
+    fig, ax, _ = _curves(data, lambda m: m["flops"], lambda m: 100 * m["val_acc"])
     ax.set(xscale="log", xlabel="training compute (FLOPs)", ylabel="next-token accuracy (%)")
     ax.legend(fontsize=7)
-    ax.grid(True, which="both", alpha=0.3)
     return fig
 
 
 def loss_vs_wall(data: SweepData):
-    fig, ax = plt.subplots(figsize=(7.5, 4.5))
-    colors = _size_colors(data)
-    for run in data.runs:
-        ax.plot([max(m["wall_s"], 1e-3) for m in run.metrics], [m["val_loss"] for m in run.metrics], "o-", ms=3,
-                color=colors[run.run_id], label=_label(run))
+    fig, ax, _ = _curves(data, lambda m: max(m["wall_s"], 1e-3), lambda m: m["val_loss"])
     ax.set(xscale="log", yscale="log", xlabel="training wall-clock time (s)", ylabel="validation loss (nats/token)")
     ax.legend(fontsize=7)
-    ax.grid(True, which="both", alpha=0.3)
     return fig
 
 
