@@ -94,7 +94,8 @@ def open_study(sweep: SweepConfig, sweep_dir: Path, storage_url: str | None):
             )
             break
         except Exception as e:  # SQLAlchemy raises many kinds for a bad URL or an unreachable server
-            if attempt == 4 or "IntegrityError" not in type(e).__name__ + str(e):
+            racing = "IntegrityError" in type(e).__name__ + str(e) or "already exists" in str(e)  # SQLite: a table
+            if attempt == 4 or not racing:
                 raise UserError(f"--storage: cannot open {url!r}: {str(e).splitlines()[0]}") from None
             time.sleep(1 + attempt)
     ids = [r.run_id for r in sweep.runs()]
