@@ -96,6 +96,7 @@ def test_compressing_a_larger_model_beats_training_small_under_a_byte_budget(run
     assert rec["compression"] != small["compression"] and rec["non_embedding_params"] > small["non_embedding_params"]
     assert result["gain"]["loss"] == pytest.approx(small["loss"]["mean"] - rec["loss"]["mean"])
     assert result["gain"]["loss"] > 0.01
+    assert result["gain"]["low"] <= result["gain"]["loss"] <= result["gain"]["high"]
     assert rec["loss"]["low"] <= rec["loss"]["mean"] <= rec["loss"]["high"]
     shape = ModelShape(rec["width"], rec["depth"], rec["heads"], 128, 1024, "gpt2")
     assert rec["non_embedding_params"] == param_counts(shape).non_embedding
@@ -196,12 +197,17 @@ def test_latency_errors(runs, sweep_dir, tmp_path, capsys):
 
 
 def test_extrapolation_is_warned_about(runs, capsys):
-    result = plan(["--runs", runs, "--budget", "1e17", "--max-params", "300k", "--max-sparsity", "0.97"], capsys)
-    warnings = " ".join(result["warnings"])
-    assert "outside the measured final tokens" in warnings
+    result = plan(["--runs", runs, "--budget", "1e17", "--max-params", "300k"], capsys)
+    assert "outside the measured final tokens 2M..360M" in " ".join(result["warnings"])
     assert result["measured_ranges"]["sparsity"]["magnitude"] == [0.3, 0.9]
-    if result["recommendation"]["compression"]["sparsity"] > 0.9:
-        assert "sparsity" in warnings
+    law = tlc_plan.load_plan_law(runs, None)
+    point = tlc_plan.Point(width=128, depth=4, N=8e5, embedding=1.5e5, tokens=1e8, train_flops_per_token=6e6,
+                           inference_flops_per_token=2e6, category=Category("magnitude", False), sparsity=0.95,
+                           loss=4.0, costs={}, feasible=True)
+    assert tlc_plan._range_warnings(law, "x", point) == [
+        "x: sparsity 95.0% is above the highest measured magnitude sparsity 90% (an extrapolation)"]
+    inside = tlc_plan.Point(**{**point.__dict__, "sparsity": 0.2})  # between dense (0) and 30%: interpolated
+    assert tlc_plan._range_warnings(law, "x", inside) == []
 
 
 def test_unknown_method_and_missing_fit(runs, tmp_path, capsys):

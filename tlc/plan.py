@@ -13,6 +13,9 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
+
+from scaling.bootstrap import percentile_interval
 from tlc.errors import UserError
 from tlc.io import atomic_write_json
 from tlc.plan_cost import LATENCY_BATCHES, build_cost_model
@@ -22,10 +25,11 @@ from tlc.plan_search import (
     DEFAULT_PARETO_TRIALS, DEFAULT_TPE_TRIALS, feasible, persist, run_nsga2, run_tpe, study_key, trial_start,
 )
 from tlc.plan_space import MAX_DEPTH, MAX_WIDTH_STEPS, MIN_CONTINUOUS_N, Budgets, Category, PlanSpace, Point
-from tlc.units import format_bytes, format_count, parse_bytes, parse_count, parse_flops
+from tlc.units import format_bytes, format_count, parse_bytes, parse_count, parse_flops, parse_positive
 
 DEFAULT_MAX_SPARSITY = 0.95
 FLAGS = {"params": "--max-params", "bytes": "--max-bytes", "latency_ms": "--max-latency-ms"}
+COST_KEYS = {"params": "nonzeros", "bytes": "bytes", "latency_ms": "latency_ms"}  # keys of a PLAN's "inference"
 
 
 def _format_cost(name: str, value: float) -> str:
@@ -37,8 +41,10 @@ def _categories(law: PlanLaw, args: argparse.Namespace, latency_groups: set | No
     compression_flags = [f for f, given in (("--methods", args.methods is not None),
                                              ("--max-sparsity", args.max_sparsity is not None)) if given]
     if not law.methods and not law.has_int8 and compression_flags:
-        raise UserError(f"{compression_flags[0]}: {law.source} has no compression model (a published or bare law "
-                        "describes dense models only); plan with --runs RUNS_DIR after tlc compress and tlc fit")
+        why = ("its sweep has no compressed variants; run tlc compress, then tlc fit" if law.runs_dir else
+               "a published or bare law describes dense models only; plan with --runs RUNS_DIR after tlc compress "
+               "and tlc fit")
+        raise UserError(f"{compression_flags[0]}: {law.source} has no compression model ({why})")
     methods = list(law.methods)
     if args.methods is not None:
         asked = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -143,10 +149,22 @@ def _range_warnings(law: PlanLaw, label: str, point: Point) -> list[str]:
         measured = r.sparsity.get(method)
         if measured is None:
             out.append(f"{label}: no measured sparsities recorded for {method} (no compress.jsonl found)")
-        elif not (measured[0] <= point.sparsity <= measured[1]):
-            out.append(f"{label}: sparsity {point.sparsity:.1%} is outside the measured {method} sparsities "
-                       f"{measured[0]:.0%}..{measured[1]:.0%} (an extrapolation)")
+        elif point.sparsity > measured[1] + 1e-9:  # below the lowest it interpolates towards dense, measured at 0
+            out.append(f"{label}: sparsity {point.sparsity:.1%} is above the highest measured {method} sparsity "
+                       f"{measured[1]:.0%} (an extrapolation)")
     return out
+
+
+def _gain_interval(law: PlanLaw, small: Point, large: Point) -> tuple[float | None, float | None]:
+    """Bootstrap interval of loss(train small) - loss(recommendation), paired draw by draw."""
+    def draws(p: Point) -> np.ndarray:
+        return law.loss_draws(p.N, max(p.tokens, 1.0), p.category.method, p.sparsity, p.category.int8)
+
+    difference = draws(small) - draws(large)
+    if not len(difference) or not np.isfinite(difference).any():
+        return None, None
+    low, high = percentile_interval(difference, law.fitted.confidence)
+    return float(low), float(high)
 
 
 def make_plan(law: PlanLaw, budgets: Budgets, args: argparse.Namespace, storage: str | None) -> dict:
@@ -188,7 +206,8 @@ def make_plan(law: PlanLaw, budgets: Budgets, args: argparse.Namespace, storage:
     gain = None
     if small is not None:
         difference = small["loss"]["mean"] - rec["loss"]["mean"]
-        gain = {"loss": difference, "relative": difference / small["loss"]["mean"]}
+        low, high = _gain_interval(law, train_small, recommendation)
+        gain = {"loss": difference, "relative": difference / small["loss"]["mean"], "low": low, "high": high}
     warnings = _range_warnings(law, "recommended", recommendation)
     if train_small is not None:
         warnings += _range_warnings(law, "train small", train_small)
@@ -217,7 +236,7 @@ def make_plan(law: PlanLaw, budgets: Budgets, args: argparse.Namespace, storage:
         "train_small": small,
         "gain": gain,
         "compute_optimal": entry(compute_optimal),
-        "pareto_front": {"cost": budgets.primary, "points": [entry(p) for p in front]},
+        "pareto_front": {"cost": COST_KEYS[budgets.primary], "points": [entry(p) for p in front]},
         "measured_ranges": {
             "N": list(r.N) if r.N else None, "tokens": list(r.D) if r.D else None,
             "sparsity": {m: list(v) for m, v in r.sparsity.items()}, "note": r.note,
@@ -264,7 +283,7 @@ def _budgets(args: argparse.Namespace) -> Budgets:
     inference_tokens = 0.0 if served_none else parse_count(args.inference_tokens, "--inference-tokens")
     latency = None
     if args.max_latency_ms is not None:
-        latency = parse_flops(args.max_latency_ms, "--max-latency-ms")
+        latency = parse_positive(args.max_latency_ms, "--max-latency-ms", "milliseconds such as 20 or 2.5")
     return Budgets(
         train_flops=parse_flops(args.budget, "--budget"),
         inference_tokens=inference_tokens,

@@ -92,6 +92,20 @@ class PlanLaw:
             loss = loss + _added_loss(self.fitted.int8, N=N)
         return loss
 
+    def loss_draws(self, N: float, D: float, method: str, sparsity: float, int8: bool) -> np.ndarray:
+        """Loss per bootstrap draw (R,), NaN for unusable draws; empty for a law without draws.
+
+        Draw k of every model was fitted to the same resample of runs, so draws of two plans can be
+        subtracted draw by draw for an interval on their difference (as `predict_loss` sums them).
+        """
+        _, log_draws = self.fitted.laws[self.law].log_loss(N=N, D=D)
+        draws = np.exp(log_draws)
+        if len(draws) and method != "none" and sparsity > 0:
+            draws = draws + np.expm1(self.fitted.pruning[method].log_loss(dense_loss=1.0, sparsity=sparsity, N=N)[1])
+        if len(draws) and int8:
+            draws = draws + np.expm1(self.fitted.int8.log_loss(dense_loss=1.0, N=N)[1])
+        return draws
+
     def interval(self, N: float, D: float, method: str, sparsity: float, int8: bool) -> tuple[float, float, float]:
         """(mean, low, high) from the bootstrap draws in fit.json; low and high are NaN without draws."""
         pruning = method if (method != "none" and sparsity > 0) else None

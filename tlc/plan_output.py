@@ -4,9 +4,11 @@ plan.json (format "tlc.plan/1"):
 
     format, law {source, description, form, parameters, shapes, flops}, budget {train_flops,
     inference_tokens, max_params, max_bytes, max_latency_ms, device, latency_batch},
-    cost_model {...}, search {seed, tpe_trials, pareto_trials, max_sparsity, categories, storage,
-    studies {tpe, nsga2}}, recommendation PLAN, train_small PLAN or null, gain {loss, relative}
-    or null, compute_optimal PLAN or null, pareto_front {cost, points [PLAN, ...] by cost},
+    cost_model {...}, search {seed, tpe_trials, pareto_trials, max_sparsity, fixed_sparsity,
+    categories, storage, studies {tpe, nsga2}}, recommendation PLAN, train_small PLAN or null,
+    gain {loss, relative, low, high} or null, compute_optimal PLAN or null (the best dense model
+    with no inference budget), pareto_front {cost ("nonzeros", "bytes" or "latency_ms": the key
+    of PLAN.inference on the front's axis), points [PLAN, ...] by increasing cost},
     measured_ranges {N, tokens, sparsity {method: [low, high]}, note}, warnings [str]
 
     PLAN = {width, depth, heads (null for a continuous N), non_embedding_params,
@@ -15,7 +17,8 @@ plan.json (format "tlc.plan/1"):
             inference {nonzeros, bytes, latency_ms}}
 
 Losses are nats per token; low/high are the bootstrap interval (null for laws without draws);
-the gain is train_small's mean loss minus the recommendation's (positive: compressing wins).
+the gain is train_small's mean loss minus the recommendation's (positive: compressing wins), with
+low/high its bootstrap interval paired draw by draw (null without draws).
 """
 
 from __future__ import annotations
@@ -110,7 +113,8 @@ def format_table(plan: dict, path: str | None) -> str:
     if gain is None:
         lines.append("train small: no uncompressed model meets the inference budget")
     elif gain["loss"] > 1e-9:
-        lines.append(f"gain: train large then compress predicts {gain['loss']:.4f} nats/token lower loss "
+        interval = "" if gain["low"] is None else f" [{gain['low']:.4f}, {gain['high']:.4f}]"
+        lines.append(f"gain: train large then compress predicts {gain['loss']:.4f}{interval} nats/token lower loss "
                      f"than training small ({gain['relative']:.2%})")
     else:
         lines.append("gain: none; the best plan is the uncompressed model")

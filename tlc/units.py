@@ -36,13 +36,18 @@ def _positive(flag: str, value: float, text: str) -> float:
     return value
 
 
-def parse_flops(text: str, flag: str = "--budget") -> float:
-    """Training compute in FLOPs, a plain positive number: 1e17, 3.5e18, 2_000e15."""
+def parse_positive(text: str, flag: str, example: str) -> float:
+    """A plain positive number (no unit), e.g. milliseconds; ``example`` shows what would be valid."""
     try:
         value = float(str(text).replace("_", ""))
     except ValueError:
-        raise UserError(f"{flag}: expected FLOPs as a positive number such as 1e17 or 3.5e18, got {text!r}") from None
+        raise UserError(f"{flag}: expected {example}, got {text!r}") from None
     return _positive(flag, value, text)
+
+
+def parse_flops(text: str, flag: str = "--budget") -> float:
+    """Training compute in FLOPs, a plain positive number: 1e17, 3.5e18, 2_000e15."""
+    return parse_positive(text, flag, "FLOPs as a positive number such as 1e17 or 3.5e18")
 
 
 def parse_count(text: str, flag: str = "--max-params") -> float:
