@@ -187,6 +187,11 @@ def test_latency_fit_recovers_a_known_device():
     assert costs.latency_ms(2.5e6, 5e5, 0.8, "block", False) == pytest.approx(expected, rel=1e-9)
     with pytest.raises(UserError, match="devices measured: cpu"):
         fit_latency(variants, "cuda", 1)
+    renamed = [MeasuredVariant(*(v.__dict__[k] for k in v.__dataclass_fields__ if k != "device"), device=name)
+               for v in variants for name in ("cpu:x86_64:2threads", "cpu:x86_64:8threads")]
+    assert fit_latency(renamed, "cpu:x86_64:8", 1).device == "cpu:x86_64:8threads"  # a prefix naming one device
+    with pytest.raises(UserError, match="names several devices"):
+        fit_latency(renamed, "cpu", 1)
 
 
 def test_bytes_model_recovers_a_bitmask_format_and_falls_back_to_defaults():

@@ -24,7 +24,7 @@ from tlc.plan_output import FORMAT, format_table, plan_json
 from tlc.plan_search import (
     DEFAULT_PARETO_TRIALS, DEFAULT_TPE_TRIALS, feasible, persist, run_nsga2, run_tpe, study_key, trial_start,
 )
-from tlc.plan_space import MAX_DEPTH, MAX_WIDTH_STEPS, MIN_CONTINUOUS_N, Budgets, Category, PlanSpace, Point
+from tlc.plan_space import MIN_CONTINUOUS_N, Budgets, Category, PlanSpace, Point
 from tlc.units import format_bytes, format_count, parse_bytes, parse_count, parse_flops, parse_positive
 
 DEFAULT_MAX_SPARSITY = 0.95
@@ -105,7 +105,7 @@ def _polish_best(space: PlanSpace, study, categories: list[Category], extra_star
     overall = next(iter(starts.values()), smallest)  # the best feasible trial of any category
     results = []
     for category in categories:
-        for k, d, N in {starts.get(category, smallest), overall, *extra_starts}:
+        for k, d, N in dict.fromkeys([starts.get(category, smallest), overall, *extra_starts]):  # ordered, unique
             point = space.polish(category, k, d, N)
             if point is not None and point.feasible:
                 results.append(point)
@@ -224,7 +224,8 @@ def make_plan(law: PlanLaw, budgets: Budgets, args: argparse.Namespace, storage:
         "budget": {
             "train_flops": budgets.train_flops, "inference_tokens": budgets.inference_tokens,
             "max_params": budgets.max_params, "max_bytes": budgets.max_bytes,
-            "max_latency_ms": budgets.max_latency_ms, "device": args.device, "latency_batch": args.latency_batch,
+            "max_latency_ms": budgets.max_latency_ms, "device": costs.latency.device if costs.latency else None,
+            "latency_batch": args.latency_batch,
         },
         "cost_model": costs.describe(),
         "search": {
@@ -252,7 +253,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--max-params", metavar="COUNT", help="most non-zero parameters at inference, e.g. 2e7 or 125M")
     g.add_argument("--max-bytes", metavar="SIZE", help="largest artifact, e.g. 20MB, 1.5GiB or 5e7 (bytes)")
     g.add_argument("--max-latency-ms", metavar="MS", help="slowest forward pass on --device, from compress.jsonl")
-    g.add_argument("--device", help="the device whose measured latency counts (as in compress.jsonl's device)")
+    g.add_argument("--device", help="the device whose measured latency counts: compress.jsonl's device name or a prefix "
+                   "naming one, e.g. cpu or cuda")
     g.add_argument("--latency-batch", type=int, choices=LATENCY_BATCHES, default=1,
                    help="batch size of the latency that counts (default 1)")
     g.add_argument("--inference-tokens", metavar="TOKENS", default="0",

@@ -129,12 +129,21 @@ class LatencyModel:
 
 
 def fit_latency(variants: list[MeasuredVariant], device: str, batch: int) -> LatencyModel:
-    """Fit `LatencyModel` to the variants measured on ``device`` at ``batch``; UserError if it cannot be fitted."""
+    """Fit `LatencyModel` to the variants measured on ``device`` at ``batch``; UserError if it cannot be fitted.
+
+    ``device`` is a device name as compress.jsonl writes it ("cpu:x86_64:16threads", "cuda:NVIDIA H100 ...")
+    or a prefix that names exactly one of them ("cpu", "cuda").
+    """
+    measured = sorted({str(v.device) for v in variants if batch in v.latency_ms})
+    matches = [d for d in measured if d == device] or [d for d in measured if d.startswith(device)]
+    if len(matches) != 1:
+        valid = f"devices measured: {', '.join(measured)}" if measured else "no latency was measured at all"
+        problem = "names several devices" if matches else f"no latency at batch {batch} measured on it"
+        raise UserError(f"--device: {device!r} {problem} in compress.jsonl; {valid}")
+    device = matches[0]
     rows = [v for v in variants if v.device == device and batch in v.latency_ms and math.isfinite(v.params_total)]
     if not rows:
-        devices = sorted({str(v.device) for v in variants if v.latency_ms})
-        valid = f"devices measured: {', '.join(devices)}" if devices else "no latency was measured at all"
-        raise UserError(f"--device: no latency at batch {batch} measured on {device!r} in compress.jsonl; {valid}")
+        raise UserError(f"--device: the runs measured on {device!r} have no params.total in config.json")
     if len({v.params_total for v in rows}) < 2:
         raise UserError(f"--max-latency-ms: latency on {device!r} was measured for one model size only; "
                         "the size dependence needs two (run tlc compress on another run)")

@@ -5,7 +5,7 @@ give the architecture, context and vocabulary: width a multiple of 32 from 32 to
 1 to 128, N = `tlc.model.param_counts(shape).non_embedding`, and FLOPs per token counted the
 way `tlc train` counts them (`tlc.model.flops_per_token`: 6 per matmul parameter, vocabulary
 projection and attention included; inference is its forward third). For a published law or
-a bare {E, A, B, alpha, beta} file shapes mean nothing, so N is continuous in [1e4, C/6] and
+a bare {E, A, B, alpha, beta} file shapes mean nothing, so N is continuous in [1e4, C/(6 + 2I)] and
 FLOPs are 6·N per training token and 2·N per inference token (Kaplan et al. 2020 sec. 2.1).
 
 Tokens are never searched: loss falls with D, so the best plan spends all the compute left
@@ -17,8 +17,8 @@ for a method measured at one sparsity only, such as 2:4 at 0.5). The
 polish fixes a category and, for each size, takes the smallest sparsity that meets every
 inference budget (loss only grows with sparsity at a fixed size), found by bisection; it then
 minimises loss over size: Brent's method on log N for continuous sizes, and an exhaustive
-search of widths and depths within a factor 2 for shapes, re-centred until the optimum is
-inside the window.
+search of widths and depths within a factor 2 for shapes, re-centred on the best until the
+best of a window is its centre.
 """
 
 from __future__ import annotations
