@@ -84,10 +84,12 @@ def test_noncontiguous_input_and_no_bias():
 
 def test_gradcheck_reference_float64():
     values, crow, col = random_bsr(32, 48, 16, 0.5, torch.float64)
+    assert 0 < values.shape[0] < 6  # some blocks kept, some dropped
     x = torch.randn(2, 3, 48, dtype=torch.float64, requires_grad=True)
     bias = torch.randn(32, dtype=torch.float64, requires_grad=True)
     values.requires_grad_()
-    assert torch.autograd.gradcheck(lambda a, v, b: bsr_linear_reference(a, v, crow, col, b), (x, values, bias))
+    assert torch.autograd.gradcheck(lambda a, v, b: bsr_linear_reference(a, v, crow, col, b), (x, values, bias),
+                                    fast_mode=True)
 
 
 @needs_kernels
