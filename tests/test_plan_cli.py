@@ -223,3 +223,33 @@ def test_the_tlc_command_exits_2_with_one_line():
     assert proc.returncode == 2
     assert proc.stderr.strip() == ("tlc plan: error: --max-bytes: unknown unit 'xb' in '20XB'; valid: B, kB, MB, GB, "
                                    "TB (powers of 1000), KiB, MiB, GiB, TiB (powers of 1024), or a plain number of bytes")
+
+
+def test_two_processes_with_one_seed_agree(runs):
+    argv = [sys.executable, "-m", "tlc", "plan", "--runs", str(runs), "--budget", "1e15", "--max-bytes", "700kB",
+            "--seed", "5", "--json"]
+    first, second = (json.loads(subprocess.run(argv, capture_output=True, text=True, cwd=REPO, timeout=120,
+                                               check=True).stdout) for _ in range(2))
+    for key in ("recommendation", "train_small", "gain", "pareto_front"):
+        assert first[key] == second[key]
+
+
+def test_a_fit_json_given_as_law_plans_like_runs(runs, tmp_path, capsys):
+    by_runs = plan(["--runs", runs, "--budget", "1e15", "--max-bytes", "700kB"], capsys)
+    out = tmp_path / "elsewhere" / "plan.json"
+    by_file = plan(["--law", runs / "fit.json", "--budget", "1e15", "--max-bytes", "700kB", "--out", out], capsys)
+    assert by_file["recommendation"] == by_runs["recommendation"]
+    assert by_file["search"]["storage"] is None and json.loads(out.read_text()) == by_file
+
+
+def test_inference_tokens_come_out_of_the_budget_for_shapes(runs, capsys):
+    served = 5e9
+    without = plan(["--runs", runs, "--budget", "1e16", "--max-bytes", "2MB"], capsys)["recommendation"]
+    rec = plan(["--runs", runs, "--budget", "1e16", "--max-bytes", "2MB", "--inference-tokens", served],
+               capsys)["recommendation"]
+    shape = ModelShape(rec["width"], rec["depth"], rec["heads"], 128, 1024, "gpt2")
+    from tlc.model import flops_per_token
+
+    assert rec["inference_flops"] == pytest.approx(served * flops_per_token(shape) / 3)
+    assert rec["train_flops"] + rec["inference_flops"] == pytest.approx(1e16, rel=1e-9)
+    assert rec["params_total"] < without["params_total"] and rec["loss"]["mean"] > without["loss"]["mean"]
