@@ -133,6 +133,8 @@ def test_more_budget_never_predicts_a_worse_loss(capsys):
     (["--law", "chinchilla", "--runs", ".", "--budget", "1e20"], "--runs and --law"),
     (["--law", "kaplan2020", "--budget", "1e20"], "--law"),
     (["--law", "chinchilla", "--budget", "1e20", "--methods", "magnitude"], "--methods"),
+    (["--law", "chinchilla", "--budget", "1e20", "--no-int8"], "--no-int8"),
+    (["--law", "chinchilla"], "--budget"),
     (["--law", "chinchilla", "--budget", "1e20", "--max-latency-ms", "5", "--device", "cpu"], "--max-latency-ms"),
     (["--law", "chinchilla", "--budget", "1e20", "--max-params", "10"], "--max-params"),
     (["--law", "chinchilla", "--budget", "1e4"], "--budget"),

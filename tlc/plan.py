@@ -39,7 +39,8 @@ def _format_cost(name: str, value: float) -> str:
 def _categories(law: PlanLaw, args: argparse.Namespace, latency_groups: set | None) -> list[Category]:
     """Compression choices: dense, then each fitted pruning method, each with and without int8."""
     compression_flags = [f for f, given in (("--methods", args.methods is not None),
-                                             ("--max-sparsity", args.max_sparsity is not None)) if given]
+                                             ("--max-sparsity", args.max_sparsity is not None),
+                                             ("--no-int8", args.no_int8)) if given]
     if not law.methods and not law.has_int8 and compression_flags:
         why = ("its sweep has no compressed variants; run tlc compress, then tlc fit" if law.runs_dir else
                "a published or bare law describes dense models only; plan with --runs RUNS_DIR after tlc compress "
@@ -249,7 +250,7 @@ def make_plan(law: PlanLaw, budgets: Budgets, args: argparse.Namespace, storage:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``tlc plan``."""
     g = parser.add_argument_group("budgets")
-    g.add_argument("--budget", required=True, metavar="FLOPS", help="training compute in FLOPs, e.g. 1e17 or 3.5e18")
+    g.add_argument("--budget", metavar="FLOPS", help="training compute in FLOPs, e.g. 1e17 or 3.5e18 (required)")
     g.add_argument("--max-params", metavar="COUNT", help="most non-zero parameters at inference, e.g. 2e7 or 125M")
     g.add_argument("--max-bytes", metavar="SIZE", help="largest artifact, e.g. 20MB, 1.5GiB or 5e7 (bytes)")
     g.add_argument("--max-latency-ms", metavar="MS", help="slowest forward pass on --device, from compress.jsonl")
@@ -283,6 +284,8 @@ def _budgets(args: argparse.Namespace) -> Budgets:
     except ValueError:
         served_none = False
     inference_tokens = 0.0 if served_none else parse_count(args.inference_tokens, "--inference-tokens")
+    if args.budget is None:
+        raise UserError("--budget: required; give the training compute in FLOPs, e.g. --budget 1e17")
     latency = None
     if args.max_latency_ms is not None:
         latency = parse_positive(args.max_latency_ms, "--max-latency-ms", "milliseconds such as 20 or 2.5")

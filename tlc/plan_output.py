@@ -108,7 +108,7 @@ def format_table(plan: dict, path: str | None) -> str:
     if plan["train_small"]:
         lines.append(_row("train small", plan["train_small"]))
     if plan["compute_optimal"]:
-        lines.append(_row("no inf. limit", plan["compute_optimal"]))
+        lines.append(_row("compute-optimal", plan["compute_optimal"]))
     gain = plan["gain"]
     if gain is None:
         lines.append("train small: no uncompressed model meets the inference budget")
