@@ -239,3 +239,29 @@ def test_trials_written_to_sqlite_read_back_as_optuna_wrote_them(tmp_path):
             theirs.number, theirs.state, theirs.params, theirs.values, theirs.constraints, theirs.distributions)
     stored.optimize(objective, n_trials=1)  # Optuna itself can carry on from what was written
     assert len(optuna.load_study(study_name="s", storage=url).trials) == 13
+
+
+from hypothesis import HealthCheck, assume, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    alpha=st.floats(0.2, 0.6), beta=st.floats(0.2, 0.6), A=st.floats(50, 2000), B=st.floats(50, 5000),
+    log_compute=st.floats(16, 24), squeeze=st.floats(1.5, 50),
+)
+def test_polish_finds_the_closed_form_even_from_few_trials(tmp_path, capsys, alpha, beta, A, B, log_compute, squeeze):
+    """Four TPE trials are far from the optimum; the polish must still land on it, free and under a bound."""
+    law = {"E": 1.5, "A": A, "B": B, "alpha": alpha, "beta": beta}
+    path = tmp_path / "law.json"
+    path.write_text(json.dumps(law))
+    compute = 10**log_compute
+    n_opt, d_opt = closed_form(law, compute)
+    assume(1e5 < n_opt and d_opt > 1e3)  # an interior optimum of the planner's range of N
+    few = ["--law", path, "--budget", compute, "--trials", 4, "--pareto-trials", 4]
+    free = plan(few, capsys)["recommendation"]
+    assert free["non_embedding_params"] == pytest.approx(n_opt, rel=0.01)
+    assert free["tokens"] == pytest.approx(d_opt, rel=0.01)
+    limit = max(n_opt / squeeze, 2e4)
+    bound = plan([*few, "--max-params", limit], capsys)["recommendation"]
+    assert bound["non_embedding_params"] == pytest.approx(min(limit, n_opt), rel=0.01)
