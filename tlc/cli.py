@@ -56,7 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except UserError as e:
-        print(f"tlc {args.command}: error: {e}", file=sys.stderr)
+        # control characters from user input (a path holding \r or \n) are escaped: the error stays one line
+        message = "".join(c if c.isprintable() else ascii(c)[1:-1] for c in str(e))
+        print(f"tlc {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"tlc {args.command}: interrupted; run the same command again to resume", file=sys.stderr)

@@ -305,7 +305,10 @@ def load_sweep(path: Path) -> SweepConfig:
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark else ""
-        raise UserError(f"SWEEP: {path.name} is not valid YAML{at}: {getattr(e, 'problem', e)}") from None
+        problem = " ".join(str(getattr(e, "problem", None) or e).split())  # reader errors span several lines
+        raise UserError(f"SWEEP: {path.name} is not valid YAML{at}: {problem}") from None
+    except (ValueError, RecursionError) as e:  # a 5000-digit number, or nesting deeper than Python's stack
+        raise UserError(f"SWEEP: {path.name} holds a value that cannot be read: {' '.join(str(e).split())[:200]}") from None
     return parse_sweep(doc, where=path.name)
 
 
