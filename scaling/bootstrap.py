@@ -72,9 +72,10 @@ def bootstrap_law(
     local optima the full fit's grid starts ended in, if nearly as good (at most REFIT_STARTS
     in all, within NEAR_BEST of the optimum's objective): a resample moves the optimum a
     little, so starting next to it saves most of the descent. A refit that does not converge
-    from those (or hits a bound the full fit did not) is tried again with the best
-    FALLBACK_GRID_STARTS grid points added. Refits that still end "not_converged" are dropped
-    from intervals but counted.
+    from those is tried again with the best FALLBACK_GRID_STARTS grid points added. (A refit
+    that runs into a bound from the full-data optimum found the bound downhill: on a sweep too
+    small to pin E down, E -> 0 is a legitimate resample; such refits are kept and counted.)
+    Refits that still end "not_converged" are dropped from intervals but counted.
     """
     loss = np.asarray(loss, dtype=float)
     run_index = np.asarray(run_index)
@@ -94,12 +95,10 @@ def bootstrap_law(
             statuses.append("skipped")
             continue
         refit = fit_law(form, x, loss, weights, starts=starts, grid_starts=0, precise=False)
-        if refit.status == "not_converged" or (refit.status == "hit_bound" and full_fit.status == "converged"):
+        if refit.status == "not_converged":
             if fallback is None:
                 fallback = np.concatenate([starts, best_grid_starts(form, x, np.log(loss), base, FALLBACK_GRID_STARTS)])
-            again = fit_law(form, x, loss, weights, starts=fallback, grid_starts=0, precise=False)
-            if again.objective < refit.objective or refit.status == "not_converged":
-                refit = again
+            refit = fit_law(form, x, loss, weights, starts=fallback, grid_starts=0, precise=False)
         statuses.append(refit.status)
         if refit.status != "not_converged":
             thetas[k] = refit.theta
