@@ -140,7 +140,7 @@ def fit_compression_model(points: CompressionPoints) -> CompressionModel | str:
             chosen = candidates[best]
             passed = ranked[: ranked.index(best)]
             reason = f"lowest leave-largest-out error ({scored[best]:.4f}) among {ranked}" + (
-                f" whose fit converged ({', '.join(passed)} hit a bound)" if passed else ""
+                f" whose fit converged ({', '.join(f'{name}: {fits[name].status}' for name in passed)})" if passed else ""
             )
             return CompressionModel(
                 points.kind, points.method, best, fits[best], errors, reason + _one_level(points), n, sparsities

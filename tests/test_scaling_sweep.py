@@ -203,7 +203,7 @@ def test_candidate_that_hits_a_bound_gives_way():
     int8 = [p for p in compression_points(sweep) if p.kind == "int8"][0]
     model = fit_compression_model(int8)
     assert model.candidate == "constant" and model.fit.status == "converged"
-    assert "size_power hit a bound" in model.reason
+    assert "size_power: hit_bound" in model.reason
 
 
 def test_law_fit_bundles_intervals_and_diagnostics():
