@@ -139,8 +139,9 @@ def fit_compression_model(points: CompressionPoints) -> CompressionModel | str:
             best = next((name for name in ranked if name in fits and fits[name].status == "converged"), ranked[0])
             chosen = candidates[best]
             passed = ranked[: ranked.index(best)]
+            passed_over = ", ".join(f"{name}: {fits[name].status}" for name in passed)
             reason = f"lowest leave-largest-out error ({scored[best]:.4f}) among {ranked}" + (
-                f" whose fit converged ({', '.join(f'{name}: {fits[name].status}' for name in passed)})" if passed else ""
+                f" whose fit converged ({passed_over})" if passed else ""
             )
             return CompressionModel(
                 points.kind, points.method, best, fits[best], errors, reason + _one_level(points), n, sparsities
