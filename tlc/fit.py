@@ -222,6 +222,8 @@ def format_table(fit: dict, path: Path) -> str:
             f"compute-optimal (chinchilla, C = 6ND): N_opt ~ C^a, a = {_interval(chinchilla['a']).strip()}; "
             f"D_opt ~ C^b, b = {_interval(chinchilla['b']).strip()}"
         )
+    elif "error" in chinchilla:
+        lines.append(f"compute-optimal (chinchilla): not available, {chinchilla['error']}")
     frontier = fit["frontier"]["fit"]
     if frontier["parameters"]:
         alpha = _interval(frontier["parameters"]["alpha"]).strip()
