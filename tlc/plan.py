@@ -201,7 +201,7 @@ def make_plan(law: PlanLaw, budgets: Budgets, args: argparse.Namespace, storage:
             return None
         interval = law.interval(point.N, max(point.tokens, 1.0), point.category.method, point.sparsity,
                                 point.category.int8)
-        return plan_json(point, interval, budgets.inference_tokens)
+        return plan_json(point, interval, budgets.inference_tokens, COST_KEYS[budgets.primary])
 
     rec, small = entry(recommendation), entry(train_small)
     gain = None
@@ -238,7 +238,8 @@ def make_plan(law: PlanLaw, budgets: Budgets, args: argparse.Namespace, storage:
         "train_small": small,
         "gain": gain,
         "compute_optimal": entry(compute_optimal),
-        "pareto_front": {"cost": COST_KEYS[budgets.primary], "points": [entry(p) for p in front]},
+        "pareto_cost": COST_KEYS[budgets.primary],
+        "pareto_front": [entry(p) for p in front],
         "measured_ranges": {
             "N": list(r.N) if r.N else None, "tokens": list(r.D) if r.D else None,
             "sparsity": {m: list(v) for m, v in r.sparsity.items()}, "note": r.note,

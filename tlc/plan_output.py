@@ -7,14 +7,14 @@ plan.json (format "tlc.plan/1"):
     cost_model {...}, search {seed, tpe_trials, pareto_trials, max_sparsity, fixed_sparsity,
     categories, storage, studies {tpe, nsga2}}, recommendation PLAN, train_small PLAN or null,
     gain {loss, relative, low, high} or null, compute_optimal PLAN or null (the best dense model
-    with no inference budget), pareto_front {cost ("nonzeros", "bytes" or "latency_ms": the key
-    of PLAN.inference on the front's axis), points [PLAN, ...] by increasing cost},
+    with no inference budget), pareto_cost ("nonzeros", "bytes" or "latency_ms": the key of
+    PLAN.inference on the front's axis), pareto_front [PLAN, ...] by increasing cost,
     measured_ranges {N, tokens, sparsity {method: [low, high]}, note}, warnings [str]
 
     PLAN = {width, depth, heads (null for a continuous N), non_embedding_params,
             embedding_params, params_total, tokens, train_flops, inference_flops,
             compression {method, sparsity, int8}, loss {mean, low, high},
-            inference {nonzeros, bytes, latency_ms}}
+            inference {nonzeros, bytes, latency_ms}, inference_cost (= inference[pareto_cost])}
 
 Losses are nats per token; low/high are the bootstrap interval (null for laws without draws);
 the gain is train_small's mean loss minus the recommendation's (positive: compressing wins), with
@@ -35,12 +35,17 @@ def _finite(value: float | None) -> float | None:
     return float(value) if value is not None and math.isfinite(value) else None
 
 
-def plan_json(point: Point, interval: tuple[float, float, float], inference_tokens: float) -> dict:
+def plan_json(point: Point, interval: tuple[float, float, float], inference_tokens: float, cost_key: str) -> dict:
     """One PLAN entry of plan.json (module docstring)."""
     mean, low, high = interval
     heads = None
     if point.width is not None:
         heads = point.width // 64 if point.width % 64 == 0 else point.width // 32
+    inference = {
+        "nonzeros": point.costs["params"],
+        "bytes": point.costs["bytes"],
+        "latency_ms": _finite(point.costs["latency_ms"]),
+    }
     return {
         "width": point.width,
         "depth": point.depth,
@@ -53,11 +58,8 @@ def plan_json(point: Point, interval: tuple[float, float, float], inference_toke
         "inference_flops": inference_tokens * point.inference_flops_per_token,
         "compression": {"method": point.category.method, "sparsity": point.sparsity, "int8": point.category.int8},
         "loss": {"mean": _finite(mean), "low": _finite(low), "high": _finite(high)},
-        "inference": {
-            "nonzeros": point.costs["params"],
-            "bytes": point.costs["bytes"],
-            "latency_ms": _finite(point.costs["latency_ms"]),
-        },
+        "inference": inference,
+        "inference_cost": inference[cost_key],
     }
 
 
@@ -118,8 +120,7 @@ def format_table(plan: dict, path: str | None) -> str:
                      f"than training small ({gain['relative']:.2%})")
     else:
         lines.append("gain: none; the best plan is the uncompressed model")
-    front = plan["pareto_front"]
-    lines.append(f"Pareto front (loss against {front['cost']}): {len(front['points'])} points")
+    lines.append(f"Pareto front (loss against {plan['pareto_cost']}): {len(plan['pareto_front'])} points")
     lines += [f"warning: {w}" for w in plan["warnings"]]
     lines.append(f"-> {path}" if path else "(plan.json not written: give --runs or --out)")
     return "\n".join(lines)
