@@ -37,7 +37,7 @@ class ChinchillaAllocation:
 def chinchilla_allocation(p: ChinchillaParameters) -> ChinchillaAllocation:
     """Closed-form allocation for L = E + A/N^alpha + B/D^beta under C = 6ND.
 
-    Hoffmann et al. 2022, eq. 4 and appendix D.2: setting dL/dN = 0 along D = C/(6N) gives
+    Hoffmann et al. 2022, eq. 4 (derived in their appendix): dL/dN = 0 along D = C/(6N) gives
     N_opt = G (C/6)^(beta/(alpha+beta)) with G = (alpha A / (beta B))^(1/(alpha+beta)).
     """
     if not (p.alpha > 0 and p.beta > 0 and p.A > 0 and p.B > 0):

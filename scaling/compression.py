@@ -9,7 +9,7 @@ is the added loss of a 10^6-parameter model, which keeps the fit well conditione
 Pruning candidates (s the fraction of prunable weights removed):
 - "odds_power": dL = c·(s/(1-s))^gamma·(N/N_REF)^-delta. Grows as a power of the pruning
   odds, so it is flat at low sparsity and diverges as s -> 1; larger models are more robust
-  when delta > 0, the effect Li et al. 2020 (sec. 5) report.
+  when delta > 0, the effect Li et al. 2020 report.
 - "density_power": dL = c·((1-s)^-gamma - 1)·(N/N_REF)^-delta. The sparsity-dependent
   coefficient of Frantar et al. 2023 ("Scaling Laws for Sparsely-Connected Foundation
   Models", their L(S, N, D) with a_S(1-S)^b_S + c_S multiplying the size term), taken as the
@@ -70,7 +70,7 @@ class OddsPowerPruning(LawForm):
 
     name = "odds_power"
     equation = "L = L_dense + c * (s/(1-s))^gamma * (N/1e6)^-delta"
-    source = "power law in the pruning odds; size dependence as in Li et al. 2020 sec. 5"
+    source = "power law in the pruning odds; size dependence after Li et al. 2020 (larger models compress better)"
     covariates = ("sparsity", "N", "dense_loss")
     fitted = (_LOG_C, ParameterSpec("gamma", 0.0, 10.0, (0.5, 1.0, 2.0, 4.0)), _DELTA)
     parameters_type = PruningParameters

@@ -147,7 +147,7 @@ class FittedSweep:
 
     @classmethod
     def published_chinchilla(cls) -> FittedSweep:
-        """Hoffmann et al. 2022's fitted law (eq. 10), with no intervals and no compression models."""
+        """Hoffmann et al. 2022's approach-3 fit, with no intervals and no compression models."""
         form = LAWS["chinchilla"]
         law = FittedLaw(form=form, parameters=PUBLISHED_CHINCHILLA, status="converged", draws=np.empty((0, 5)))
         return cls(laws={"chinchilla": law}, pruning={}, int8=None)

@@ -110,7 +110,7 @@ class ChinchillaParameters:
     beta: float  # data exponent
 
 
-# Hoffmann et al. 2022, eq. 10 (approach 3), their fit on MassiveText.
+# Hoffmann et al. 2022, approach 3: their fitted law (sec. 3.3), on MassiveText.
 PUBLISHED_CHINCHILLA = ChinchillaParameters(E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28)
 
 
@@ -127,7 +127,7 @@ class ChinchillaForm(LawForm):
     equation = "L(N, D) = E + A / N^alpha + B / D^beta"
     source = "Hoffmann et al. 2022, eq. 2 and 3 (approach 3); log-sum-exp fit as in Besiroglu et al. 2024"
     covariates = ("N", "D")
-    # Start grid after Hoffmann et al. (their appendix D.2) and Epoch's replication.
+    # Start grid after the one Hoffmann et al. describe for approach 3 and Epoch's replication.
     fitted = (
         ParameterSpec("a", -10.0, 40.0, (0.0, 5.0, 10.0, 15.0, 20.0, 25.0)),
         ParameterSpec("b", -10.0, 40.0, (0.0, 5.0, 10.0, 15.0, 20.0, 25.0)),

@@ -35,7 +35,7 @@ FORMAT = "tlc.fit/1"
 SCHEDULE_NOTE = (
     "Every evaluation of every run is a point of the L(N, D) fits. Under a cosine schedule an "
     "intermediate point overestimates the loss a run trained for exactly that many tokens would "
-    "reach, because its learning rate has not decayed yet (Hoffmann et al. 2022, sec. 3 and fig. A1); "
+    "reach, because its learning rate has not decayed yet (Hoffmann et al. 2022 discuss this); "
     "fit with final_only to use each run's last evaluation only."
 )
 
