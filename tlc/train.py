@@ -205,6 +205,8 @@ def evaluate(model, tokens: TokenData, offsets: np.ndarray, context: int, batch_
 
 def check_run_dir(run_dir: Path) -> None:
     """Fail early, naming --out, when the run directory could not be created or written (creates nothing)."""
+    if "\x00" in str(run_dir):  # os calls raise ValueError on it
+        raise UserError(f"--out: {str(run_dir)!r} contains a NUL character; choose a folder name without it")
     existing = Path(run_dir).absolute()
     while not existing.exists():
         existing = existing.parent
