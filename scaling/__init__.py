@@ -25,6 +25,9 @@ from scaling.forms import (
     KaplanParameters,
     LearningCurveForm,
     LearningCurveParameters,
+    chinchilla_loss,
+    kaplan_loss,
+    learning_curve_loss,
 )
 from scaling.frontier import Frontier, compute_frontier, fit_frontier, fit_learning_curve
 from scaling.law_fit import LawFit, fit_sweep_law
@@ -56,12 +59,15 @@ __all__ = [
     "allocation_exponents",
     "bootstrap_law",
     "chinchilla_allocation",
+    "chinchilla_loss",
     "compute_frontier",
     "fit_frontier",
     "fit_law",
     "fit_learning_curve",
     "fit_sweep_law",
     "fit_sweep_observations",
+    "kaplan_loss",
+    "learning_curve_loss",
     "leave_largest_out",
     "load_fit",
     "optimal_allocation",

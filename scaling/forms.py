@@ -264,5 +264,24 @@ class LearningCurveForm(LawForm):
         return np.array([math.log(p.E), math.log(p.A), p.alpha])
 
 
+# --- The laws as plain functions of natural parameters (the forms above fit them in log space) --
+
+
+def chinchilla_loss(N, D, p: ChinchillaParameters) -> np.ndarray:
+    """L(N, D) = E + A / N^alpha + B / D^beta (Hoffmann et al. 2022, eq. 2), nats per token."""
+    return p.E + p.A / np.asarray(N, dtype=float) ** p.alpha + p.B / np.asarray(D, dtype=float) ** p.beta
+
+
+def kaplan_loss(N, D, p: KaplanParameters) -> np.ndarray:
+    """L(N, D) = [(N_c / N)^(alpha_N / alpha_D) + D_c / D]^alpha_D (Kaplan et al. 2020, eq. 1.5)."""
+    size_term = (p.N_c / np.asarray(N, dtype=float)) ** (p.alpha_N / p.alpha_D)
+    return (size_term + p.D_c / np.asarray(D, dtype=float)) ** p.alpha_D
+
+
+def learning_curve_loss(C, p: LearningCurveParameters) -> np.ndarray:
+    """L(C) = E + A · C^-alpha against training FLOPs C (Kaplan et al. 2020, eq. 1.3, with E)."""
+    return p.E + p.A * np.asarray(C, dtype=float) ** -p.alpha
+
+
 LAWS: dict[str, LawForm] = {form.name: form for form in (ChinchillaForm(), KaplanForm())}
 """The joint L(N, D) laws fitted to every sweep, by name."""

@@ -16,6 +16,9 @@ from scaling.forms import (
     KaplanParameters,
     LearningCurveForm,
     LearningCurveParameters,
+    chinchilla_loss,
+    kaplan_loss,
+    learning_curve_loss,
 )
 
 RNG = np.random.default_rng(1234)
@@ -101,17 +104,20 @@ def test_chinchilla_matches_its_equation():
     p = PUBLISHED_CHINCHILLA
     loss = ChinchillaForm().predict(p, N=7e10, D=1.4e12)
     assert loss == pytest.approx(p.E + p.A / 7e10**p.alpha + p.B / 1.4e12**p.beta, rel=1e-12)
+    np.testing.assert_allclose(ChinchillaForm().predict(p, N=N, D=D), chinchilla_loss(N, D, p), rtol=1e-12)
 
 
 def test_kaplan_matches_its_equation():
     p = KaplanParameters(N_c=6.4e13, D_c=1.8e13, alpha_N=0.076, alpha_D=0.103)
     expected = ((p.N_c / 1e8) ** (p.alpha_N / p.alpha_D) + p.D_c / 1e10) ** p.alpha_D
     assert KaplanForm().predict(p, N=1e8, D=1e10) == pytest.approx(expected, rel=1e-12)
+    np.testing.assert_allclose(KaplanForm().predict(p, N=N, D=D), kaplan_loss(N, D, p), rtol=1e-12)
 
 
 def test_learning_curve_matches_its_equation():
     p = LearningCurveParameters(E=2.0, A=50.0, alpha=0.1)
     assert LearningCurveForm().predict(p, C=1e15) == pytest.approx(2.0 + 50.0 * 1e15**-0.1, rel=1e-12)
+    np.testing.assert_allclose(LearningCurveForm().predict(p, C=C), learning_curve_loss(C, p), rtol=1e-12)
 
 
 def test_compression_forms_add_to_the_dense_loss():
