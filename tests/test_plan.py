@@ -118,8 +118,9 @@ def test_inference_tokens_come_out_of_the_budget_and_shrink_the_model(capsys):
 
 
 def test_more_budget_never_predicts_a_worse_loss(capsys):
-    losses = [plan(["--law", "chinchilla", "--budget", c, "--max-params", "3e8"], capsys)["recommendation"]["loss"]["mean"]
-              for c in np.geomspace(1e18, 1e23, 6)]
+    budgets = np.geomspace(1e18, 1e23, 6)
+    plans = [plan(["--law", "chinchilla", "--budget", c, "--max-params", "3e8"], capsys) for c in budgets]
+    losses = [p["recommendation"]["loss"]["mean"] for p in plans]
     assert all(b <= a + 1e-12 for a, b in zip(losses, losses[1:]))
 
 

@@ -42,7 +42,8 @@ def write_sweep(runs_dir: Path, compress: bool = True) -> None:
     for (width, depth), pc, run in zip(SHAPES, counts, sweep.runs):
         run_dir = runs_dir / run.run_id
         run_dir.mkdir(parents=True)
-        config = {"run_id": run.run_id, "shape": {"width": width, "depth": depth, "heads": max(1, width // 64), **template},
+        shape = {"width": width, "depth": depth, "heads": max(1, width // 64), **template}
+        config = {"run_id": run.run_id, "shape": shape,
                   "params": {"total": pc.total, "non_embedding": run.non_embedding_params}}
         (run_dir / "config.json").write_text(json.dumps(config))
         rows = [{"step": 10 * (i + 1), "tokens": float(t), "flops": float(f), "val_loss": float(loss)}
@@ -223,8 +224,9 @@ def test_the_tlc_command_exits_2_with_one_line():
     proc = subprocess.run([sys.executable, "-m", "tlc", "plan", "--law", "chinchilla", "--budget", "1e20",
                            "--max-bytes", "20XB"], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert proc.returncode == 2
-    assert proc.stderr.strip() == ("tlc plan: error: --max-bytes: unknown unit 'xb' in '20XB'; valid: B, kB, MB, GB, "
-                                   "TB (powers of 1000), KiB, MiB, GiB, TiB (powers of 1024), or a plain number of bytes")
+    assert proc.stderr.strip() == (
+        "tlc plan: error: --max-bytes: unknown unit 'xb' in '20XB'; valid: B, kB, MB, GB, TB (powers of 1000), "
+        "KiB, MiB, GiB, TiB (powers of 1024), or a plain number of bytes")
 
 
 def test_two_processes_with_one_seed_agree(runs):

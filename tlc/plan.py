@@ -255,8 +255,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--max-params", metavar="COUNT", help="most non-zero parameters at inference, e.g. 2e7 or 125M")
     g.add_argument("--max-bytes", metavar="SIZE", help="largest artifact, e.g. 20MB, 1.5GiB or 5e7 (bytes)")
     g.add_argument("--max-latency-ms", metavar="MS", help="slowest forward pass on --device, from compress.jsonl")
-    g.add_argument("--device", help="the device whose measured latency counts: compress.jsonl's device name or a prefix "
-                   "naming one, e.g. cpu or cuda")
+    g.add_argument("--device", help="the device whose measured latency counts: compress.jsonl's device name or "
+                   "a prefix naming one, e.g. cpu or cuda")
     g.add_argument("--latency-batch", type=int, choices=LATENCY_BATCHES, default=1,
                    help="batch size of the latency that counts (default 1)")
     g.add_argument("--inference-tokens", metavar="TOKENS", default="0",

@@ -161,7 +161,7 @@ def _run_dirs(runs_dir: Path) -> list[Path]:
 
 
 def _sweep_details(runs_dir: Path, fit: dict) -> tuple[MeasuredRanges, dict | None]:
-    """Measured ranges (N and final tokens from fit.json's runs, sparsities from compress.jsonl) and the shape template."""
+    """Measured ranges (N, final tokens from fit.json's runs; sparsities from compress.jsonl) and the shape template."""
     runs = fit.get("runs") or []
     sizes = [r["non_embedding_params"] for r in runs if r.get("non_embedding_params")]
     tokens = [r["final_tokens"] for r in runs if r.get("final_tokens")]
@@ -231,7 +231,8 @@ def load_plan_law(runs: Path | None, law: str | None) -> PlanLaw:
         raise UserError("--runs and --law: give one law, not both (--runs uses RUNS_DIR/fit.json)")
     if runs is None and law is None:
         valid = ", ".join(PUBLISHED_LAWS)
-        raise UserError(f"--runs or --law: no law given; pass --runs RUNS_DIR (after tlc fit) or --law {{{valid}, FILE.json}}")
+        raise UserError(f"--runs or --law: no law given; pass --runs RUNS_DIR (after tlc fit) "
+                        f"or --law {{{valid}, FILE.json}}")
     if runs is not None:
         runs = Path(runs)
         if not runs.is_dir():
@@ -245,7 +246,8 @@ def load_plan_law(runs: Path | None, law: str | None) -> PlanLaw:
     path = Path(law)
     if path.suffix.lower() != ".json" and not path.exists():
         valid = ", ".join(PUBLISHED_LAWS)
-        raise UserError(f"--law: unknown law {law!r}; valid: {valid}, or a path to a fit.json or {{E, A, B, alpha, beta}} JSON file")
+        raise UserError(f"--law: unknown law {law!r}; valid: {valid}, or a path to a fit.json "
+                        "or {E, A, B, alpha, beta} JSON file")
     data = _read_json(path, "--law")
     if "format" in data:
         return _fit_file(path, data, "--law")
