@@ -135,10 +135,11 @@ def open_storage(url: str):
 def persist(url: str, studies: dict[str, object]) -> None:
     """Copy finished in-memory studies into the storage at ``url``, replacing studies of the same names."""
     optuna, storage = open_storage(url)
-    existing = {s.study_name for s in optuna.get_all_study_summaries(storage)}
     for name, study in studies.items():
-        if name in existing:
+        try:
             optuna.delete_study(study_name=name, storage=storage)
+        except KeyError:
+            pass  # no study of that name yet
         target = optuna.create_study(study_name=name, storage=storage, directions=study.directions)
         trials = study.get_trials(deepcopy=False)
         if not (url.startswith("sqlite") and _insert_sqlite(storage, target._study_id, trials)):
