@@ -257,3 +257,14 @@ def test_inference_tokens_come_out_of_the_budget_for_shapes(runs, capsys):
     assert rec["inference_flops"] == pytest.approx(served * flops_per_token(shape) / 3)
     assert rec["train_flops"] + rec["inference_flops"] == pytest.approx(1e16, rel=1e-9)
     assert rec["params_total"] < without["params_total"] and rec["loss"]["mean"] > without["loss"]["mean"]
+
+
+def test_device_alone_reports_latency_without_restricting_the_search(runs, capsys):
+    result = plan(["--runs", runs, "--budget", "1e15", "--max-params", "150k", "--device", "cpu"], capsys)
+    assert "magnitude+int8" in result["search"]["categories"]  # never timed on cpu, still searched
+    assert result["budget"]["device"] == "cpu" and result["pareto_cost"] == "nonzeros"
+    rec = result["recommendation"]
+    timed = (rec["compression"]["method"], rec["compression"]["int8"]) != ("magnitude", True)
+    assert (rec["inference"]["latency_ms"] is not None) == timed
+    limited = plan(["--runs", runs, "--budget", "1e15", "--max-latency-ms", "1", "--device", "cpu"], capsys)
+    assert "magnitude+int8" not in limited["search"]["categories"]

@@ -172,7 +172,8 @@ def make_plan(law: PlanLaw, budgets: Budgets, args: argparse.Namespace, storage:
     """Search, polish and assemble plan.json's content (see `tlc.plan_output`)."""
     need_latency = budgets.max_latency_ms is not None or args.device is not None
     costs = build_cost_model(law.runs_dir, args.device, args.latency_batch, need_latency)
-    groups = set(costs.latency.offsets) if costs.latency else None
+    # Under a latency budget only measured (method, int8) groups can be priced; --device alone just reports latency.
+    groups = set(costs.latency.offsets) if costs.latency and budgets.max_latency_ms is not None else None
     categories = _categories(law, args, groups)
     max_sparsity = args.max_sparsity if args.max_sparsity is not None else DEFAULT_MAX_SPARSITY
     fixed = {m: low for m, (low, high) in law.ranges.sparsity.items() if high - low < 1e-6 and m in law.methods}

@@ -108,7 +108,9 @@ class LatencyModel:
     rms_log_error: float  # in-sample RMS of log latency residuals
 
     def predict(self, params_total: np.ndarray, sparsity: np.ndarray, group: tuple[str, bool]) -> np.ndarray:
-        """Latency in ms; only groups in ``offsets`` were measured."""
+        """Latency in ms; NaN for a group that was not measured (not in ``offsets``)."""
+        if group not in self.offsets:
+            return np.full(np.shape(np.asarray(params_total) + np.asarray(sparsity)), np.nan)
         a, c = self.offsets[group], self.sparsity_exponents.get(group, 0.0)
         return np.exp(a + self.size_exponent * np.log(params_total) + c * np.log1p(-np.asarray(sparsity)))
 
