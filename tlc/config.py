@@ -298,7 +298,7 @@ def load_sweep(path: Path) -> SweepConfig:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise UserError(f"SWEEP: no such file {str(path)!r}; see sweeps/tiny.yaml for an example") from None
-    except (OSError, UnicodeDecodeError) as e:
+    except (OSError, ValueError) as e:  # ValueError: not UTF-8, or a NUL byte in the path
         raise UserError(f"SWEEP: cannot read {str(path)!r}: {e}") from None
     try:
         doc = yaml.safe_load(text)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 from pathlib import Path
 
@@ -15,6 +16,8 @@ def _count(text: str) -> int:
         value = float(text.replace("_", ""))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number such as 2e6, got {text!r}") from None
+    if not math.isfinite(value):  # int() of inf or nan raises
+        raise argparse.ArgumentTypeError(f"expected a finite number such as 2e6, got {text!r}")
     if value != int(value):
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}")
     return int(value)
@@ -22,9 +25,12 @@ def _count(text: str) -> int:
 
 def _float(text: str) -> float:
     try:
-        return float(text.replace("_", ""))
+        value = float(text.replace("_", ""))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number such as 1e15, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number such as 1e15, got {text!r}")
+    return value
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
