@@ -67,7 +67,7 @@ def stages(runs: Path) -> dict[str, float]:
         clock = now
 
     law = tlc_plan.load_plan_law(runs, None)
-    costs = build_cost_model(law.runs_dir, None, 1, False)
+    costs = build_cost_model(law.runs_dir, None, 1, None)
     space = PlanSpace(law, costs, tlc_plan._budgets(args), 0.95, tlc_plan._categories(law, args, None))
     lap("read fit.json and runs")
     tpe = run_tpe(space, args.trials, 0)

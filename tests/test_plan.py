@@ -266,3 +266,8 @@ def test_polish_finds_the_closed_form_even_from_few_trials(tmp_path, capsys, alp
     limit = max(n_opt / squeeze, 2e4)
     bound = plan([*few, "--max-params", limit], capsys)["recommendation"]
     assert bound["non_embedding_params"] == pytest.approx(min(limit, n_opt), rel=0.01)
+
+
+def test_device_without_measurements_names_the_device_flag(capsys):
+    assert tlc_plan.main(["--law", "chinchilla", "--budget", "1e20", "--device", "cpu"]) == 2
+    assert capsys.readouterr().err.startswith("tlc plan: error: --device: no compress.jsonl")

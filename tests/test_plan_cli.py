@@ -142,7 +142,7 @@ def test_polish_matches_an_exhaustive_search_over_shapes(runs, capsys):
     from tlc.plan_space import Budgets, PlanSpace
 
     categories = [Category(m, q) for m in ("none", "block", "magnitude") for q in (False, True)]
-    space = PlanSpace(law, build_cost_model(runs, None, 1, False), Budgets(1e14, max_params=1.5e5), 0.95, categories)
+    space = PlanSpace(law, build_cost_model(runs, None, 1, None), Budgets(1e14, max_params=1.5e5), 0.95, categories)
     K, D = (a.ravel() for a in np.meshgrid(np.arange(1, 33), np.arange(1, 41), indexing="ij"))
     best = math.inf
     for category in categories:

@@ -170,8 +170,8 @@ def _gain_interval(law: PlanLaw, small: Point, large: Point) -> tuple[float | No
 
 def make_plan(law: PlanLaw, budgets: Budgets, args: argparse.Namespace, storage: str | None) -> dict:
     """Search, polish and assemble plan.json's content (see `tlc.plan_output`)."""
-    need_latency = budgets.max_latency_ms is not None or args.device is not None
-    costs = build_cost_model(law.runs_dir, args.device, args.latency_batch, need_latency)
+    latency_flag = "--max-latency-ms" if budgets.max_latency_ms is not None else "--device" if args.device else None
+    costs = build_cost_model(law.runs_dir, args.device, args.latency_batch, latency_flag)
     # Under a latency budget only measured (method, int8) groups can be priced; --device alone just reports latency.
     groups = set(costs.latency.offsets) if costs.latency and budgets.max_latency_ms is not None else None
     categories = _categories(law, args, groups)

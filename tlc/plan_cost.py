@@ -231,14 +231,15 @@ def fit_bytes(variants: list[MeasuredVariant]) -> dict:
     return fits
 
 
-def build_cost_model(runs_dir: Path | None, device: str | None, batch: int, need_latency: bool) -> CostModel:
-    """The cost model for a law: bytes calibrated from compress.jsonl, latency fitted when asked."""
+def build_cost_model(runs_dir: Path | None, device: str | None, batch: int, latency_flag: str | None) -> CostModel:
+    """The cost model for a law: bytes calibrated from compress.jsonl, latency fitted when ``latency_flag``
+    (the flag that asked for latency: --max-latency-ms or --device) is given."""
     variants = read_measurements(runs_dir) if runs_dir is not None else []
     latency = None
-    if need_latency:
+    if latency_flag:
         if not variants:
             where = f"under {runs_dir}" if runs_dir is not None else "for a law given without a sweep"
-            raise UserError(f"--max-latency-ms: no compress.jsonl {where}; latency comes from measurements "
+            raise UserError(f"{latency_flag}: no compress.jsonl {where}; latency comes from measurements "
                             "(run tlc compress on the sweep and plan with --runs), or use --max-params/--max-bytes")
         if not device:
             devices = sorted({str(v.device) for v in variants if v.latency_ms})
