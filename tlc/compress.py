@@ -25,7 +25,6 @@ import dataclasses
 import json
 import os
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -80,15 +79,19 @@ def load_run(run_dir: Path, settings: CompressSettings) -> RunContext:
 
     config = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
     data, shape, train = config["data"], config["shape"], config["train"]
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dense = AutoModelForCausalLM.from_pretrained(str(run_dir / "model"), use_safetensors=True,
+                                                 attn_implementation="sdpa").float().to(device).eval()
+    if "block" in settings.methods:
+        from tlc.prune import check_block_size
+
+        check_block_size(dense, settings.block_size)  # before the slower data loading
     corpus = load_corpus(data["source"], data["val_percent"], data["text_field"])
     if data.get("fingerprint") and corpus.fingerprint != data["fingerprint"]:
         raise UserError(f"RUNS_DIR: the data of {run_dir.name} ({data['source']!r}) changed since training "
                         "(fingerprint differs); evaluate on the same data or retrain")
     tokens = load_tokens(corpus, shape["vocab_size"])
     context = shape["context"]
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dense = AutoModelForCausalLM.from_pretrained(str(run_dir / "model"), use_safetensors=True,
-                                                 attn_implementation="sdpa").float().to(device).eval()
     offsets = train_offsets(len(tokens.train), context, settings.calibration_windows, config.get("seed", 0) + 104729, 0)
     calibration = torch.from_numpy(windows(tokens.train, offsets, context)[:, :-1]).to(device)
     int8_path = None
@@ -222,10 +225,6 @@ def compress_run(run_dir: Path, settings: CompressSettings, log=print) -> list[d
         log(f"{run_dir.name}: all {len(rows)} variants done")
         return list(rows.values())
     ctx = load_run(run_dir, settings)
-    if "block" in settings.methods:
-        from tlc.prune import check_block_size
-
-        check_block_size(ctx.dense, settings.block_size)
     fp32_models: dict = {}
     dense_spec = VariantSpec("none", 0.0, 32)
     dense_eval = load_eval(run_dir / "compressed" / "dense") if "dense" in rows else None
@@ -329,8 +328,9 @@ def run(args: argparse.Namespace) -> int:
     """
     settings = settings_from_args(args)
     run_dirs = find_runs(args.runs_dir)
-    warnings.filterwarnings("ignore", message=".*MatMul8bitLt.*")
-    warnings.filterwarnings("ignore", message=".*quantize_per_tensor.*")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # "Loading weights" bars would bury the one line per variant
     for run_dir in run_dirs:
         compress_run(run_dir, settings)
     changed = add_cie(run_dirs)

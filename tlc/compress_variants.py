@@ -10,9 +10,6 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 
-import torch
-from torch import nn
-
 from tlc.errors import UserError
 
 METHODS = ("magnitude", "magnitude-global", "block", "structured", "2:4", "gradual", "movement")
@@ -111,10 +108,11 @@ def sparse_kind(spec: VariantSpec) -> str:
     return "bsr" if spec.method == "block" else "bitmask"
 
 
-def build_pruned(spec: VariantSpec, dense: nn.Module, calibration: torch.Tensor, recovery: dict | None) -> tuple[nn.Module, float]:
+def build_pruned(spec: VariantSpec, dense, calibration, recovery: dict | None):
     """The 32-bit model of ``spec`` made from ``dense`` (left untouched), and its achieved sparsity.
 
-    ``recovery`` holds what gradual methods fine-tune with: tokens, context, train, steps, seed.
+    ``dense`` is the trained model, ``calibration`` a (windows, context) batch of training tokens and
+    ``recovery`` what gradual methods fine-tune with: tokens, context, train, steps, seed.
     """
     from tlc.prune import PATTERNS, apply_masks, count_sparsity
 
@@ -143,8 +141,13 @@ def build_pruned(spec: VariantSpec, dense: nn.Module, calibration: torch.Tensor,
 # Latency
 
 
-def block_sparse_model(model: nn.Module, block_size: int, example: torch.Tensor) -> tuple[nn.Module | None, str]:
-    """``model`` with its block-pruned layers on cuda_ext's BSR kernel, or (None, why not)."""
+def block_sparse_model(model, block_size: int, example) -> tuple[object | None, str]:
+    """``model`` with its block-pruned layers on cuda_ext's BSR kernel, or (None, why not).
+
+    The converted model is checked against ``model`` on the ``example`` token batch first.
+    """
+    import torch
+
     try:
         import cuda_ext
     except Exception as error:  # the extension is optional: fall back, and say why

@@ -72,7 +72,9 @@ def int8_linear(q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None,
     if path == "bitsandbytes":
         import bitsandbytes as bnb
 
-        warnings.filterwarnings("ignore", message=".*MatMul8bitLt: inputs will be cast.*")
+        import logging
+
+        logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # it logs a cast warning on every fp32 call
 
         device = q.device
         layer = bnb.nn.Linear8bitLt(in_f, out_f, bias=bias is not None, has_fp16_weights=False, threshold=0.0)
