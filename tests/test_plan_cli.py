@@ -268,3 +268,12 @@ def test_device_alone_reports_latency_without_restricting_the_search(runs, capsy
     assert (rec["inference"]["latency_ms"] is not None) == timed
     limited = plan(["--runs", runs, "--budget", "1e15", "--max-latency-ms", "1", "--device", "cpu"], capsys)
     assert "magnitude+int8" not in limited["search"]["categories"]
+
+
+def test_a_whole_plan_never_imports_torch(runs):
+    code = ("import sys, io, contextlib; from tlc.plan import main; "
+            "out = io.StringIO(); contextlib.redirect_stdout(out).__enter__(); "
+            f"rc = main(['--runs', {str(runs)!r}, '--budget', '1e15', '--max-latency-ms', '0.05', '--device', 'cpu']); "
+            "sys.stderr.write(str((rc, 'torch' in sys.modules)))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert proc.stderr.strip() == "(0, False)"
