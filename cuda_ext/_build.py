@@ -30,7 +30,7 @@ EXTRA_CFLAGS_ENV = "TLC_CUDA_EXT_EXTRA_CFLAGS"
 """Extra compiler flags, space separated (tests pass an invalid one to simulate a failed build)."""
 
 _lock = threading.Lock()
-_state: dict = {"tried": False, "loaded": False, "error": None}
+_state: dict = {"tried": False, "loaded": False, "cuda": False, "error": None}
 
 
 def _with_cuda() -> bool:
@@ -77,7 +77,8 @@ def load() -> bool:
 
             cflags = list(CFLAGS) + os.environ.get(EXTRA_CFLAGS_ENV, "").split()
             sources = [CSRC / s for s in CPU_SOURCES]
-            if _with_cuda():
+            with_cuda = _with_cuda()
+            if with_cuda:
                 sources += [CSRC / s for s in CUDA_SOURCES]
             load_extension(
                 name=_build_name(sources, cflags),
@@ -89,7 +90,7 @@ def load() -> bool:
                 is_python_module=False,
                 verbose=False,
             )
-            _state["loaded"] = True
+            _state["loaded"], _state["cuda"] = True, with_cuda
         except Exception as error:  # any build or load failure means: use the fallback
             _state["error"] = f"{type(error).__name__}: {str(error).strip().splitlines()[-1] if str(error).strip() else ''}"
             warnings.warn(
@@ -101,6 +102,11 @@ def load() -> bool:
         finally:
             _state["tried"] = True
     return _state["loaded"]
+
+
+def has_cuda_kernels() -> bool:
+    """True if the loaded build includes the CUDA kernels (torch with CUDA and nvcc at build time)."""
+    return _state["loaded"] and _state["cuda"]
 
 
 def build_error() -> str | None:

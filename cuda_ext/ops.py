@@ -36,10 +36,10 @@ def bsr_linear(x: torch.Tensor, values: torch.Tensor, crow_indices: torch.Tensor
                bias: torch.Tensor | None = None) -> torch.Tensor:
     """y = x · Wᵀ + bias with W in BSR form (see bsr_format.py); x is [..., in_features].
 
-    Differentiable in x, values and bias. Uses the compiled kernels when available(), else the
-    pure-torch emulator.
+    Differentiable in x, values and bias. Uses the compiled kernels when available() (and, for
+    CUDA tensors, when they were built with CUDA), else the pure-torch emulator.
     """
-    if not available():
+    if not available() or (x.is_cuda and not _build.has_cuda_kernels()):
         return bsr_linear_reference(x, values, crow_indices, col_indices, bias)
     if x.dim() == 2:
         return torch.ops.tlc_bsr.bsr_linear(x, values, crow_indices, col_indices, bias)

@@ -146,7 +146,7 @@ def test_python_side_errors():
 
 
 def test_build_failure_falls_back_with_one_warning(monkeypatch):
-    monkeypatch.setattr(_build, "_state", {"tried": False, "loaded": False, "error": None})
+    monkeypatch.setattr(_build, "_state", {"tried": False, "loaded": False, "cuda": False, "error": None})
     monkeypatch.setenv(_build.EXTRA_CFLAGS_ENV, "-fno-such-compiler-flag-tlc")
     values, crow, col = random_bsr(64, 64, 16, 0.5)
     x = torch.randn(3, 64)
