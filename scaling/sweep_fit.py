@@ -139,6 +139,19 @@ def _compression_json(model: CompressionModel, boot: BootstrapFits) -> dict:
     return out
 
 
+def preferred_law(laws_json: dict[str, dict]) -> dict:
+    """The law to predict with: the lowest leave-largest-out error among converged laws, else
+    the first converged law (Chinchilla's form comes first), else none, with the reason."""
+    converged = [name for name, law in laws_json.items() if law["status"] == "converged"]
+    scored = {name: laws_json[name]["heldout"]["relative_error"] for name in converged if laws_json[name]["heldout"]}
+    if scored:
+        name = min(scored, key=scored.get)
+        return {"name": name, "reason": f"lowest leave-largest-out error ({scored[name]:.4f}) of the converged laws"}
+    if converged:
+        return {"name": converged[0], "reason": "converged; too few model sizes for a held-out comparison"}
+    return {"name": None, "reason": "no law converged; see each law's status"}
+
+
 def fit_sweep_observations(
     observations: SweepObservations, bootstrap: int = 200, seed: int = 0, final_only: bool = False
 ) -> dict:
@@ -149,7 +162,8 @@ def fit_sweep_observations(
     final_train_flops, final_loss}]; laws {chinchilla, kaplan: {name, equation, source,
     covariates, parameters {name: {value, low, high}}, status, objective, n_points, heldout
     (leave-largest-out, or null with heldout_reason), residuals {run_id: {n_points, mean, rms,
-    final}}, bootstrap {statuses, usable, draws {name: [per resample]}}}}; allocation
+    final}}, bootstrap {statuses, usable, draws {name: [per resample]}}}}; preferred_law {name,
+    reason}; allocation
     {chinchilla {a, b, G}, kaplan {compute, a, b}}; learning_curves {equation, runs {run_id:
     {parameters, status} or null}}; frontier {compute, loss, run_ids, fit}; compression
     {pruning {method: model}, int8: model or null, skipped {method: reason}}.
@@ -227,6 +241,7 @@ def fit_sweep_observations(
                 for r in observations.runs
             ],
             "laws": laws_json,
+            "preferred_law": preferred_law(laws_json),
             "allocation": _allocation_json(fitted, reference_compute),
             "learning_curves": {"equation": LEARNING_CURVE.equation, "source": LEARNING_CURVE.source, "runs": curves},
             "frontier": {

@@ -251,3 +251,17 @@ def test_runs_with_one_evaluation_each_still_fit():
     frontier = fit["frontier"]["fit"]
     assert frontier["parameters"] is None and "envelope points" in frontier["reason"]
     assert all(curve is None for curve in fit["learning_curves"]["runs"].values())
+
+
+def test_preferred_law_is_the_best_converged_extrapolator():
+    from scaling.sweep_fit import preferred_law
+
+    def law(status, error):
+        return {"status": status, "heldout": None if error is None else {"relative_error": error}}
+
+    both = {"chinchilla": law("converged", 0.02), "kaplan": law("converged", 0.01)}
+    assert preferred_law(both)["name"] == "kaplan"
+    both["kaplan"] = law("hit_bound", 0.01)
+    assert preferred_law(both)["name"] == "chinchilla"
+    assert preferred_law({"chinchilla": law("converged", None), "kaplan": law("converged", None)})["name"] == "chinchilla"
+    assert preferred_law({"chinchilla": law("not_converged", 0.01)})["name"] is None

@@ -216,6 +216,7 @@ def format_table(fit: dict, path: Path) -> str:
         for i, (parameter, entry) in enumerate(law["parameters"].items()):
             lines.append(f"{name if i == 0 else '':<12}{parameter:<11}{_interval(entry)}")
         lines.append(f"{'':<12}status {law['status']}; leave-largest-out error {error}")
+    lines.append(f"preferred law: {fit['preferred_law']['name']} ({fit['preferred_law']['reason']})")
     chinchilla = fit["allocation"].get("chinchilla", {})
     if "a" in chinchilla:
         lines.append(
