@@ -263,5 +263,6 @@ def test_preferred_law_is_the_best_converged_extrapolator():
     assert preferred_law(both)["name"] == "kaplan"
     both["kaplan"] = law("hit_bound", 0.01)
     assert preferred_law(both)["name"] == "chinchilla"
-    assert preferred_law({"chinchilla": law("converged", None), "kaplan": law("converged", None)})["name"] == "chinchilla"
+    unscored = {"chinchilla": law("converged", None), "kaplan": law("converged", None)}
+    assert preferred_law(unscored)["name"] == "chinchilla"
     assert preferred_law({"chinchilla": law("not_converged", 0.01)})["name"] is None
