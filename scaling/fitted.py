@@ -80,6 +80,7 @@ class FittedSweep:
     int8: FittedLaw | None
     confidence: float = CONFIDENCE
     pruning_sparsities: dict[str, tuple[float, ...]] = field(default_factory=dict)  # measured, per method
+    preferred_law: str | None = None  # fit.json's choice (best held-out error); None for a bare law
 
     @property
     def methods(self) -> tuple[str, ...]:
@@ -186,6 +187,12 @@ def load_fit(data: dict) -> FittedSweep:
         method: tuple(float(s) for s in compression["pruning"][method].get("sparsities", ()))
         for method in pruning
     }
+    preferred = (data.get("preferred_law") or {}).get("name")
     return FittedSweep(
-        laws=laws, pruning=pruning, int8=int8, confidence=confidence, pruning_sparsities=sparsities
+        laws=laws,
+        pruning=pruning,
+        int8=int8,
+        confidence=confidence,
+        pruning_sparsities=sparsities,
+        preferred_law=preferred if preferred in laws else None,
     )

@@ -138,6 +138,7 @@ def test_too_few_variants_are_skipped():
 
 def test_load_fit_predicts_with_intervals(fit_json):
     fitted = load_fit(fit_json)
+    assert fitted.preferred_law == fit_json["preferred_law"]["name"] and fitted.preferred_law in fitted.laws
     n, d = 2e7, 5e8
     true_dense = ChinchillaForm().predict(TINY_TRUTH, N=n, D=d)
     mean, low, high = fitted.predict_loss(n, d)
