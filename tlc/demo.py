@@ -40,6 +40,19 @@ def demo_budgets(sweep_dir: Path) -> tuple[float, int]:
     return budget, 4 * middle_total_params  # fp32 bytes of the middle model
 
 
+def describe_plan(point: dict) -> str:
+    """One line for a plan.json point: shape, tokens, compression and predicted loss."""
+    c = point.get("compression") or {}
+    method = c.get("method") or "none"
+    compression = "dense" if method == "none" else f"{method} pruning to {c.get('sparsity', 0):.0%}"
+    if c.get("int8"):
+        compression += " + int8"
+    loss = point["loss"]
+    interval = f" [{loss['low']:.3f}, {loss['high']:.3f}]" if loss.get("low") is not None else ""
+    return (f"width {point['width']} x depth {point['depth']} ({point['non_embedding_params']:,} params) on "
+            f"{point['tokens']:.3g} tokens, {compression}: predicted loss {loss['mean']:.3f}{interval}")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--runs-dir", type=Path, default=Path("runs"), help="where runs/<sweep>/ goes (default runs)")
     parser.add_argument("--sweep", type=Path, default=SWEEPS_DIR / "tiny.yaml", help="sweep file (default sweeps/tiny.yaml)")
@@ -73,6 +86,13 @@ def run(args: argparse.Namespace) -> int:
     stage("plan", ["plan", "--runs", str(sweep_dir), "--budget", f"{budget:.3g}", "--max-bytes", str(max_bytes)])
     stage("report", ["report", str(sweep_dir)])
     print(f"\ndemo finished in {time.perf_counter() - started:.0f} s")
+    plan = json.loads((sweep_dir / "plan.json").read_text(encoding="utf-8"))
+    print(f"budgets: {budget:.3g} training FLOPs, at most {max_bytes:,} bytes to ship")
+    print(f"train:   {describe_plan(plan['recommendation'])}")
+    if plan.get("train_small"):
+        print(f"instead of training small: {describe_plan(plan['train_small'])}")
+    if plan.get("gain"):
+        print(f"predicted gain of the recommendation: {plan['gain']['loss']:.4f} nats/token")
     print(f"plan:   {sweep_dir / 'plan.json'}")
     print(f"report: {(sweep_dir / 'report' / 'index.html').resolve()}  (open it in a browser)")
     sys.stdout.flush()

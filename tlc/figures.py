@@ -170,7 +170,10 @@ def plan_pareto(data: SweepData):
         xy = _point_xy(data.plan.get(key) or {})
         if xy:
             ax.plot(*xy, style[0], color=style[1], ms=style[2], label=name)
-    ax.set(xscale="log", xlabel="inference cost (see plan table for the unit)", ylabel="predicted validation loss (nats/token)")
+    unit = {"nonzeros": "non-zero parameters", "bytes": "artifact size (bytes)", "latency_ms": "latency (ms)"}
+    cost = data.plan.get("pareto_cost", "")
+    ax.set(xscale="log", xlabel=f"inference cost: {unit.get(cost, cost or 'as in the plan table')}",
+           ylabel="predicted validation loss (nats/token)")
     ax.legend(fontsize=8)
     ax.grid(True, which="both", alpha=0.3)
     return fig
