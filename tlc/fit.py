@@ -215,7 +215,8 @@ def format_table(fit: dict, path: Path) -> str:
         error = f"{heldout['relative_error']:.2%} on {', '.join(heldout['held_out_runs'])}" if heldout else "n/a"
         for i, (parameter, entry) in enumerate(law["parameters"].items()):
             lines.append(f"{name if i == 0 else '':<12}{parameter:<11}{_interval(entry)}")
-        lines.append(f"{'':<12}status {law['status']}; leave-largest-out error {error}")
+        usable = f"; {law['bootstrap']['usable']}/{fit['bootstrap']['resamples']} bootstrap refits usable"
+        lines.append(f"{'':<12}status {law['status']}; leave-largest-out error {error}{usable}")
     lines.append(f"preferred law: {fit['preferred_law']['name']} ({fit['preferred_law']['reason']})")
     chinchilla = fit["allocation"].get("chinchilla", {})
     if "a" in chinchilla:
