@@ -20,8 +20,10 @@ Pruning candidates (s the fraction of prunable weights removed):
 Choice: the candidate with the lowest error predicting the *largest* model's compressed
 losses from a fit on the smaller models (leave-largest-out), because extrapolating to larger
 models is what the planner asks of it; in-sample error would favour the most flexible form.
-With fewer than three model sizes there is nothing to extrapolate from two, so the N-free
-candidate ("odds_power_size_free", "constant") is chosen and the reason recorded.
+A candidate whose fit on all points then hits a bound (say, a size exponent when the added
+loss is within the noise) is passed over for the next one that converges. With fewer than
+three model sizes there is nothing to extrapolate from two, so the N-free candidate
+("odds_power_size_free", "constant") is chosen. Every choice records its reason in fit.json.
 """
 
 from __future__ import annotations
