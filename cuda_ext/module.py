@@ -92,6 +92,9 @@ class BlockSparseLinear(nn.Module):
         return bsr_to_dense(self.values, self.crow_indices, self.col_indices, self.in_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x [..., in_features] → [..., out_features]
+        if x.shape[-1] != self.in_features:
+            raise ValueError(f"BlockSparseLinear expects x of shape [..., {self.in_features}] (in_features), "
+                             f"got {tuple(x.shape)}")
         if self.weight is not None:
             return F.linear(x, self.weight, self.bias)
         return ops.bsr_linear(x, self.values, self.crow_indices, self.col_indices, self.bias)

@@ -124,6 +124,8 @@ BAD_INPUTS = [
     ("out of range", lambda v, c, l: (torch.randn(4, 128), v, c, l + 4), "out of range"),
     ("block size", lambda v, c, l: (torch.randn(4, 128), v[:, :8, :8].contiguous(), c, l), "must be 16, 32 or 64"),
     ("crow dtype", lambda v, c, l: (torch.randn(4, 128), v, c.int(), l), "crow_indices must be a 1-D int64"),
+    ("x rank", lambda v, c, l: (torch.randn(128), v, c, l), "x must be 2-D"),
+    ("col length", lambda v, c, l: (torch.randn(4, 128), v, c, l[:2]), "one entry per block"),
 ]
 
 
@@ -133,6 +135,13 @@ def test_bad_input_raises_clear_error(name, make, message):
     values, crow, col = random_bsr(32, 128, 32, 1.0)  # one block-row holding all 4 block-columns
     with pytest.raises(RuntimeError, match=message):
         torch.ops.tlc_bsr.bsr_linear(*make(values, crow, col), None)
+
+
+@needs_kernels
+def test_bad_bias_raises_clear_error():
+    values, crow, col = random_bsr(32, 128, 32, 1.0)
+    with pytest.raises(RuntimeError, match="bias must be 1-D of length out_features"):
+        torch.ops.tlc_bsr.bsr_linear(torch.randn(4, 128), values, crow, col, torch.randn(33))
 
 
 def test_python_side_errors():

@@ -30,6 +30,8 @@ def test_from_dense_keeps_nonzero_blocks():
     assert dense.weight is not None and dense.values is None
     x = torch.randn(7, 96)
     assert torch.allclose(layer(x), x @ weight.t(), atol=1e-5) and torch.allclose(dense(x), layer(x), atol=1e-5)
+    with pytest.raises(ValueError, match=r"\[\.\.\., 96\] \(in_features\)"):
+        layer(torch.randn(7, 64))
 
 
 def tiny_gpt2():
