@@ -77,6 +77,7 @@ def check_bsr(values: torch.Tensor, crow_indices: torch.Tensor, col_indices: tor
     n_cols = in_features // bs
     if nnz and (col.min() < 0 or col.max() >= n_cols):
         raise ValueError(f"col_indices must lie in 0 .. {n_cols - 1} (in_features / block_size)")
-    same_row = torch.repeat_interleave(crow.diff())[1:] == torch.repeat_interleave(crow.diff())[:-1]
+    row_of_block = torch.repeat_interleave(crow.diff())
+    same_row = row_of_block[1:] == row_of_block[:-1]
     if nnz > 1 and bool((col.diff()[same_row] <= 0).any()):
         raise ValueError("col_indices must be strictly increasing within each block-row")
