@@ -1,6 +1,8 @@
 """Fit and choose compression models for each pruning method and for 8-bit weights.
 
-The points: every compressed variant of every run, against that run's dense final loss.
+The points: every compressed variant of every run, against the dense loss the compression
+stage measured with the same evaluation (CompressedVariant.dense_loss), or else the run's
+final evaluation during training.
 Pruning models use 32-bit variants with sparsity > 0, one model per method; the 8-bit model
 uses unpruned 8-bit variants. Variants both pruned and 8-bit are not fitted: the planner
 adds the two added losses (`scaling.fitted`), an assumption these variants could test.
@@ -26,7 +28,7 @@ class CompressionPoints:
     method: str  # pruning method, or "int8"
     N: np.ndarray  # (n,) the dense model's non-embedding parameters
     sparsity: np.ndarray  # (n,)
-    dense_loss: np.ndarray  # (n,) the run's final validation loss
+    dense_loss: np.ndarray  # (n,) the dense model's validation loss (see the module docstring)
     loss: np.ndarray  # (n,) the compressed variant's validation loss
     run_index: np.ndarray  # (n,) index into SweepObservations.runs
 
@@ -51,13 +53,14 @@ def compression_points(observations: SweepObservations) -> list[CompressionPoint
     for (kind, method), variants in sorted(groups.items()):
         index = np.array([observations.run_position(v.run_id) for v in variants])
         runs = [observations.runs[i] for i in index]
+        dense = [r.final_loss if v.dense_loss is None else v.dense_loss for v, r in zip(variants, runs)]
         out.append(
             CompressionPoints(
                 kind=kind,
                 method=method,
                 N=np.array([r.non_embedding_params for r in runs]),
                 sparsity=np.array([v.sparsity for v in variants]),
-                dense_loss=np.array([r.final_loss for r in runs]),
+                dense_loss=np.array(dense),
                 loss=np.array([v.val_loss for v in variants]),
                 run_index=index,
             )
@@ -76,7 +79,7 @@ class CompressionModel:
     heldout_errors: dict[str, float | None]  # candidate -> mean |pred/obs - 1| on the largest N
     reason: str
     n_points: int
-    sparsities: tuple[float, ...]  # distinct sparsities measured; with one, gamma is not identified
+    sparsities: tuple[float, ...]  # distinct sparsities measured (to 0.001); one level: gamma not identified
 
 
 def _heldout_error(form, points: CompressionPoints) -> float | None:
@@ -91,12 +94,15 @@ def _heldout_error(form, points: CompressionPoints) -> float | None:
     return float(np.mean(np.abs(predicted / points.loss[test] - 1.0)))
 
 
+SAME_LEVEL = 0.01  # sparsities closer than this are one level (achieved sparsities vary a little by model)
+
+
 def _one_level(points: CompressionPoints) -> str:
-    """A note for pruning measured at a single sparsity (e.g. 2:4, always 0.5)."""
-    levels = np.unique(points.sparsity)
-    if points.kind != "pruning" or len(levels) > 1:
+    """A note for pruning measured at a single sparsity (e.g. 2:4, always about 0.5)."""
+    if points.kind != "pruning" or np.ptp(points.sparsity) >= SAME_LEVEL:
         return ""
-    return f"; measured at sparsity {levels[0]:g} only, so gamma is not identified and predictions hold there only"
+    level = round(float(np.median(points.sparsity)), 2)
+    return f"; measured at sparsity {level:g} only, so gamma is not identified and predictions hold there only"
 
 
 def fit_compression_model(points: CompressionPoints) -> CompressionModel | str:
@@ -112,7 +118,7 @@ def fit_compression_model(points: CompressionPoints) -> CompressionModel | str:
     if n < len(size_free.fitted) + 1:
         return f"{n} variant(s); need at least {len(size_free.fitted) + 1} to fit {size_free.name}"
     n_sizes = len(np.unique(points.N))
-    sparsities = tuple(float(s) for s in np.unique(points.sparsity))
+    sparsities = tuple(sorted({round(float(s), 3) for s in points.sparsity}))
     errors: dict[str, float | None] = {name: None for name in candidates}
     if n_sizes < MIN_MODEL_SIZES:
         chosen = size_free

@@ -21,6 +21,7 @@ import numpy as np
 from scaling.allocation import chinchilla_allocation, optimal_allocation
 from scaling.bootstrap import CONFIDENCE, percentile_interval
 from scaling.compression import INT8_CANDIDATES, PRUNING_CANDIDATES
+from scaling.compression_fit import SAME_LEVEL
 from scaling.forms import LAWS, PUBLISHED_CHINCHILLA, LawForm
 from scaling.sweep_fit import FORMAT
 
@@ -117,10 +118,12 @@ class FittedSweep:
             if method not in self.pruning:
                 raise ValueError(f"method: no pruning model for {method!r} in this fit; valid: {list(self.methods)}")
             measured = self.pruning_sparsities.get(method, ())
-            if len(measured) == 1 and abs(sparsity - measured[0]) > 1e-9:
+            one_level = bool(measured) and max(measured) - min(measured) < SAME_LEVEL
+            if one_level and not (min(measured) - SAME_LEVEL <= sparsity <= max(measured) + SAME_LEVEL):
+                level = f"{round((min(measured) + max(measured)) / 2, 2):g}"
                 raise ValueError(
-                    f"sparsity: {method} was measured at sparsity {measured[0]:g} only; "
-                    f"its model cannot say how loss changes with sparsity, ask for {measured[0]:g}"
+                    f"sparsity: {method} was measured at sparsity {level} only; "
+                    f"its model cannot say how loss changes with sparsity, ask for {level}"
                 )
             added_terms.append((self.pruning[method], {"sparsity": sparsity, "N": N}))
         if int8:

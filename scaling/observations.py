@@ -69,6 +69,7 @@ class CompressedVariant:
     sparsity: float  # fraction of prunable weights set to zero, in [0, 1)
     bits: int  # 32 or 8
     val_loss: float
+    dense_loss: float | None = None  # the dense model's loss as the compression stage measured it
 
     def __post_init__(self) -> None:
         if not (0.0 <= self.sparsity < 1.0):
@@ -77,6 +78,8 @@ class CompressedVariant:
             raise ValueError(f"run {self.run_id}: bits must be 32 or 8, got {self.bits!r}")
         if not (math.isfinite(self.val_loss) and self.val_loss > 0):
             raise ValueError(f"run {self.run_id}: compressed val_loss must be finite and > 0, got {self.val_loss!r}")
+        if self.dense_loss is not None and not (math.isfinite(self.dense_loss) and self.dense_loss > 0):
+            raise ValueError(f"run {self.run_id}: dense_val_loss must be finite and > 0, got {self.dense_loss!r}")
 
 
 @dataclass(frozen=True)

@@ -10,18 +10,26 @@ from pathlib import Path
 import pytest
 
 from scaling import load_fit
-from scaling.synthetic import synthetic_sweep
+from scaling.synthetic import PRUNING_TRUTH, synthetic_sweep
 from tlc import fit as tlc_fit
 from tlc.errors import UserError
 
 
 def write_runs(
-    runs_dir: Path, n_runs: int = 6, points: int = 12, noise: float = 0.002, compress: bool = True, warmup: int = 0
+    runs_dir: Path,
+    n_runs: int = 6,
+    points: int = 12,
+    noise: float = 0.002,
+    compress: bool = True,
+    warmup: int = 0,
+    compress_offset: float | None = None,
 ) -> None:
     """A sweep in the run-directory contract, from the synthetic truth in `scaling.synthetic`.
 
     The first ``warmup`` evaluations of each run are logged with a rising learning rate, and
-    with a loss 1 nat above the law's (warmup points do not follow it)."""
+    with a loss 1 nat above the law's (warmup points do not follow it). With
+    ``compress_offset``, the compression stage's evaluation reads that much higher than
+    training's, for the dense row and every variant alike, and rows carry dense_val_loss."""
     sweep = synthetic_sweep(n_runs=n_runs, points_per_run=points, noise=noise, seed=1, max_params=3e7)
     for run in sweep.runs:
         run_dir = runs_dir / run.run_id
@@ -46,10 +54,15 @@ def write_runs(
         (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
         if compress:
             variants = [v for v in sweep.variants if v.run_id == run.run_id]
+            offset = compress_offset or 0.0
             lines = [{"method": "none", "sparsity": 0.0, "bits": 32, "nonzeros": n, "bytes": 4 * n,
-                      "val_loss": run.final_loss}]
+                      "val_loss": run.final_loss + offset}]
             lines += [{"method": v.method, "sparsity": v.sparsity, "bits": v.bits,
-                       "nonzeros": int(n * (1 - v.sparsity)), "bytes": n, "val_loss": v.val_loss} for v in variants]
+                       "nonzeros": int(n * (1 - v.sparsity)), "bytes": n, "val_loss": v.val_loss + offset}
+                      for v in variants]
+            if compress_offset is not None:
+                for line in lines:
+                    line["dense_val_loss"] = run.final_loss + offset
             (run_dir / "compress.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
 
 
@@ -233,3 +246,20 @@ def test_lr_must_be_a_number(tmp_path):
     _append(metrics, json.dumps({"step": 999, "tokens": 1e9, "flops": 1e18, "val_loss": 3.0, "lr": "high"}) + "\n")
     with pytest.raises(UserError, match="lr must be a finite number, got 'high'"):
         tlc_fit.fit_sweep(tmp_path)
+
+
+@pytest.mark.parametrize("with_dense_column", [True, False])
+def test_compression_baseline_is_the_compression_stage_dense_loss(tmp_path, with_dense_column):
+    # The compression stage's evaluation reads 0.3 nats above training's; the added loss must
+    # be taken against its own dense row (or dense_val_loss), not the last metrics line.
+    write_runs(tmp_path, noise=0.0, compress_offset=0.3)
+    if not with_dense_column:
+        for path in tmp_path.glob("*/compress.jsonl"):
+            rows = [json.loads(line) for line in path.read_text().splitlines()]
+            path.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "dense_val_loss"}) + "\n"
+                                    for r in rows))
+    fit = tlc_fit.fit_sweep(tmp_path, bootstrap=0)
+    magnitude = fit["compression"]["pruning"]["magnitude"]
+    assert magnitude["candidate"] == "odds_power"
+    for name, value in PRUNING_TRUTH.items():
+        assert magnitude["parameters"][name]["value"] == pytest.approx(value, rel=1e-3), name

@@ -7,7 +7,8 @@ Reads the run-directory contract written by ``tlc sweep`` and ``tlc compress``:
   val_loss and lr; points at step 0 or with no tokens seen are skipped, and so are warmup
   points (before the learning rate peaks) unless --include-warmup;
 - ``<run-id>/compress.jsonl`` (optional): one compressed variant per line with method,
-  sparsity, bits and val_loss; the dense baseline is the run's last evaluation.
+  sparsity, bits and val_loss; the dense baseline is the line's dense_val_loss, else the
+  file's dense row (method none, 32 bits, sparsity 0), else the run's last evaluation.
 
 and writes ``RUNS_DIR/fit.json`` atomically (layout in `scaling.sweep_fit`). All fitting is in
 `scaling`; this module only reads files, reports and turns input problems into UserError.
@@ -118,7 +119,15 @@ def read_run(
     variants = []
     compress_path = run_dir / "compress.jsonl"
     if compress_path.exists():
-        for number, row in _read_json_lines(compress_path):
+        rows = _read_json_lines(compress_path)
+        # The baseline for the loss compression adds: the dense row the compression stage
+        # evaluated alongside its variants (same evaluation, no offset), else the last metrics line.
+        dense_rows = [
+            row for _, row in rows if row.get("method") in ("none", "dense") and row.get("bits") == 32
+            and not row.get("sparsity")
+        ]
+        stage_dense = dense_rows[-1].get("val_loss") if dense_rows else None
+        for number, row in rows:
             where = f":{number}"
             method = row.get("method")
             if not isinstance(method, str) or not method:
@@ -126,8 +135,12 @@ def read_run(
             sparsity = _number(compress_path, where, row, "sparsity")
             bits = _number(compress_path, where, row, "bits")
             val_loss = _number(compress_path, where, row, "val_loss", positive=True)
+            if "dense_val_loss" in row:
+                dense = _number(compress_path, where, row, "dense_val_loss", positive=True)
+            else:
+                dense = stage_dense if isinstance(stage_dense, (int, float)) and stage_dense > 0 else None
             try:
-                variants.append(scaling.CompressedVariant(run_id, method, sparsity, int(bits), val_loss))
+                variants.append(scaling.CompressedVariant(run_id, method, sparsity, int(bits), val_loss, dense))
             except ValueError as error:
                 raise UserError(f"{compress_path}{where}: {str(error).split(': ', 1)[-1]}") from None
     return curve, variants, warmup
