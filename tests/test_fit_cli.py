@@ -219,7 +219,7 @@ def test_tlc_fit_through_the_cli_entry_point(tmp_path, capsys):
     write_runs(tmp_path, n_runs=2, compress=False)
     assert cli.main(["fit", str(tmp_path)]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("tlc fit: error: RUNS_DIR") and "distinct model size" in err
+    assert err.count("\n") == 1 and "RUNS_DIR" in err and "distinct model size" in err
     write_runs(tmp_path / "more", n_runs=4, compress=False)
     assert cli.main(["fit", str(tmp_path / "more"), "--bootstrap", "5"]) == 0
     assert json.loads((tmp_path / "more" / "fit.json").read_text())["n_runs"] == 4
