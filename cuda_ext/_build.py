@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 CSRC = Path(__file__).parent / "csrc"
-CPU_SOURCES = ("bsr_ops.cpp", "bsr_cpu.cpp", "bsr_kernels_cpu.cpp")
+CPU_SOURCES = ("bsr_ops.cpp", "bsr_cpu.cpp", "bsr_kernels_cpu.cpp", "bsr_autograd.cpp")
 CUDA_SOURCES = ("cuda/bsr_kernels.cu", "cuda/bsr_cuda.cu")
 HEADERS = ("bsr_checks.h", "bsr_kernels_cpu.h", "bsr_simd_avx512.h", "cuda/bsr_kernels.h")
 CFLAGS = ("-O3", "-march=native", "-fopenmp")

@@ -1,7 +1,7 @@
-"""The tlc_bsr operators: typed Python wrappers, fake (meta) kernels and autograd formulas.
+"""The tlc_bsr operators: typed Python wrappers and fake (meta) kernels.
 
-The schemas and the CPU/CUDA kernels live in C++ (csrc/); this module builds them on first use
-(see _build.py) and registers what torch.compile and autograd need. When the build fails the
+The schemas, the CPU/CUDA kernels and the autograd formula live in C++ (csrc/); this module
+builds them on first use (see _build.py) and registers the fake kernels torch.compile needs. When the build fails the
 wrappers route to the pure-torch emulator in reference.py, with the same results.
 """
 
@@ -72,27 +72,8 @@ def _fake_grad_values(grad_y, x, crow_indices, col_indices, block_size):
     return x.new_empty(col_indices.shape[0], block_size, block_size)
 
 
-def _setup_context(ctx, inputs, output):
-    x, values, crow_indices, col_indices, bias = inputs
-    ctx.save_for_backward(x, values, crow_indices, col_indices)
-    ctx.has_bias = bias is not None
-
-
-def _backward(ctx, grad_y):
-    x, values, crow_indices, col_indices = ctx.saved_tensors
-    grad_y = grad_y.contiguous()
-    grad_x = grad_values = grad_bias = None
-    if ctx.needs_input_grad[0]:
-        grad_x = bsr_linear_grad_input(grad_y, values, crow_indices, col_indices, x.shape[1])
-    if ctx.needs_input_grad[1]:
-        grad_values = bsr_linear_grad_values(grad_y, x, crow_indices, col_indices, values.shape[1])
-    if ctx.has_bias and ctx.needs_input_grad[4]:
-        grad_bias = grad_y.sum(0, dtype=torch.float32).to(grad_y.dtype)
-    return grad_x, grad_values, None, None, grad_bias
-
-
 def _register_python_side() -> None:
     torch.library.register_fake("tlc_bsr::bsr_linear")(_fake_bsr_linear)
     torch.library.register_fake("tlc_bsr::bsr_linear_grad_input")(_fake_grad_input)
     torch.library.register_fake("tlc_bsr::bsr_linear_grad_values")(_fake_grad_values)
-    torch.library.register_autograd("tlc_bsr::bsr_linear", _backward, setup_context=_setup_context)
+    # autograd for bsr_linear is registered in C++ (csrc/bsr_autograd.cpp)
