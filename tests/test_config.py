@@ -163,3 +163,16 @@ def test_help_and_plan_do_not_import_torch():
     code = "import sys; from tlc.cli import build_parser; build_parser(); build_parser('plan'); print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_a_shape_may_set_its_own_learning_rate(tmp_path):
+    from tlc.config import sweep_to_dict
+
+    doc = _sweep(shapes=[{"width": 32, "depth": 2, "heads": 2, "lr": "1e-3"}, {"width": 64, "depth": 2, "heads": 2}],
+                 train={"tokens": 100000, "lr": 3e-3})
+    sweep = parse_sweep(doc)
+    assert [r.train.lr for r in sweep.runs()] == [1e-3, 3e-3]
+    again = parse_sweep({**sweep_to_dict(sweep)})  # the resolved copy keeps the override
+    assert [r.train.lr for r in again.runs()] == [1e-3, 3e-3]
+    with pytest.raises(UserError, match=r"shapes\[0\].lr: must be positive"):
+        parse_sweep(_sweep(shapes=[{"width": 32, "depth": 2, "heads": 2, "lr": 0}]))

@@ -105,10 +105,17 @@ class SweepConfig:
     train: TrainSettings
     data: DataSettings
     launch: LaunchSettings = field(default_factory=LaunchSettings)
+    shape_lrs: tuple[float | None, ...] = ()  # per-shape peak learning rate overriding train.lr (None: train.lr)
 
     def runs(self) -> list[RunConfig]:
         """Every run of the sweep, in a stable order (shapes as listed, then seeds)."""
-        return [RunConfig(shape=s, train=self.train, data=self.data, seed=seed) for s in self.shapes for seed in self.seeds]
+        lrs = self.shape_lrs or (None,) * len(self.shapes)
+        return [
+            RunConfig(shape=s, train=self.train if lr is None else dataclasses.replace(self.train, lr=lr),
+                      data=self.data, seed=seed)
+            for s, lr in zip(self.shapes, lrs)
+            for seed in self.seeds
+        ]
 
     def run(self, run_id: str) -> RunConfig:
         for r in self.runs():
@@ -260,16 +267,21 @@ def parse_sweep(doc: Any, where: str = "sweep") -> SweepConfig:
     raw_shapes = doc.get("shapes")
     if not isinstance(raw_shapes, list) or not raw_shapes:
         raise UserError(f"{where}.shapes: expected a non-empty list of {{width, depth, heads}} mappings")
-    shapes = []
+    shapes, shape_lrs = [], []
     for i, raw in enumerate(raw_shapes):
         if not isinstance(raw, Mapping):
             raise UserError(f"{where}.shapes[{i}]: expected a mapping like {{width: 64, depth: 2, heads: 2}}")
         missing = [k for k in ("width", "depth", "heads") if k not in raw]
         if missing:
             raise UserError(f"{where}.shapes[{i}]: missing {', '.join(missing)}")
+        raw = dict(raw)
+        lr = _number(raw.pop("lr"), f"{where}.shapes[{i}].lr", float) if "lr" in raw else None
+        if lr is not None and not lr > 0:
+            raise UserError(f"{where}.shapes[{i}].lr: must be positive, got {lr}")
         shape = _from_mapping(ModelShape, {**model_defaults, **raw}, f"{where}.shapes[{i}]")
         validate_shape(shape, f"{where}.shapes[{i}]")
         shapes.append(shape)
+        shape_lrs.append(lr)
     seeds_raw = doc.get("seeds", [0])
     if not isinstance(seeds_raw, list) or not seeds_raw:
         raise UserError(f"{where}.seeds: expected a non-empty list of integers, e.g. [0, 1]")
@@ -283,7 +295,8 @@ def parse_sweep(doc: Any, where: str = "sweep") -> SweepConfig:
     launch = _from_mapping(LaunchSettings, doc.get("launch"), f"{where}.launch")
     if launch.nproc < 1 or launch.retries < 0:
         raise UserError(f"{where}.launch: nproc must be >= 1 and retries >= 0")
-    sweep = SweepConfig(name=name, shapes=tuple(shapes), seeds=seeds, train=train, data=data, launch=launch)
+    sweep = SweepConfig(name=name, shapes=tuple(shapes), seeds=seeds, train=train, data=data, launch=launch,
+                        shape_lrs=tuple(shape_lrs) if any(lr is not None for lr in shape_lrs) else ())
     ids = [r.run_id for r in sweep.runs()]
     dupes = sorted({i for i in ids if ids.count(i) > 1})
     if dupes:
@@ -316,7 +329,10 @@ def sweep_to_dict(sweep: SweepConfig) -> dict:
     """The sweep as plain data, in the same layout as a sweep file (for the resolved copy)."""
     return {
         "name": sweep.name,
-        "shapes": [dataclasses.asdict(s) for s in sweep.shapes],
+        "shapes": [
+            {**dataclasses.asdict(s), **({"lr": lr} if lr is not None else {})}
+            for s, lr in zip(sweep.shapes, sweep.shape_lrs or (None,) * len(sweep.shapes))
+        ],
         "seeds": list(sweep.seeds),
         "train": dataclasses.asdict(sweep.train),
         "data": dataclasses.asdict(sweep.data),
