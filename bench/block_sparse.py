@@ -76,7 +76,8 @@ def run(shapes, densities, token_counts, dtype, min_seconds, clock):
                 weight_bsr = weight.to_sparse_bsr((block_size, block_size))
             for tokens in token_counts:
                 x = torch.randn(tokens, in_features).to(dtype)
-                candidates = [lambda: F.linear(x, weight), lambda: layer(x)]
+                values, crow, col = layer.values, layer.crow_indices, layer.col_indices
+                candidates = [lambda: F.linear(x, weight), lambda: cuda_ext.bsr_linear(x, values, crow, col)]
                 if torch_bsr_supports(x, weight_bsr):
                     candidates.append(lambda: F.linear(x, weight_bsr))
                 with torch.no_grad():

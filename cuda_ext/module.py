@@ -9,14 +9,14 @@ from torch import nn
 from . import ops
 from .bsr_format import block_density, bsr_to_dense, check_block_size, check_bsr, dense_to_bsr
 
-DENSE_CROSSOVER_DENSITY = 0.7
+DENSE_CROSSOVER_DENSITY = 0.75
 """Block density above which BlockSparseLinear stores and multiplies the weight densely.
 
-Measured with `python bench/block_sparse.py --densities 0.6 0.7 0.8 0.9 1.0 ...` on a 2-core
-AVX-512 Xeon (BENCHMARKS.md, "Block-sparse matmul (cuda_ext)"): with 32×32 blocks the kernel
-stays at least as fast as dense F.linear up to density 0.8–0.9 on 1024²/2048² weights at 32 and
-256 tokens, up to 0.7 on the tiny-sweep FFN shapes (1024×256), and up to ~0.5 for a single
-token, where both are bound by memory. 0.7 keeps the block path wherever it wins in most cases.
+Measured with `python bench/block_sparse.py --shapes 1024x1024 2048x2048 1024x256 --densities
+0.6 0.7 0.8 0.9 1.0 --tokens 1 32 256 --threads 1 --clock thread` on a 2-core AVX-512 Xeon
+(BENCHMARKS.md, "Block-sparse matmul (cuda_ext)"): with 32×32 blocks the kernel is at least as
+fast as dense F.linear up to density 0.8 at 32 and 256 tokens on every shape measured (up to
+0.9 on 1024² and 2048²), and up to 0.6–0.7 for a single token, where both are bound by memory.
 """
 
 
