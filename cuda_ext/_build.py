@@ -93,9 +93,10 @@ def load() -> bool:
             _state["loaded"], _state["cuda"] = True, with_cuda
         except Exception as error:  # any build or load failure means: use the fallback
             _state["error"] = f"{type(error).__name__}: {str(error).strip().splitlines()[-1] if str(error).strip() else ''}"
+            hint = "" if os.environ.get(DISABLE_ENV) == "1" else f" Set {DISABLE_ENV}=1 to skip the build."
             warnings.warn(
                 f"cuda_ext: the block-sparse kernels could not be built or loaded ({_state['error']}); "
-                f"falling back to the slower pure-torch path. Set {DISABLE_ENV}=1 to skip the build.",
+                f"falling back to the slower pure-torch path.{hint}",
                 RuntimeWarning,
                 stacklevel=3,
             )
