@@ -97,8 +97,7 @@ def unit_scores(model: nn.Module, calibration: torch.Tensor) -> tuple[list[torch
     for b in blocks:
         for name in (b.attn_out, b.mlp_out):
             def hook(module, args, name=name):
-                x = args[0].detach().reshape(-1, args[0].shape[-1]).float()  # (tokens, in)
-                captured[name] = captured.get(name, 0) + x  # one batch only; see below
+                captured[name] = args[0].detach().reshape(-1, args[0].shape[-1]).float()  # (tokens, in)
             hooks.append(layers[name].register_forward_pre_hook(hook))
     was_training = model.training
     model.eval()
