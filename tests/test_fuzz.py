@@ -39,7 +39,7 @@ SCALARS = st.one_of(st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.f
 VALUES = st.recursive(SCALARS, lambda inner: st.one_of(st.lists(inner, max_size=3),
                                                         st.dictionaries(st.text(max_size=6), inner, max_size=3)),
                       max_leaves=8)
-COUNTS = {"malformed_inputs": 0, "accepted": 0, "one_line_errors": 0, "tracebacks": 0}
+COUNTS = {"malformed_inputs": 0, "accepted": 0, "help": 0, "one_line_errors": 0, "tracebacks": 0}
 
 
 class ReachedWork(Exception):
@@ -132,8 +132,8 @@ def call(argv: list[str], sandbox: Path) -> str:
         result = "error"
     finally:
         os.chdir(old)
+    COUNTS["help" if result == "help" else "one_line_errors"] += 1
     if result == "error":
-        COUNTS["one_line_errors"] += 1
         assert _snapshot(sandbox) == before, (argv, sorted(_snapshot(sandbox) - before))  # nothing half-created
     return result
 
@@ -179,7 +179,9 @@ def test_malformed_sweep_documents_parse_or_name_the_field(small_corpus):
             sweep = parse_sweep(doc, where="fz.yaml")
         except UserError as e:
             assert "\n" not in str(e) and str(e).startswith("fz.yaml"), str(e)
+            COUNTS["one_line_errors"] += 1
             return
+        COUNTS["accepted"] += 1
         for run in sweep.runs():  # what parses must be usable: finite numbers, safe run ids
             assert "/" not in run.run_id and ".." not in run.run_id
             assert all(math.isfinite(v) for v in (run.train.lr, run.train.tokens or run.train.flops))
@@ -200,6 +202,8 @@ def test_malformed_sweep_files_are_one_line_errors_and_leave_nothing_behind(smal
         except UserError as e:
             assert "\n" not in str(e), str(e)
             assert call(["sweep", str(path), "--runs-dir", "runs"], sandbox) == "error"
+        else:
+            COUNTS["accepted"] += 1
         assert not (sandbox.parent / "pwned").exists() and not Path("pwned").exists()
 
     try:

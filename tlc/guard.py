@@ -52,6 +52,23 @@ def lock_run_dir(run_dir: Path) -> None:
     _held_locks[key] = fd  # kept open until the process exits; closing it would release the lock
 
 
+def held_by_another(run_dir: Path) -> bool:
+    """Whether a live process (not this one) holds ``run_dir/.lock``, i.e. is training that run now."""
+    import fcntl
+
+    path = Path(run_dir) / ".lock"
+    if str(Path(run_dir).resolve()) in _held_locks or not path.exists():
+        return False
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # also releases the probe's own lock
+    return False
+
+
 def exit_with_worker() -> None:
     """End this process when the sweep worker named by ``TLC_WORKER_PID`` dies (no-op without it)."""
     value = os.environ.get(WORKER_PID_ENV)

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from tlc.config import SweepConfig, load_sweep, sweep_to_dict
 from tlc.errors import UserError
-from tlc.guard import WORKER_PID_ENV
+from tlc.guard import WORKER_PID_ENV, held_by_another
 from tlc.io import atomic_write_text, read_jsonl
 from tlc.train import check_run_dir, is_complete, plan_run
 
@@ -201,6 +201,7 @@ def _train_in_subprocess(cmd: list[str], log_path: Path) -> tuple[int, str]:
 def run_sweep(sweep_path: Path, runs_root: Path = Path("runs"), storage: str | None = None,
               max_runs: int | None = None) -> list[RunOutcome]:
     """Train every run of a sweep that is not finished, sharing the work with any other worker."""
+    from optuna.exceptions import UpdateFinishedTrialError
     from optuna.storages import fail_stale_trials
     from optuna.trial import TrialState
 
@@ -218,7 +219,9 @@ def run_sweep(sweep_path: Path, runs_root: Path = Path("runs"), storage: str | N
     while max_runs is None or trained < max_runs:
         fail_stale_trials(study)  # dead workers' trials become FAIL and are re-enqueued by the retry callback
         holders = _claims(study, ids)
-        todo = [r for r in ids if not is_complete(sweep_dir / r) and not holders[r] and r not in failed_here]
+        # a run whose lock is held is being trained by a trainer whose worker lost its trial (stalled, cut off)
+        todo = [r for r in ids if not is_complete(sweep_dir / r) and not holders[r] and r not in failed_here
+                and not held_by_another(sweep_dir / r)]
         if not todo:
             if any(holders[r] and not is_complete(sweep_dir / r) for r in ids):
                 time.sleep(POLL_S)  # others are training the rest; stay to take over if one of them dies
@@ -245,13 +248,22 @@ def run_sweep(sweep_path: Path, runs_root: Path = Path("runs"), storage: str | N
                 code, last_line = _train_in_subprocess(cmd, sweep_dir / f"{run_id}.log")
                 if code == 0:
                     break
+        if code != 0 and (is_complete(run_dir) or held_by_another(run_dir)):
+            # the trainer found the run locked: a stalled worker's trainer still has it, or just finished it
+            study.tell(trial, state=TrialState.PRUNED, skip_if_finished=True)
+            outcomes.setdefault(run_id, RunOutcome(run_id, "elsewhere"))
+            continue
+        # skip_if_finished: a worker cut off from the storage past the grace period finds its trial failed already
         if code == 0 and is_complete(run_dir):
-            study.tell(trial, _final_loss(run_dir))
+            study.tell(trial, _final_loss(run_dir), skip_if_finished=True)
             outcomes[run_id] = RunOutcome(run_id, "trained")
             trained += 1
         else:
-            trial.set_user_attr("error", last_line[-500:])
-            study.tell(trial, state=TrialState.FAIL)
+            try:
+                trial.set_user_attr("error", last_line[-500:])
+            except UpdateFinishedTrialError:
+                pass  # failed already as stale while this worker was cut off
+            study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
             failed_here.add(run_id)
             outcomes[run_id] = RunOutcome(run_id, "failed", last_line)
     for r in ids:
