@@ -131,9 +131,9 @@ def save_variant(folder: Path, model: nn.Module, sparse_kind: str = "dense", blo
     atomic_replace_dir(tmp, folder)
     result = {"bytes": (folder / WEIGHTS).stat().st_size}
     logical, int8 = read_weights(folder)
-    result["nonzeros"] = sum(int(t.count_nonzero()) for k, t in logical.items() if not k.endswith(".scale"))
+    result["nonzeros"] = sum(int(t.count_nonzero()) for t in logical.values())
     if bits == 8:
-        runtime = _fp32_model_from(folder, logical)
+        runtime = _fp32_model_from(folder, logical).to(next(model.parameters()).device)
         result["model"] = apply_int8(runtime, int8, int8_path)
     return result
 
