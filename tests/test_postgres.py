@@ -82,20 +82,21 @@ def _kill_mid_run(worker: subprocess.Popen, sweep_dir: Path, timeout_s: float = 
                 return run_id, child
         time.sleep(0.05)
     if worker.poll() is not None:
-        raise AssertionError(f"worker 0 exited ({worker.returncode}) before it could be killed: {worker.stderr.read()[-3000:]}")
+        raise AssertionError(f"worker 0 exited ({worker.returncode}) before it could be killed: "
+                             f"{worker.stderr.read()[-3000:]}")
     raise AssertionError("worker 0 never had a run in progress to kill; make the runs longer")
 
 
 def _gone(pid: int, within_s: float) -> bool:
+    """Whether process ``pid`` ends within ``within_s`` seconds (a zombie waiting to be reaped counts as ended)."""
     deadline = time.time() + within_s
     while time.time() < deadline:
         try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] if Path(f"/proc/{pid}").exists() else "X"
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            return True  # reaped
         if state in ("Z", "X"):
-            return True  # dead, waiting to be reaped by init
+            return True
         time.sleep(0.05)
     return False
 
