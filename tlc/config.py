@@ -321,7 +321,8 @@ def load_sweep(path: Path) -> SweepConfig:
         problem = " ".join(str(getattr(e, "problem", None) or e).split())  # reader errors span several lines
         raise UserError(f"SWEEP: {path.name} is not valid YAML{at}: {problem}") from None
     except (ValueError, RecursionError) as e:  # a 5000-digit number, or nesting deeper than Python's stack
-        raise UserError(f"SWEEP: {path.name} holds a value that cannot be read: {' '.join(str(e).split())[:200]}") from None
+        reason = " ".join(str(e).split())[:200]
+        raise UserError(f"SWEEP: {path.name} holds a value that cannot be read: {reason}") from None
     return parse_sweep(doc, where=path.name)
 
 
