@@ -7,6 +7,7 @@ works with whatever is there.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,6 +54,50 @@ def _read_json(path: Path) -> dict | None:
         raise UserError(f"RUNS_DIR: {str(path)!r} is unreadable ({e}); run its stage again to rewrite it") from None
 
 
+METRIC_NUMBERS = ("step", "tokens", "flops", "wall_s", "val_loss", "val_bpb", "val_acc")  # every line has these
+COMPRESS_NUMBERS = ("sparsity", "bits", "nonzeros", "bytes", "val_loss", "val_bpb", "val_acc")  # when present
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_run(run_dir: Path, config, metrics: list, compress: list) -> None:
+    """Refuse, in one line naming the file and field, what the figures and tables would trip over."""
+    params = config.get("params", {}) if isinstance(config, dict) else None
+    if not isinstance(params, dict) or not _is_number(params.get("non_embedding", 0)):
+        raise UserError(f"RUNS_DIR: {str(run_dir / 'config.json')!r} must be an object whose params holds counts; "
+                        "run tlc train again to rewrite it")
+    files = ((run_dir / "metrics.jsonl", metrics, True), (run_dir / "compress.jsonl", compress, False))
+    for path, rows, required in files:
+        for i, row in enumerate(rows, 1):
+            if not isinstance(row, dict):
+                raise UserError(f"RUNS_DIR: {str(path)!r} row {i}: expected a JSON object, got {type(row).__name__}")
+            for name in METRIC_NUMBERS if required else COMPRESS_NUMBERS:
+                if (required or name in row) and not _is_number(row.get(name)):
+                    raise UserError(f"RUNS_DIR: {str(path)!r} row {i}: {name} must be a finite number, "
+                                    f"got {row.get(name)!r}")
+            buckets = row.get("loss_by_freq_bucket", [])  # None marks a bucket without tokens
+            if not required and (not isinstance(row.get("method"), str) or not isinstance(buckets, list)
+                                 or not all(b is None or _is_number(b) for b in buckets)):
+                raise UserError(f"RUNS_DIR: {str(path)!r} row {i}: method must be text and "
+                                "loss_by_freq_bucket a list of numbers")
+
+
+def _check_fit_and_plan(sweep_dir: Path, fit, plan) -> None:
+    """fit.json and plan.json must be objects, with the laws and frontier the report reads in their shapes."""
+    for name, doc in (("fit.json", fit), ("plan.json", plan)):
+        if doc is not None and not isinstance(doc, dict):
+            raise UserError(f"RUNS_DIR: {str(sweep_dir / name)!r} must hold a JSON object; run its stage again")
+    laws, frontier = (fit or {}).get("laws") or {}, (fit or {}).get("frontier") or {}
+    ok = isinstance(laws, dict) and isinstance(frontier, dict) and all(
+        isinstance(law, dict) and isinstance(law.get("parameters") or {}, dict)
+        and all(isinstance(v, dict) for v in (law.get("parameters") or {}).values()) for law in laws.values())
+    if not ok:
+        raise UserError(f"RUNS_DIR: {str(sweep_dir / 'fit.json')!r} does not hold laws and frontier as tlc fit writes "
+                        "them; run tlc fit again")
+
+
 def collect(sweep_dir: Path) -> SweepData:
     """Read every stage's output under ``sweep_dir`` (a ``runs/<sweep>`` folder)."""
     sweep_dir = Path(sweep_dir)
@@ -64,11 +109,15 @@ def collect(sweep_dir: Path) -> SweepData:
         metrics = read_jsonl(cfg_path.parent / "metrics.jsonl")
         if not metrics:
             continue
-        runs.append(RunData(cfg_path.parent.name, config, metrics, read_jsonl(cfg_path.parent / "compress.jsonl")))
+        compress = read_jsonl(cfg_path.parent / "compress.jsonl")
+        _check_run(cfg_path.parent, config, metrics, compress)
+        runs.append(RunData(cfg_path.parent.name, config, metrics, compress))
     if not runs:
         raise UserError(f"RUNS_DIR: {str(sweep_dir)!r} holds no trained runs (no <run>/metrics.jsonl); run tlc sweep first")
     runs.sort(key=lambda r: (r.non_embedding, r.run_id))
-    data = SweepData(sweep_dir, sweep_dir.name, runs, _read_json(sweep_dir / "fit.json"), _read_json(sweep_dir / "plan.json"))
+    fit, plan = _read_json(sweep_dir / "fit.json"), _read_json(sweep_dir / "plan.json")
+    _check_fit_and_plan(sweep_dir, fit, plan)
+    data = SweepData(sweep_dir, sweep_dir.name, runs, fit, plan)
     incomplete = [r.run_id for r in runs if not (sweep_dir / r.run_id / "model" / "config.json").exists()]
     if incomplete:
         data.missing.append(f"runs still training or stopped early: {', '.join(incomplete)} (tlc sweep resumes them)")
