@@ -21,6 +21,7 @@ from tlc.cli import main
 from tlc.config import load_sweep
 from tlc.errors import UserError
 from tlc.guard import checkpoint_tag
+from tlc.io import read_jsonl
 
 TRAIN = ["train", "--width", "16", "--depth", "1", "--heads", "2", "--context", "32", "--vocab-size", "300",
          "--tokens", str(8 * 8 * 32), "--micro-batch", "8", "--evals", "2", "--precision", "fp32", "--no-progress"]
@@ -159,3 +160,15 @@ def test_every_string_from_run_files_is_escaped_in_the_html_report(tmp_path):
         assert raw not in page, raw
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page and "&lt;iframe" in page and "&lt;img src=x" in page
     _blocked(True)
+
+
+def test_zero2_bf16_checkpoints_still_resume_under_weights_only_loading(tmp_path, small_corpus):
+    """The weights-only loader admits what ZeRO and bf16 optimizer states hold (they pickle DeepSpeed classes)."""
+    out = tmp_path / "w16-d1-s0"
+    argv = [*TRAIN, "--precision", "bf16", "--zero-stage", "2", "--data", small_corpus, "--out", out]
+    run_tlc(*argv, check=True)
+    assert next((out / "checkpoint").glob("step*/*zero*optim_states.pt"))  # the file that needs the allowed classes
+    before = read_jsonl(out / "metrics.jsonl")
+    shutil.rmtree(out / "model")
+    run_tlc(*argv, check=True)  # resumes from the final checkpoint through the weights-only loader
+    assert read_jsonl(out / "metrics.jsonl") == before and (out / "model" / "model.safetensors").exists()
