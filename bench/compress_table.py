@@ -2,8 +2,8 @@
 
 Prints a Markdown table (for BENCHMARKS.md): one row per method and bit width, one column pair
 per run and sparsity level, each cell the loss added over the run's dense model (nats/token),
-plus bytes relative to dense. The
-``none`` 8-bit row (int8 alone, sparsity 0) fills the first column only. Nothing is recomputed here; the figures are compress.jsonl's.
+plus bytes relative to dense. The ``none`` 8-bit row (int8 alone, sparsity 0) fills the first
+column only. Nothing is recomputed here; the figures are compress.jsonl's.
 
     .venv/bin/python bench/compress_table.py runs/tiny/w64-d2-s0 runs/tiny/w192-d4-s0 [--sparsity 0.5,0.9]
 """

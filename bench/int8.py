@@ -91,7 +91,8 @@ def main() -> int:
 
     workloads = {f"tiny {shape.run_id(0)} b{b}": (models, lambda m, b=b: m(input_ids=inputs[b])) for b in (1, 32)}
     workloads["mlp stack 1024 (1024 tokens)"] = (stacks, lambda m: m(x))
-    results: dict[str, dict[str, list[float]]] = {w: {k: [] for k in variants} for w, (variants, _) in workloads.items()}
+    results: dict[str, dict[str, list[float]]] = {
+        w: {k: [] for k in variants} for w, (variants, _) in workloads.items()}
     for _ in range(args.rounds):
         for name, (variants, call) in workloads.items():
             for key, module in variants.items():  # alternate fp32 and int8 inside every round
@@ -99,8 +100,8 @@ def main() -> int:
 
     print(f"device: {device} ({torch.get_num_threads()} threads), torch {torch.__version__}, "
           f"{args.rounds} rounds x {args.repeats} repeats, median")
-    header = f"{'workload':<32}{'fp32 ms':>10}" + "".join(f"{p + ' ms':>20}{'fp32/' + p:>22}" for p in paths_for(device))
-    print(header)
+    columns = "".join(f"{p + ' ms':>20}{'fp32/' + p:>22}" for p in paths_for(device))
+    print(f"{'workload':<32}{'fp32 ms':>10}" + columns)
     for name, per_variant in results.items():
         fp32 = statistics.median(per_variant["fp32"])
         line = f"{name:<32}{fp32 * 1e3:>10.3f}"

@@ -237,7 +237,8 @@ def compress_run(run_dir: Path, settings: CompressSettings, log=print) -> list[d
         row["dense_val_loss"] = rows["dense"]["val_loss"] if "dense" in rows else row["val_loss"]
         append_jsonl(path, row)
         rows[spec.id] = row
-        log(f"{run_dir.name} {spec.id:<22} loss {row['val_loss']:.4f} ({row['val_loss'] - row['dense_val_loss']:+.4f})  "
+        added = row["val_loss"] - row["dense_val_loss"]
+        log(f"{run_dir.name} {spec.id:<22} loss {row['val_loss']:.4f} ({added:+.4f})  "
             f"nonzeros {row['nonzeros']:>9}  bytes {row['bytes']:>9}  b1 {row['latency_ms_b1']:.4f} ms/tok "
             f"[{row['latency_kind']}]  {row['wall_s']:.1f}s")
     return list(rows.values())

@@ -58,8 +58,10 @@ def _block_layers(model: nn.Module) -> list[BlockLayers]:
                               f"{prefix}.{i}.mlp.c_proj") for i in range(model.config.n_layer)]
     else:
         prefix = "model.layers"
-        blocks = [BlockLayers(tuple(f"{prefix}.{i}.self_attn.{p}_proj" for p in "qkv"), f"{prefix}.{i}.self_attn.o_proj",
-                              (f"{prefix}.{i}.mlp.gate_proj", f"{prefix}.{i}.mlp.up_proj"), f"{prefix}.{i}.mlp.down_proj")
+        blocks = [BlockLayers(tuple(f"{prefix}.{i}.self_attn.{p}_proj" for p in "qkv"),
+                              f"{prefix}.{i}.self_attn.o_proj",
+                              (f"{prefix}.{i}.mlp.gate_proj", f"{prefix}.{i}.mlp.up_proj"),
+                              f"{prefix}.{i}.mlp.down_proj")
                   for i in range(model.config.num_hidden_layers)]
     assert all(n in names for b in blocks for n in (*b.attn_in, b.attn_out, *b.mlp_in, b.mlp_out))
     return blocks
@@ -113,8 +115,8 @@ def unit_scores(model: nn.Module, calibration: torch.Tensor) -> tuple[list[torch
         heads, head_dim = _heads_and_dim(model, i)
         x = captured[b.attn_out]  # (tokens, heads*hd)
         w = _out_in(layers[b.attn_out]).detach().float()  # (d, heads*hd)
-        per_head = [(x[:, h * head_dim:(h + 1) * head_dim] @ w[:, h * head_dim:(h + 1) * head_dim].t()).pow(2).sum(1).mean()
-                    for h in range(heads)]
+        cols = [slice(h * head_dim, (h + 1) * head_dim) for h in range(heads)]
+        per_head = [(x[:, c] @ w[:, c].t()).pow(2).sum(1).mean() for c in cols]  # ||head's share of the output||^2
         head_scores.append(torch.stack(per_head))
         a = captured[b.mlp_out]  # (tokens, ffn)
         w_out = _out_in(layers[b.mlp_out]).detach().float()  # (d, ffn)
@@ -155,7 +157,9 @@ def structured_plan(model: nn.Module, sparsity: float, calibration: torch.Tensor
 
 
 def _head_rows(heads: tuple[int, ...], head_dim: int) -> torch.Tensor:
-    return torch.cat([torch.arange(h * head_dim, (h + 1) * head_dim) for h in heads]) if heads else torch.zeros(0, dtype=torch.long)
+    if not heads:
+        return torch.zeros(0, dtype=torch.long)
+    return torch.cat([torch.arange(h * head_dim, (h + 1) * head_dim) for h in heads])
 
 
 def plan_masks(model: nn.Module, plan: StructuredPlan) -> Masks:
@@ -219,7 +223,8 @@ def shrink(model: nn.Module, plan: StructuredPlan) -> nn.Module:
         rows = _head_rows(tuple(kept_heads), head_dim)
         for name in b.attn_in:
             sections = _out_in(layers[name]).shape[0] // (heads * head_dim)
-            _set(model, name, _slice_layer(layers[name], torch.cat([s * heads * head_dim + rows for s in range(sections)]), 0))
+            keep = torch.cat([s * heads * head_dim + rows for s in range(sections)])
+            _set(model, name, _slice_layer(layers[name], keep, 0))
         _set(model, b.attn_out, _slice_layer(layers[b.attn_out], rows, 1))
         ffn = _out_in(layers[b.mlp_out]).shape[1]
         kept = torch.tensor([j for j in range(ffn) if j not in set(plan.neurons_removed[i])], dtype=torch.long)
