@@ -197,7 +197,7 @@ def frequency_buckets(data: SweepData):
     for row in sorted(variants.values(), key=variant_label):
         ax.plot(xs, row["loss_by_freq_bucket"], "o--", ms=4, label=variant_label(row))
     ax.set_xticks(xs, [f"bucket {i + 1}" for i in xs])
-    ax.set(xlabel="target tokens by training-set frequency (1 = most frequent, 5 = rarest)",
+    ax.set(xlabel="target tokens by training-set frequency (1 = rarest, 5 = most frequent; equal token mass each)",
            ylabel="validation loss (nats/token)")
     ax.legend(fontsize=7)
     ax.grid(True, alpha=0.3)
@@ -227,6 +227,6 @@ FIGURES = [
                "star is the recommendation and the diamond the best uncompressed model under the same budgets.",
                plan_pareto),
     FigureSpec("frequency_buckets.png", "Loss by token frequency, before and after compression",
-               "Compression usually costs rare tokens (right) more than frequent ones (left); a widening gap to the "
-               "right means the average loss hides damage to the long tail.", frequency_buckets),
+               "Compression usually costs rare tokens (left) more than frequent ones (right); a gap that widens to the "
+               "left means the average loss hides damage to the long tail.", frequency_buckets),
 ]
