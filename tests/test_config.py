@@ -176,3 +176,12 @@ def test_a_shape_may_set_its_own_learning_rate(tmp_path):
     assert [r.train.lr for r in again.runs()] == [1e-3, 3e-3]
     with pytest.raises(UserError, match=r"shapes\[0\].lr: must be positive"):
         parse_sweep(_sweep(shapes=[{"width": 32, "depth": 2, "heads": 2, "lr": 0}]))
+
+
+def test_tiny_sweep_spans_enough_sizes_for_the_demo():
+    from tlc.model import param_counts
+
+    sweep = load_sweep(Path(__file__).resolve().parents[1] / "sweeps" / "tiny.yaml")
+    sizes = [param_counts(s).non_embedding for s in sweep.shapes]
+    assert len(sizes) >= 6 and max(sizes) / min(sizes) >= 8
+    assert all(s.width % 32 == 0 for s in sweep.shapes)  # the demo prunes in 32x32 blocks

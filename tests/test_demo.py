@@ -1,0 +1,49 @@
+"""tlc demo: the whole pipeline (sweep, compress, fit, plan, report) end to end on a small sweep."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import yaml
+
+from conftest import REPO
+
+RUN_IDS = ("w32-d1-s0", "w32-d2-s0", "w64-d1-s0", "w64-d2-s0")
+
+
+def test_demo_runs_every_stage_and_resumes(tmp_path, small_corpus):
+    sweep = tmp_path / "mini.yaml"
+    sweep.write_text(yaml.safe_dump({
+        "name": "mini",
+        "model": {"context": 32, "vocab_size": 300},
+        # widths divisible by the demo's 32-wide pruning blocks
+        "shapes": [{"width": 32, "depth": 1, "heads": 2}, {"width": 32, "depth": 2, "heads": 2},
+                   {"width": 64, "depth": 1, "heads": 2}, {"width": 64, "depth": 2, "heads": 2}],
+        "train": {"tokens": 30 * 8 * 32, "micro_batch": 8, "evals": 8, "precision": "fp32", "lr": 3e-3},
+        "data": {"source": str(small_corpus)},
+    }))
+    runs = tmp_path / "runs"
+    cmd = [sys.executable, "-m", "tlc", "demo", "--sweep", str(sweep), "--runs-dir", str(runs)]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = proc.stdout
+    for stage in ("tlc sweep", "tlc compress", "tlc fit", "tlc plan", "tlc report"):
+        assert f"== {stage}" in out
+    assert "train:   width" in out and "predicted loss" in out
+    assert "report: " in out and out.rstrip().endswith("(open it in a browser)")
+    sweep_dir = runs / "mini"
+    plan = json.loads((sweep_dir / "plan.json").read_text())
+    assert plan["recommendation"]["loss"]["mean"] > 0
+    assert all((sweep_dir / r / "compress.jsonl").exists() for r in ("w32-d1-s0", "w64-d2-s0"))
+    assert (sweep_dir / "report" / "index.html").exists() and (sweep_dir / "fit.json").exists()
+    rows_before = sum(len((sweep_dir / r / "compress.jsonl").read_text().splitlines())
+                      for r in RUN_IDS)
+
+    again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stdout.count("skipped") >= 4  # no run trained twice
+    rows_after = sum(len((sweep_dir / r / "compress.jsonl").read_text().splitlines())
+                     for r in RUN_IDS)
+    assert rows_after == rows_before  # no variant made twice
