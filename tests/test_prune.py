@@ -155,3 +155,13 @@ def test_gradual_pruning_masks_survive_every_optimizer_step(corpus_tokens, score
     every, events = pruning_events(10)
     assert cubic_sparsity(0, 0.8, every, events) == 0.0
     assert cubic_sparsity(every * events, 0.8, every, events) == pytest.approx(0.8)
+
+
+def test_block_pruning_never_removes_a_whole_layer():
+    # width 32 with 32x32 blocks: c_proj is a single block, c_attn three; 90% would round to all of them
+    model = build_model(ModelShape(width=32, depth=1, heads=2, context=16, vocab_size=300))
+    masks = block_masks(model, 0.9, block_size=32)
+    assert all(bool(mask.any()) for mask in masks.values())
+    apply_masks(model, masks)
+    zeros, total = count_sparsity(model)
+    assert 0 < zeros / total < 1

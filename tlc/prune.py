@@ -149,14 +149,17 @@ def expand_blocks(block_keep: torch.Tensor, block_size: int) -> torch.Tensor:
 def block_masks(model: nn.Module, sparsity: float, calibration=None, block_size: int = 32) -> Masks:
     """Block magnitude pruning: remove round(sparsity * blocks) lowest-norm square blocks per layer.
 
-    Blocks tile the [out, in] weight, the layout `cuda_ext` multiplies in BSR form.
+    Blocks tile the [out, in] weight, the layout `cuda_ext` multiplies in BSR form. Every layer
+    keeps at least one block, so a small layer of a few blocks is never removed whole: there the
+    achieved sparsity falls short of the target (the compression row records what was reached).
     """
     check_sparsity(sparsity)
     check_block_size(model, block_size)
     masks = {}
     for name, m in prunable_layers(model).items():
         scores = block_scores(weight_out_in(m).detach(), block_size)
-        masks[name] = expand_blocks(_bottom_k_mask(scores, round(sparsity * scores.numel())), block_size)
+        removed = min(round(sparsity * scores.numel()), scores.numel() - 1)
+        masks[name] = expand_blocks(_bottom_k_mask(scores, removed), block_size)
     return masks
 
 
