@@ -8,6 +8,8 @@ again after an interruption continues where it stopped.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import sys
 import time
@@ -19,25 +21,24 @@ SWEEPS_DIR = Path(__file__).resolve().parents[1] / "sweeps"
 # The demo compresses with the fast one-shot methods plus gradual pruning (the method that
 # recovers), at two levels; `tlc compress` alone does every method.
 DEMO_COMPRESS = ["--methods", "magnitude,block,gradual", "--sparsity", "0.5,0.9", "--recovery-steps", "40"]
+INFERENCE_SHARE = 0.6  # the inference budget as a share of the unconstrained optimum's size
 
 
-def demo_budgets(sweep_dir: Path) -> tuple[float, int]:
-    """A training budget and an inference budget that make the recommendation interesting.
-
-    Training: the compute of the sweep's largest run, so the largest shape is affordable. Inference:
-    the artifact size of the dense model in the middle of the sweep, so the planner must choose
-    between training that small model and compressing a larger one — the paper's question.
-    """
-    runs = []
-    for cfg_path in sorted(sweep_dir.glob("*/config.json")):
-        config = json.loads(cfg_path.read_text(encoding="utf-8"))
-        runs.append((config["params"]["non_embedding"], config["train_flops"], config["params"]["total"]))
-    if not runs:
+def training_budget(sweep_dir: Path) -> float:
+    """The compute of the sweep's largest run: every measured shape is affordable."""
+    flops = [json.loads(p.read_text(encoding="utf-8"))["train_flops"] for p in sorted(sweep_dir.glob("*/config.json"))]
+    if not flops:
         raise UserError(f"{sweep_dir}: no trained runs to plan from")
-    runs.sort()
-    budget = max(flops for _, flops, _ in runs)
-    middle_total_params = runs[len(runs) // 2][2]
-    return budget, 4 * middle_total_params  # fp32 bytes of the middle model
+    return max(flops)
+
+
+def inference_budget(plan: dict) -> int:
+    """Three fifths of the bytes of the compute-optimal dense model from a plan without an inference limit.
+
+    That model no longer fits, so the planner must choose between training a smaller model and
+    compressing a larger one — the question of Li et al. 2020.
+    """
+    return int(plan["compute_optimal"]["inference"]["bytes"] * INFERENCE_SHARE)
 
 
 def describe_plan(point: dict) -> str:
@@ -49,7 +50,7 @@ def describe_plan(point: dict) -> str:
         compression += " + int8"
     loss = point["loss"]
     interval = f" [{loss['low']:.3f}, {loss['high']:.3f}]" if loss.get("low") is not None else ""
-    return (f"width {point['width']} x depth {point['depth']} ({point['non_embedding_params']:,} params) on "
+    return (f"width {point['width']} x depth {point['depth']} ({int(point['non_embedding_params']):,} params) on "
             f"{point['tokens']:.3g} tokens, {compression}: predicted loss {loss['mean']:.3f}{interval}")
 
 
@@ -61,9 +62,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run the whole pipeline on the tiny sweep and the standard-library corpus, then print the plan.
 
-    Stages: tlc sweep, tlc compress, tlc fit, tlc plan (a training budget equal to the largest run's
-    compute, an inference budget equal to the middle model's size) and tlc report. Interrupt it at
-    any time; running it again resumes where it stopped.
+    Stages: tlc sweep, tlc compress, tlc fit, tlc plan (a training budget equal to the largest
+    run's compute, an inference budget of three fifths of the size of the best model without one)
+    and tlc report. Interrupt it at any time; running it again resumes where it stopped.
     """
     from tlc.cli import main
     from tlc.config import load_sweep
@@ -82,8 +83,13 @@ def run(args: argparse.Namespace) -> int:
     stage("sweep", ["sweep", str(args.sweep), "--runs-dir", str(args.runs_dir)])
     stage("compress", ["compress", str(sweep_dir), *DEMO_COMPRESS])
     stage("fit", ["fit", str(sweep_dir)])
-    budget, max_bytes = demo_budgets(sweep_dir)
-    stage("plan", ["plan", "--runs", str(sweep_dir), "--budget", f"{budget:.3g}", "--max-bytes", str(max_bytes)])
+    budget = training_budget(sweep_dir)
+    plan_argv = ["plan", "--runs", str(sweep_dir), "--budget", f"{budget:.3g}", "--json"]
+    with contextlib.redirect_stdout(io.StringIO()) as unconstrained:
+        if main(plan_argv) != 0:
+            raise UserError("the plan stage failed; fix the problem above and run tlc demo again to resume")
+    max_bytes = inference_budget(json.loads(unconstrained.getvalue()))
+    stage("plan", plan_argv[:-1] + ["--max-bytes", str(max_bytes)])
     stage("report", ["report", str(sweep_dir)])
     print(f"\ndemo finished in {time.perf_counter() - started:.0f} s")
     plan = json.loads((sweep_dir / "plan.json").read_text(encoding="utf-8"))
