@@ -115,3 +115,23 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, small_corpu
     assert abs(resumed[-1]["val_loss"] - whole[-1]["val_loss"]) < 1e-5
     for a, b in zip(whole, resumed):
         assert abs(a["val_loss"] - b["val_loss"]) < 1e-5
+
+
+def test_a_child_of_a_lone_process_gets_its_own_port(tmp_path, small_corpus, monkeypatch):
+    # as when an in-process stage (compress's fine-tune, a test) started torch.distributed first
+    from tlc.train import LONE_ENV
+
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    import socket
+
+    with socket.socket() as held:  # the parent's store still holds its port
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        monkeypatch.setenv("MASTER_PORT", str(port))
+        monkeypatch.setenv(LONE_ENV, f"1:{port}")
+        run_tlc("train", *TINY_SHAPE, "--tokens", "512", "--micro-batch", "8", "--evals", "1", "--precision", "fp32",
+                "--data", small_corpus, "--out", tmp_path / "run", "--no-progress", check=True)

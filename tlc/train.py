@@ -92,15 +92,24 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+LONE_ENV = "TLC_LONE_PROCESS"
+
+
 def init_distributed():
     """Start torch.distributed through DeepSpeed: gloo on CPU, nccl on GPU; a lone process needs no launcher."""
     import torch
 
     if not torch.cuda.is_available():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
-    if "RANK" not in os.environ:
-        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    # A lone process sets the launcher's variables itself and notes "<pid>:<port>" in LONE_ENV. A child
+    # of such a process (a test runner, `tlc demo`) inherits them but must not reuse the parent's port;
+    # a launcher (torchrun, deepspeed) sets its own MASTER_PORT, so its workers are left alone.
+    marker = os.environ.get(LONE_ENV, "")
+    inherited = marker.endswith(f":{os.environ.get('MASTER_PORT')}") and not marker.startswith(f"{os.getpid()}:")
+    if "RANK" not in os.environ or inherited:
+        port = str(_free_port())
+        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
+        os.environ[LONE_ENV] = f"{os.getpid()}:{port}"
     import logging
 
     import deepspeed
