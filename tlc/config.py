@@ -147,6 +147,13 @@ def _number(value: Any, where: str, kind: type) -> Any:
     return float(value)
 
 
+def _check_keys(mapping: Mapping, valid, where: str) -> None:
+    """Refuse keys that are not in ``valid``, naming the first and listing the valid ones."""
+    unknown = sorted(set(map(str, mapping)) - set(valid))
+    if unknown:
+        raise UserError(f"{where}: unknown key {unknown[0]!r}; valid keys: {', '.join(valid)}")
+
+
 def _from_mapping(cls: type, mapping: Any, where: str) -> Any:
     """Build a settings dataclass from a mapping, refusing unknown keys and wrong types."""
     if mapping is None:
@@ -154,9 +161,7 @@ def _from_mapping(cls: type, mapping: Any, where: str) -> Any:
     if not isinstance(mapping, Mapping):
         raise UserError(f"{where}: expected a mapping of settings, got {type(mapping).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(map(str, mapping)) - set(fields))
-    if unknown:
-        raise UserError(f"{where}: unknown key {unknown[0]!r}; valid keys: {', '.join(fields)}")
+    _check_keys(mapping, fields, where)
     kwargs = {}
     for key, value in mapping.items():
         hint = str(fields[key].type)
@@ -250,9 +255,7 @@ def parse_sweep(doc: Any, where: str = "sweep") -> SweepConfig:
     """Turn a parsed YAML document into a validated :class:`SweepConfig`."""
     if not isinstance(doc, Mapping):
         raise UserError(f"{where}: expected a mapping with keys {', '.join(SWEEP_KEYS)}")
-    unknown = sorted(set(map(str, doc)) - set(SWEEP_KEYS))
-    if unknown:
-        raise UserError(f"{where}: unknown key {unknown[0]!r}; valid keys: {', '.join(SWEEP_KEYS)}")
+    _check_keys(doc, SWEEP_KEYS, where)
     name = doc.get("name")
     if not isinstance(name, str) or not RUN_ID_PATTERN.match(name):
         raise UserError(
@@ -261,9 +264,7 @@ def parse_sweep(doc: Any, where: str = "sweep") -> SweepConfig:
     model_defaults = doc.get("model") or {}
     if not isinstance(model_defaults, Mapping):
         raise UserError(f"{where}.model: expected a mapping of {', '.join(SHAPE_DEFAULT_KEYS)}")
-    bad = sorted(set(map(str, model_defaults)) - set(SHAPE_DEFAULT_KEYS))
-    if bad:
-        raise UserError(f"{where}.model: unknown key {bad[0]!r}; valid keys: {', '.join(SHAPE_DEFAULT_KEYS)}")
+    _check_keys(model_defaults, SHAPE_DEFAULT_KEYS, f"{where}.model")
     raw_shapes = doc.get("shapes")
     if not isinstance(raw_shapes, list) or not raw_shapes:
         raise UserError(f"{where}.shapes: expected a non-empty list of {{width, depth, heads}} mappings")
