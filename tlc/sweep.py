@@ -99,7 +99,14 @@ def open_study(sweep: SweepConfig, sweep_dir: Path, storage_url: str | None):
                 raise UserError(f"--storage: cannot open {url!r}: {str(e).splitlines()[0]}") from None
             time.sleep(1 + attempt)
     ids = [r.run_id for r in sweep.runs()]
-    sampler = _SweepGridSampler({"run_id": ids}, seed=0)
+
+    class SweepGridSampler(optuna.samplers.GridSampler):
+        """GridSampler whose trials never stop the study: the worker loop decides when a sweep is done."""
+
+        def after_trial(self, study, trial, state, values):
+            pass
+
+    sampler = SweepGridSampler({"run_id": ids}, seed=0)
     return optuna.create_study(study_name=sweep.name, storage=storage, sampler=sampler, load_if_exists=True)
 
 
@@ -116,22 +123,6 @@ def _with_installed_driver(url: str) -> str:
             return f"{dialect}://{rest}"
     raise UserError("--storage: a postgresql:// URL needs a PostgreSQL driver; pip install 'tlc[postgres]' "
                     "(psycopg2-binary) or psycopg[binary]")
-
-
-def _grid_sampler_class():
-    import optuna
-
-    class SweepGridSampler(optuna.samplers.GridSampler):
-        """GridSampler whose trials never stop the study: the worker loop decides when a sweep is done."""
-
-        def after_trial(self, study, trial, state, values):
-            pass
-
-    return SweepGridSampler
-
-
-def _SweepGridSampler(*args, **kwargs):
-    return _grid_sampler_class()(*args, **kwargs)
 
 
 class _Heartbeat:
