@@ -29,8 +29,8 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tlc.config import load_sweep  # noqa: E402
-from tlc.model import build_model  # noqa: E402
-from tlc.quantize import INT8_PATHS, apply_int8, int8_linear, int8_weights, quantize_rows  # noqa: E402
+from tlc.train.model import build_model  # noqa: E402
+from tlc.compress.quantize import INT8_PATHS, apply_int8, int8_linear, int8_weights, quantize_rows  # noqa: E402
 
 
 def median_seconds(fn, repeats: int) -> float:

@@ -51,9 +51,9 @@ def stages(runs: Path) -> dict[str, float]:
     import argparse as ap
 
     from tlc import plan as tlc_plan
-    from tlc.plan_cost import build_cost_model
-    from tlc.plan_search import persist, run_nsga2, run_tpe
-    from tlc.plan_space import PlanSpace
+    from tlc.plan.cost import build_cost_model
+    from tlc.plan.search import persist, run_nsga2, run_tpe
+    from tlc.plan.space import PlanSpace
 
     parser = ap.ArgumentParser()
     tlc_plan.add_arguments(parser)
@@ -91,7 +91,7 @@ def add_trials_against_transaction(runs: Path) -> tuple[float, float]:
     """Seconds to store the same 112 trials with Optuna's add_trials and with one transaction."""
     import optuna
 
-    from tlc.plan_search import open_storage, persist
+    from tlc.plan.search import open_storage, persist
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=0))

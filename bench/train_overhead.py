@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 
 from tlc.config import load_sweep
-from tlc.model import build_model, flops_per_token
-from tlc.train import init_distributed, lm_loss
+from tlc.train.model import build_model, flops_per_token
+from tlc.train.loop import init_distributed, lm_loss
 
 REPO = Path(__file__).resolve().parents[1]
 

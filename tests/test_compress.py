@@ -10,11 +10,11 @@ import pytest
 
 from conftest import TINY_SHAPE, run_tlc
 from tlc.cli import main
-from tlc.compress import ROWS, add_cie, find_runs, load_eval
-from tlc.compress_store import load_variant
-from tlc.compress_variants import CompressSettings, parse_methods, parse_sparsities, variant_specs
+from tlc.compress.pipeline import ROWS, add_cie, find_runs, load_eval
+from tlc.compress.store import load_variant
+from tlc.compress.variants import CompressSettings, parse_methods, parse_sparsities, variant_specs
 from tlc.errors import UserError
-from tlc.evaluate import compression_identified_exemplars, frequency_buckets, modal_prediction
+from tlc.compress.evaluate import compression_identified_exemplars, frequency_buckets, modal_prediction
 from tlc.io import read_jsonl
 
 COMPRESS_ARGS = ["--methods", "magnitude,block,structured,2:4,gradual", "--sparsity", "0.5", "--recovery-steps", "4",
@@ -74,8 +74,8 @@ def test_compress_writes_one_valid_row_per_variant(compressed_sweep):
 def test_saved_variants_reload_to_the_evaluated_outputs(compressed_sweep):
     import torch
 
-    from tlc.data import load_corpus, load_tokens, val_offsets
-    from tlc.evaluate import evaluate_positions
+    from tlc.train.data import load_corpus, load_tokens, val_offsets
+    from tlc.compress.evaluate import evaluate_positions
 
     sweep, _ = compressed_sweep
     run = sweep / "w32-d2-s0"

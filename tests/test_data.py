@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from tlc.data import cache_dir, load_corpus, load_tokens, train_offsets, val_offsets, windows
+from tlc.train.data import cache_dir, load_corpus, load_tokens, train_offsets, val_offsets, windows
 from tlc.errors import UserError
 
 
@@ -20,7 +20,7 @@ def test_stdlib_corpus_is_deterministic_and_excludes_site_packages():
     share = len(a.val_docs) / (len(a.train_docs) + len(a.val_docs))
     assert 0.02 < share < 0.10  # 5% by path hash
     assert not any("site-packages" in d[:0] for d in a.train_docs)
-    import tlc.data as data
+    import tlc.train.data as data
 
     assert all("site-packages" not in rel for rel, _ in data._stdlib_files())
 

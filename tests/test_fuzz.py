@@ -141,26 +141,26 @@ def call(argv: list[str], sandbox: Path) -> str:
 @pytest.fixture
 def stop_at_work(monkeypatch):
     """Replace every entry point that starts real work by a ReachedWork stop sign."""
-    import tlc.compress
-    import tlc.plan
-    import tlc.sweep
-    import tlc.train
+    import tlc.compress.pipeline
+    import tlc.plan.planner
+    import tlc.train.sweep
+    import tlc.train.loop
 
     def stop(*args, **kwargs):
         raise ReachedWork
 
-    real_prepare = tlc.sweep._prepare_data
+    real_prepare = tlc.train.sweep._prepare_data
 
     def prepare(sweep):  # the embedded corpus takes seconds to read; a test corpus is quick and gets checked
         if sweep.data.source == "stdlib":
             raise ReachedWork
         return real_prepare(sweep)
 
-    monkeypatch.setattr(tlc.train, "init_distributed", stop)
-    monkeypatch.setattr(tlc.sweep, "open_study", stop)
-    monkeypatch.setattr(tlc.sweep, "_prepare_data", prepare)
-    monkeypatch.setattr(tlc.compress, "compress_run", stop)
-    monkeypatch.setattr(tlc.plan, "make_plan", stop)
+    monkeypatch.setattr(tlc.train.loop, "init_distributed", stop)
+    monkeypatch.setattr(tlc.train.sweep, "open_study", stop)
+    monkeypatch.setattr(tlc.train.sweep, "_prepare_data", prepare)
+    monkeypatch.setattr(tlc.compress.pipeline, "compress_run", stop)
+    monkeypatch.setattr(tlc.plan.planner, "make_plan", stop)
 
 
 @pytest.fixture

@@ -8,10 +8,10 @@ import math
 import numpy as np
 import pytest
 
-from tlc import plan as tlc_plan
+from tlc.plan import planner as tlc_plan
 from tlc.errors import UserError
-from tlc.plan_cost import CostModel, MeasuredVariant, fit_bytes, fit_latency
-from tlc.plan_law import PUBLISHED_LAWS, load_plan_law
+from tlc.plan.cost import CostModel, MeasuredVariant, fit_bytes, fit_latency
+from tlc.plan.law import PUBLISHED_LAWS, load_plan_law
 from tlc.units import format_bytes, format_count, parse_bytes, parse_count, parse_flops
 
 
@@ -217,7 +217,7 @@ def test_bytes_model_recovers_a_bitmask_format_and_falls_back_to_defaults():
 def test_trials_written_to_sqlite_read_back_as_optuna_wrote_them(tmp_path):
     import optuna
 
-    from tlc.plan_search import persist
+    from tlc.plan.search import persist
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=0))

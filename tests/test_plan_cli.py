@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 
 from scaling.synthetic import synthetic_sweep
-from tlc import plan as tlc_plan
+from tlc.plan import planner as tlc_plan
 from tlc.config import ModelShape
-from tlc.fit import fit_sweep
+from tlc.fit.observations import fit_sweep
 from tlc.io import atomic_write_json
-from tlc.model import param_counts
-from tlc.plan_space import Category
+from tlc.train.model import param_counts
+from tlc.plan.space import Category
 
 REPO = Path(__file__).resolve().parents[1]
 SHAPES = [(64, 2), (96, 3), (128, 4), (192, 4), (256, 6), (384, 6)]
@@ -138,8 +138,8 @@ def test_polish_matches_an_exhaustive_search_over_shapes(runs, capsys):
     result = plan(["--runs", runs, "--budget", "1e14", "--max-params", "150k"], capsys)
     rec = result["recommendation"]
     law = tlc_plan.load_plan_law(runs, None)
-    from tlc.plan_cost import build_cost_model
-    from tlc.plan_space import Budgets, PlanSpace
+    from tlc.plan.cost import build_cost_model
+    from tlc.plan.space import Budgets, PlanSpace
 
     categories = [Category(m, q) for m in ("none", "block", "magnitude") for q in (False, True)]
     space = PlanSpace(law, build_cost_model(runs, None, 1, None), Budgets(1e14, max_params=1.5e5), 0.95, categories)
@@ -252,7 +252,7 @@ def test_inference_tokens_come_out_of_the_budget_for_shapes(runs, capsys):
     rec = plan(["--runs", runs, "--budget", "1e16", "--max-bytes", "2MB", "--inference-tokens", served],
                capsys)["recommendation"]
     shape = ModelShape(rec["width"], rec["depth"], rec["heads"], 128, 1024, "gpt2")
-    from tlc.model import flops_per_token
+    from tlc.train.model import flops_per_token
 
     assert rec["inference_flops"] == pytest.approx(served * flops_per_token(shape) / 3)
     assert rec["train_flops"] + rec["inference_flops"] == pytest.approx(1e16, rel=1e-9)
@@ -271,7 +271,7 @@ def test_device_alone_reports_latency_without_restricting_the_search(runs, capsy
 
 
 def test_a_whole_plan_never_imports_torch(runs):
-    code = ("import sys, io, contextlib; from tlc.plan import main; "
+    code = ("import sys, io, contextlib; from tlc.plan.planner import main; "
             "out = io.StringIO(); contextlib.redirect_stdout(out).__enter__(); "
             f"rc = main(['--runs', {str(runs)!r}, '--budget', '1e15', '--max-latency-ms', '0.05', '--device', 'cpu']); "
             "sys.stderr.write(str((rc, 'torch' in sys.modules)))")

@@ -10,10 +10,10 @@ import torch
 
 from tlc.config import ModelShape, TrainSettings
 from tlc.errors import UserError
-from tlc.model import build_model
-from tlc.prune import (apply_masks, block_masks, check_block_size, count_sparsity, magnitude_masks, prunable_layers,
+from tlc.train.model import build_model
+from tlc.compress.prune import (apply_masks, block_masks, check_block_size, count_sparsity, magnitude_masks, prunable_layers,
                        semi_structured_masks, weight_out_in)
-from tlc.prune_structured import build_from_config, plan_masks, shrink, structured_plan
+from tlc.compress.structured import build_from_config, plan_masks, shrink, structured_plan
 
 ARCHS = ("gpt2", "llama")
 
@@ -123,14 +123,14 @@ def test_structured_pruning_keeps_a_head_per_layer_and_says_how_far_it_got():
 
 @pytest.fixture(scope="module")
 def corpus_tokens(small_corpus):
-    from tlc.data import load_corpus, load_tokens
+    from tlc.train.data import load_corpus, load_tokens
 
     return load_tokens(load_corpus(str(small_corpus)), 300)
 
 
 @pytest.mark.parametrize("scores", ["magnitude", "movement"])
 def test_gradual_pruning_masks_survive_every_optimizer_step(corpus_tokens, scores):
-    from tlc.prune_gradual import cubic_sparsity, gradual_prune, pruning_events
+    from tlc.compress.gradual import cubic_sparsity, gradual_prune, pruning_events
 
     model = tiny("gpt2")
     seen = []

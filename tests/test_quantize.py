@@ -9,11 +9,11 @@ import warnings
 import pytest
 import torch
 
-from tlc.compress_store import load_variant, read_weights, save_variant
+from tlc.compress.store import load_variant, read_weights, save_variant
 from tlc.config import ModelShape
-from tlc.model import build_model
-from tlc.prune import apply_masks, block_masks, magnitude_masks, semi_structured_masks
-from tlc.quantize import INT8_PATHS, apply_int8, choose_int8_path, dequantize_rows, int8_weights, quantize_rows
+from tlc.train.model import build_model
+from tlc.compress.prune import apply_masks, block_masks, magnitude_masks, semi_structured_masks
+from tlc.compress.quantize import INT8_PATHS, apply_int8, choose_int8_path, dequantize_rows, int8_weights, quantize_rows
 
 INT8_MAX_RELATIVE_ERROR = 0.05  # ||logits_int8 - logits_fp32|| / ||logits_fp32||, measured ~0.01-0.02
 
@@ -97,7 +97,7 @@ def _metadata(path):
 
 
 def test_cpu_int8_path_is_measured_once_and_cached(isolated_cache, monkeypatch):
-    import tlc.quantize as quantize
+    import tlc.compress.quantize as quantize
 
     calls = []
 
@@ -115,7 +115,7 @@ def test_cpu_int8_path_is_measured_once_and_cached(isolated_cache, monkeypatch):
 
 
 def test_both_cpu_int8_paths_really_run_and_are_timed():
-    from tlc.quantize import measure_int8_paths
+    from tlc.compress.quantize import measure_int8_paths
 
     timings = measure_int8_paths(64, torch.device("cpu"), tokens=64, layers=2)
     assert set(timings) == set(INT8_PATHS) and all(t > 0 for t in timings.values())

@@ -18,7 +18,7 @@ import yaml
 from conftest import REPO, run_tlc
 from reliability_figures import record
 from tlc.io import read_jsonl
-from tlc.train import is_complete
+from tlc.train.loop import is_complete
 
 FAST_HEARTBEATS = {"TLC_HEARTBEAT_S": "1", "TLC_GRACE_S": "3", "TLC_POLL_S": "1", "OMP_NUM_THREADS": "1"}
 
@@ -34,7 +34,7 @@ def test_a_second_trainer_of_a_run_in_progress_stops_at_once(tmp_path, small_cor
     out = tmp_path / "w16-d1-s0"
     out.mkdir()
     # a stand-in for a trainer in progress: holds the run's lock the way train_run does, then waits
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from tlc.guard import lock_run_dir; "
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from tlc.train.guard import lock_run_dir; "
                                f"lock_run_dir({str(out)!r}); print('locked', flush=True); time.sleep(600)"],
                               cwd=REPO, stdout=subprocess.PIPE, text=True)
     try:

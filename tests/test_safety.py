@@ -20,7 +20,7 @@ from report_fixtures import write_synthetic_sweep
 from tlc.cli import main
 from tlc.config import load_sweep
 from tlc.errors import UserError
-from tlc.guard import checkpoint_tag
+from tlc.train.guard import checkpoint_tag
 from tlc.io import read_jsonl
 
 TRAIN = ["train", "--width", "16", "--depth", "1", "--heads", "2", "--context", "32", "--vocab-size", "300",

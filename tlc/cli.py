@@ -18,12 +18,12 @@ from tlc.errors import UserError
 
 # name -> (module, one-line summary); a test checks each summary against the module's run() docstring
 COMMANDS = {
-    "train": ("tlc.train_command", "Train one model with DeepSpeed, writing metrics.jsonl, checkpoints and model/ into its run directory."),
-    "sweep": ("tlc.sweep_command", "Train every run of a sweep (shapes x seeds) that is not finished yet, each in its own process."),
-    "compress": ("tlc.compress", "Prune and 8-bit quantize every trained model of a sweep; evaluate and measure each variant."),
-    "fit": ("tlc.fit", "Fit scaling laws to a sweep (and its compressed variants) and write RUNS_DIR/fit.json."),
-    "plan": ("tlc.plan", "Recommend the model to train and how to compress it, for a training budget and an inference budget."),
-    "report": ("tlc.report", "Write RUNS_DIR/report/: index.html (opens offline), report.md and the figures as PNG."),
+    "train": ("tlc.train.command", "Train one model with DeepSpeed, writing metrics.jsonl, checkpoints and model/ into its run directory."),
+    "sweep": ("tlc.train.sweep_command", "Train every run of a sweep (shapes x seeds) that is not finished yet, each in its own process."),
+    "compress": ("tlc.compress.pipeline", "Prune and 8-bit quantize every trained model of a sweep; evaluate and measure each variant."),
+    "fit": ("tlc.fit.observations", "Fit scaling laws to a sweep (and its compressed variants) and write RUNS_DIR/fit.json."),
+    "plan": ("tlc.plan.planner", "Recommend the model to train and how to compress it, for a training budget and an inference budget."),
+    "report": ("tlc.report.build", "Write RUNS_DIR/report/: index.html (opens offline), report.md and the figures as PNG."),
     "demo": ("tlc.demo", "Run the whole pipeline on the tiny sweep and the standard-library corpus, then print the plan."),
 }
 

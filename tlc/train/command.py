@@ -94,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
     the deepspeed launcher, every process runs this same command.
     """
     from tlc.config import validate_run
-    from tlc.train import train_run
+    from tlc.train.loop import train_run
 
     cfg, out = _train_config(args)
     validate_run(cfg)

@@ -22,7 +22,7 @@ import json
 import math
 
 from tlc.errors import UserError
-from tlc.plan_space import MAX_DEPTH, MAX_WIDTH_STEPS, MIN_CONTINUOUS_N, Category, PlanSpace, Point
+from tlc.plan.space import MAX_DEPTH, MAX_WIDTH_STEPS, MIN_CONTINUOUS_N, Category, PlanSpace, Point
 
 DEFAULT_TPE_TRIALS = 48
 DEFAULT_PARETO_TRIALS = 64

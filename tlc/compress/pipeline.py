@@ -2,7 +2,7 @@
 measure every variant for real, and write one line per variant to ``<run>/compress.jsonl``.
 
 Each variant is saved under ``<run>/compressed/<variant-id>/`` (safetensors; sparse and int8
-weights stored as such, see tlc.compress_store) with its per-position validation losses and
+weights stored as such, see tlc.compress.store) with its per-position validation losses and
 predictions (``eval.npz``). Resumable: a variant whose line is in compress.jsonl and whose
 artifact exists is skipped. Where a shape was trained with several seeds, a final pass replaces
 each row's disagreement with Hooker et al.'s compression-identified exemplars (CIE).
@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tlc.compress_variants import (DEFAULT_METHODS, DEFAULT_SPARSITIES, METHOD_HELP, RECOVERING, CompressSettings,
+from tlc.compress.variants import (DEFAULT_METHODS, DEFAULT_SPARSITIES, METHOD_HELP, RECOVERING, CompressSettings,
                                    VariantSpec, parse_methods, parse_sparsities, variant_specs)
 from tlc.errors import UserError
 from tlc.io import append_jsonl, read_jsonl, rewrite_jsonl
@@ -40,7 +40,7 @@ FREQ_BUCKETS = "equal_train_token_mass"
 
 def find_runs(runs_dir: Path) -> list[Path]:
     """Complete runs under RUNS_DIR (or RUNS_DIR itself when it is one run), in name order."""
-    from tlc.train import is_complete
+    from tlc.train.loop import is_complete
 
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir():
@@ -60,7 +60,7 @@ class RunContext:
 
     run_dir: Path
     config: dict
-    tokens: object  # tlc.data.TokenData
+    tokens: object  # tlc.train.data.TokenData
     offsets: np.ndarray  # validation windows of the training run's evaluations
     buckets: np.ndarray  # frequency bucket of each vocabulary id
     calibration: object  # (windows, context) int64 tensor of training text
@@ -74,8 +74,8 @@ def load_run(run_dir: Path, settings: CompressSettings) -> RunContext:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from tlc.data import load_corpus, load_tokens, train_offsets, val_offsets, windows
-    from tlc.evaluate import frequency_buckets
+    from tlc.train.data import load_corpus, load_tokens, train_offsets, val_offsets, windows
+    from tlc.compress.evaluate import frequency_buckets
 
     config = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
     data, shape, train = config["data"], config["shape"], config["train"]
@@ -83,7 +83,7 @@ def load_run(run_dir: Path, settings: CompressSettings) -> RunContext:
     dense = AutoModelForCausalLM.from_pretrained(str(run_dir / "model"), use_safetensors=True,
                                                  attn_implementation="sdpa").float().to(device).eval()
     if "block" in settings.methods:
-        from tlc.prune import check_block_size
+        from tlc.compress.prune import check_block_size
 
         check_block_size(dense, settings.block_size)  # before the slower data loading
     corpus = load_corpus(data["source"], data["val_percent"], data["text_field"])
@@ -96,7 +96,7 @@ def load_run(run_dir: Path, settings: CompressSettings) -> RunContext:
     calibration = torch.from_numpy(windows(tokens.train, offsets, context)[:, :-1]).to(device)
     int8_path = None
     if settings.int8:
-        from tlc.quantize import choose_int8_path
+        from tlc.compress.quantize import choose_int8_path
 
         int8_path, _ = choose_int8_path(device, shape["width"])
     return RunContext(run_dir, config, tokens, val_offsets(len(tokens.val), context, train["eval_tokens"]),
@@ -119,9 +119,9 @@ def load_eval(folder: Path) -> tuple[np.ndarray, np.ndarray]:
 def make_variant(ctx: RunContext, spec: VariantSpec, settings: CompressSettings, fp32_models: dict,
                  dense_eval: tuple | None) -> dict:
     """Build, save, evaluate and time one variant; returns its compress.jsonl row."""
-    from tlc.compress_store import is_saved, load_fp32, save_variant
-    from tlc.compress_variants import block_sparse_model, build_pruned, latency_kind, sparse_kind
-    from tlc.evaluate import disagreement, evaluate_positions, latency_ms_per_token
+    from tlc.compress.store import is_saved, load_fp32, save_variant
+    from tlc.compress.variants import block_sparse_model, build_pruned, latency_kind, sparse_kind
+    from tlc.compress.evaluate import disagreement, evaluate_positions, latency_ms_per_token
 
     started = time.perf_counter()
     shape, train = ctx.config["shape"], ctx.config["train"]
@@ -215,7 +215,7 @@ def _device_name(device) -> str:
 
 def compress_run(run_dir: Path, settings: CompressSettings, log=print) -> list[dict]:
     """Make every missing variant of one run; returns all of the run's rows."""
-    from tlc.compress_store import is_saved
+    from tlc.compress.store import is_saved
 
     run_dir = Path(run_dir)
     path = run_dir / ROWS
@@ -247,7 +247,7 @@ def compress_run(run_dir: Path, settings: CompressSettings, log=print) -> list[d
 def add_cie(run_dirs: list[Path]) -> int:
     """Where a shape has several seeds, set each variant's disagreement to its CIE (Hooker et al. 2020);
     returns how many rows changed. Rows keep their one-seed figure as ``disagreement_vs_own_dense``."""
-    from tlc.evaluate import compression_identified_exemplars
+    from tlc.compress.evaluate import compression_identified_exemplars
 
     groups: dict[str, list[Path]] = {}
     for run_dir in run_dirs:
@@ -304,7 +304,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def settings_from_args(args: argparse.Namespace) -> CompressSettings:
     """Validate the flags into CompressSettings (UserError naming the flag)."""
-    from tlc.prune import BLOCK_SIZES
+    from tlc.compress.prune import BLOCK_SIZES
 
     if args.recovery_steps < 0:
         raise UserError(f"--recovery-steps: must be >= 0, got {args.recovery_steps}")

@@ -22,11 +22,11 @@ from pathlib import Path
 import numpy as np
 
 from tlc.config import RunConfig, TrainSettings, validate_run
-from tlc.data import TokenData, load_corpus, load_tokens, train_offsets, val_offsets, windows
+from tlc.train.data import TokenData, load_corpus, load_tokens, train_offsets, val_offsets, windows
 from tlc.errors import UserError
-from tlc.guard import checkpoint_tag, exit_with_worker, load_checkpoints_safely, lock_run_dir
+from tlc.train.guard import checkpoint_tag, exit_with_worker, load_checkpoints_safely, lock_run_dir
 from tlc.io import append_jsonl, atomic_replace_dir, atomic_write_json, read_jsonl, rewrite_jsonl
-from tlc.model import build_model, flops_per_token, param_counts
+from tlc.train.model import build_model, flops_per_token, param_counts
 from tlc.versions import package_versions
 
 
@@ -417,7 +417,7 @@ def save_final_model(module, tokens: TokenData, run_dir: Path) -> None:
     from transformers import PreTrainedTokenizerFast
     from transformers.utils import logging as hf_logging
 
-    from tlc.data import EOT
+    from tlc.train.data import EOT
 
     hf_logging.disable_progress_bar()
 

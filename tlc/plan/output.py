@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 
-from tlc.plan_space import Point
+from tlc.plan.space import Point
 from tlc.units import format_bytes, format_count
 
 FORMAT = "tlc.plan/1"

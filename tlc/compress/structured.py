@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from tlc.prune import Masks, check_sparsity, is_conv1d, prunable_layers
+from tlc.compress.prune import Masks, check_sparsity, is_conv1d, prunable_layers
 
 
 @dataclass(frozen=True)

@@ -26,8 +26,8 @@ import torch
 from torch import nn
 
 from tlc.io import atomic_replace_dir, atomic_write_json
-from tlc.prune import is_conv1d, prunable_layers
-from tlc.quantize import INT8_PATHS, apply_int8, dequantize_rows, embedding_names, int8_weights
+from tlc.compress.prune import is_conv1d, prunable_layers
+from tlc.compress.quantize import INT8_PATHS, apply_int8, dequantize_rows, embedding_names, int8_weights
 
 WEIGHTS = "model.safetensors"
 MANIFEST = "manifest.json"
@@ -163,7 +163,7 @@ def read_weights(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, tuple
 def _fp32_model_from(folder: Path, state: dict) -> nn.Module:
     from transformers import AutoConfig
 
-    from tlc.prune_structured import build_from_config
+    from tlc.compress.structured import build_from_config
 
     model = build_from_config(AutoConfig.from_pretrained(str(folder)))
     result = model.load_state_dict(state, strict=False)

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tlc.data import TokenData, windows
+from tlc.train.data import TokenData, windows
 
 N_BUCKETS = 5
 

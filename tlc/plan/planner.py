@@ -1,8 +1,8 @@
 """``tlc plan --budget FLOPS``: the model to train and how to compress it, searched with Optuna.
 
-The pieces: `tlc.plan_law` (the law and its measured ranges), `tlc.plan_cost` (non-zeros,
-bytes, latency), `tlc.plan_space` (sizes, tokens from the budget, the polish),
-`tlc.plan_search` (TPE, NSGA-II, storage) and `tlc.plan_output` (plan.json and the table).
+The pieces: `tlc.plan.law` (the law and its measured ranges), `tlc.plan.cost` (non-zeros,
+bytes, latency), `tlc.plan.space` (sizes, tokens from the budget, the polish),
+`tlc.plan.search` (TPE, NSGA-II, storage) and `tlc.plan.output` (plan.json and the table).
 Nothing here imports torch.
 """
 
@@ -18,13 +18,13 @@ import numpy as np
 from scaling.bootstrap import percentile_interval
 from tlc.errors import UserError
 from tlc.io import atomic_write_json
-from tlc.plan_cost import LATENCY_BATCHES, build_cost_model
-from tlc.plan_law import PUBLISHED_LAWS, PlanLaw, load_plan_law
-from tlc.plan_output import FORMAT, format_table, plan_json
-from tlc.plan_search import (
+from tlc.plan.cost import LATENCY_BATCHES, build_cost_model
+from tlc.plan.law import PUBLISHED_LAWS, PlanLaw, load_plan_law
+from tlc.plan.output import FORMAT, format_table, plan_json
+from tlc.plan.search import (
     DEFAULT_PARETO_TRIALS, DEFAULT_TPE_TRIALS, feasible, persist, run_nsga2, run_tpe, study_key, trial_start,
 )
-from tlc.plan_space import MIN_CONTINUOUS_N, Budgets, Category, PlanSpace, Point
+from tlc.plan.space import MIN_CONTINUOUS_N, Budgets, Category, PlanSpace, Point
 from tlc.units import format_bytes, format_count, parse_bytes, parse_count, parse_flops, parse_positive
 
 DEFAULT_MAX_SPARSITY = 0.95
@@ -169,7 +169,7 @@ def _gain_interval(law: PlanLaw, small: Point, large: Point) -> tuple[float | No
 
 
 def make_plan(law: PlanLaw, budgets: Budgets, args: argparse.Namespace, storage: str | None) -> dict:
-    """Search, polish and assemble plan.json's content (see `tlc.plan_output`)."""
+    """Search, polish and assemble plan.json's content (see `tlc.plan.output`)."""
     latency_flag = "--max-latency-ms" if budgets.max_latency_ms is not None else "--device" if args.device else None
     costs = build_cost_model(law.runs_dir, args.device, args.latency_batch, latency_flag)
     # Under a latency budget only measured (method, int8) groups can be priced; --device alone just reports latency.
@@ -221,7 +221,7 @@ def make_plan(law: PlanLaw, budgets: Budgets, args: argparse.Namespace, storage:
             "source": law.source, "description": law.description, "form": law.law, "parameters": law.parameters,
             "shapes": (f"{law.shape_template['arch']} shapes, context {law.shape_template['context']}, "
                        f"vocab {law.shape_template['vocab_size']}") if space.shapes else "continuous N",
-            "flops": ("tlc.model.flops_per_token per training token, a third of it per inference token"
+            "flops": ("tlc.train.model.flops_per_token per training token, a third of it per inference token"
                       if space.shapes else "6N per training token, 2N per inference token"),
         },
         "budget": {

@@ -25,9 +25,9 @@ from pathlib import Path
 
 from tlc.config import SweepConfig, load_sweep, sweep_to_dict
 from tlc.errors import UserError
-from tlc.guard import WORKER_PID_ENV, held_by_another
+from tlc.train.guard import WORKER_PID_ENV, held_by_another
 from tlc.io import atomic_write_text, read_jsonl
-from tlc.train import check_run_dir, is_complete, plan_run
+from tlc.train.loop import check_run_dir, is_complete, plan_run
 
 
 def _seconds_from_env(name: str, default: int) -> int:
@@ -172,7 +172,7 @@ def _train_in_subprocess(cmd: list[str], log_path: Path) -> tuple[int, str]:
     """Run one training process, passing its stderr through (the progress bar) into a log; return code and tail."""
     tail: collections.deque[str] = collections.deque(maxlen=20)
     with open(log_path, "ab") as log:
-        # the trainer dies with this worker (tlc.guard.exit_with_worker), so a killed worker's run is free to take over
+        # the trainer dies with this worker (tlc.train.guard.exit_with_worker), so a killed worker's run is free to take over
         env = {**os.environ, "PYTHONUNBUFFERED": "1", WORKER_PID_ENV: str(os.getpid())}
         proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, env=env)
         assert proc.stderr is not None
@@ -265,7 +265,7 @@ def run_sweep(sweep_path: Path, runs_root: Path = Path("runs"), storage: str | N
 
 def _prepare_data(sweep: SweepConfig) -> None:
     """Read the corpus and train the tokenizer once, before runs start in parallel processes."""
-    from tlc.data import load_corpus, load_tokens
+    from tlc.train.data import load_corpus, load_tokens
 
     corpus = load_corpus(sweep.data.source, sweep.data.val_percent, sweep.data.text_field)
     for vocab in sorted({s.vocab_size for s in sweep.shapes}):

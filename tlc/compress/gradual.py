@@ -23,8 +23,8 @@ import torch
 from torch import nn
 
 from tlc.config import TrainSettings
-from tlc.data import TokenData, train_offsets, windows
-from tlc.prune import Masks, check_sparsity, is_conv1d, prunable_layers
+from tlc.train.data import TokenData, train_offsets, windows
+from tlc.compress.prune import Masks, check_sparsity, is_conv1d, prunable_layers
 
 SCORES = ("magnitude", "movement")
 RECOVERY_SEED = 7919  # data for recovery is drawn apart from the training run's own batches
@@ -72,7 +72,7 @@ def gradual_prune(model: nn.Module, sparsity: float, tokens: TokenData, context:
     """
     import torch.nn.utils.prune as prune
 
-    from tlc.train import build_engine, get_lr, init_distributed, lm_loss
+    from tlc.train.loop import build_engine, get_lr, init_distributed, lm_loss
 
     check_sparsity(sparsity)
     if scores not in SCORES:

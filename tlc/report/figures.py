@@ -15,7 +15,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from tlc.report_data import SweepData, chinchilla_parameters, dense_row, variant_label  # noqa: E402
+from tlc.report.data import SweepData, chinchilla_parameters, dense_row, variant_label  # noqa: E402
 
 
 @dataclass(frozen=True)

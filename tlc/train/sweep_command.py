@@ -23,7 +23,7 @@ def run(args: argparse.Namespace) -> int:
 
     Start the same command on several machines with one --storage URL to share the work.
     """
-    from tlc.sweep import run_sweep, summary_table
+    from tlc.train.sweep import run_sweep, summary_table
 
     if args.max_runs is not None and args.max_runs < 1:
         raise UserError(f"--max-runs: must be at least 1, got {args.max_runs}")

@@ -22,7 +22,7 @@ import warnings
 import torch
 from torch import nn
 
-from tlc.prune import is_conv1d, prunable_layers
+from tlc.compress.prune import is_conv1d, prunable_layers
 
 INT8_PATHS = ("torch_dynamic", "bitsandbytes")
 
@@ -166,7 +166,7 @@ def choose_int8_path(device: torch.device, width: int) -> tuple[str, dict]:
     """
     if device.type == "cuda":
         return "bitsandbytes", {"reason": "cuda"}
-    from tlc.data import cache_dir
+    from tlc.train.data import cache_dir
     from tlc.io import atomic_write_json
 
     cache = cache_dir() / "int8_path.json"

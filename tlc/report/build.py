@@ -13,7 +13,7 @@ import shutil
 from pathlib import Path
 
 from tlc.io import atomic_replace_dir
-from tlc.report_data import SweepData, collect
+from tlc.report.data import SweepData, collect
 
 CSS = """
 body { font-family: system-ui, sans-serif; max-width: 1000px; margin: 2em auto; padding: 0 1em; color: #222; }
@@ -100,7 +100,7 @@ def render_figures(data: SweepData, folder: Path) -> list[tuple]:
     """Draw every figure the data supports into ``folder``; return (spec, drawn) pairs."""
     import matplotlib.pyplot as plt
 
-    from tlc.figures import FIGURES
+    from tlc.report.figures import FIGURES
 
     drawn = []
     for spec in FIGURES:

@@ -102,7 +102,7 @@ def variant_specs(settings: CompressSettings) -> list[VariantSpec]:
 
 
 def sparse_kind(spec: VariantSpec) -> str:
-    """How the prunable matrices of a variant are stored (see tlc.compress_store)."""
+    """How the prunable matrices of a variant are stored (see tlc.compress.store)."""
     if spec.method in ("none", "structured"):
         return "dense"
     return "bsr" if spec.method == "block" else "bitmask"
@@ -114,18 +114,18 @@ def build_pruned(spec: VariantSpec, dense, calibration, recovery: dict | None):
     ``dense`` is the trained model, ``calibration`` a (windows, context) batch of training tokens and
     ``recovery`` what gradual methods fine-tune with: tokens, context, train, steps, seed.
     """
-    from tlc.prune import PATTERNS, apply_masks, count_sparsity
+    from tlc.compress.prune import PATTERNS, apply_masks, count_sparsity
 
     model = copy.deepcopy(dense)
     if spec.method == "none":
         return model, 0.0
     if spec.method == "structured":
-        from tlc.prune_structured import shrink, structured_plan
+        from tlc.compress.structured import shrink, structured_plan
 
         plan = structured_plan(model, spec.sparsity, calibration)
         return shrink(model, plan), plan.sparsity
     if spec.method in RECOVERING:
-        from tlc.prune_gradual import gradual_prune
+        from tlc.compress.gradual import gradual_prune
 
         scores = "movement" if spec.method == "movement" else "magnitude"
         model, _ = gradual_prune(model, spec.sparsity, recovery["tokens"], recovery["context"], recovery["train"],

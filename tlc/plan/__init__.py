@@ -1,0 +1,1 @@
+"""Planning: the law, cost model, search space, Optuna search and plan output."""

@@ -1,0 +1,1 @@
+"""Report: what it reads, the figures and the pages."""
