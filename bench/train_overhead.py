@@ -17,8 +17,10 @@ from pathlib import Path
 import torch
 
 from tlc.config import load_sweep
-from tlc.train.model import build_model, flops_per_token
-from tlc.train.loop import init_distributed, lm_loss
+from tlc.shapes import flops_per_token
+from tlc.train.model import build_model
+from tlc.train.engine import init_distributed
+from tlc.train.evaluation import lm_loss
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -18,6 +18,7 @@ from scaling.fitted import FittedLaw, FittedSweep, load_fit
 from scaling.fitting import HUBER_DELTA, FitResult, fit_law
 from scaling.forms import (
     LAWS,
+    PUBLISHED_BESIROGLU,
     PUBLISHED_CHINCHILLA,
     ChinchillaForm,
     ChinchillaParameters,
@@ -53,6 +54,7 @@ __all__ = [
     "LawFit",
     "LearningCurveForm",
     "LearningCurveParameters",
+    "PUBLISHED_BESIROGLU",
     "PUBLISHED_CHINCHILLA",
     "RunCurve",
     "SweepObservations",

@@ -110,8 +110,10 @@ class ChinchillaParameters:
     beta: float  # data exponent
 
 
-# Hoffmann et al. 2022, approach 3: their fitted law (sec. 3.3), on MassiveText.
+# Hoffmann et al. 2022, approach 3: their fitted law (sec. 3.3, eq. 10), on MassiveText.
 PUBLISHED_CHINCHILLA = ChinchillaParameters(E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28)
+# Besiroglu et al. 2024, "Chinchilla scaling: a replication attempt": their refit of approach 3.
+PUBLISHED_BESIROGLU = ChinchillaParameters(E=1.817, A=482.01, B=2085.43, alpha=0.3478, beta=0.3658)
 
 
 class ChinchillaForm(LawForm):

@@ -179,7 +179,7 @@ def test_a_shape_may_set_its_own_learning_rate(tmp_path):
 
 
 def test_tiny_sweep_spans_enough_sizes_for_the_demo():
-    from tlc.train.model import param_counts
+    from tlc.shapes import param_counts
 
     sweep = load_sweep(Path(__file__).resolve().parents[1] / "sweeps" / "tiny.yaml")
     sizes = [param_counts(s).non_embedding for s in sweep.shapes]

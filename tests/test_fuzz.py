@@ -141,8 +141,8 @@ def call(argv: list[str], sandbox: Path) -> str:
 @pytest.fixture
 def stop_at_work(monkeypatch):
     """Replace every entry point that starts real work by a ReachedWork stop sign."""
-    import tlc.compress.pipeline
-    import tlc.plan.planner
+    import tlc.compress.command
+    import tlc.plan.command
     import tlc.train.sweep
     import tlc.train.loop
 
@@ -159,8 +159,8 @@ def stop_at_work(monkeypatch):
     monkeypatch.setattr(tlc.train.loop, "init_distributed", stop)
     monkeypatch.setattr(tlc.train.sweep, "open_study", stop)
     monkeypatch.setattr(tlc.train.sweep, "_prepare_data", prepare)
-    monkeypatch.setattr(tlc.compress.pipeline, "compress_run", stop)
-    monkeypatch.setattr(tlc.plan.planner, "make_plan", stop)
+    monkeypatch.setattr(tlc.compress.command, "compress_run", stop)
+    monkeypatch.setattr(tlc.plan.command, "make_plan", stop)
 
 
 @pytest.fixture

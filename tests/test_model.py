@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from tlc.config import ModelShape
-from tlc.train.model import build_model, flops_per_token, param_counts
+from tlc.shapes import flops_per_token, param_counts
+from tlc.train.model import build_model
 
 SHAPES = [
     ModelShape(width=64, depth=2, heads=2, context=128, vocab_size=1024),

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from tlc.plan import planner as tlc_plan
+from tlc.plan import command as tlc_plan
 from tlc.errors import UserError
 from tlc.plan.cost import CostModel, MeasuredVariant, fit_bytes, fit_latency
 from tlc.plan.law import PUBLISHED_LAWS, load_plan_law

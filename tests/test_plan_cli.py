@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 
 from scaling.synthetic import synthetic_sweep
-from tlc.plan import planner as tlc_plan
+from tlc.plan import command as tlc_plan
 from tlc.config import ModelShape
-from tlc.fit.observations import fit_sweep
+from tlc.fit.command import fit_sweep
 from tlc.io import atomic_write_json
-from tlc.train.model import param_counts
+from tlc.shapes import param_counts
 from tlc.plan.space import Category
 
 REPO = Path(__file__).resolve().parents[1]
@@ -252,7 +252,7 @@ def test_inference_tokens_come_out_of_the_budget_for_shapes(runs, capsys):
     rec = plan(["--runs", runs, "--budget", "1e16", "--max-bytes", "2MB", "--inference-tokens", served],
                capsys)["recommendation"]
     shape = ModelShape(rec["width"], rec["depth"], rec["heads"], 128, 1024, "gpt2")
-    from tlc.train.model import flops_per_token
+    from tlc.shapes import flops_per_token
 
     assert rec["inference_flops"] == pytest.approx(served * flops_per_token(shape) / 3)
     assert rec["train_flops"] + rec["inference_flops"] == pytest.approx(1e16, rel=1e-9)
@@ -271,7 +271,7 @@ def test_device_alone_reports_latency_without_restricting_the_search(runs, capsy
 
 
 def test_a_whole_plan_never_imports_torch(runs):
-    code = ("import sys, io, contextlib; from tlc.plan.planner import main; "
+    code = ("import sys, io, contextlib; from tlc.plan.command import main; "
             "out = io.StringIO(); contextlib.redirect_stdout(out).__enter__(); "
             f"rc = main(['--runs', {str(runs)!r}, '--budget', '1e15', '--max-latency-ms', '0.05', '--device', 'cpu']); "
             "sys.stderr.write(str((rc, 'torch' in sys.modules)))")

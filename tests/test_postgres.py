@@ -25,7 +25,7 @@ from pg_server import postgres_url
 from reliability_figures import record
 from tlc.io import read_jsonl
 from tlc.train.sweep import _with_installed_driver
-from tlc.train.loop import is_complete
+from tlc.io import is_complete
 
 FAST_HEARTBEATS = {"TLC_HEARTBEAT_S": "1", "TLC_GRACE_S": "5", "TLC_POLL_S": "1", "OMP_NUM_THREADS": "1"}
 

@@ -62,8 +62,8 @@ elif point == "before-latest-rename":  # DeepSpeed's files are complete, tlc_lat
         return real_replace(src, dst, **kwargs)
     os.replace = replace
 elif point == "final-model-move":  # model/ written to a temporary folder, not moved yet
-    import tlc.train.loop
-    tlc.train.loop.atomic_replace_dir = lambda tmp, final: hang()
+    import tlc.train.engine
+    tlc.train.engine.atomic_replace_dir = lambda tmp, final: hang()
 elif point == "report-figure":  # the third figure of the report is being drawn
     import matplotlib.figure
     real_savefig, calls = matplotlib.figure.Figure.savefig, []
@@ -74,11 +74,11 @@ elif point == "report-figure":  # the third figure of the report is being drawn
         return real_savefig(self, *args, **kwargs)
     matplotlib.figure.Figure.savefig = savefig
 elif point == "report-move":  # the old report/ moved aside, the new one not yet in place
-    import tlc.report.build
+    import tlc.report.command
     def move(tmp, final):
         os.replace(final, final.with_name(f".{final.name}.old"))
         hang()
-    tlc.report.build.atomic_replace_dir = move
+    tlc.report.command.atomic_replace_dir = move
 elif point == "compress-variant-move":  # a compressed variant's folder is written but not moved into place
     import tlc.compress.store
     real_move, calls = tlc.compress.store.atomic_replace_dir, []

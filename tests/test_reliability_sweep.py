@@ -18,7 +18,7 @@ import yaml
 from conftest import REPO, run_tlc
 from reliability_figures import record
 from tlc.io import read_jsonl
-from tlc.train.loop import is_complete
+from tlc.io import is_complete
 
 FAST_HEARTBEATS = {"TLC_HEARTBEAT_S": "1", "TLC_GRACE_S": "3", "TLC_POLL_S": "1", "OMP_NUM_THREADS": "1"}
 

@@ -10,7 +10,7 @@ import yaml
 
 from conftest import REPO
 from tlc.io import read_jsonl
-from tlc.train.loop import is_complete
+from tlc.io import is_complete
 
 
 def _write_sweep(path, corpus, shapes, name="grid", context=32):

@@ -119,7 +119,7 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, small_corpu
 
 def test_a_child_of_a_lone_process_gets_its_own_port(tmp_path, small_corpus, monkeypatch):
     # as when an in-process stage (compress's fine-tune, a test) started torch.distributed first
-    from tlc.train.loop import LONE_ENV
+    from tlc.train.engine import LONE_ENV
 
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv("WORLD_SIZE", "1")

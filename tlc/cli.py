@@ -20,10 +20,10 @@ from tlc.errors import UserError
 COMMANDS = {
     "train": ("tlc.train.command", "Train one model with DeepSpeed, writing metrics.jsonl, checkpoints and model/ into its run directory."),
     "sweep": ("tlc.train.sweep_command", "Train every run of a sweep (shapes x seeds) that is not finished yet, each in its own process."),
-    "compress": ("tlc.compress.pipeline", "Prune and 8-bit quantize every trained model of a sweep; evaluate and measure each variant."),
-    "fit": ("tlc.fit.observations", "Fit scaling laws to a sweep (and its compressed variants) and write RUNS_DIR/fit.json."),
-    "plan": ("tlc.plan.planner", "Recommend the model to train and how to compress it, for a training budget and an inference budget."),
-    "report": ("tlc.report.build", "Write RUNS_DIR/report/: index.html (opens offline), report.md and the figures as PNG."),
+    "compress": ("tlc.compress.command", "Prune and 8-bit quantize every trained model of a sweep; evaluate and measure each variant."),
+    "fit": ("tlc.fit.command", "Fit scaling laws to a sweep (and its compressed variants) and write RUNS_DIR/fit.json."),
+    "plan": ("tlc.plan.command", "Recommend the model to train and how to compress it, for a training budget and an inference budget."),
+    "report": ("tlc.report.command", "Write RUNS_DIR/report/: index.html (opens offline), report.md and the figures as PNG."),
     "demo": ("tlc.demo", "Run the whole pipeline on the tiny sweep and the standard-library corpus, then print the plan."),
 }
 

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from tlc.errors import UserError
+from tlc.io import list_runs
 
 SWEEPS_DIR = Path(__file__).resolve().parents[1] / "sweeps"
 # The demo compresses with the fast one-shot methods plus gradual pruning (the method that
@@ -26,7 +27,7 @@ INFERENCE_SHARE = 0.6  # the inference budget as a share of the unconstrained op
 
 def training_budget(sweep_dir: Path) -> float:
     """The compute of the sweep's largest run: every measured shape is affordable."""
-    flops = [json.loads(p.read_text(encoding="utf-8"))["train_flops"] for p in sorted(sweep_dir.glob("*/config.json"))]
+    flops = [json.loads((p / "config.json").read_text(encoding="utf-8"))["train_flops"] for p in list_runs(sweep_dir)]
     if not flops:
         raise UserError(f"{sweep_dir}: no trained runs to plan from")
     return max(flops)

@@ -97,3 +97,24 @@ def append_jsonl(path: Path, row: dict) -> None:
 def rewrite_jsonl(path: Path, rows: Iterable[dict]) -> None:
     """Atomically replace a JSON-lines file with ``rows``."""
     atomic_write_text(path, "".join(json.dumps(r, allow_nan=False) + "\n" for r in rows))
+
+
+# ----------------------------------------------------------------------------------------------
+# Run directories: every stage lists a sweep's runs here, so what counts as a run is decided once
+
+
+def list_runs(runs_dir: Path) -> list[Path]:
+    """The runs of a sweep: its direct subfolders that hold a ``config.json``, in name order.
+
+    Anything else under the sweep folder (``report/``, a run's own subfolders) is not a run; a
+    folder that does not exist has none.
+    """
+    runs_dir = Path(runs_dir)
+    if not runs_dir.is_dir():
+        return []
+    return sorted(p for p in runs_dir.iterdir() if p.is_dir() and (p / "config.json").is_file())
+
+
+def is_complete(run_dir: Path) -> bool:
+    """A run is complete once its final model folder is in place (it is moved there whole)."""
+    return (Path(run_dir) / "model" / "config.json").exists()

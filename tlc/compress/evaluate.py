@@ -1,7 +1,7 @@
 """Evaluation of compressed variants: the training stage's metrics, loss by token frequency,
 disagreement and compression-identified exemplars, and latency per token.
 
-Metrics follow :func:`tlc.train.evaluate` exactly (same windows, nats per token, bits per byte,
+Metrics follow :func:`tlc.train.evaluation.evaluate` exactly (same windows, nats per token, bits per byte,
 next-token accuracy) and add, per scored position, the loss and the arg-max prediction, so that
 variants can be compared position by position.
 
@@ -15,7 +15,6 @@ target falls into reports ``null``.
 
 from __future__ import annotations
 
-import math
 import statistics
 import time
 
@@ -23,7 +22,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tlc.train.data import TokenData, windows
+from tlc.train.data import TokenData
+from tlc.train.evaluation import bits_per_byte, val_batches
 
 N_BUCKETS = 5
 
@@ -44,15 +44,12 @@ def evaluate_positions(model, tokens: TokenData, offsets: np.ndarray, context: i
     """Metrics of ``model`` on the validation windows, with per-position loss and predictions.
 
     Returns (metrics, token_loss float32 [positions], predictions int32 [positions]); metrics has
-    val_loss, val_bpb, val_acc (as tlc.train.evaluate), loss_by_freq_bucket and freq_bucket_tokens.
+    val_loss, val_bpb, val_acc (as tlc.train.evaluation.evaluate), loss_by_freq_bucket and freq_bucket_tokens.
     """
     losses, preds, targets_all = [], [], []
     model.eval()
     with torch.inference_mode():
-        for start in range(0, len(offsets), batch_size):
-            batch = torch.from_numpy(windows(tokens.val, offsets[start : start + batch_size], context)).to(device)
-            logits = model(input_ids=batch[:, :-1]).logits.float()  # (B, T, V)
-            targets = batch[:, 1:]
+        for logits, targets in val_batches(model, tokens, offsets, context, batch_size, device):
             loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), reduction="none")
             losses.append(loss.cpu().numpy())
             preds.append(logits.argmax(-1).reshape(-1).cpu().numpy().astype(np.int32))
@@ -69,7 +66,7 @@ def evaluate_positions(model, tokens: TokenData, offsets: np.ndarray, context: i
         by_bucket.append(float(selected.astype(np.float64).mean()) if selected.size else None)
     metrics = {
         "val_loss": val_loss,
-        "val_bpb": val_loss / math.log(2) / tokens.val_bytes_per_token,
+        "val_bpb": bits_per_byte(val_loss, tokens),
         "val_acc": float((predictions == targets).mean()),
         "loss_by_freq_bucket": by_bucket,
         "freq_bucket_tokens": counts,
@@ -127,15 +124,21 @@ def latency_ms_per_token(model, vocab_size: int, device, batch: int, prompt_toke
     g = torch.Generator().manual_seed(1234)
     prompt = torch.randint(0, vocab_size, (batch, prompt_tokens), generator=g).to(device)
     model.eval()
+    seconds = median_seconds(lambda: model(input_ids=prompt), prompt.is_cuda, repeats, warmup)
+    return 1000.0 * seconds / (batch * prompt_tokens)
+
+
+def median_seconds(call, cuda: bool, repeats: int = 7, warmup: int = 2) -> float:
+    """Median wall seconds of ``call()`` over ``repeats`` timed calls after ``warmup`` untimed ones (no grad)."""
     times = []
     with torch.inference_mode():
         for i in range(warmup + repeats):
-            if prompt.is_cuda:
+            if cuda:
                 torch.cuda.synchronize()
             start = time.perf_counter()
-            model(input_ids=prompt)
-            if prompt.is_cuda:
+            call()
+            if cuda:
                 torch.cuda.synchronize()
             if i >= warmup:
                 times.append(time.perf_counter() - start)
-    return 1000.0 * statistics.median(times) / (batch * prompt_tokens)
+    return statistics.median(times)

@@ -22,9 +22,9 @@ from typing import Callable
 import torch
 from torch import nn
 
+from tlc.compress.prune import Masks, check_sparsity, is_conv1d, prunable_layers
 from tlc.config import TrainSettings
 from tlc.train.data import TokenData, train_offsets, windows
-from tlc.compress.prune import Masks, check_sparsity, is_conv1d, prunable_layers
 
 SCORES = ("magnitude", "movement")
 RECOVERY_SEED = 7919  # data for recovery is drawn apart from the training run's own batches
@@ -72,7 +72,9 @@ def gradual_prune(model: nn.Module, sparsity: float, tokens: TokenData, context:
     """
     import torch.nn.utils.prune as prune
 
-    from tlc.train.loop import build_engine, get_lr, init_distributed, lm_loss
+    from tlc.train.engine import build_engine, init_distributed
+    from tlc.train.evaluation import lm_loss
+    from tlc.train.loop import get_lr
 
     check_sparsity(sparsity)
     if scores not in SCORES:

@@ -20,7 +20,6 @@ compress.jsonl row (one per variant):
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
@@ -29,10 +28,14 @@ from pathlib import Path
 
 import numpy as np
 
-from tlc.compress.variants import (DEFAULT_METHODS, DEFAULT_SPARSITIES, METHOD_HELP, RECOVERING, CompressSettings,
-                                   VariantSpec, parse_methods, parse_sparsities, variant_specs)
+from tlc.compress.variants import (
+    RECOVERING,
+    CompressSettings,
+    VariantSpec,
+    variant_specs,
+)
 from tlc.errors import UserError
-from tlc.io import append_jsonl, read_jsonl, rewrite_jsonl
+from tlc.io import append_jsonl, is_complete, list_runs, read_jsonl, rewrite_jsonl
 
 ROWS = "compress.jsonl"
 FREQ_BUCKETS = "equal_train_token_mass"
@@ -40,14 +43,12 @@ FREQ_BUCKETS = "equal_train_token_mass"
 
 def find_runs(runs_dir: Path) -> list[Path]:
     """Complete runs under RUNS_DIR (or RUNS_DIR itself when it is one run), in name order."""
-    from tlc.train.loop import is_complete
-
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir():
         raise UserError(f"RUNS_DIR: {str(runs_dir)!r} is not a folder; give a sweep's folder such as runs/tiny")
     if is_complete(runs_dir):
         return [runs_dir]
-    runs = sorted(p for p in runs_dir.iterdir() if p.is_dir() and (p / "config.json").is_file() and is_complete(p))
+    runs = [p for p in list_runs(runs_dir) if is_complete(p)]
     if not runs:
         raise UserError(f"RUNS_DIR: no trained runs under {str(runs_dir)!r} (a run has config.json and model/); "
                         "train them first with tlc sweep or tlc train")
@@ -74,8 +75,8 @@ def load_run(run_dir: Path, settings: CompressSettings) -> RunContext:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from tlc.train.data import load_corpus, load_tokens, train_offsets, val_offsets, windows
     from tlc.compress.evaluate import frequency_buckets
+    from tlc.train.data import load_corpus, load_tokens, train_offsets, val_offsets, windows
 
     config = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
     data, shape, train = config["data"], config["shape"], config["train"]
@@ -119,9 +120,9 @@ def load_eval(folder: Path) -> tuple[np.ndarray, np.ndarray]:
 def make_variant(ctx: RunContext, spec: VariantSpec, settings: CompressSettings, fp32_models: dict,
                  dense_eval: tuple | None) -> dict:
     """Build, save, evaluate and time one variant; returns its compress.jsonl row."""
+    from tlc.compress.evaluate import disagreement, evaluate_positions, latency_ms_per_token
     from tlc.compress.store import is_saved, load_fp32, save_variant
     from tlc.compress.variants import block_sparse_model, build_pruned, latency_kind, sparse_kind
-    from tlc.compress.evaluate import disagreement, evaluate_positions, latency_ms_per_token
 
     started = time.perf_counter()
     shape, train = ctx.config["shape"], ctx.config["train"]
@@ -277,65 +278,3 @@ def add_cie(run_dirs: list[Path]) -> int:
         for m in members:
             rewrite_jsonl(m / ROWS, list(rows[m].values()))
     return changed
-
-
-# ----------------------------------------------------------------------------------------------
-# Command
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``tlc compress``."""
-    d = CompressSettings()
-    parser.add_argument("runs_dir", type=Path, metavar="RUNS_DIR", help="a sweep's folder (runs/<sweep>) or one run")
-    parser.add_argument("--methods", default=",".join(DEFAULT_METHODS),
-                        help="comma-separated pruning methods (default %(default)s): "
-                             + "; ".join(f"{k}: {v}" for k, v in METHOD_HELP.items()))
-    parser.add_argument("--sparsity", default=",".join(map(str, DEFAULT_SPARSITIES)),
-                        help="comma-separated sparsity levels in [0, 1) (default %(default)s)")
-    parser.add_argument("--int8", action=argparse.BooleanOptionalAction, default=d.int8,
-                        help="also 8-bit weights, alone and on top of every pruned variant (default on)")
-    parser.add_argument("--recovery-steps", type=int, default=d.recovery_steps,
-                        help=f"fine-tune steps of gradual/movement pruning (default {d.recovery_steps})")
-    parser.add_argument("--block-size", type=int, default=d.block_size,
-                        help=f"block side for block pruning: 16, 32 or 64 (default {d.block_size})")
-    parser.add_argument("--latency-repeats", type=int, default=d.latency_repeats,
-                        help=f"timed forward passes per batch size, median reported (default {d.latency_repeats})")
-
-
-def settings_from_args(args: argparse.Namespace) -> CompressSettings:
-    """Validate the flags into CompressSettings (UserError naming the flag)."""
-    from tlc.compress.prune import BLOCK_SIZES
-
-    if args.recovery_steps < 0:
-        raise UserError(f"--recovery-steps: must be >= 0, got {args.recovery_steps}")
-    if args.block_size not in BLOCK_SIZES:
-        raise UserError(f"--block-size: must be one of {', '.join(map(str, BLOCK_SIZES))}, got {args.block_size}")
-    if args.latency_repeats < 1:
-        raise UserError(f"--latency-repeats: must be at least 1, got {args.latency_repeats}")
-    return CompressSettings(methods=parse_methods(args.methods), sparsities=parse_sparsities(args.sparsity),
-                            int8=args.int8, recovery_steps=args.recovery_steps, block_size=args.block_size,
-                            latency_repeats=args.latency_repeats)
-
-
-def run(args: argparse.Namespace) -> int:
-    """Prune and 8-bit quantize every trained model of a sweep; evaluate and measure each variant.
-
-    For each run under RUNS_DIR, makes the dense baseline, int8 alone, and every --methods x
-    --sparsity variant (each also with int8 on top), saves each under <run>/compressed/<variant>/
-    and appends a line to <run>/compress.jsonl: method, sparsity, bits, non-zeros, bytes on disk,
-    latency per token at batch 1 and 32, validation loss, bits per byte, accuracy, loss by
-    token-frequency bucket and disagreement with the dense model (CIE across seeds where a shape
-    has several). Run it again to resume: finished variants are skipped.
-    """
-    settings = settings_from_args(args)
-    run_dirs = find_runs(args.runs_dir)
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()  # "Loading weights" bars would bury the one line per variant
-    for run_dir in run_dirs:
-        compress_run(run_dir, settings)
-    changed = add_cie(run_dirs)
-    if changed:
-        print(f"compression-identified exemplars computed for {changed} rows across seeds")
-    print(f"{len(run_dirs)} run(s) compressed; rows in <run>/{ROWS}")
-    return 0

@@ -50,6 +50,12 @@ def weight_out_in(module: nn.Module) -> torch.Tensor:
     return module.weight.t() if is_conv1d(module) else module.weight
 
 
+def set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+    """Put ``module`` in place of the submodule at dotted ``name`` (e.g. ``transformer.h.0.mlp.c_fc``)."""
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, module)
+
+
 def to_param_layout(module: nn.Module, mask_out_in: torch.Tensor) -> torch.Tensor:
     """A [out, in] tensor in the layout of ``module.weight`` (transposed for Conv1D)."""
     return mask_out_in.t().contiguous() if is_conv1d(module) else mask_out_in.contiguous()

@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import json
 import platform
-import statistics
-import time
 import warnings
 
 import torch
 from torch import nn
 
-from tlc.compress.prune import is_conv1d, prunable_layers
+from tlc.compress.evaluate import median_seconds
+from tlc.compress.prune import is_conv1d, prunable_layers, set_submodule
 
 INT8_PATHS = ("torch_dynamic", "bitsandbytes")
 
@@ -70,9 +69,9 @@ def int8_linear(q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None,
             layer.set_weight_bias(qweight, None if bias is None else bias.detach().float().cpu())
         return layer
     if path == "bitsandbytes":
-        import bitsandbytes as bnb
-
         import logging
+
+        import bitsandbytes as bnb
 
         logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # it logs a cast warning on every fp32 call
 
@@ -87,11 +86,6 @@ def int8_linear(q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None,
     raise ValueError(f"unknown int8 path {path!r}; valid: {', '.join(INT8_PATHS)}")
 
 
-def _set(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, child, module)
-
-
 def apply_int8(model: nn.Module, weights: dict[str, tuple[torch.Tensor, torch.Tensor]], path: str) -> nn.Module:
     """Swap the prunable matrices (and a tied LM head) for int8 layers, in place; embeddings get the
     dequantized tables. ``weights`` comes from :func:`int8_weights` or a saved artifact."""
@@ -99,7 +93,7 @@ def apply_int8(model: nn.Module, weights: dict[str, tuple[torch.Tensor, torch.Te
         model.lm_head.weight is model.get_submodule(n).weight for n in embedding_names(model))
     for name, module in prunable_layers(model).items():
         q, scale = weights[name]
-        _set(model, name, int8_linear(q, scale, module.bias, path))
+        set_submodule(model, name, int8_linear(q, scale, module.bias, path))
     for name in embedding_names(model):
         q, scale = weights[name]
         emb = model.get_submodule(name)
@@ -128,18 +122,7 @@ def machine_key(device: torch.device, width: int) -> str:
 
 def time_forward(module: nn.Module, x: torch.Tensor, repeats: int = 7, warmup: int = 2) -> float:
     """Median seconds of ``module(x)`` over ``repeats`` timed calls (no grad)."""
-    times = []
-    with torch.inference_mode():
-        for i in range(warmup + repeats):
-            if x.is_cuda:
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            module(x)
-            if x.is_cuda:
-                torch.cuda.synchronize()
-            if i >= warmup:
-                times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return median_seconds(lambda: module(x), x.is_cuda, repeats, warmup)
 
 
 def measure_int8_paths(width: int, device: torch.device, tokens: int = 32 * 32, layers: int = 4) -> dict[str, float]:
@@ -166,8 +149,8 @@ def choose_int8_path(device: torch.device, width: int) -> tuple[str, dict]:
     """
     if device.type == "cuda":
         return "bitsandbytes", {"reason": "cuda"}
-    from tlc.train.data import cache_dir
     from tlc.io import atomic_write_json
+    from tlc.train.data import cache_dir
 
     cache = cache_dir() / "int8_path.json"
     key = machine_key(device, width)

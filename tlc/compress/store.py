@@ -25,9 +25,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from tlc.io import atomic_replace_dir, atomic_write_json
 from tlc.compress.prune import is_conv1d, prunable_layers
 from tlc.compress.quantize import INT8_PATHS, apply_int8, dequantize_rows, embedding_names, int8_weights
+from tlc.io import atomic_replace_dir, atomic_write_json
 
 WEIGHTS = "model.safetensors"
 MANIFEST = "manifest.json"

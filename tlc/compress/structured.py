@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from tlc.compress.prune import Masks, check_sparsity, is_conv1d, prunable_layers
+from tlc.compress.prune import Masks, check_sparsity, is_conv1d, prunable_layers, set_submodule, weight_out_in
 
 
 @dataclass(frozen=True)
@@ -82,10 +82,6 @@ def _get_block(model: nn.Module, layer: int) -> nn.Module:
     return model.transformer.h[layer] if _arch(model) == "gpt2" else model.model.layers[layer]
 
 
-def _out_in(module: nn.Module) -> torch.Tensor:
-    return module.weight.t() if is_conv1d(module) else module.weight
-
-
 # ----------------------------------------------------------------------------------------------
 # Scores and plan
 
@@ -114,12 +110,12 @@ def unit_scores(model: nn.Module, calibration: torch.Tensor) -> tuple[list[torch
     for i, b in enumerate(blocks):
         heads, head_dim = _heads_and_dim(model, i)
         x = captured[b.attn_out]  # (tokens, heads*hd)
-        w = _out_in(layers[b.attn_out]).detach().float()  # (d, heads*hd)
+        w = weight_out_in(layers[b.attn_out]).detach().float()  # (d, heads*hd)
         cols = [slice(h * head_dim, (h + 1) * head_dim) for h in range(heads)]
         per_head = [(x[:, c] @ w[:, c].t()).pow(2).sum(1).mean() for c in cols]  # ||head's share of the output||^2
         head_scores.append(torch.stack(per_head))
         a = captured[b.mlp_out]  # (tokens, ffn)
-        w_out = _out_in(layers[b.mlp_out]).detach().float()  # (d, ffn)
+        w_out = weight_out_in(layers[b.mlp_out]).detach().float()  # (d, ffn)
         neuron_scores.append(a.pow(2).mean(0) * w_out.pow(2).sum(0))
     return head_scores, neuron_scores
 
@@ -129,7 +125,7 @@ def _counts(model: nn.Module, sparsity: float) -> tuple[int, int, float]:
     layers = prunable_layers(model)
     b = _block_layers(model)[0]
     heads, _ = _heads_and_dim(model, 0)
-    ffn = _out_in(layers[b.mlp_out]).shape[1]
+    ffn = weight_out_in(layers[b.mlp_out]).shape[1]
     attn_elems = sum(layers[n].weight.numel() for n in (*b.attn_in, b.attn_out))
     mlp_elems = sum(layers[n].weight.numel() for n in (*b.mlp_in, b.mlp_out))
     total = attn_elems + mlp_elems
@@ -165,7 +161,7 @@ def _head_rows(heads: tuple[int, ...], head_dim: int) -> torch.Tensor:
 def plan_masks(model: nn.Module, plan: StructuredPlan) -> Masks:
     """The plan as keep-masks over the unshrunk model: the masked model computes what the shrunk one does."""
     layers = prunable_layers(model)
-    masks = {name: torch.ones_like(_out_in(m), dtype=torch.bool) for name, m in layers.items()}
+    masks = {name: torch.ones_like(weight_out_in(m), dtype=torch.bool) for name, m in layers.items()}
     for i, b in enumerate(_block_layers(model)):
         heads, head_dim = _heads_and_dim(model, i)
         rows = _head_rows(plan.heads_removed[i], head_dim)
@@ -192,7 +188,7 @@ def structured_masks(model: nn.Module, sparsity: float, calibration: torch.Tenso
 
 def _slice_layer(module: nn.Module, keep: torch.Tensor, dim_out_in: int) -> nn.Module:
     """A new layer keeping ``keep`` along its output (0) or input (1) dimension, [out, in] terms."""
-    w = _out_in(module).detach()
+    w = weight_out_in(module).detach()
     w = w[keep] if dim_out_in == 0 else w[:, keep]
     bias = module.bias
     if bias is not None and dim_out_in == 0:
@@ -208,11 +204,6 @@ def _slice_layer(module: nn.Module, keep: torch.Tensor, dim_out_in: int) -> nn.M
     return new.to(module.weight.device, module.weight.dtype)
 
 
-def _set(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent), child, module)
-
-
 def shrink(model: nn.Module, plan: StructuredPlan) -> nn.Module:
     """Remove the plan's heads and neurons in place and update the config to the new sizes."""
     layers = prunable_layers(model)
@@ -222,15 +213,15 @@ def shrink(model: nn.Module, plan: StructuredPlan) -> nn.Module:
         kept_heads = [h for h in range(heads) if h not in plan.heads_removed[i]]
         rows = _head_rows(tuple(kept_heads), head_dim)
         for name in b.attn_in:
-            sections = _out_in(layers[name]).shape[0] // (heads * head_dim)
+            sections = weight_out_in(layers[name]).shape[0] // (heads * head_dim)
             keep = torch.cat([s * heads * head_dim + rows for s in range(sections)])
-            _set(model, name, _slice_layer(layers[name], keep, 0))
-        _set(model, b.attn_out, _slice_layer(layers[b.attn_out], rows, 1))
-        ffn = _out_in(layers[b.mlp_out]).shape[1]
+            set_submodule(model, name, _slice_layer(layers[name], keep, 0))
+        set_submodule(model, b.attn_out, _slice_layer(layers[b.attn_out], rows, 1))
+        ffn = weight_out_in(layers[b.mlp_out]).shape[1]
         kept = torch.tensor([j for j in range(ffn) if j not in set(plan.neurons_removed[i])], dtype=torch.long)
         for name in b.mlp_in:
-            _set(model, name, _slice_layer(layers[name], kept, 0))
-        _set(model, b.mlp_out, _slice_layer(layers[b.mlp_out], kept, 1))
+            set_submodule(model, name, _slice_layer(layers[name], kept, 0))
+        set_submodule(model, b.mlp_out, _slice_layer(layers[b.mlp_out], kept, 1))
         if _arch(model) == "gpt2":
             attn = _get_block(model, i).attn
             attn.split_size = len(kept_heads) * head_dim

@@ -16,14 +16,13 @@ and writes ``RUNS_DIR/fit.json`` atomically (layout in `scaling.sweep_fit`). All
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 from pathlib import Path
 
 import scaling
 from tlc.errors import UserError
-from tlc.io import atomic_write_json
+from tlc.io import list_runs
 
 DEFAULT_BOOTSTRAP = 200
 
@@ -153,7 +152,7 @@ def read_sweep(runs_dir: Path, include_warmup: bool = False) -> tuple[scaling.Sw
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir():
         raise UserError(f"RUNS_DIR: {runs_dir} is not a directory; give the sweep's output folder, e.g. runs/tiny")
-    run_dirs = sorted(p for p in runs_dir.iterdir() if p.is_dir() and (p / "config.json").is_file())
+    run_dirs = list_runs(runs_dir)
     if not run_dirs:
         raise UserError(f"RUNS_DIR: no runs under {runs_dir} (expected <run-id>/config.json); run tlc sweep first")
     curves, variants, skipped, warmup = [], [], [], 0
@@ -203,100 +202,3 @@ def fit_sweep(
     fit["include_warmup"] = include_warmup
     fit["warmup_points_skipped"] = warmup
     return fit
-
-
-def _interval(entry: dict) -> str:
-    def fmt(v):
-        return "-" if v is None else f"{v:.4g}"
-
-    return f"{fmt(entry['value']):>10}  [{fmt(entry['low'])}, {fmt(entry['high'])}]"
-
-
-def format_table(fit: dict, path: Path) -> str:
-    """The short summary ``tlc fit`` prints: parameters with intervals, held-out error, status."""
-    points = "final evaluations only" if fit["final_only"] else "every evaluation"
-    if fit.get("warmup_points_skipped"):
-        points += f" after warmup; {fit['warmup_points_skipped']} warmup evaluations left out"
-    lines = [f"skipped {reason}" for reason in fit.get("skipped_runs", [])]
-    lines += [
-        f"{fit['n_runs']} runs, {fit['n_points']} points ({points}), {fit['bootstrap']['resamples']} bootstrap "
-        f"resamples over runs, {fit['bootstrap']['confidence']:.0%} intervals -> {path}",
-        f"{'law':<12}{'parameter':<11}{'value':>10}  interval",
-    ]
-    for name, law in fit["laws"].items():
-        heldout = law["heldout"]
-        error = f"{heldout['relative_error']:.2%} on {', '.join(heldout['held_out_runs'])}" if heldout else "n/a"
-        for i, (parameter, entry) in enumerate(law["parameters"].items()):
-            lines.append(f"{name if i == 0 else '':<12}{parameter:<11}{_interval(entry)}")
-        usable = f"; {law['bootstrap']['usable']}/{fit['bootstrap']['resamples']} bootstrap refits usable"
-        lines.append(f"{'':<12}status {law['status']}; leave-largest-out error {error}{usable}")
-    lines.append(f"preferred law: {fit['preferred_law']['name']} ({fit['preferred_law']['reason']})")
-    chinchilla = fit["allocation"].get("chinchilla", {})
-    if "a" in chinchilla:
-        lines.append(
-            f"compute-optimal (chinchilla, C = 6ND): N_opt ~ C^a, a = {_interval(chinchilla['a']).strip()}; "
-            f"D_opt ~ C^b, b = {_interval(chinchilla['b']).strip()}"
-        )
-    elif "error" in chinchilla:
-        lines.append(f"compute-optimal (chinchilla): not available, {chinchilla['error']}")
-    frontier = fit["frontier"]["fit"]
-    if frontier["parameters"]:
-        alpha = _interval(frontier["parameters"]["alpha"]).strip()
-        lines.append(f"frontier {frontier['equation']}: alpha = {alpha}, status {frontier['status']}")
-    else:
-        lines.append(f"frontier: not fitted, {frontier['reason']}")
-    compression = fit["compression"]
-    models = [(f"pruning {m}", e) for m, e in compression["pruning"].items()]
-    if compression["int8"]:
-        models.append(("int8", compression["int8"]))
-    for label, entry in models:
-        parameters = ", ".join(f"{p} = {_interval(v).strip()}" for p, v in entry["parameters"].items())
-        lines.append(f"{label} ({entry['candidate']}): {parameters}; status {entry['status']}")
-    for method, reason in compression["skipped"].items():
-        lines.append(f"pruning {method}: not fitted, {reason}")
-    return "\n".join(lines)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``tlc fit``."""
-    parser.add_argument("runs_dir", type=Path, metavar="RUNS_DIR", help="the sweep's folder, holding <run-id>/ runs")
-    parser.add_argument(
-        "--bootstrap",
-        type=int,
-        default=DEFAULT_BOOTSTRAP,
-        help=f"bootstrap resamples over runs for the intervals (default {DEFAULT_BOOTSTRAP}; 0 for none)",
-    )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resampling (default 0)")
-    parser.add_argument(
-        "--final-only",
-        action="store_true",
-        help="fit L(N, D) to each run's last evaluation only (intermediate points of a cosine schedule "
-        "overestimate the loss at their token count)",
-    )
-    parser.add_argument(
-        "--include-warmup",
-        action="store_true",
-        help="keep evaluations taken before the learning rate peaked (left out by default: there the "
-        "loss follows the warmup, not model size and data)",
-    )
-
-
-def run(args: argparse.Namespace) -> int:
-    """Fit scaling laws to a sweep (and its compressed variants) and write RUNS_DIR/fit.json.
-
-    Fits Chinchilla's L(N, D) = E + A/N^alpha + B/D^beta and Kaplan's law in log space (Huber
-    loss, L-BFGS-B from a grid of starts), with bootstrap intervals over runs, the
-    compute-optimal allocation, the frontier of the learning curves, and the loss added by
-    each pruning method and by 8-bit weights as a function of model size.
-    """
-    fit = fit_sweep(
-        args.runs_dir,
-        bootstrap=args.bootstrap,
-        seed=args.seed,
-        final_only=args.final_only,
-        include_warmup=args.include_warmup,
-    )
-    path = Path(args.runs_dir) / "fit.json"
-    atomic_write_json(path, fit)
-    print(format_table(fit, path))
-    return 0

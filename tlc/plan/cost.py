@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from tlc.errors import UserError
-from tlc.io import read_jsonl
+from tlc.io import list_runs, read_jsonl
 
 VALUE_BYTES = {False: 4.0, True: 1.0}  # fp32 weights (compress.jsonl's dense rows are 32-bit), 8-bit weights
 LATENCY_BATCHES = (1, 32)
@@ -72,7 +72,7 @@ class MeasuredVariant:
 def read_measurements(runs_dir: Path) -> list[MeasuredVariant]:
     """Every compressed variant under ``runs_dir`` (``<run>/compress.jsonl``), with its model's size."""
     variants = []
-    for run_dir in sorted(p for p in Path(runs_dir).iterdir() if (p / "compress.jsonl").is_file()):
+    for run_dir in [p for p in list_runs(runs_dir) if (p / "compress.jsonl").is_file()]:
         try:
             params = json.loads((run_dir / "config.json").read_text(encoding="utf-8")).get("params") or {}
         except (OSError, json.JSONDecodeError):

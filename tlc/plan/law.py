@@ -21,20 +21,17 @@ import numpy as np
 
 import scaling
 from scaling.fitted import FittedLaw, FittedSweep
-from scaling.forms import LAWS, ChinchillaParameters
+from scaling.forms import LAWS, PUBLISHED_BESIROGLU, PUBLISHED_CHINCHILLA, ChinchillaParameters
 from tlc.errors import UserError
-from tlc.io import read_jsonl
+from tlc.io import list_runs, read_jsonl
 
 # Hoffmann et al. 2022 trained "over 400 models ranging from 70 million to over 16 billion
 # parameters on 5 to 500 billion tokens" (sec. 3); Besiroglu et al. 2024 refit the same data.
 _CHINCHILLA_RANGES = {"N": (7e7, 1.6e10), "D": (5e9, 5e11)}
 PUBLISHED_LAWS = {
-    "chinchilla": (
-        ChinchillaParameters(E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28),
-        "Hoffmann et al. 2022, approach 3 (eq. 10)",
-    ),
+    "chinchilla": (PUBLISHED_CHINCHILLA, "Hoffmann et al. 2022, approach 3 (eq. 10)"),
     "besiroglu": (
-        ChinchillaParameters(E=1.817, A=482.01, B=2085.43, alpha=0.3478, beta=0.3658),
+        PUBLISHED_BESIROGLU,
         "Besiroglu et al. 2024, Chinchilla scaling: a replication attempt (their refit of approach 3)",
     ),
 }
@@ -156,10 +153,6 @@ def _parameters_file(path: Path, data: dict) -> PlanLaw:
     )
 
 
-def _run_dirs(runs_dir: Path) -> list[Path]:
-    return sorted(p for p in runs_dir.iterdir() if p.is_dir() and (p / "config.json").is_file())
-
-
 def _sweep_details(runs_dir: Path, fit: dict) -> tuple[MeasuredRanges, dict | None]:
     """Measured ranges (N, final tokens from fit.json's runs; sparsities from compress.jsonl) and the shape template."""
     runs = fit.get("runs") or []
@@ -167,7 +160,7 @@ def _sweep_details(runs_dir: Path, fit: dict) -> tuple[MeasuredRanges, dict | No
     tokens = [r["final_tokens"] for r in runs if r.get("final_tokens")]
     sparsity: dict[str, list[float]] = {}
     template = None
-    for run_dir in _run_dirs(runs_dir) if runs_dir.is_dir() else []:
+    for run_dir in list_runs(runs_dir):
         for row in read_jsonl(run_dir / "compress.jsonl"):
             s = row.get("sparsity")
             if isinstance(s, (int, float)) and s > 0 and isinstance(row.get("method"), str):
@@ -201,7 +194,7 @@ def _fit_file(path: Path, data: dict, flag: str) -> PlanLaw:
     law = "chinchilla" if "chinchilla" in fitted.laws else sorted(fitted.laws)[0]
     runs_dir = path.parent
     ranges, template = _sweep_details(runs_dir, data)
-    has_runs = runs_dir.is_dir() and bool(_run_dirs(runs_dir))
+    has_runs = bool(list_runs(runs_dir))
     return PlanLaw(
         source=str(path),
         description=f"{path}: {law} law fitted to {data.get('n_runs', '?')} runs",

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 
-from tlc.plan.space import Point
+from tlc.plan.space import Point, heads_for_width
 from tlc.units import format_bytes, format_count
 
 FORMAT = "tlc.plan/1"
@@ -38,9 +38,7 @@ def _finite(value: float | None) -> float | None:
 def plan_json(point: Point, interval: tuple[float, float, float], inference_tokens: float, cost_key: str) -> dict:
     """One PLAN entry of plan.json (module docstring)."""
     mean, low, high = interval
-    heads = None
-    if point.width is not None:
-        heads = point.width // 64 if point.width % 64 == 0 else point.width // 32
+    heads = None if point.width is None else heads_for_width(point.width)
     inference = {
         "nonzeros": point.costs["params"],
         "bytes": point.costs["bytes"],

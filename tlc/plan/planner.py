@@ -9,23 +9,25 @@ Nothing here imports torch.
 from __future__ import annotations
 
 import argparse
-import json
 import math
-from pathlib import Path
 
 import numpy as np
 
 from scaling.bootstrap import percentile_interval
 from tlc.errors import UserError
-from tlc.io import atomic_write_json
-from tlc.plan.cost import LATENCY_BATCHES, build_cost_model
-from tlc.plan.law import PUBLISHED_LAWS, PlanLaw, load_plan_law
-from tlc.plan.output import FORMAT, format_table, plan_json
+from tlc.plan.cost import build_cost_model
+from tlc.plan.law import PlanLaw
+from tlc.plan.output import FORMAT, plan_json
 from tlc.plan.search import (
-    DEFAULT_PARETO_TRIALS, DEFAULT_TPE_TRIALS, feasible, persist, run_nsga2, run_tpe, study_key, trial_start,
+    feasible,
+    persist,
+    run_nsga2,
+    run_tpe,
+    study_key,
+    trial_start,
 )
 from tlc.plan.space import MIN_CONTINUOUS_N, Budgets, Category, PlanSpace, Point
-from tlc.units import format_bytes, format_count, parse_bytes, parse_count, parse_flops, parse_positive
+from tlc.units import format_bytes, format_count
 
 DEFAULT_MAX_SPARSITY = 0.95
 FLAGS = {"params": "--max-params", "bytes": "--max-bytes", "latency_ms": "--max-latency-ms"}
@@ -221,7 +223,7 @@ def make_plan(law: PlanLaw, budgets: Budgets, args: argparse.Namespace, storage:
             "source": law.source, "description": law.description, "form": law.law, "parameters": law.parameters,
             "shapes": (f"{law.shape_template['arch']} shapes, context {law.shape_template['context']}, "
                        f"vocab {law.shape_template['vocab_size']}") if space.shapes else "continuous N",
-            "flops": ("tlc.train.model.flops_per_token per training token, a third of it per inference token"
+            "flops": ("tlc.shapes.flops_per_token per training token, a third of it per inference token"
                       if space.shapes else "6N per training token, 2N per inference token"),
         },
         "budget": {
@@ -248,98 +250,3 @@ def make_plan(law: PlanLaw, budgets: Budgets, args: argparse.Namespace, storage:
         },
         "warnings": warnings,
     }
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``tlc plan``."""
-    g = parser.add_argument_group("budgets")
-    g.add_argument("--budget", metavar="FLOPS", help="training compute in FLOPs, e.g. 1e17 or 3.5e18 (required)")
-    g.add_argument("--max-params", metavar="COUNT", help="most non-zero parameters at inference, e.g. 2e7 or 125M")
-    g.add_argument("--max-bytes", metavar="SIZE", help="largest artifact, e.g. 20MB, 1.5GiB or 5e7 (bytes)")
-    g.add_argument("--max-latency-ms", metavar="MS", help="slowest forward pass on --device, from compress.jsonl")
-    g.add_argument("--device", help="the device whose measured latency counts: compress.jsonl's device name or "
-                   "a prefix naming one, e.g. cpu or cuda")
-    g.add_argument("--latency-batch", type=int, choices=LATENCY_BATCHES, default=1,
-                   help="batch size of the latency that counts (default 1)")
-    g.add_argument("--inference-tokens", metavar="TOKENS", default="0",
-                   help="tokens served in the model's lifetime; their forward FLOPs come out of --budget")
-    g = parser.add_argument_group("law (one of)")
-    g.add_argument("--runs", type=Path, metavar="RUNS_DIR", help="a fitted sweep: uses RUNS_DIR/fit.json")
-    g.add_argument("--law", help=f"{', '.join(PUBLISHED_LAWS)}, or a fit.json or {{E, A, B, alpha, beta}} JSON file")
-    g = parser.add_argument_group("compression (needs a fit with compression models)")
-    g.add_argument("--methods", help="pruning methods to consider, comma-separated (default: every fitted one)")
-    g.add_argument("--max-sparsity", type=float, help=f"highest sparsity searched (default {DEFAULT_MAX_SPARSITY})")
-    g.add_argument("--no-int8", action="store_true", help="never recommend 8-bit weights")
-    g = parser.add_argument_group("search and output")
-    g.add_argument("--trials", type=int, default=DEFAULT_TPE_TRIALS, help=f"TPE trials (default {DEFAULT_TPE_TRIALS})")
-    g.add_argument("--pareto-trials", type=int, default=DEFAULT_PARETO_TRIALS,
-                   help=f"NSGA-II trials for the Pareto front (default {DEFAULT_PARETO_TRIALS})")
-    g.add_argument("--seed", type=int, default=0, help="sampler seed (default 0)")
-    g.add_argument("--storage", help="Optuna storage URL for the studies (default: SQLite RUNS_DIR/study.db "
-                   "with --runs, none otherwise)")
-    g.add_argument("--out", type=Path, help="where plan.json goes (default RUNS_DIR/plan.json with --runs)")
-    g.add_argument("--json", action="store_true", help="print only plan.json's content")
-
-
-def _budgets(args: argparse.Namespace) -> Budgets:
-    try:
-        served_none = float(args.inference_tokens) == 0.0
-    except ValueError:
-        served_none = False
-    inference_tokens = 0.0 if served_none else parse_count(args.inference_tokens, "--inference-tokens")
-    if args.budget is None:
-        raise UserError("--budget: required; give the training compute in FLOPs, e.g. --budget 1e17")
-    latency = None
-    if args.max_latency_ms is not None:
-        latency = parse_positive(args.max_latency_ms, "--max-latency-ms", "milliseconds such as 20 or 2.5")
-    return Budgets(
-        train_flops=parse_flops(args.budget, "--budget"),
-        inference_tokens=inference_tokens,
-        max_params=parse_count(args.max_params, "--max-params") if args.max_params is not None else None,
-        max_bytes=parse_bytes(args.max_bytes, "--max-bytes") if args.max_bytes is not None else None,
-        max_latency_ms=latency,
-    )
-
-
-def run(args: argparse.Namespace) -> int:
-    """Recommend the model to train and how to compress it, for a training budget and an inference budget.
-
-    Searches width, depth (or N for a published law), training tokens from the compute budget,
-    pruning method and sparsity, and 8-bit weights with Optuna (TPE with constraints for the
-    answer, then a local polish; NSGA-II for the Pareto front of loss against inference cost)
-    over a fitted sweep (--runs) or a published law (--law chinchilla|besiroglu). Prints the
-    recommendation with its predicted loss and interval, the best uncompressed model meeting
-    the same budgets ("train small") and the gain, and writes plan.json.
-    """
-    budgets = _budgets(args)
-    if args.trials < 1 or args.pareto_trials < 2:
-        raise UserError("--trials must be >= 1 and --pareto-trials >= 2")
-    if args.max_sparsity is not None and not (0 < args.max_sparsity < 1):
-        raise UserError(f"--max-sparsity: must be in (0, 1), got {args.max_sparsity}")
-    law = load_plan_law(args.runs, args.law)
-    storage = args.storage or (f"sqlite:///{(args.runs / 'study.db').resolve()}" if args.runs else None)
-    plan = make_plan(law, budgets, args, storage)
-    out = args.out or (args.runs / "plan.json" if args.runs else None)
-    if out is not None:
-        atomic_write_json(out, plan)
-    print(json.dumps(plan, indent=2) if args.json else format_table(plan, str(out) if out else None))
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m tlc.plan``: the same command without loading the other stages' modules (start-up time)."""
-    import sys
-
-    parser = argparse.ArgumentParser(prog="tlc plan", description=run.__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        return run(args)
-    except UserError as error:
-        print(f"tlc plan: error: {error}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -2,8 +2,8 @@
 
 Model size is a GPT-2 (or Llama) shape when the law comes from a sweep whose run configs
 give the architecture, context and vocabulary: width a multiple of 32 from 32 to 8192, depth
-1 to 128, N = `tlc.train.model.param_counts(shape).non_embedding`, and FLOPs per token counted the
-way `tlc train` counts them (`tlc.train.model.flops_per_token`: 6 per matmul parameter, vocabulary
+1 to 128, N = `tlc.shapes.param_counts(shape).non_embedding`, and FLOPs per token counted the
+way `tlc train` counts them (`tlc.shapes.flops_per_token`: 6 per matmul parameter, vocabulary
 projection and attention included; inference is its forward third). For a published law or
 a bare {E, A, B, alpha, beta} file shapes mean nothing, so N is continuous in [1e4, C/(6 + 2I)] and
 FLOPs are 6·N per training token and 2·N per inference token (Kaplan et al. 2020 sec. 2.1).
@@ -31,9 +31,9 @@ import numpy as np
 from scipy.optimize import minimize_scalar
 
 from tlc.config import ModelShape
-from tlc.train.model import flops_per_token, param_counts
 from tlc.plan.cost import CostModel
 from tlc.plan.law import PlanLaw
+from tlc.shapes import flops_per_token, param_counts
 
 WIDTH_STEP = 32  # widths are multiples of this
 MAX_WIDTH_STEPS, MAX_DEPTH = 256, 128  # widths 32..8192, depths 1..128
@@ -42,10 +42,15 @@ BISECTION_STEPS = 48
 INFEASIBLE = 1e300  # loss of an infeasible size in the polish (finite: Brent's method mishandles inf)
 
 
+def heads_for_width(width: int) -> int:
+    """Attention heads the planner gives a width: heads of 64 channels (32 where 64 does not divide it)."""
+    return width // 64 if width % 64 == 0 else width // WIDTH_STEP
+
+
 def make_shape(template: dict, width_steps: int, depth: int) -> ModelShape:
-    """A shape of width ``width_steps``·32 with heads of 64 channels (32 where 64 does not divide the width)."""
+    """A shape of width ``width_steps``·32 with :func:`heads_for_width` heads."""
     width = WIDTH_STEP * width_steps
-    heads = width // 64 if width % 64 == 0 else width // WIDTH_STEP
+    heads = heads_for_width(width)
     t = template
     return ModelShape(width, depth, heads, t["context"], t["vocab_size"], t["arch"], t["ffn_mult"])
 

@@ -7,7 +7,6 @@ HTML-escaped; the page loads no script, font or style from anywhere.
 
 from __future__ import annotations
 
-import argparse
 import html
 import shutil
 from pathlib import Path
@@ -149,17 +148,3 @@ def write_report(sweep_dir: Path) -> Path:
     (tmp / "report.md").write_text("\n".join(md), encoding="utf-8")
     atomic_replace_dir(tmp, Path(sweep_dir) / "report")
     return Path(sweep_dir) / "report" / "index.html"
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("runs_dir", type=Path, metavar="RUNS_DIR", help="a sweep's run directory, e.g. runs/tiny")
-
-
-def run(args: argparse.Namespace) -> int:
-    """Write RUNS_DIR/report/: index.html (opens offline), report.md and the figures as PNG.
-
-    Works with whatever stages have run and lists what is missing.
-    """
-    index = write_report(args.runs_dir)
-    print(f"report: {index}")
-    return 0

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tlc.errors import UserError
-from tlc.io import read_jsonl
+from tlc.io import list_runs, read_jsonl
 
 
 @dataclass
@@ -104,7 +104,8 @@ def collect(sweep_dir: Path) -> SweepData:
     if not sweep_dir.is_dir():
         raise UserError(f"RUNS_DIR: {str(sweep_dir)!r} is not a folder; give a sweep's run directory such as runs/tiny")
     runs = []
-    for cfg_path in sorted(sweep_dir.glob("*/config.json")):
+    for run_dir in list_runs(sweep_dir):
+        cfg_path = run_dir / "config.json"
         config = _read_json(cfg_path) or {}
         metrics = read_jsonl(cfg_path.parent / "metrics.jsonl")
         if not metrics:

@@ -13,20 +13,21 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import shutil
-import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from tlc.config import RunConfig, TrainSettings, validate_run
-from tlc.train.data import TokenData, load_corpus, load_tokens, train_offsets, val_offsets, windows
+from tlc.config import RunConfig, validate_run
 from tlc.errors import UserError
+from tlc.io import append_jsonl, atomic_write_json, is_complete, read_jsonl, rewrite_jsonl
+from tlc.shapes import flops_per_token, param_counts
+from tlc.train.data import load_corpus, load_tokens, train_offsets, val_offsets, windows
+from tlc.train.engine import build_engine, device_for_rank, init_distributed, save_checkpoint, save_final_model
+from tlc.train.evaluation import evaluate, lm_loss
 from tlc.train.guard import checkpoint_tag, exit_with_worker, load_checkpoints_safely, lock_run_dir
-from tlc.io import append_jsonl, atomic_replace_dir, atomic_write_json, read_jsonl, rewrite_jsonl
-from tlc.train.model import build_model, flops_per_token, param_counts
+from tlc.train.model import build_model
 from tlc.versions import package_versions
 
 
@@ -80,132 +81,6 @@ def get_lr(step: int, total_steps: int, peak_lr: float, warmup_frac: float, min_
     progress = (step - warmup) / max(1, total_steps - warmup)
     min_lr = peak_lr * min_lr_ratio
     return min_lr + 0.5 * (peak_lr - min_lr) * (1 + math.cos(math.pi * min(1.0, progress)))
-
-
-# ----------------------------------------------------------------------------------------------
-# Distributed set-up
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-LONE_ENV = "TLC_LONE_PROCESS"
-
-
-def init_distributed():
-    """Start torch.distributed through DeepSpeed: gloo on CPU, nccl on GPU; a lone process needs no launcher."""
-    import torch
-
-    if not torch.cuda.is_available():
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")
-    # A lone process sets the launcher's variables itself and notes "<pid>:<port>" in LONE_ENV. A child
-    # of such a process (a test runner, `tlc demo`) inherits them but must not reuse the parent's port;
-    # a launcher (torchrun, deepspeed) sets its own MASTER_PORT, so its workers are left alone.
-    marker = os.environ.get(LONE_ENV, "")
-    inherited = marker.endswith(f":{os.environ.get('MASTER_PORT')}") and not marker.startswith(f"{os.getpid()}:")
-    if "RANK" not in os.environ or inherited:
-        port = str(_free_port())
-        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
-        os.environ[LONE_ENV] = f"{os.getpid()}:{port}"
-    import logging
-
-    import deepspeed
-    from deepspeed.utils import logger as ds_logger
-
-    ds_logger.setLevel(logging.WARNING)
-    deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo", verbose=False)
-    return deepspeed, int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-
-
-def device_for_rank():
-    import torch
-
-    if torch.cuda.is_available():
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        torch.cuda.set_device(local)
-        return torch.device("cuda", local)
-    return torch.device("cpu")
-
-
-def build_engine(deepspeed, model, train: TrainSettings, global_batch: int):
-    """A DeepSpeed engine around ``model`` with AdamW (decay on matrices only) for these settings.
-
-    Returns the engine and its optimizer, whose ``param_groups`` take the learning rate.
-    """
-    import torch
-
-    def decays(name, p):
-        return p.dim() >= 2 and "wte" not in name and "embed" not in name
-
-    named = list(model.named_parameters())
-    optimizer = torch.optim.AdamW(
-        [{"params": [p for n, p in named if decays(n, p)], "weight_decay": train.weight_decay},
-         {"params": [p for n, p in named if not decays(n, p)], "weight_decay": 0.0}],
-        lr=train.lr, betas=(0.9, 0.95), eps=1e-8,
-    )
-    ds_config = {
-        "train_batch_size": global_batch,
-        "train_micro_batch_size_per_gpu": train.micro_batch,
-        "gradient_accumulation_steps": train.grad_accum,
-        "gradient_clipping": train.grad_clip,
-        "zero_optimization": {"stage": train.zero_stage},
-        "bf16": {"enabled": train.precision == "bf16"},
-        "zero_allow_untested_optimizer": True,
-        "steps_per_print": 10**12,
-    }
-    engine, engine_optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
-    return engine, engine_optimizer
-
-
-# ----------------------------------------------------------------------------------------------
-# Loss and evaluation
-
-
-def lm_loss(model, batch):
-    """Mean next-token cross-entropy (nats) of a (B, T+1) window batch, and the logits."""
-    import torch.nn.functional as F
-
-    inputs, targets = batch[:, :-1], batch[:, 1:]  # (B, T) each
-    logits = model(input_ids=inputs).logits  # (B, T, V)
-    loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1))
-    return loss, logits
-
-
-def evaluate(model, tokens: TokenData, offsets: np.ndarray, context: int, batch_size: int, device, rank=0, world=1):
-    """Validation loss (nats/token), bits per byte and next-token accuracy over fixed windows.
-
-    Windows are shared out over processes and the sums reduced, so the result does not depend
-    on the world size.
-    """
-    import torch
-    import torch.nn.functional as F
-
-    was_training = model.training
-    model.eval()
-    sums = torch.zeros(3, dtype=torch.float64)  # loss sum, correct predictions, predictions
-    mine = offsets[rank::world]
-    with torch.no_grad():
-        for start in range(0, len(mine), batch_size):
-            batch = torch.from_numpy(windows(tokens.val, mine[start : start + batch_size], context)).to(device)
-            logits = model(input_ids=batch[:, :-1]).logits.float()  # (B, T, V)
-            targets = batch[:, 1:]
-            sums[0] += F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), reduction="sum").item()
-            sums[1] += (logits.argmax(-1) == targets).sum().item()
-            sums[2] += targets.numel()
-    if world > 1:
-        import torch.distributed as dist
-
-        dist.all_reduce(sums)
-    model.train(was_training)
-    val_loss = float(sums[0] / sums[2])
-    return {
-        "val_loss": val_loss,
-        "val_bpb": val_loss / math.log(2) / tokens.val_bytes_per_token,
-        "val_acc": float(sums[1] / sums[2]),
-    }
 
 
 # ----------------------------------------------------------------------------------------------
@@ -268,11 +143,6 @@ def write_or_check_config(run_dir: Path, config: dict) -> None:
                 )
         return
     atomic_write_json(path, config)
-
-
-def is_complete(run_dir: Path) -> bool:
-    """A run is complete once its final model folder is in place (it is moved there whole)."""
-    return (Path(run_dir) / "model" / "config.json").exists()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -394,36 +264,3 @@ def train_run(cfg: RunConfig, run_dir: Path, progress: bool = True) -> dict:
         torch.distributed.barrier()
     rows = read_jsonl(run_dir / "metrics.jsonl")
     return rows[-1] if rows else last
-
-
-def save_checkpoint(engine, ckpt_dir: Path, step: int, wall_s: float, rank: int) -> None:
-    """A DeepSpeed checkpoint tagged by step; ``tlc_latest.json`` moves to it only once it is complete."""
-    import torch.distributed as dist
-
-    tag = f"step{step:08d}"
-    engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state={"step": step, "wall_s": wall_s}, save_latest=False)
-    if dist.is_initialized():
-        dist.barrier()
-    if rank == 0:
-        atomic_write_json(ckpt_dir / "tlc_latest.json", {"tag": tag, "step": step})
-        for old in ckpt_dir.iterdir():
-            if old.is_dir() and old.name.startswith("step") and old.name != tag:
-                shutil.rmtree(old, ignore_errors=True)
-
-
-def save_final_model(module, tokens: TokenData, run_dir: Path) -> None:
-    """Weights (safetensors, fp32) and tokenizer in a form `transformers` loads; moved into place whole."""
-    import torch
-    from transformers import PreTrainedTokenizerFast
-    from transformers.utils import logging as hf_logging
-
-    from tlc.train.data import EOT
-
-    hf_logging.disable_progress_bar()
-
-    tmp = run_dir / ".model.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    module.to(torch.float32).save_pretrained(tmp, safe_serialization=True)
-    wrapped = PreTrainedTokenizerFast(tokenizer_object=tokens.tokenizer, eos_token=EOT, bos_token=EOT, unk_token=None)
-    wrapped.save_pretrained(tmp)
-    atomic_replace_dir(tmp, run_dir / "model")

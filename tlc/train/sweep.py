@@ -25,9 +25,9 @@ from pathlib import Path
 
 from tlc.config import SweepConfig, load_sweep, sweep_to_dict
 from tlc.errors import UserError
+from tlc.io import atomic_write_text, is_complete, read_jsonl
 from tlc.train.guard import WORKER_PID_ENV, held_by_another
-from tlc.io import atomic_write_text, read_jsonl
-from tlc.train.loop import check_run_dir, is_complete, plan_run
+from tlc.train.loop import check_run_dir, plan_run
 
 
 def _seconds_from_env(name: str, default: int) -> int:
