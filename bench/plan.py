@@ -50,13 +50,15 @@ def stages(runs: Path) -> dict[str, float]:
     """Seconds spent in each stage of one plan, in this process (imports already done)."""
     import argparse as ap
 
-    from tlc import plan as tlc_plan
+    from tlc.plan import command as tlc_command
+    from tlc.plan import planner as tlc_plan
     from tlc.plan.cost import build_cost_model
-    from tlc.plan.search import persist, run_nsga2, run_tpe
+    from tlc.plan.search import run_nsga2, run_tpe
     from tlc.plan.space import PlanSpace
+    from tlc.plan.trial_store import persist
 
     parser = ap.ArgumentParser()
-    tlc_plan.add_arguments(parser)
+    tlc_command.add_arguments(parser)
     args = parser.parse_args(["--runs", str(runs), "--budget", "1e15", "--max-bytes", "600kB"])
     out, clock = {}, time.perf_counter()
 
@@ -68,7 +70,7 @@ def stages(runs: Path) -> dict[str, float]:
 
     law = tlc_plan.load_plan_law(runs, None)
     costs = build_cost_model(law.runs_dir, None, 1, None)
-    space = PlanSpace(law, costs, tlc_plan._budgets(args), 0.95, tlc_plan._categories(law, args, None))
+    space = PlanSpace(law, costs, tlc_command._budgets(args), 0.95, tlc_plan._categories(law, args, None))
     lap("read fit.json and runs")
     tpe = run_tpe(space, args.trials, 0)
     lap(f"TPE, {args.trials} trials")
@@ -91,7 +93,8 @@ def add_trials_against_transaction(runs: Path) -> tuple[float, float]:
     """Seconds to store the same 112 trials with Optuna's add_trials and with one transaction."""
     import optuna
 
-    from tlc.plan.search import open_storage, persist
+    from tlc.plan.search import open_storage
+    from tlc.plan.trial_store import persist
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=0))

@@ -48,7 +48,7 @@ def write_synthetic_sweep(sweep_dir: Path, with_fit: bool = True, with_compress:
                                                              final + 0.5 + 2 * delta, final + 1 + 3 * delta]})
             (run / "compress.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     if with_fit:
-        from tlc.fit.command import fit_sweep
+        from tlc.fit.observations import fit_sweep
 
         atomic_write_json(sweep_dir / "fit.json", fit_sweep(sweep_dir, bootstrap=20, seed=0))
     if with_plan:

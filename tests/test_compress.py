@@ -10,7 +10,7 @@ import pytest
 
 from conftest import TINY_SHAPE, run_tlc
 from tlc.cli import main
-from tlc.compress.command import ROWS, add_cie, find_runs, load_eval
+from tlc.compress.pipeline import ROWS, add_cie, find_runs, load_eval
 from tlc.compress.store import load_variant
 from tlc.compress.variants import CompressSettings, parse_methods, parse_sparsities, variant_specs
 from tlc.errors import UserError

@@ -214,10 +214,64 @@ def test_bytes_model_recovers_a_bitmask_format_and_falls_back_to_defaults():
     assert costs.bytes_coefficients("2:4", False) == (4.0, 0.125)
 
 
+def test_one_transaction_stores_what_add_trials_stores(tmp_path):
+    """The fast SQLite path and Optuna's public add_trials leave the same trials behind."""
+    import optuna
+
+    from tlc.plan.search import open_storage
+    from tlc.plan.trial_store import store_trials
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    source = optuna.create_study(directions=["minimize", "minimize"], sampler=optuna.samplers.TPESampler(seed=1))
+
+    def objective(trial):
+        x = trial.suggest_float("x", 1.0, 10.0, log=True)
+        method = trial.suggest_categorical("compression", ["none", "block+int8"])
+        depth = trial.suggest_int("depth", 1, 128, log=True)
+        trial.set_user_attr("label", f"{method}-{depth}")
+        trial.set_constraint("bytes", x - 5.0)
+        return x, depth / x
+
+    source.optimize(objective, n_trials=10)
+    _, storage = open_storage(f"sqlite:///{tmp_path / 'study.db'}")
+    written = {}
+    for name, transaction in (("fast", True), ("public", False)):
+        optuna.create_study(study_name=name, storage=storage, directions=source.directions)
+        written[name] = store_trials(storage, name, source.get_trials(deepcopy=False), transaction=transaction)
+    assert written == {"fast": "transaction", "public": "add_trials"}
+
+    def stored(name):
+        return [(t.number, t.state, t.params, t.distributions, t.values, t.user_attrs, t.system_attrs,
+                 t.datetime_start, t.datetime_complete)
+                for t in optuna.load_study(study_name=name, storage=storage).get_trials()]
+
+    assert stored("fast") == stored("public") and len(stored("fast")) == 10
+
+
+def test_trials_the_transaction_does_not_cover_go_through_add_trials(tmp_path):
+    import optuna
+
+    from tlc.plan.search import open_storage
+    from tlc.plan.trial_store import store_trials
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    from optuna.distributions import IntDistribution
+    from optuna.trial import create_trial
+
+    source = optuna.create_study()
+    for k, value in ((0, float("inf")), (1, 1.0)):  # an infinite objective is stored by Optuna as its own type
+        source.add_trial(create_trial(params={"k": k}, distributions={"k": IntDistribution(0, 3)}, value=value))
+    _, storage = open_storage(f"sqlite:///{tmp_path / 'study.db'}")
+    optuna.create_study(study_name="s", storage=storage)
+    assert store_trials(storage, "s", source.get_trials(deepcopy=False)) == "add_trials"
+    values = [t.value for t in optuna.load_study(study_name="s", storage=storage).get_trials()]
+    assert values == [t.value for t in source.trials]
+
+
 def test_trials_written_to_sqlite_read_back_as_optuna_wrote_them(tmp_path):
     import optuna
 
-    from tlc.plan.search import persist
+    from tlc.plan.trial_store import persist
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=0))

@@ -15,8 +15,9 @@ import pytest
 
 from scaling.synthetic import synthetic_sweep
 from tlc.plan import command as tlc_plan
+from tlc.plan import planner
 from tlc.config import ModelShape
-from tlc.fit.command import fit_sweep
+from tlc.fit.observations import fit_sweep
 from tlc.io import atomic_write_json
 from tlc.shapes import param_counts
 from tlc.plan.space import Category
@@ -137,7 +138,7 @@ def test_same_seed_same_plan_and_the_studies_are_stored(runs, capsys):
 def test_polish_matches_an_exhaustive_search_over_shapes(runs, capsys):
     result = plan(["--runs", runs, "--budget", "1e14", "--max-params", "150k"], capsys)
     rec = result["recommendation"]
-    law = tlc_plan.load_plan_law(runs, None)
+    law = planner.load_plan_law(runs, None)
     from tlc.plan.cost import build_cost_model
     from tlc.plan.space import Budgets, PlanSpace
 
@@ -203,14 +204,14 @@ def test_extrapolation_is_warned_about(runs, capsys):
     result = plan(["--runs", runs, "--budget", "1e17", "--max-params", "300k"], capsys)
     assert "outside the measured final tokens 2M..360M" in " ".join(result["warnings"])
     assert result["measured_ranges"]["sparsity"]["magnitude"] == [0.3, 0.9]
-    law = tlc_plan.load_plan_law(runs, None)
-    point = tlc_plan.Point(width=128, depth=4, N=8e5, embedding=1.5e5, tokens=1e8, train_flops_per_token=6e6,
+    law = planner.load_plan_law(runs, None)
+    point = planner.Point(width=128, depth=4, N=8e5, embedding=1.5e5, tokens=1e8, train_flops_per_token=6e6,
                            inference_flops_per_token=2e6, category=Category("magnitude", False), sparsity=0.95,
                            loss=4.0, costs={}, feasible=True)
-    assert tlc_plan._range_warnings(law, "x", point) == [
+    assert planner._range_warnings(law, "x", point) == [
         "x: sparsity 95.0% is above the highest measured magnitude sparsity 90% (an extrapolation)"]
-    inside = tlc_plan.Point(**{**point.__dict__, "sparsity": 0.2})  # between dense (0) and 30%: interpolated
-    assert tlc_plan._range_warnings(law, "x", inside) == []
+    inside = planner.Point(**{**point.__dict__, "sparsity": 0.2})  # between dense (0) and 30%: interpolated
+    assert planner._range_warnings(law, "x", inside) == []
 
 
 def test_unknown_method_and_missing_fit(runs, tmp_path, capsys):

@@ -74,11 +74,11 @@ elif point == "report-figure":  # the third figure of the report is being drawn
         return real_savefig(self, *args, **kwargs)
     matplotlib.figure.Figure.savefig = savefig
 elif point == "report-move":  # the old report/ moved aside, the new one not yet in place
-    import tlc.report.command
+    import tlc.report.build
     def move(tmp, final):
         os.replace(final, final.with_name(f".{final.name}.old"))
         hang()
-    tlc.report.command.atomic_replace_dir = move
+    tlc.report.build.atomic_replace_dir = move
 elif point == "compress-variant-move":  # a compressed variant's folder is written but not moved into place
     import tlc.compress.store
     real_move, calls = tlc.compress.store.atomic_replace_dir, []

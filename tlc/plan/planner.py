@@ -18,15 +18,9 @@ from tlc.errors import UserError
 from tlc.plan.cost import build_cost_model
 from tlc.plan.law import PlanLaw
 from tlc.plan.output import FORMAT, plan_json
-from tlc.plan.search import (
-    feasible,
-    persist,
-    run_nsga2,
-    run_tpe,
-    study_key,
-    trial_start,
-)
+from tlc.plan.search import feasible, run_nsga2, run_tpe, study_key, trial_start
 from tlc.plan.space import MIN_CONTINUOUS_N, Budgets, Category, PlanSpace, Point
+from tlc.plan.trial_store import persist
 from tlc.units import format_bytes, format_count
 
 DEFAULT_MAX_SPARSITY = 0.95

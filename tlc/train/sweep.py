@@ -75,7 +75,7 @@ def prepare_sweep_dir(sweep: SweepConfig, runs_root: Path) -> Path:
 
 
 def open_study(sweep: SweepConfig, sweep_dir: Path, storage_url: str | None):
-    """The sweep's Optuna study, with heartbeats so that a dead worker's run is retried."""
+    """The sweep's Optuna study and its storage, with heartbeats so that a dead worker's run is retried."""
     import optuna
     from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
@@ -107,7 +107,8 @@ def open_study(sweep: SweepConfig, sweep_dir: Path, storage_url: str | None):
             pass
 
     sampler = SweepGridSampler({"run_id": ids}, seed=0)
-    return optuna.create_study(study_name=sweep.name, storage=storage, sampler=sampler, load_if_exists=True)
+    study = optuna.create_study(study_name=sweep.name, storage=storage, sampler=sampler, load_if_exists=True)
+    return study, storage
 
 
 def _with_installed_driver(url: str) -> str:
@@ -126,9 +127,15 @@ def _with_installed_driver(url: str) -> str:
 
 
 class _Heartbeat:
-    """Records the trial's heartbeat in the storage until stopped."""
+    """Records the trial's heartbeat in the study's storage until stopped.
 
-    def __init__(self, storage, trial_id: int):
+    Optuna beats by itself only inside ``study.optimize``; a sweep asks and tells, so it beats here,
+    through the storage's public heartbeat API.
+    """
+
+    def __init__(self, storage, study_name: str, trial_number: int):
+        study_id = storage.get_study_id_from_name(study_name)
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial_number)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, args=(storage, trial_id), daemon=True)
 
@@ -201,7 +208,7 @@ def run_sweep(sweep_path: Path, runs_root: Path = Path("runs"), storage: str | N
         plan_run(run, sweep.launch.nproc)
     _prepare_data(sweep)
     sweep_dir = prepare_sweep_dir(sweep, runs_root)
-    study = open_study(sweep, sweep_dir, storage)
+    study, study_storage = open_study(sweep, sweep_dir, storage)
     ids = [r.run_id for r in sweep.runs()]
     outcomes: dict[str, RunOutcome] = {}
     failed_here: set[str] = set()
@@ -234,7 +241,7 @@ def run_sweep(sweep_path: Path, runs_root: Path = Path("runs"), storage: str | N
             continue
         trial.set_user_attr("started", time.time())
         cmd = run_command(sweep_dir / "sweep.yaml", run_id, run_dir, sweep.launch.nproc)
-        with _Heartbeat(study._storage, trial._trial_id):
+        with _Heartbeat(study_storage, study.study_name, trial.number):
             for attempt in range(1 + sweep.launch.retries):
                 code, last_line = _train_in_subprocess(cmd, sweep_dir / f"{run_id}.log")
                 if code == 0:
