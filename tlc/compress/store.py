@@ -163,16 +163,23 @@ def read_weights(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, tuple
 def _fp32_model_from(folder: Path, state: dict) -> nn.Module:
     from transformers import AutoConfig
 
+    try:
+        return model_from_state(AutoConfig.from_pretrained(str(folder)), state)
+    except ValueError as error:
+        raise ValueError(f"{folder}: {error}") from None
+
+
+def model_from_state(config, state: dict) -> nn.Module:
+    """The model ``config`` describes (shrunk GPT-2 heads included), holding ``state``; every parameter must be given."""
     from tlc.compress.structured import build_from_config
 
-    model = build_from_config(AutoConfig.from_pretrained(str(folder)))
+    model = build_from_config(config)
     result = model.load_state_dict(state, strict=False)
     params = dict(model.named_parameters(remove_duplicate=False))
     loaded = {id(params[k]) for k in state if k in params}
     missing = [k for k in result.missing_keys if k not in params or id(params[k]) not in loaded]
     if missing or result.unexpected_keys:
-        raise ValueError(f"{folder}: weights do not fit the config (missing {missing[:3]}, "
-                         f"unexpected {result.unexpected_keys[:3]})")
+        raise ValueError(f"weights do not fit the config (missing {missing[:3]}, unexpected {result.unexpected_keys[:3]})")
     return model.eval()
 
 

@@ -1,0 +1,7 @@
+"""Export: a compressed variant in the formats people deploy with.
+
+``tlc export`` (:mod:`tlc.export.command`) writes a variant as a transformers folder
+(:mod:`~tlc.export.hf`; 8-bit through bitsandbytes' format) or as ONNX models, fp32 and
+ONNX Runtime int8 (:mod:`~tlc.export.to_onnx`). :mod:`~tlc.export.source` finds a run's saved
+variants, :mod:`~tlc.export.write` writes the folder atomically.
+"""

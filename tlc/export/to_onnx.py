@@ -1,0 +1,115 @@
+"""A variant as ONNX: torch's exporter (``torch.export``-based) for fp32, ONNX Runtime's dynamic
+quantization for int8, and the ONNX Runtime session and timing that ``tlc compress`` and
+``bench/export.py`` share.
+
+The graph takes ``input_ids`` int64 [batch, sequence] (both dynamic, sequence up to the context)
+and returns ``logits`` float32 [batch, sequence, vocab]; no cache, no attention mask (tlc's
+models are scored on full windows). The fp32 graph holds the variant's weights as tlc evaluates
+them: shrunk heads and FFNs keep their smaller shapes, pruned zeros stay (ONNX Runtime's CPU
+kernels are dense), 8-bit variants' weights dequantized. ``model.int8.onnx`` is
+``onnxruntime.quantization.quantize_dynamic`` of it: int8 weights per output channel (for an
+8-bit variant those are exactly tlc's int8 values, since the dequantized rows have tlc's absmax),
+activations quantized per tensor at run time.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+FP32 = "model.onnx"
+INT8 = "model.int8.onnx"
+
+
+class _LogitsOnly(torch.nn.Module):
+    """input_ids -> logits, the only output ONNX Runtime users need from a causal LM."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=input_ids, use_cache=False).logits  # (B, T, V)
+
+
+def export_fp32(model: torch.nn.Module, path: Path, context: int) -> None:
+    """``model`` (a transformers causal LM) to an ONNX file at ``path`` with dynamic batch and sequence."""
+    wrapped = _LogitsOnly(model).eval()
+    example = torch.zeros(2, min(8, context), dtype=torch.long)
+    batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence", max=context)
+    quiet = logging.getLogger("torch.onnx")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # the exporter logs every torchvision op it cannot register
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(wrapped, (example,), input_names=["input_ids"], output_names=["logits"],
+                                        dynamic_shapes={"input_ids": {0: batch, 1: sequence}}, dynamo=True,
+                                        verbose=False)
+        program.save(str(path))
+    finally:
+        quiet.setLevel(level)
+
+
+def quantize_int8(fp32_path: Path, int8_path: Path) -> None:
+    """ONNX Runtime dynamic quantization: int8 weights per output channel, activations per tensor at run time."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # it warns on the root logger that pre-processing is recommended
+    try:
+        quantize_dynamic(str(fp32_path), str(int8_path), per_channel=True, weight_type=QuantType.QInt8)
+    finally:
+        root.setLevel(level)
+
+
+def write_onnx(model: torch.nn.Module, out: Path, context: int) -> dict:
+    """``model.onnx`` and ``model.int8.onnx`` of ``model`` in the (new, empty) folder ``out``."""
+    export_fp32(model, out / FP32, context)
+    quantize_int8(out / FP32, out / INT8)
+    return {"files": [FP32, INT8], "needs": ["onnxruntime"]}
+
+
+def session(path: Path, threads: int | None = None):
+    """An ONNX Runtime CPU session, on as many threads as torch uses here (a like-for-like comparison)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or torch.get_num_threads()
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def ort_logits(sess, input_ids: np.ndarray) -> np.ndarray:
+    """Logits float32 [B, T, V] for int64 ``input_ids`` [B, T]."""
+    return sess.run(["logits"], {"input_ids": np.ascontiguousarray(input_ids, dtype=np.int64)})[0]
+
+
+def ort_latency_ms_per_token(sess, vocab_size: int, batch: int, prompt_tokens: int = 32,
+                             repeats: int = 7, warmup: int = 2) -> float:
+    """Median forward time per token (ms) of a fixed prompt, as tlc.compress.evaluate.latency_ms_per_token times torch."""
+    import statistics
+
+    g = torch.Generator().manual_seed(1234)
+    prompt = torch.randint(0, vocab_size, (batch, prompt_tokens), generator=g).numpy()
+    times = []
+    for i in range(warmup + repeats):
+        start = time.perf_counter()
+        ort_logits(sess, prompt)
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    return 1000.0 * statistics.median(times) / (batch * prompt_tokens)
+
+
+def available() -> bool:
+    """Whether the ONNX export and ONNX Runtime are installed (``pip install 'tlc[export]'``)."""
+    import importlib.util
+
+    return all(importlib.util.find_spec(m) is not None for m in ("onnx", "onnxscript", "onnxruntime"))
