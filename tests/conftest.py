@@ -53,3 +53,17 @@ def run_tlc(*args: str, env: dict | None = None, timeout: int = 300, check: bool
     if check and proc.returncode != 0:
         raise AssertionError(f"tlc {' '.join(map(str, args))} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     return proc
+
+
+@pytest.fixture(scope="session")
+def compressed_run(tmp_path_factory, small_corpus) -> Path:
+    """One tiny GPT-2 run, trained and compressed (magnitude and structured at 50%, each also int8).
+
+    Shared by the export, generate and TensorBoard tests: training and compressing are the slow part.
+    """
+    run = tmp_path_factory.mktemp("exported") / "w32-d2-s0"
+    run_tlc("train", *TINY_SHAPE, "--tokens", "16384", "--micro-batch", "8", "--evals", "3", "--precision", "fp32",
+            "--eval-tokens", "2048", "--data", small_corpus, "--out", run, "--no-progress", check=True)
+    run_tlc("compress", run, "--methods", "magnitude,structured", "--sparsity", "0.5", "--latency-repeats", "1",
+            check=True)
+    return run

@@ -1,7 +1,7 @@
 """Load an exported model the way a user would, in a process where tlc cannot be imported.
 
-``python export_loader.py FORMAT DIR INPUTS.npz OUT.npz`` with FORMAT ``hf``, ``onnx`` (model.onnx)
-or ``onnx-int8`` (model.int8.onnx). INPUTS holds ``probe`` int64 [B, T] and ``windows`` int64
+``python export_loader.py INPUTS.npz FORMAT DIR OUT.npz [FORMAT DIR OUT.npz ...]`` with FORMAT
+``hf``, ``onnx`` (model.onnx) or ``onnx-int8`` (model.int8.onnx). INPUTS holds ``probe`` int64 [B, T] and ``windows`` int64
 [N, T + 1]; OUT gets ``logits`` float32 [B, T, V] of the probe, ``val_loss`` (mean next-token
 cross-entropy over the windows, nats) and ``decoded`` (the tokenizer's text of the probe's first row).
 """
@@ -33,7 +33,7 @@ def _log_softmax_loss(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
     return log_z - np.take_along_axis(logits, targets[..., None], -1)[..., 0]
 
 
-def main(fmt: str, folder: str, inputs: str, out: str) -> None:
+def load_and_score(inputs: str, fmt: str, folder: str, out: str) -> None:
     data = np.load(inputs, allow_pickle=False)
     probe, windows = data["probe"], data["windows"]
     if fmt == "hf":
@@ -67,4 +67,6 @@ def main(fmt: str, folder: str, inputs: str, out: str) -> None:
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:])
+    inputs, jobs = sys.argv[1], sys.argv[2:]
+    for i in range(0, len(jobs), 3):
+        load_and_score(inputs, *jobs[i : i + 3])
