@@ -54,3 +54,20 @@ def find_variant(run_dir: Path, name: str) -> Variant:
     if name not in rows:
         raise UserError(f"--variant: {name!r} is not a variant of {run_dir.name}; valid: {', '.join(rows)}")
     return Variant(run_dir, name, run_dir / "compressed" / name, rows[name])
+
+
+def recommended_variant(plan: dict | None, rows: dict[str, dict]) -> str | None:
+    """The variant of ``rows`` (by name) closest to plan.json's recommended compression, or None.
+
+    Same method and bits, nearest achieved sparsity; the plan's method ``none`` is the dense model
+    (or its int8 twin).
+    """
+    compression = ((plan or {}).get("recommendation") or {}).get("compression") or {}
+    if not compression:
+        return None
+    method = compression.get("method") or "none"
+    bits = 8 if compression.get("int8") else 32
+    target = float(compression.get("sparsity") or 0.0)
+    candidates = [(abs(float(r.get("sparsity") or 0.0) - target), name) for name, r in rows.items()
+                  if r.get("method") == method and int(r.get("bits", 32)) == bits]
+    return min(candidates)[1] if candidates else None

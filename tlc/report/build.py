@@ -13,6 +13,8 @@ from pathlib import Path
 
 from tlc.io import atomic_replace_dir
 from tlc.report.data import SweepData, collect
+from tlc.report.samples import CSS as SAMPLES_CSS
+from tlc.report.samples import samples_html, samples_markdown
 
 CSS = """
 body { font-family: system-ui, sans-serif; max-width: 1000px; margin: 2em auto; padding: 0 1em; color: #222; }
@@ -128,7 +130,7 @@ def write_report(sweep_dir: Path) -> Path:
 
     title = f"tlc report: {data.name}"
     page = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{esc(title)}</title>",
-            f"<style>{CSS}</style></head><body>", f"<h1>{esc(title)}</h1>",
+            f"<style>{CSS}{SAMPLES_CSS}</style></head><body>", f"<h1>{esc(title)}</h1>",
             f"<p>{len(data.runs)} runs from {esc(str(data.sweep_dir))}.</p>"]
     md = [f"# {title}", "", f"{len(data.runs)} runs from `{data.sweep_dir}`.", ""]
     if data.missing:
@@ -143,6 +145,8 @@ def write_report(sweep_dir: Path) -> Path:
     for heading, (head, rows) in tables:
         page += [f"<h2>{esc(heading)}</h2>", _html_table(head, rows)]
         md += [f"## {heading}", "", _md_table(head, rows), ""]
+    page.append(samples_html(data))
+    md += samples_markdown(data)
     page.append("</body></html>")
     (tmp / "index.html").write_text("\n".join(page), encoding="utf-8")
     (tmp / "report.md").write_text("\n".join(md), encoding="utf-8")
