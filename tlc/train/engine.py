@@ -61,9 +61,18 @@ def device_for_rank():
     return torch.device("cpu")
 
 
-def build_engine(deepspeed, model, train: TrainSettings, global_batch: int):
+def tensorboard_available() -> bool:
+    """Whether DeepSpeed's TensorBoard monitor can run here (the ``tensorboard`` package is installed)."""
+    import importlib.util
+
+    return importlib.util.find_spec("tensorboard") is not None
+
+
+def build_engine(deepspeed, model, train: TrainSettings, global_batch: int, tensorboard_dir: Path | None = None):
     """A DeepSpeed engine around ``model`` with AdamW (decay on matrices only) for these settings.
 
+    With ``tensorboard_dir`` (and tensorboard installed), DeepSpeed's own monitor writes TensorBoard
+    event files there: its learning rate per step, and what :func:`monitor_scalars` sends.
     Returns the engine and its optimizer, whose ``param_groups`` take the learning rate.
     """
     import torch
@@ -87,8 +96,21 @@ def build_engine(deepspeed, model, train: TrainSettings, global_batch: int):
         "zero_allow_untested_optimizer": True,
         "steps_per_print": 10**12,
     }
+    if tensorboard_dir is not None and tensorboard_available():
+        ds_config["tensorboard"] = {"enabled": True, "output_path": str(Path(tensorboard_dir).parent),
+                                    "job_name": Path(tensorboard_dir).name}
     engine, engine_optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
     return engine, engine_optimizer
+
+
+def monitor_scalars(engine, step: int, tokens: int, values: dict[str, float]) -> None:
+    """Send ``values`` to DeepSpeed's monitor twice: ``<name>/by_step`` at ``step``, ``<name>/by_tokens`` at
+    ``tokens`` (TensorBoard's x axis is the event's step). A no-op without a monitor; rank 0 writes."""
+    if not engine.monitor.enabled:
+        return
+    events = [(f"{name}/by_step", float(v), step) for name, v in values.items()]
+    events += [(f"{name}/by_tokens", float(v), tokens) for name, v in values.items()]
+    engine.monitor.write_events(events)  # DeepSpeed's TensorBoard monitor flushes on every call
 
 
 # ----------------------------------------------------------------------------------------------

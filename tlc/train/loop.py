@@ -24,7 +24,8 @@ from tlc.errors import UserError
 from tlc.io import append_jsonl, atomic_write_json, is_complete, read_jsonl, rewrite_jsonl
 from tlc.shapes import flops_per_token, param_counts
 from tlc.train.data import load_corpus, load_tokens, train_offsets, val_offsets, windows
-from tlc.train.engine import build_engine, device_for_rank, init_distributed, save_checkpoint, save_final_model
+from tlc.train.engine import (build_engine, device_for_rank, init_distributed, monitor_scalars, save_checkpoint,
+                              save_final_model)
 from tlc.train.evaluation import evaluate, lm_loss
 from tlc.train.guard import checkpoint_tag, exit_with_worker, load_checkpoints_safely, lock_run_dir
 from tlc.train.model import build_model
@@ -182,7 +183,7 @@ def train_run(cfg: RunConfig, run_dir: Path, progress: bool = True) -> dict:
 
     # -- model, optimizer, engine ------------------------------------------------------------
     model = build_model(cfg.shape, eot_id=tokens.eot_id, seed=cfg.seed)
-    engine, engine_optimizer = build_engine(deepspeed, model, cfg.train, plan.global_batch)
+    engine, engine_optimizer = build_engine(deepspeed, model, cfg.train, plan.global_batch, run_dir / "tensorboard")
 
     # -- resume --------------------------------------------------------------------------------
     ckpt_dir = run_dir / "checkpoint"
@@ -230,6 +231,7 @@ def train_run(cfg: RunConfig, run_dir: Path, progress: bool = True) -> dict:
             raise UserError(f"train.lr: training diverged at step {step + 1} (loss {step_loss.item()}); lower train.lr")
         loss_sum, loss_steps = loss_sum + step_loss.item(), loss_steps + 1
         done = step + 1
+        monitor_scalars(engine, done, done * plan.tokens_per_step, {"train/loss": step_loss.item()})
         bar.update(1)
         if done not in plan.eval_steps:
             continue
@@ -251,6 +253,8 @@ def train_run(cfg: RunConfig, run_dir: Path, progress: bool = True) -> dict:
         bar.set_postfix(loss=f"{last['train_loss']:.3f}", val=f"{metrics['val_loss']:.3f}")
         if rank == 0:
             append_jsonl(run_dir / "metrics.jsonl", last)
+        monitor_scalars(engine, done, last["tokens"], {"val/loss": last["val_loss"], "val/bpb": last["val_bpb"],
+                                                       "val/acc": last["val_acc"], "train/loss_mean": last["train_loss"]})
         evals_done += 1
         if evals_done % cfg.train.checkpoint_evals == 0 or done == plan.total_steps:
             save_checkpoint(engine, ckpt_dir, done, wall_s, rank)
