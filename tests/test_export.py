@@ -215,3 +215,20 @@ def test_failed_export_leaves_nothing(compressed_run, tmp_path, monkeypatch):
     with pytest.raises(RuntimeError):
         main(["export", str(compressed_run), "--variant", "dense", "--to", str(tmp_path / "x")])
     assert list(tmp_path.iterdir()) == []
+
+
+def test_compress_times_8bit_variants_on_onnxruntime(compressed_run):
+    pytest.importorskip("onnxruntime")
+    for row in read_jsonl(compressed_run / "compress.jsonl"):
+        if row["bits"] == 8:
+            assert row["latency_ms_b1_ort_int8"] > 0 and row["latency_ms_b32_ort_int8"] > 0, row["variant"]
+        else:
+            assert row["latency_ms_b1_ort_int8"] is None, row["variant"]
+
+
+def test_ort_latency_without_onnxruntime_is_a_one_line_error(compressed_run, capsys, monkeypatch):
+    import tlc.export.to_onnx
+
+    monkeypatch.setattr(tlc.export.to_onnx, "available", lambda: False)
+    err = _error(capsys, ["compress", str(compressed_run), "--ort-latency"])
+    assert err.startswith("tlc compress: error: --ort-latency:") and "tlc[export]" in err

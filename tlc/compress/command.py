@@ -34,6 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"block side for block pruning: 16, 32 or 64 (default {d.block_size})")
     parser.add_argument("--latency-repeats", type=int, default=d.latency_repeats,
                         help=f"timed forward passes per batch size, median reported (default {d.latency_repeats})")
+    parser.add_argument("--ort-latency", action=argparse.BooleanOptionalAction, default=None,
+                        help="also time every 8-bit variant as an ONNX Runtime int8 model (default: on when "
+                             "onnx, onnxscript and onnxruntime are installed; about 15 s of export per variant)")
 
 
 def settings_from_args(args: argparse.Namespace) -> CompressSettings:
@@ -46,9 +49,15 @@ def settings_from_args(args: argparse.Namespace) -> CompressSettings:
         raise UserError(f"--block-size: must be one of {', '.join(map(str, BLOCK_SIZES))}, got {args.block_size}")
     if args.latency_repeats < 1:
         raise UserError(f"--latency-repeats: must be at least 1, got {args.latency_repeats}")
+    from tlc.export.to_onnx import available as ort_available
+
+    if args.ort_latency and not ort_available():
+        raise UserError("--ort-latency: needs the onnx, onnxscript and onnxruntime packages; "
+                        "pip install 'tlc[export]', or leave the flag out")
     return CompressSettings(methods=parse_methods(args.methods), sparsities=parse_sparsities(args.sparsity),
                             int8=args.int8, recovery_steps=args.recovery_steps, block_size=args.block_size,
-                            latency_repeats=args.latency_repeats)
+                            latency_repeats=args.latency_repeats,
+                            ort_latency=ort_available() if args.ort_latency is None else args.ort_latency)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -12,6 +12,8 @@ compress.jsonl row (one per variant):
   target_sparsity, block (block size or null), bits (32 | 8), int8_path, nonzeros (all
   parameters), bytes (model.safetensors), dense_bytes, latency_ms_b1, latency_ms_b32 (ms per
   token, median of repeats, forward pass over a fixed prompt), latency_kind, latency_note,
+  latency_ms_b1_ort_int8, latency_ms_b32_ort_int8 (8-bit variants with --ort-latency: the same
+  prompt on ONNX Runtime's int8 model of the variant, tlc.export.to_onnx; else null),
   prompt_tokens, device, val_loss, val_bpb, val_acc, loss_by_freq_bucket (5, rarest first),
   freq_bucket_tokens, freq_buckets ("equal_train_token_mass"), disagreement {kind: "cie" |
   "disagreement_not_cie", seeds, count, fraction, loss, dense_loss}, dense_val_loss,
@@ -167,6 +169,12 @@ def make_variant(ctx: RunContext, spec: VariantSpec, settings: CompressSettings,
     prompt = min(settings.prompt_tokens, shape["context"])
     b1 = latency_ms_per_token(timed, vocab, ctx.device, 1, prompt, settings.latency_repeats)
     b32 = latency_ms_per_token(timed, vocab, ctx.device, 32, prompt, settings.latency_repeats)
+    ort = {"latency_ms_b1_ort_int8": None, "latency_ms_b32_ort_int8": None}
+    if settings.ort_latency and spec.bits == 8:
+        from tlc.compress.store import load_fp32
+        from tlc.export.to_onnx import ort_int8_latency
+
+        ort = ort_int8_latency(load_fp32(folder), shape["context"], vocab, prompt, settings.latency_repeats)
 
     if dense_eval is None:  # this is the dense model itself
         dense_eval = (token_loss, predictions)
@@ -185,6 +193,7 @@ def make_variant(ctx: RunContext, spec: VariantSpec, settings: CompressSettings,
         "latency_ms_b32": b32,
         "latency_kind": kind,
         "latency_note": note,
+        **ort,
         "prompt_tokens": prompt,
         "device": _device_name(ctx.device),
         **metrics,
@@ -241,7 +250,9 @@ def compress_run(run_dir: Path, settings: CompressSettings, log=print) -> list[d
         added = row["val_loss"] - row["dense_val_loss"]
         log(f"{run_dir.name} {spec.id:<22} loss {row['val_loss']:.4f} ({added:+.4f})  "
             f"nonzeros {row['nonzeros']:>9}  bytes {row['bytes']:>9}  b1 {row['latency_ms_b1']:.4f} ms/tok "
-            f"[{row['latency_kind']}]  {row['wall_s']:.1f}s")
+            f"[{row['latency_kind']}]" + (f"  ort int8 {row['latency_ms_b1_ort_int8']:.4f}"
+                                          if row.get("latency_ms_b1_ort_int8") is not None else "")
+            + f"  {row['wall_s']:.1f}s")
     return list(rows.values())
 
 

@@ -38,6 +38,7 @@ class CompressSettings:
     block_size: int = 32  # side of the square blocks of "block"
     calibration_windows: int = 16  # training windows that score heads and neurons
     latency_repeats: int = 7  # timed forward passes per batch size (median reported)
+    ort_latency: bool = False  # also time each 8-bit variant on ONNX Runtime int8 (needs onnxruntime)
     prompt_tokens: int = 32  # the fixed prompt length timed
 
 

@@ -28,6 +28,8 @@ class Variant:
 def check_run(run_dir: Path) -> Path:
     """``run_dir`` when it is a trained run, else a UserError naming RUN."""
     run_dir = Path(run_dir)
+    if "\x00" in str(run_dir):  # os calls raise ValueError on it
+        raise UserError(f"RUN: {str(run_dir)!r} contains a NUL character; give a run folder such as runs/tiny/w64-d2-s0")
     if not run_dir.is_dir():
         raise UserError(f"RUN: {str(run_dir)!r} is not a folder; give one run such as runs/tiny/w64-d2-s0")
     if not is_complete(run_dir):

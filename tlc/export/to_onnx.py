@@ -108,6 +108,23 @@ def ort_latency_ms_per_token(sess, vocab_size: int, batch: int, prompt_tokens: i
     return 1000.0 * statistics.median(times) / (batch * prompt_tokens)
 
 
+def ort_int8_latency(model: torch.nn.Module, context: int, vocab_size: int, prompt_tokens: int,
+                     repeats: int) -> dict[str, float]:
+    """ms per token at batch 1 and 32 of ``model`` (fp32) exported and quantized by ONNX Runtime, timed there."""
+    import shutil
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="tlc-ort-"))
+    try:
+        export_fp32(model, folder / FP32, context)
+        quantize_int8(folder / FP32, folder / INT8)
+        sess = session(folder / INT8)
+        return {f"latency_ms_b{b}_ort_int8": ort_latency_ms_per_token(sess, vocab_size, b, prompt_tokens, repeats)
+                for b in (1, 32)}
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def available() -> bool:
     """Whether the ONNX export and ONNX Runtime are installed (``pip install 'tlc[export]'``)."""
     import importlib.util
