@@ -14,7 +14,7 @@ ONNX Runtime runs on as many threads as torch. Rounds alternate over every (vari
 batch), so load from other processes hits all alike; each figure is the median over rounds of the
 median of the repeats in a round. Ratios are against torch fp32 of the dense model at the same batch.
 
-    .venv/bin/python bench/export.py [--rounds 5] [--repeats 7]
+    .venv/bin/python bench/export.py [--rounds 5] [--repeats 7] [--threads N]
 """
 
 from __future__ import annotations
@@ -69,8 +69,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="threads for torch and ONNX Runtime alike (default: torch's); 1 steadies a shared machine")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     sweep = load_sweep(Path(__file__).resolve().parents[1] / "sweeps" / "tiny.yaml")
     shape = max(sweep.shapes, key=lambda s: s.width * s.width * s.depth)
     model = build_model(shape, seed=0).eval()

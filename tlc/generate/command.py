@@ -21,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--temperature", type=float, default=0.0,
                         help="0 for greedy decoding, else the softmax temperature (default 0)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the sampler (default 0)")
-    parser.add_argument("--no-record", action="store_true", help=f"do not append the sample to RUN/samples.jsonl")
+    parser.add_argument("--no-record", action="store_true", help="do not append the sample to RUN/samples.jsonl")
 
 
 def check_args(args: argparse.Namespace) -> None:
