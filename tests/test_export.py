@@ -232,3 +232,11 @@ def test_ort_latency_without_onnxruntime_is_a_one_line_error(compressed_run, cap
     monkeypatch.setattr(tlc.export.to_onnx, "available", lambda: False)
     err = _error(capsys, ["compress", str(compressed_run), "--ort-latency"])
     assert err.startswith("tlc compress: error: --ort-latency:") and "tlc[export]" in err
+
+
+def test_the_planner_reads_the_fastest_runtime_measured():
+    from tlc.plan.cost import fastest_latency
+
+    row = {"latency_ms_b1": 0.5, "latency_ms_b32": 0.2, "latency_ms_b1_ort_int8": 0.03, "latency_ms_b32_ort_int8": None}
+    assert fastest_latency(row, 1) == 0.03 and fastest_latency(row, 32) == 0.2
+    assert fastest_latency({"latency_ms_b1": None}, 1) is None

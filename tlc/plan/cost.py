@@ -22,7 +22,9 @@ Latency, per device and batch size, is a log-linear fit to compress.jsonl's meas
 
 with g the (method, int8) group, b shared by all groups (how latency grows with the dense model
 size) and c_g (how much sparsity speeds group g up) fitted only for groups measured at two or
-more sparsities (otherwise 0). Only measured groups can be predicted.
+more sparsities (otherwise 0). Only measured groups can be predicted. Each variant's latency is
+the fastest runtime measured for it: torch, or ONNX Runtime int8 for 8-bit variants where
+`tlc compress` timed that too.
 """
 
 from __future__ import annotations
@@ -69,6 +71,14 @@ class MeasuredVariant:
     device: str | None
 
 
+def fastest_latency(row: dict, batch: int) -> float | None:
+    """A compress.jsonl row's ms per token at ``batch`` on the fastest runtime measured: torch, or ONNX
+    Runtime int8 where ``tlc compress`` timed it (8-bit variants, onnxruntime installed)."""
+    measured = [row.get(f"latency_ms_b{batch}"), row.get(f"latency_ms_b{batch}_ort_int8")]
+    measured = [float(v) for v in measured if isinstance(v, (int, float)) and v > 0]
+    return min(measured) if measured else None
+
+
 def read_measurements(runs_dir: Path) -> list[MeasuredVariant]:
     """Every compressed variant under ``runs_dir`` (``<run>/compress.jsonl``), with its model's size."""
     variants = []
@@ -81,7 +91,7 @@ def read_measurements(runs_dir: Path) -> list[MeasuredVariant]:
         for row in read_jsonl(run_dir / "compress.jsonl"):
             if not isinstance(row.get("method"), str):
                 continue
-            latency = {b: row.get(f"latency_ms_b{b}") for b in LATENCY_BATCHES}
+            latency = {b: fastest_latency(row, b) for b in LATENCY_BATCHES}
             variants.append(MeasuredVariant(
                 run_id=run_dir.name,
                 group=_group(row),
