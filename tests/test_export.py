@@ -227,9 +227,9 @@ def test_compress_times_8bit_variants_on_onnxruntime(compressed_run):
 
 
 def test_ort_latency_without_onnxruntime_is_a_one_line_error(compressed_run, capsys, monkeypatch):
-    import tlc.export.to_onnx
+    import tlc.export
 
-    monkeypatch.setattr(tlc.export.to_onnx, "available", lambda: False)
+    monkeypatch.setattr(tlc.export, "onnx_available", lambda: False)
     err = _error(capsys, ["compress", str(compressed_run), "--ort-latency"])
     assert err.startswith("tlc compress: error: --ort-latency:") and "tlc[export]" in err
 

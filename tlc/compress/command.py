@@ -49,7 +49,7 @@ def settings_from_args(args: argparse.Namespace) -> CompressSettings:
         raise UserError(f"--block-size: must be one of {', '.join(map(str, BLOCK_SIZES))}, got {args.block_size}")
     if args.latency_repeats < 1:
         raise UserError(f"--latency-repeats: must be at least 1, got {args.latency_repeats}")
-    from tlc.export.to_onnx import available as ort_available
+    from tlc.export import onnx_available as ort_available
 
     if args.ort_latency and not ort_available():
         raise UserError("--ort-latency: needs the onnx, onnxscript and onnxruntime packages; "

@@ -5,3 +5,13 @@
 ONNX Runtime int8 (:mod:`~tlc.export.to_onnx`). :mod:`~tlc.export.source` finds a run's saved
 variants, :mod:`~tlc.export.write` writes the folder atomically.
 """
+
+
+def onnx_available() -> bool:
+    """Whether the ONNX exporter's packages and ONNX Runtime are installed (``pip install 'tlc[export]'``).
+
+    Here rather than in :mod:`~tlc.export.to_onnx` so that flag checks answer without importing torch.
+    """
+    import importlib.util
+
+    return all(importlib.util.find_spec(m) is not None for m in ("onnx", "onnxscript", "onnxruntime"))

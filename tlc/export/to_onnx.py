@@ -123,10 +123,3 @@ def ort_int8_latency(model: torch.nn.Module, context: int, vocab_size: int, prom
                 for b in (1, 32)}
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-
-
-def available() -> bool:
-    """Whether the ONNX export and ONNX Runtime are installed (``pip install 'tlc[export]'``)."""
-    import importlib.util
-
-    return all(importlib.util.find_spec(m) is not None for m in ("onnx", "onnxscript", "onnxruntime"))

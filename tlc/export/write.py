@@ -35,9 +35,9 @@ def check_format(fmt: str) -> None:
     if fmt not in FORMATS:
         raise UserError(f"--format: {fmt!r} is not a format; valid: {', '.join(FORMATS)}")
     if fmt == "onnx":
-        from tlc.export.to_onnx import available
+        from tlc.export import onnx_available
 
-        if not available():
+        if not onnx_available():
             raise UserError("--format onnx: needs the onnx, onnxscript and onnxruntime packages; "
                             "pip install 'tlc[export]'")
 
