@@ -190,6 +190,13 @@ def test_nonempty_target_is_refused_unless_forced(compressed_run, tmp_path, caps
     assert [p.name for p in tmp_path.iterdir()] == ["taken"]  # no temporary folder left
 
 
+def test_export_never_replaces_the_run(compressed_run, tmp_path, capsys):
+    for target in (compressed_run, compressed_run.parent, compressed_run / "compressed" / "x"):
+        err = _error(capsys, ["export", str(compressed_run), "--variant", "dense", "--to", str(target), "--force"])
+        assert "--to:" in err and "would overwrite the run" in err
+    assert (compressed_run / "compressed" / "dense" / "model.safetensors").exists()
+
+
 def test_run_never_compressed_and_not_a_run(compressed_run, tmp_path, capsys):
     import shutil
 

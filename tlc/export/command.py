@@ -29,11 +29,12 @@ def run(args: argparse.Namespace) -> int:
     tokenizer. DIR is written whole or not at all; DIR/tlc_export.json records what it holds.
     """
     from tlc.export.source import find_variant
-    from tlc.export.write import check_format, check_target, export_variant
+    from tlc.export.write import check_format, check_not_in_run, check_target, export_variant
 
     check_format(args.format)
     out = check_target(args.to, args.force)
     variant = find_variant(args.run, args.variant)
+    check_not_in_run(out, variant.run_dir)
     record = export_variant(variant, out, args.format)
     files = sorted(p.name for p in out.iterdir())
     print(f"{variant.run_dir.name} {variant.name} -> {out} ({args.format}): {', '.join(files)}")

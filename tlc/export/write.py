@@ -27,7 +27,21 @@ def check_target(out: Path, force: bool) -> Path:
         raise UserError(f"--to: {str(out)!r} is a file; give a folder to create")
     if out.is_dir() and any(out.iterdir()) and not force:
         raise UserError(f"--to: {str(out)!r} exists and is not empty; give a new folder, or add --force to replace it")
+    existing = out.absolute().parent
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"--to: cannot create {str(out)!r}: {str(existing)!r} is not a writable folder")
     return out
+
+
+def check_not_in_run(out: Path, run_dir: Path) -> None:
+    """``--to`` must not be the run, hold it, or lie in what tlc wrote there (``--force`` would replace it)."""
+    out, run_dir = Path(out).resolve(), Path(run_dir).resolve()
+    protected = (run_dir / "model", run_dir / "compressed", run_dir / "checkpoint")
+    if out == run_dir or out in run_dir.parents or any(out == p or p in out.parents for p in protected):
+        raise UserError(f"--to: {str(out)!r} would overwrite the run {run_dir.name} or its files; "
+                        "give a folder outside the run's model/, compressed/ and checkpoint/")
 
 
 def check_format(fmt: str) -> None:
