@@ -80,6 +80,10 @@ def test_report_shows_dense_beside_the_recommended_variant_escaped(compressed_ru
     assert page.index("structured-s50-int8") < page.index("magnitude-s50")  # the recommended one first
     assert "(recommended)" in page and page.count("(recommended)") == 1
     assert "structured-s50-int8 (structured 50% + int8) (recommended)" in "\n".join(samples_markdown(data))
+    from tlc.report.build import write_report
+
+    index = write_report(run.parent).read_text(encoding="utf-8")
+    assert "Samples: dense beside compressed" in index and "<script>" not in index
 
 
 def test_without_samples_the_report_says_how_to_make_them(compressed_run, tmp_path):
