@@ -23,11 +23,12 @@ from tlc.config import RunConfig, validate_run
 from tlc.errors import UserError
 from tlc.io import append_jsonl, atomic_write_json, is_complete, read_jsonl, rewrite_jsonl
 from tlc.shapes import flops_per_token, param_counts
-from tlc.train.data import load_corpus, load_tokens, train_offsets, val_offsets, windows
+from tlc.train.data import cache_dir, load_corpus, load_tokens, train_offsets, val_offsets, windows
 from tlc.train.engine import build_engine, device_for_rank, init_distributed, save_checkpoint, save_final_model
 from tlc.train.evaluation import evaluate, lm_loss
 from tlc.train.guard import checkpoint_tag, exit_with_worker, load_checkpoints_safely, lock_run_dir
 from tlc.train.model import build_model
+from tlc.train.precision import choose_for_run
 from tlc.versions import package_versions
 
 
@@ -149,8 +150,21 @@ def write_or_check_config(run_dir: Path, config: dict) -> None:
 # The run
 
 
-def train_run(cfg: RunConfig, run_dir: Path, progress: bool = True) -> dict:
-    """Train one model into ``run_dir`` (resuming if it holds a checkpoint); return the last metrics line."""
+def recorded_precision(run_dir: Path) -> str | None:
+    """The precision an existing run's config.json records (None for a new run or an unreadable file)."""
+    import json
+
+    try:
+        return json.loads((run_dir / "config.json").read_text(encoding="utf-8"))["train"]["precision"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def train_run(cfg: RunConfig, run_dir: Path, progress: bool = True, notify=None) -> dict:
+    """Train one model into ``run_dir`` (resuming if it holds a checkpoint); return the last metrics line.
+
+    ``notify(line)`` (rank 0 only) is told the precision chosen and why, before training starts.
+    """
     import torch
 
     validate_run(cfg)
@@ -164,6 +178,10 @@ def train_run(cfg: RunConfig, run_dir: Path, progress: bool = True) -> dict:
     plan = plan_run(cfg, int(os.environ.get("WORLD_SIZE", "1")))
     corpus = load_corpus(cfg.data.source, cfg.data.val_percent, cfg.data.text_field)
     deepspeed, rank, world = init_distributed()
+    precision = choose_for_run(cfg.train.precision, cache_dir(), recorded_precision(run_dir), rank, world)
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, precision=precision.precision))
+    if rank == 0 and notify is not None:
+        notify(f"{cfg.run_id}: precision {precision.precision} ({precision.reason})")
     tokens = load_tokens(corpus, cfg.shape.vocab_size)
     if len(tokens.train) <= cfg.shape.context + 1:
         raise UserError(f"--data: the training split has {len(tokens.train)} tokens, fewer than one context")

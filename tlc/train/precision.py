@@ -1,0 +1,143 @@
+"""The training precision a run uses when it asks for ``auto`` (the default): chosen by the hardware.
+
+- CUDA: bf16 from compute capability 8.0 (Ampere) on, which has bf16 tensor cores; fp32 below.
+- CPU: fp32, unless a short measured training step is faster in bf16. A CPU without AVX512_BF16
+  or AMX emulates bf16 (width 64 × depth 2 trained 6.8× slower in bf16 than in fp32 on an AVX2
+  EPYC, and 1.7× slower even on an AVX-512 Xeon with native bf16; BENCHMARKS.md). The
+  measurement is made once per machine and cached in ``$TLC_CACHE/precision.json``, as the int8
+  path is (:func:`tlc.compress.quantize.choose_int8_path`).
+
+A run that resumes keeps the precision its ``config.json`` records. Every process of a
+multi-process run uses rank 0's choice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+AUTO = "auto"
+# the step that decides on CPU: one forward and backward of this GPT-2 shape on 4 × 128 tokens
+PROBE_SHAPE = {"width": 128, "depth": 2, "heads": 4, "context": 128, "vocab_size": 1024}
+PROBE_BATCH = 4
+CACHE_FILE = "precision.json"
+
+
+@dataclass(frozen=True)
+class PrecisionChoice:
+    """The precision a run trains in, and why (one line, for the run's log)."""
+
+    precision: str  # "fp32" or "bf16"
+    reason: str
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            line = next((line for line in f if line.startswith(("flags", "Features"))), "")
+    except OSError:
+        line = ""
+    return set(line.partition(":")[2].split())
+
+
+def cpu_key() -> str:
+    """What the cached CPU choice depends on: machine, processor and its features, torch, threads."""
+    import torch
+
+    flags = hashlib.sha256(" ".join(sorted(_cpu_flags())).encode()).hexdigest()[:12]
+    return "|".join([platform.node(), platform.processor() or platform.machine(), f"flags={flags}",
+                     torch.__version__, f"threads={torch.get_num_threads()}"])
+
+
+def native_bf16_cpu() -> bool:
+    """True where the CPU has bf16 arithmetic (AVX512_BF16 or AMX); elsewhere torch emulates it."""
+    return bool(_cpu_flags() & {"avx512_bf16", "amx_bf16"})
+
+
+def probe_step_seconds(dtype_name: str, repeats: int = 2) -> float:
+    """Median seconds of one forward and backward of :data:`PROBE_SHAPE` in ``dtype_name``, on CPU."""
+    import torch
+
+    from tlc.config import ModelShape
+    from tlc.train.evaluation import lm_loss
+    from tlc.train.model import build_model
+
+    shape = ModelShape(**PROBE_SHAPE)
+    model = build_model(shape, seed=0).to(torch.bfloat16 if dtype_name == "bf16" else torch.float32)
+    batch = torch.randint(0, shape.vocab_size, (PROBE_BATCH, shape.context + 1),
+                          generator=torch.Generator().manual_seed(0))
+    times = []
+    for i in range(1 + repeats):  # the first step (allocator, kernel selection) is not timed
+        start = time.perf_counter()
+        loss, _ = lm_loss(model, batch)
+        loss.backward()
+        model.zero_grad(set_to_none=True)
+        if i:
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def choose_cpu_precision(cache_dir: Path) -> PrecisionChoice:
+    """fp32 unless the measured bf16 step is faster; measured once per machine, then read from the cache."""
+    from tlc.io import atomic_write_json
+
+    cache = Path(cache_dir) / CACHE_FILE
+    key = cpu_key()
+    try:
+        known = json.loads(cache.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        known = {}
+    record = known.get(key) if isinstance(known, dict) else None
+    if not (isinstance(record, dict) and record.get("precision") in ("fp32", "bf16")
+            and isinstance(record.get("seconds"), dict)):
+        seconds = {name: probe_step_seconds(name) for name in ("fp32", "bf16")}
+        record = {"precision": "bf16" if seconds["bf16"] < seconds["fp32"] else "fp32", "seconds": seconds}
+        known = {**(known if isinstance(known, dict) else {}), key: record}
+        atomic_write_json(cache, known)
+        how = "measured now"
+    else:
+        how = f"measured earlier, cached in {cache}"
+    s = record["seconds"]
+    native = "native bf16" if native_bf16_cpu() else "no AVX512_BF16 or AMX: bf16 is emulated"
+    return PrecisionChoice(record["precision"], f"CPU ({native}); a training step took {1e3 * s['fp32']:.0f} ms in "
+                                                f"fp32 and {1e3 * s['bf16']:.0f} ms in bf16 ({how})")
+
+
+def choose_precision(requested: str, cache_dir: Path, recorded: str | None = None) -> PrecisionChoice:
+    """Resolve ``requested`` ("auto", "fp32" or "bf16") for this process's device.
+
+    ``recorded`` is the precision an existing run directory's config.json holds: a resumed run keeps it.
+    """
+    import torch
+
+    if requested != AUTO:
+        return PrecisionChoice(requested, "set by --precision (train.precision in a sweep file)")
+    if recorded in ("fp32", "bf16"):
+        return PrecisionChoice(recorded, "auto: the run resumes in the precision it started with (config.json)")
+    if torch.cuda.is_available():
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        major, minor = torch.cuda.get_device_capability(device)
+        name = torch.cuda.get_device_name(device)
+        if (major, minor) >= (8, 0):
+            return PrecisionChoice("bf16", f"auto: {name}, compute capability {major}.{minor} has bf16 tensor cores")
+        return PrecisionChoice("fp32", f"auto: {name}, compute capability {major}.{minor} is below 8.0 (no bf16)")
+    choice = choose_cpu_precision(cache_dir)
+    return PrecisionChoice(choice.precision, f"auto: {choice.reason}")
+
+
+def choose_for_run(requested: str, cache_dir: Path, recorded: str | None, rank: int, world: int) -> PrecisionChoice:
+    """Rank 0 chooses (measuring at most once per machine) and every other process takes its choice."""
+    choice = choose_precision(requested, cache_dir, recorded) if rank == 0 else None
+    if world > 1:
+        import torch.distributed as dist
+
+        shared = [choice]
+        dist.broadcast_object_list(shared, src=0)
+        choice = shared[0]
+    return choice
