@@ -150,16 +150,6 @@ def write_or_check_config(run_dir: Path, config: dict) -> None:
 # The run
 
 
-def recorded_precision(run_dir: Path) -> str | None:
-    """The precision an existing run's config.json records (None for a new run or an unreadable file)."""
-    import json
-
-    try:
-        return json.loads((run_dir / "config.json").read_text(encoding="utf-8"))["train"]["precision"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
 def train_run(cfg: RunConfig, run_dir: Path, progress: bool = True, notify=None) -> dict:
     """Train one model into ``run_dir`` (resuming if it holds a checkpoint); return the last metrics line.
 
@@ -178,7 +168,7 @@ def train_run(cfg: RunConfig, run_dir: Path, progress: bool = True, notify=None)
     plan = plan_run(cfg, int(os.environ.get("WORLD_SIZE", "1")))
     corpus = load_corpus(cfg.data.source, cfg.data.val_percent, cfg.data.text_field)
     deepspeed, rank, world = init_distributed()
-    precision = choose_for_run(cfg.train.precision, cache_dir(), recorded_precision(run_dir), rank, world)
+    precision = choose_for_run(cfg.train.precision, cache_dir(), run_dir, rank, world)
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, precision=precision.precision))
     if rank == 0 and notify is not None:
         notify(f"{cfg.run_id}: precision {precision.precision} ({precision.reason})")

@@ -131,9 +131,17 @@ def choose_precision(requested: str, cache_dir: Path, recorded: str | None = Non
     return PrecisionChoice(choice.precision, f"auto: {choice.reason}")
 
 
-def choose_for_run(requested: str, cache_dir: Path, recorded: str | None, rank: int, world: int) -> PrecisionChoice:
+def recorded_precision(run_dir: Path) -> str | None:
+    """The precision an existing run's config.json records (None for a new run or an unreadable file)."""
+    try:
+        return json.loads((Path(run_dir) / "config.json").read_text(encoding="utf-8"))["train"]["precision"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def choose_for_run(requested: str, cache_dir: Path, run_dir: Path, rank: int, world: int) -> PrecisionChoice:
     """Rank 0 chooses (measuring at most once per machine) and every other process takes its choice."""
-    choice = choose_precision(requested, cache_dir, recorded) if rank == 0 else None
+    choice = choose_precision(requested, cache_dir, recorded_precision(run_dir)) if rank == 0 else None
     if world > 1:
         import torch.distributed as dist
 
