@@ -1,4 +1,4 @@
-"""The DeepSpeed engine's start-up: what a lone CPU process compiles before its first step."""
+"""The DeepSpeed engine's start-up: what a CPU trainer compiles before its first step (nothing)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ print("world", world, "shm op", deepspeed.comm.comm.cdb.shm_comm_op)
 """
 
 
-def test_a_lone_cpu_process_compiles_no_deepspeed_op(tmp_path):
+def test_a_cpu_trainer_compiles_no_deepspeed_op(tmp_path):
     # DeepSpeed would build its shared-memory all-reduce op (about 50 s of CPU) into this empty folder
     extensions = tmp_path / "torch_extensions"
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
