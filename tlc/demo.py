@@ -12,6 +12,7 @@ import contextlib
 import importlib.resources
 import io
 import json
+import resource
 import sys
 import time
 from pathlib import Path
@@ -73,13 +74,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"sweep file (default: the packaged tiny sweep, {packaged_sweep()})")
 
 
-def stage_table(stage_seconds: dict[str, float]) -> str:
-    """The demo's stages with their wall times and shares of the total, as an aligned text table."""
-    total = sum(stage_seconds.values())
-    lines = [f"{'stage':<10} {'wall s':>8} {'share':>6}", "-" * 26]
-    for name, seconds in stage_seconds.items():
-        lines.append(f"{name:<10} {seconds:>8.1f} {seconds / total if total else 0:>6.0%}")
-    lines.append(f"{'total':<10} {total:>8.1f} {'':>6}")
+def cpu_seconds() -> float:
+    """User and system CPU time of this process and of its finished children (the sweep's trainers)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def stage_table(stages: dict[str, tuple[float, float]]) -> str:
+    """The demo's stages with their (wall, CPU) seconds and shares of the wall total, as an aligned text table.
+
+    CPU time is the figure to compare across machines shared with other work: wall time grows with the load.
+    """
+    wall_total = sum(wall for wall, _ in stages.values())
+    cpu_total = sum(cpu for _, cpu in stages.values())
+    lines = [f"{'stage':<10} {'wall s':>8} {'share':>6} {'CPU s':>8}", "-" * 35]
+    for name, (wall, cpu) in stages.items():
+        lines.append(f"{name:<10} {wall:>8.1f} {wall / wall_total if wall_total else 0:>6.0%} {cpu:>8.1f}")
+    lines.append(f"{'total':<10} {wall_total:>8.1f} {'':>6} {cpu_total:>8.1f}")
     return "\n".join(lines)
 
 
@@ -88,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
 
     Stages: tlc sweep, tlc compress, tlc fit, tlc plan (a training budget equal to the largest
     run's compute, an inference budget of three fifths of the size of the best model without one)
-    and tlc report; it ends with each stage's wall time. Interrupt it at any time; running it
+    and tlc report; it ends with each stage's wall and CPU time. Interrupt it at any time; running it
     again resumes where it stopped.
     """
     from tlc.cli import main
@@ -98,11 +109,11 @@ def run(args: argparse.Namespace) -> int:
     if not sweep_file.exists():
         raise UserError(f"--sweep: {str(sweep_file)!r} not found; give a sweep file such as sweeps/tiny.yaml")
     sweep_dir = args.runs_dir / load_sweep(sweep_file).name
-    stage_seconds: dict[str, float] = {}
+    stages: dict[str, tuple[float, float]] = {}  # name -> (wall s, CPU s)
 
     def stage(name: str, argv: list[str], quiet: bool = False) -> str:
         """Run one command, adding its wall time to the stage's; with quiet, return its stdout instead of printing it."""
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), cpu_seconds()
         captured = io.StringIO()
         if quiet:
             with contextlib.redirect_stdout(captured):
@@ -110,7 +121,8 @@ def run(args: argparse.Namespace) -> int:
         else:
             print(f"\n== tlc {' '.join(argv)}", flush=True)
             code = main(argv)
-        stage_seconds[name] = stage_seconds.get(name, 0.0) + time.perf_counter() - started
+        wall, cpu = stages.get(name, (0.0, 0.0))
+        stages[name] = (wall + time.perf_counter() - started, cpu + cpu_seconds() - cpu_started)
         if code != 0:
             raise UserError(f"the {name} stage failed (exit {code}); fix the problem above and run tlc demo again to resume")
         return captured.getvalue()
@@ -125,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
     stage("plan", plan_argv + ["--max-bytes", str(max_bytes)])
     stage("report", ["report", str(sweep_dir)])
 
-    print("\n" + stage_table(stage_seconds))
+    print("\n" + stage_table(stages))
     plan = json.loads((sweep_dir / "plan.json").read_text(encoding="utf-8"))
     print(f"\nbudgets: {budget:.3g} training FLOPs, at most {max_bytes:,} bytes to ship")
     print(f"train:   {describe_plan(plan['recommendation'])}")
