@@ -11,7 +11,8 @@ import pytest
 
 from scaling import load_fit
 from scaling.synthetic import PRUNING_TRUTH, synthetic_sweep
-from tlc import fit as tlc_fit
+from tlc.fit import command as tlc_fit
+from tlc.fit.observations import fit_sweep
 from tlc.errors import UserError
 
 
@@ -109,14 +110,14 @@ def test_fit_writes_valid_fit_json(tmp_path, capsys):
 
 def test_final_only_fits_one_point_per_run(tmp_path):
     write_runs(tmp_path, n_runs=10, compress=False)
-    fit = tlc_fit.fit_sweep(tmp_path, bootstrap=0, final_only=True)
+    fit = fit_sweep(tmp_path, bootstrap=0, final_only=True)
     assert fit["n_points"] == 10 and fit["final_only"] and fit["compression"]["pruning"] == {}
 
 
 def test_final_only_refuses_fewer_points_than_needed(tmp_path):
     write_runs(tmp_path, n_runs=6, compress=False)
     with pytest.raises(UserError, match="6 points; need at least 10; or drop --final-only"):
-        tlc_fit.fit_sweep(tmp_path, final_only=True)
+        fit_sweep(tmp_path, final_only=True)
 
 
 def test_refuses_too_few_runs(tmp_path):
@@ -129,14 +130,14 @@ def test_refuses_too_few_runs(tmp_path):
 def test_refuses_a_single_run(tmp_path):
     write_runs(tmp_path, n_runs=1, compress=False)
     with pytest.raises(UserError, match="1 run"):
-        tlc_fit.fit_sweep(tmp_path)
+        fit_sweep(tmp_path)
 
 
 def test_refuses_missing_or_empty_dir(tmp_path):
     with pytest.raises(UserError, match="RUNS_DIR: .* is not a directory"):
-        tlc_fit.fit_sweep(tmp_path / "nope")
+        fit_sweep(tmp_path / "nope")
     with pytest.raises(UserError, match="no runs under"):
-        tlc_fit.fit_sweep(tmp_path)
+        fit_sweep(tmp_path)
 
 
 def test_untrained_runs_are_skipped_and_listed(tmp_path, capsys):
@@ -156,7 +157,7 @@ def test_refuses_a_sweep_with_nothing_trained(tmp_path):
     (tmp_path / "w64-d2-s0" / "metrics.jsonl").write_text(json.dumps({"step": 0, "tokens": 0, "flops": 0,
                                                                        "val_loss": 7.0}) + "\n")
     with pytest.raises(UserError, match="no run under .* has an evaluation yet .*no evaluation after step 0"):
-        tlc_fit.fit_sweep(tmp_path)
+        fit_sweep(tmp_path)
 
 
 def _append(path: Path, text: str) -> None:
@@ -169,7 +170,7 @@ def test_malformed_metrics_line_names_file_and_line(tmp_path):
     metrics = sorted(tmp_path.glob("*/metrics.jsonl"))[0]
     _append(metrics, "{not json\n")
     with pytest.raises(UserError, match=rf"{metrics.name}:14: not valid JSON"):
-        tlc_fit.fit_sweep(tmp_path)
+        fit_sweep(tmp_path)
 
 
 @pytest.mark.parametrize(
@@ -185,7 +186,7 @@ def test_bad_metric_values_are_user_errors(tmp_path, row, message):
     metrics = sorted(tmp_path.glob("*/metrics.jsonl"))[0]
     _append(metrics, json.dumps(row) + "\n")  # json writes NaN for nan; the reader must refuse it
     with pytest.raises(UserError, match=message):
-        tlc_fit.fit_sweep(tmp_path)
+        fit_sweep(tmp_path)
 
 
 def test_bad_compress_line_is_a_user_error(tmp_path):
@@ -193,7 +194,7 @@ def test_bad_compress_line_is_a_user_error(tmp_path):
     compress = sorted(tmp_path.glob("*/compress.jsonl"))[0]
     _append(compress, json.dumps({"method": "magnitude", "sparsity": 1.5, "bits": 32, "val_loss": 4.0}) + "\n")
     with pytest.raises(UserError, match=r"compress.jsonl:\d+: sparsity must be in \[0, 1\)"):
-        tlc_fit.fit_sweep(tmp_path, bootstrap=0)
+        fit_sweep(tmp_path, bootstrap=0)
 
 
 def test_missing_non_embedding_count_is_a_user_error(tmp_path):
@@ -203,7 +204,7 @@ def test_missing_non_embedding_count_is_a_user_error(tmp_path):
     del data["params"]["non_embedding"]
     config.write_text(json.dumps(data))
     with pytest.raises(UserError, match="config.json: non_embedding must be a finite number"):
-        tlc_fit.fit_sweep(tmp_path)
+        fit_sweep(tmp_path)
 
 
 def test_negative_bootstrap_is_a_user_error(tmp_path):
@@ -245,7 +246,7 @@ def test_lr_must_be_a_number(tmp_path):
     metrics = sorted(tmp_path.glob("*/metrics.jsonl"))[0]
     _append(metrics, json.dumps({"step": 999, "tokens": 1e9, "flops": 1e18, "val_loss": 3.0, "lr": "high"}) + "\n")
     with pytest.raises(UserError, match="lr must be a finite number, got 'high'"):
-        tlc_fit.fit_sweep(tmp_path)
+        fit_sweep(tmp_path)
 
 
 @pytest.mark.parametrize("with_dense_column", [True, False])
@@ -258,7 +259,7 @@ def test_compression_baseline_is_the_compression_stage_dense_loss(tmp_path, with
             rows = [json.loads(line) for line in path.read_text().splitlines()]
             path.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "dense_val_loss"}) + "\n"
                                     for r in rows))
-    fit = tlc_fit.fit_sweep(tmp_path, bootstrap=0)
+    fit = fit_sweep(tmp_path, bootstrap=0)
     magnitude = fit["compression"]["pruning"]["magnitude"]
     assert magnitude["candidate"] == "odds_power"
     for name, value in PRUNING_TRUTH.items():
