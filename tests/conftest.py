@@ -39,6 +39,21 @@ def isolated_cache(tmp_path_factory):
         os.environ["TLC_CACHE"] = old
 
 
+@pytest.fixture(scope="session", autouse=True)
+def one_thread_per_subprocess():
+    """Commands the tests start (trainers, compress, demo) use one thread each, unless the caller set a number.
+
+    The tests' models are tiny: a second thread only adds synchronisation. A w32-d2 run of 64 steps took
+    6 s of CPU with one thread and 16-20 s with two on a shared 2-core machine, with the same losses
+    (BENCHMARKS.md, "Tests").
+    """
+    old = os.environ.get("OMP_NUM_THREADS")
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    yield
+    if old is None:
+        os.environ.pop("OMP_NUM_THREADS", None)
+
+
 @pytest.fixture(scope="session")
 def small_corpus(tmp_path_factory) -> Path:
     """About 400 KB of real Python source copied from the standard library into a folder."""
