@@ -16,9 +16,9 @@ def probe_calls(monkeypatch):
     calls = []
     timings = {"fp32": 0.040, "bf16": 0.280}
 
-    def fake_probe(dtype_name, repeats=2):
-        calls.append(dtype_name)
-        return timings[dtype_name]
+    def fake_probe(rounds=3):
+        calls.extend(["fp32", "bf16"])
+        return dict(timings)
 
     monkeypatch.setattr(prec, "probe_step_seconds", fake_probe)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
@@ -73,8 +73,8 @@ def test_cuda_choice_follows_compute_capability(tmp_path, probe_calls, monkeypat
 
 
 def test_the_real_probe_times_both_precisions():
-    seconds = prec.probe_step_seconds("fp32", repeats=1)
-    assert 0 < seconds < 60
+    seconds = prec.probe_step_seconds(rounds=1)
+    assert set(seconds) == {"fp32", "bf16"} and all(0 < s < 60 for s in seconds.values())
 
 
 @pytest.mark.gpu

@@ -17,7 +17,6 @@ import hashlib
 import json
 import os
 import platform
-import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,8 +59,12 @@ def native_bf16_cpu() -> bool:
     return bool(_cpu_flags() & {"avx512_bf16", "amx_bf16"})
 
 
-def probe_step_seconds(dtype_name: str, repeats: int = 2) -> float:
-    """Median seconds of one forward and backward of :data:`PROBE_SHAPE` in ``dtype_name``, on CPU."""
+def probe_step_seconds(rounds: int = 3) -> dict[str, float]:
+    """Best seconds of one forward and backward of :data:`PROBE_SHAPE` in fp32 and in bf16, on CPU.
+
+    The two alternate and the best of ``rounds`` counts, so that other work on the machine slows both
+    alike and a preempted step does not decide.
+    """
     import torch
 
     from tlc.config import ModelShape
@@ -69,18 +72,19 @@ def probe_step_seconds(dtype_name: str, repeats: int = 2) -> float:
     from tlc.train.model import build_model
 
     shape = ModelShape(**PROBE_SHAPE)
-    model = build_model(shape, seed=0).to(torch.bfloat16 if dtype_name == "bf16" else torch.float32)
+    models = {"fp32": build_model(shape, seed=0), "bf16": build_model(shape, seed=0).to(torch.bfloat16)}
     batch = torch.randint(0, shape.vocab_size, (PROBE_BATCH, shape.context + 1),
                           generator=torch.Generator().manual_seed(0))
-    times = []
-    for i in range(1 + repeats):  # the first step (allocator, kernel selection) is not timed
-        start = time.perf_counter()
-        loss, _ = lm_loss(model, batch)
-        loss.backward()
-        model.zero_grad(set_to_none=True)
-        if i:
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    best = {name: float("inf") for name in models}
+    for i in range(1 + rounds):  # the first round (allocator, kernel selection) is not timed
+        for name, model in models.items():
+            start = time.perf_counter()
+            loss, _ = lm_loss(model, batch)
+            loss.backward()
+            model.zero_grad(set_to_none=True)
+            if i:
+                best[name] = min(best[name], time.perf_counter() - start)
+    return best
 
 
 def choose_cpu_precision(cache_dir: Path) -> PrecisionChoice:
@@ -96,7 +100,7 @@ def choose_cpu_precision(cache_dir: Path) -> PrecisionChoice:
     record = known.get(key) if isinstance(known, dict) else None
     if not (isinstance(record, dict) and record.get("precision") in ("fp32", "bf16")
             and isinstance(record.get("seconds"), dict)):
-        seconds = {name: probe_step_seconds(name) for name in ("fp32", "bf16")}
+        seconds = probe_step_seconds()
         record = {"precision": "bf16" if seconds["bf16"] < seconds["fp32"] else "fp32", "seconds": seconds}
         known = {**(known if isinstance(known, dict) else {}), key: record}
         atomic_write_json(cache, known)
