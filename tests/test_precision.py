@@ -81,3 +81,15 @@ def test_the_real_probe_times_both_precisions():
 def test_cuda_default_is_bf16_on_ampere_and_later(tmp_path):
     major, _ = torch.cuda.get_device_capability()
     assert prec.choose_precision("auto", tmp_path).precision == ("bf16" if major >= 8 else "fp32")
+
+
+@pytest.mark.gpu
+def test_a_cuda_run_trains_in_the_default_precision(tmp_path, small_corpus):
+    from conftest import TINY_SHAPE, run_tlc
+
+    proc = run_tlc("train", *TINY_SHAPE, "--tokens", "2048", "--micro-batch", "8", "--evals", "2",
+                   "--data", small_corpus, "--out", tmp_path / "run", "--no-progress", check=True)
+    major, _ = torch.cuda.get_device_capability()
+    expected = "bf16" if major >= 8 else "fp32"
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["train"]["precision"] == expected
+    assert f"precision {expected} (auto: " in proc.stderr
