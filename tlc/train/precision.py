@@ -2,10 +2,12 @@
 
 - CUDA: bf16 from compute capability 8.0 (Ampere) on, which has bf16 tensor cores; fp32 below.
 - CPU: fp32, unless a short measured training step is faster in bf16. A CPU without AVX512_BF16
-  or AMX emulates bf16 (width 64 × depth 2 trained 6.8× slower in bf16 than in fp32 on an AVX2
-  EPYC, and 1.7× slower even on an AVX-512 Xeon with native bf16; BENCHMARKS.md). The
-  measurement is made once per machine and cached in ``$TLC_CACHE/precision.json``, as the int8
-  path is (:func:`tlc.compress.quantize.choose_int8_path`).
+  or AMX emulates bf16 (width 64 × depth 2 trained 6.8× slower in bf16 than in fp32 on such a CPU,
+  as issue 15 reports); with native bf16 it went either way: 1.7× slower on an AVX-512 Xeon
+  (BENCHMARKS.md, "Training"), 1.8× faster for the probe step on an AVX512_BF16 EPYC with one
+  thread (BENCHMARKS.md, "Precision default"). The measurement is made once per machine and
+  cached in ``$TLC_CACHE/precision.json``, as the int8 path is
+  (:func:`tlc.compress.quantize.choose_int8_path`).
 
 A run that resumes keeps the precision its ``config.json`` records. Every process of a
 multi-process run uses rank 0's choice.
