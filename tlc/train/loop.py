@@ -170,8 +170,6 @@ def train_run(cfg: RunConfig, run_dir: Path, progress: bool = True, notify=None)
     deepspeed, rank, world = init_distributed()
     precision = choose_for_run(cfg.train.precision, cache_dir(), run_dir, rank, world)
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, precision=precision.precision))
-    if rank == 0 and notify is not None:
-        notify(f"{cfg.run_id}: precision {precision.precision} ({precision.reason})")
     tokens = load_tokens(corpus, cfg.shape.vocab_size)
     if len(tokens.train) <= cfg.shape.context + 1:
         raise UserError(f"--data: the training split has {len(tokens.train)} tokens, fewer than one context")
@@ -186,6 +184,8 @@ def train_run(cfg: RunConfig, run_dir: Path, progress: bool = True, notify=None)
         run_dir.mkdir(parents=True, exist_ok=True)
         lock_run_dir(run_dir)  # one trainer per run directory; released when this process ends
         write_or_check_config(run_dir, config)
+        if notify is not None:  # after the checks, so that a refused run's error stays its only line
+            notify(f"{cfg.run_id}: precision {precision.precision} ({precision.reason})")
     device = device_for_rank()
 
     # -- model, optimizer, engine ------------------------------------------------------------
