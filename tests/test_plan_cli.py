@@ -16,6 +16,7 @@ import pytest
 from scaling.synthetic import synthetic_sweep
 from tlc.plan import command as tlc_plan
 from tlc.plan import planner
+from tlc.plan.law import load_plan_law
 from tlc.config import ModelShape
 from tlc.fit.observations import fit_sweep
 from tlc.io import atomic_write_json
@@ -138,7 +139,7 @@ def test_same_seed_same_plan_and_the_studies_are_stored(runs, capsys):
 def test_polish_matches_an_exhaustive_search_over_shapes(runs, capsys):
     result = plan(["--runs", runs, "--budget", "1e14", "--max-params", "150k"], capsys)
     rec = result["recommendation"]
-    law = planner.load_plan_law(runs, None)
+    law = load_plan_law(runs, None)
     from tlc.plan.cost import build_cost_model
     from tlc.plan.space import Budgets, PlanSpace
 
@@ -204,7 +205,7 @@ def test_extrapolation_is_warned_about(runs, capsys):
     result = plan(["--runs", runs, "--budget", "1e17", "--max-params", "300k"], capsys)
     assert "outside the measured final tokens 2M..360M" in " ".join(result["warnings"])
     assert result["measured_ranges"]["sparsity"]["magnitude"] == [0.3, 0.9]
-    law = planner.load_plan_law(runs, None)
+    law = load_plan_law(runs, None)
     point = planner.Point(width=128, depth=4, N=8e5, embedding=1.5e5, tokens=1e8, train_flops_per_token=6e6,
                            inference_flops_per_token=2e6, category=Category("magnitude", False), sparsity=0.95,
                            loss=4.0, costs={}, feasible=True)
