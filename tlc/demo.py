@@ -62,16 +62,19 @@ def packaged_sweep(name: str = "tiny.yaml") -> Path:
     Found through importlib.resources, so an installed wheel and a checkout both answer; a user's
     edit of ``sweeps/tiny.yaml`` in a checkout is what the demo trains.
     """
-    resource = importlib.resources.files("tlc") / "sweeps" / name
-    if not isinstance(resource, Path):  # a zipped install: the file has no path of its own
+    packaged = importlib.resources.files("tlc") / "sweeps" / name
+    if not isinstance(packaged, Path):  # a zipped install: the file has no path of its own
         raise UserError(f"--sweep: the packaged {name} is not a file on disk here; pass --sweep with a copy of it")
-    return resource
+    return packaged
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--runs-dir", type=Path, default=Path("runs"), help="where runs/<sweep>/ goes (default runs)")
-    parser.add_argument("--sweep", type=Path, default=None,
-                        help=f"sweep file (default: the packaged tiny sweep, {packaged_sweep()})")
+    try:
+        where = str(packaged_sweep())
+    except UserError:
+        where = "inside the installed package"
+    parser.add_argument("--sweep", type=Path, default=None, help=f"sweep file (default: the packaged tiny sweep, {where})")
 
 
 def cpu_seconds() -> float:
