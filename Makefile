@@ -1,25 +1,37 @@
 # `make demo` and `make test` each do all set-up on a fresh machine (a virtual environment in
-# .venv with torch, then this package and its test tools), then run.
+# .venv with torch and this package; the test tools for `make test`), then run.
 #   TORCH='torch==2.13.0' is the CPU wheel here; on a GPU machine install your CUDA build of torch
 #   into .venv first, or set TORCH to the requirement your index serves.
 PYTHON ?= python3
 VENV ?= .venv
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
+# --no-compile: pip would compile every installed module to bytecode, about half the set-up's CPU time
+# (BENCHMARKS.md), most of it for modules tlc never imports. Python compiles what it imports on first
+# use and keeps it in __pycache__, so these commands drop the variable that forbids keeping it.
+PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check --no-compile
+unexport PYTHONDONTWRITEBYTECODE
 
-.PHONY: demo test bench
+.PHONY: demo test bench gpu-check-dry-run
 
+# torch and tlc in one pip call: one resolution of the dependencies, not two
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check "$(TORCH)"
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	$(PIP) "$(TORCH)" -e .
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(PIP) -e '.[test]'
 	touch $@
 
 demo: $(VENV)/.installed
 	$(BIN)/tlc demo
 
-test: $(VENV)/.installed
+test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -q
 
 bench: $(VENV)/.installed
 	$(BIN)/python bench/train_overhead.py
+
+gpu-check-dry-run: $(VENV)/.installed-test
+	PYTHON=$(BIN)/python scripts/gpu_check.sh --dry-run

@@ -93,13 +93,15 @@ def main() -> int:
     workloads["mlp stack 1024 (1024 tokens)"] = (stacks, lambda m: m(x))
     results: dict[str, dict[str, list[float]]] = {
         w: {k: [] for k in variants} for w, (variants, _) in workloads.items()}
-    for _ in range(args.rounds):
+    print(f"device: {device} ({torch.get_num_threads()} threads), torch {torch.__version__}, "
+          f"{args.rounds} rounds x {args.repeats} repeats, median", flush=True)
+    for r in range(args.rounds):
         for name, (variants, call) in workloads.items():
             for key, module in variants.items():  # alternate fp32 and int8 inside every round
                 results[name][key].append(median_seconds(lambda: call(module), args.repeats))
+            measured = ", ".join(f"{key} {1e3 * times[-1]:.3f} ms" for key, times in results[name].items())
+            print(f"round {r + 1}/{args.rounds} {name}: {measured}", flush=True)  # each figure as it is measured
 
-    print(f"device: {device} ({torch.get_num_threads()} threads), torch {torch.__version__}, "
-          f"{args.rounds} rounds x {args.repeats} repeats, median")
     columns = "".join(f"{p + ' ms':>20}{'fp32/' + p:>22}" for p in paths_for(device))
     print(f"{'workload':<32}{'fp32 ms':>10}" + columns)
     for name, per_variant in results.items():

@@ -14,6 +14,18 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``gpu`` skip where torch sees no CUDA device; ``pytest -m gpu`` selects them on a GPU machine."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device (marked gpu)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def isolated_cache(tmp_path_factory):
     """Tokenizers and token streams go to a per-session cache, never the user's."""
@@ -25,6 +37,21 @@ def isolated_cache(tmp_path_factory):
         os.environ.pop("TLC_CACHE", None)
     else:
         os.environ["TLC_CACHE"] = old
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_thread_per_subprocess():
+    """Commands the tests start (trainers, compress, demo) use one thread each, unless the caller set a number.
+
+    The tests' models are tiny: a second thread only adds synchronisation. A w32-d2 run of 64 steps took
+    6 s of CPU with one thread and 16-20 s with two on a shared 2-core machine, with the same losses
+    (BENCHMARKS.md, "Tests").
+    """
+    old = os.environ.get("OMP_NUM_THREADS")
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    yield
+    if old is None:
+        os.environ.pop("OMP_NUM_THREADS", None)
 
 
 @pytest.fixture(scope="session")

@@ -45,7 +45,7 @@ def _error_line(capsys, argv) -> str:
         (_sweep(train={"tokens": -5}), "train.tokens: must be positive"),
         (_sweep(train={}), "give exactly one budget"),
         (_sweep(train={"tokens": 1000, "zero_stage": 3}), "zero_stage: must be 0, 1 or 2"),
-        (_sweep(train={"tokens": 1000, "precision": "fp8"}), "precision: must be one of fp32, bf16"),
+        (_sweep(train={"tokens": 1000, "precision": "fp8"}), "precision: must be one of auto, fp32, bf16"),
         (_sweep(name="../escape"), "name: must be a simple name"),
         (_sweep(seeds=[0, 0]), "seeds must be distinct"),
         (_sweep(shapes=[{"width": 32, "depth": 2, "heads": 2}] * 2), "appears twice"),

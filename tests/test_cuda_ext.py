@@ -14,7 +14,8 @@ from cuda_ext import _build, ops
 from cuda_ext.bsr_format import dense_to_bsr
 from cuda_ext.reference import bsr_linear_reference
 
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+# "cuda" cases carry the gpu marker: `pytest -m gpu` selects them, and they skip without a CUDA device (conftest)
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
 needs_kernels = pytest.mark.skipif(not cuda_ext.available(), reason=f"kernels not built: {_build.build_error()}")
 
 
@@ -41,11 +42,8 @@ def tolerance(dtype):
     return {torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 4e-3}[dtype]
 
 
-def dtypes_for(device):
-    return [torch.float32, torch.bfloat16] + ([torch.float16] if device == "cuda" else [])
-
-
-CASES = [(d, dt) for d in DEVICES for dt in dtypes_for(d)]
+CASES = [("cpu", torch.float32), ("cpu", torch.bfloat16)] + [
+    pytest.param("cuda", dtype, marks=pytest.mark.gpu) for dtype in (torch.float32, torch.bfloat16, torch.float16)]
 
 
 @needs_kernels

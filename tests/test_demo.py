@@ -32,6 +32,11 @@ def test_demo_runs_every_stage_and_resumes(tmp_path, small_corpus):
     for stage in ("tlc sweep", "tlc compress", "tlc fit", "tlc plan", "tlc report"):
         assert f"== {stage}" in out
     assert "train:   width" in out and "predicted loss" in out
+    table = out[out.index("stage        wall s"):]
+    rows = {line.split()[0]: line.split() for line in table.splitlines()[2:8]}
+    assert list(rows) == ["sweep", "compress", "fit", "plan", "report", "total"]
+    assert all(float(row[1]) >= 0 and float(row[-1]) >= 0 for row in rows.values())
+    assert float(rows["sweep"][-1]) > 1  # the trainers' CPU time is counted: they are the sweep's children
     assert "report: " in out and out.rstrip().endswith("(open it in a browser)")
     sweep_dir = runs / "mini"
     plan = json.loads((sweep_dir / "plan.json").read_text())

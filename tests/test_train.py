@@ -133,5 +133,9 @@ def test_a_child_of_a_lone_process_gets_its_own_port(tmp_path, small_corpus, mon
         port = held.getsockname()[1]
         monkeypatch.setenv("MASTER_PORT", str(port))
         monkeypatch.setenv(LONE_ENV, f"1:{port}")
-        run_tlc("train", *TINY_SHAPE, "--tokens", "512", "--micro-batch", "8", "--evals", "1", "--precision", "fp32",
-                "--data", small_corpus, "--out", tmp_path / "run", "--no-progress", check=True)
+        # the default precision (auto) is chosen by this machine, said on stderr, and recorded
+        proc = run_tlc("train", *TINY_SHAPE, "--tokens", "512", "--micro-batch", "8", "--evals", "1",
+                       "--data", small_corpus, "--out", tmp_path / "run", "--no-progress", check=True)
+    recorded = json.loads((tmp_path / "run" / "config.json").read_text())["train"]["precision"]
+    assert recorded in ("fp32", "bf16")
+    assert f"w32-d2-s0: precision {recorded} (auto: " in proc.stderr

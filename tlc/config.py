@@ -19,7 +19,7 @@ import yaml
 from tlc.errors import UserError
 
 ARCHS = ("gpt2", "llama")
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16")
 RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
@@ -55,7 +55,7 @@ class TrainSettings:
     weight_decay: float = 0.1  # decoupled weight decay on matrices only
     grad_clip: float = 1.0  # global gradient-norm clip; 0 turns it off
     zero_stage: int = 0  # DeepSpeed ZeRO stage: 0, 1 or 2
-    precision: str = "bf16"  # "fp32" or "bf16" (bf16 weights and activations, fp32 master weights)
+    precision: str = "auto"  # "fp32", "bf16" (bf16 weights and activations, fp32 master weights), or "auto": by the hardware (tlc.train.precision)
     evals: int = 12  # evaluations, spaced evenly in log training FLOPs
     eval_tokens: int = 8192  # validation tokens scored at each evaluation
     checkpoint_evals: int = 1  # write a DeepSpeed checkpoint every this many evaluations

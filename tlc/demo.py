@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.resources
 import io
 import json
+import resource
 import sys
 import time
 from pathlib import Path
@@ -18,7 +20,6 @@ from pathlib import Path
 from tlc.errors import UserError
 from tlc.io import list_runs
 
-SWEEPS_DIR = Path(__file__).resolve().parents[1] / "sweeps"
 # The demo compresses with the fast one-shot methods plus gradual pruning (the method that
 # recovers), at two levels; `tlc compress` alone does every method.
 DEMO_COMPRESS = ["--methods", "magnitude,block,gradual", "--sparsity", "0.5,0.9", "--recovery-steps", "40"]
@@ -55,9 +56,45 @@ def describe_plan(point: dict) -> str:
             f"{point['tokens']:.3g} tokens, {compression}: predicted loss {loss['mean']:.3f}{interval}")
 
 
+def packaged_sweep(name: str = "tiny.yaml") -> Path:
+    """A sweep file shipped inside the package (``tlc/sweeps`` is the repository's ``sweeps/`` folder).
+
+    Found through importlib.resources, so an installed wheel and a checkout both answer; a user's
+    edit of ``sweeps/tiny.yaml`` in a checkout is what the demo trains.
+    """
+    packaged = importlib.resources.files("tlc") / "sweeps" / name
+    if not isinstance(packaged, Path):  # a zipped install: the file has no path of its own
+        raise UserError(f"--sweep: the packaged {name} is not a file on disk here; pass --sweep with a copy of it")
+    return packaged
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--runs-dir", type=Path, default=Path("runs"), help="where runs/<sweep>/ goes (default runs)")
-    parser.add_argument("--sweep", type=Path, default=SWEEPS_DIR / "tiny.yaml", help="sweep file (default sweeps/tiny.yaml)")
+    try:
+        where = str(packaged_sweep())
+    except UserError:
+        where = "inside the installed package"
+    parser.add_argument("--sweep", type=Path, default=None, help=f"sweep file (default: the packaged tiny sweep, {where})")
+
+
+def cpu_seconds() -> float:
+    """User and system CPU time of this process and of its finished children (the sweep's trainers)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def stage_table(stages: dict[str, tuple[float, float]]) -> str:
+    """The demo's stages with their (wall, CPU) seconds and shares of the wall total, as an aligned text table.
+
+    CPU time is the figure to compare across machines shared with other work: wall time grows with the load.
+    """
+    wall_total = sum(wall for wall, _ in stages.values())
+    cpu_total = sum(cpu for _, cpu in stages.values())
+    lines = [f"{'stage':<10} {'wall s':>8} {'share':>6} {'CPU s':>8}", "-" * 35]
+    for name, (wall, cpu) in stages.items():
+        lines.append(f"{name:<10} {wall:>8.1f} {wall / wall_total if wall_total else 0:>6.0%} {cpu:>8.1f}")
+    lines.append(f"{'total':<10} {wall_total:>8.1f} {'':>6} {cpu_total:>8.1f}")
+    return "\n".join(lines)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -65,36 +102,47 @@ def run(args: argparse.Namespace) -> int:
 
     Stages: tlc sweep, tlc compress, tlc fit, tlc plan (a training budget equal to the largest
     run's compute, an inference budget of three fifths of the size of the best model without one)
-    and tlc report. Interrupt it at any time; running it again resumes where it stopped.
+    and tlc report; it ends with each stage's wall and CPU time. Interrupt it at any time; running it
+    again resumes where it stopped.
     """
     from tlc.cli import main
     from tlc.config import load_sweep
 
-    if not args.sweep.exists():
-        raise UserError(f"--sweep: {str(args.sweep)!r} not found; run from a clone of the tlc repository or pass --sweep")
-    sweep_dir = args.runs_dir / load_sweep(args.sweep).name
-    started = time.perf_counter()
+    sweep_file = args.sweep if args.sweep is not None else packaged_sweep()
+    if not sweep_file.exists():
+        raise UserError(f"--sweep: {str(sweep_file)!r} not found; give a sweep file such as sweeps/tiny.yaml")
+    sweep_dir = args.runs_dir / load_sweep(sweep_file).name
+    stages: dict[str, tuple[float, float]] = {}  # name -> (wall s, CPU s)
 
-    def stage(name: str, argv: list[str]) -> None:
-        print(f"\n== tlc {' '.join(argv)}", flush=True)
-        code = main(argv)
+    def stage(name: str, argv: list[str], quiet: bool = False) -> str:
+        """Run one command, adding its wall time to the stage's; with quiet, return its stdout instead of printing it."""
+        started, cpu_started = time.perf_counter(), cpu_seconds()
+        captured = io.StringIO()
+        if quiet:
+            with contextlib.redirect_stdout(captured):
+                code = main(argv)
+        else:
+            print(f"\n== tlc {' '.join(argv)}", flush=True)
+            code = main(argv)
+        wall, cpu = stages.get(name, (0.0, 0.0))
+        stages[name] = (wall + time.perf_counter() - started, cpu + cpu_seconds() - cpu_started)
         if code != 0:
             raise UserError(f"the {name} stage failed (exit {code}); fix the problem above and run tlc demo again to resume")
+        return captured.getvalue()
 
-    stage("sweep", ["sweep", str(args.sweep), "--runs-dir", str(args.runs_dir)])
+    stage("sweep", ["sweep", str(sweep_file), "--runs-dir", str(args.runs_dir)])
     stage("compress", ["compress", str(sweep_dir), *DEMO_COMPRESS])
     stage("fit", ["fit", str(sweep_dir)])
     budget = training_budget(sweep_dir)
-    plan_argv = ["plan", "--runs", str(sweep_dir), "--budget", f"{budget:.3g}", "--json"]
-    with contextlib.redirect_stdout(io.StringIO()) as unconstrained:
-        if main(plan_argv) != 0:
-            raise UserError("the plan stage failed; fix the problem above and run tlc demo again to resume")
-    max_bytes = inference_budget(json.loads(unconstrained.getvalue()))
-    stage("plan", plan_argv[:-1] + ["--max-bytes", str(max_bytes)])
+    # first without an inference limit, to size that limit; the second call rewrites plan.json
+    plan_argv = ["plan", "--runs", str(sweep_dir), "--budget", f"{budget:.3g}"]
+    max_bytes = inference_budget(json.loads(stage("plan", plan_argv + ["--json"], quiet=True)))
+    stage("plan", plan_argv + ["--max-bytes", str(max_bytes)])
     stage("report", ["report", str(sweep_dir)])
-    print(f"\ndemo finished in {time.perf_counter() - started:.0f} s")
+
+    print("\n" + stage_table(stages))
     plan = json.loads((sweep_dir / "plan.json").read_text(encoding="utf-8"))
-    print(f"budgets: {budget:.3g} training FLOPs, at most {max_bytes:,} bytes to ship")
+    print(f"\nbudgets: {budget:.3g} training FLOPs, at most {max_bytes:,} bytes to ship")
     print(f"train:   {describe_plan(plan['recommendation'])}")
     if plan.get("train_small"):
         print(f"instead of training small: {describe_plan(plan['train_small'])}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import sys
 from pathlib import Path
 
 from tlc.errors import UserError
@@ -55,7 +56,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--grad-accum", type=int, default=t.grad_accum, help=f"micro-batches per optimizer step (default {t.grad_accum})")
     g.add_argument("--lr", type=_float, default=t.lr, help=f"peak learning rate (default {t.lr})")
     g.add_argument("--zero-stage", type=int, default=t.zero_stage, help="DeepSpeed ZeRO stage 0, 1 or 2 (default 0)")
-    g.add_argument("--precision", choices=PRECISIONS, default=t.precision, help=f"(default {t.precision})")
+    g.add_argument("--precision", choices=PRECISIONS, default=t.precision,
+                   help=f"(default {t.precision}: bf16 on a CUDA GPU of compute capability 8.0 or more; on a CPU fp32 "
+                        "unless a short measured training step is faster in bf16, measured once per machine)")
     g.add_argument("--evals", type=int, default=t.evals, help=f"evaluations, spaced evenly in log FLOPs (default {t.evals})")
     g.add_argument("--eval-tokens", type=int, default=t.eval_tokens, help=f"validation tokens per evaluation (default {t.eval_tokens})")
     g.add_argument("--seed", type=int, default=0, help="seed for initialisation and data order (default 0)")
@@ -98,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
 
     cfg, out = _train_config(args)
     validate_run(cfg)
-    last = train_run(cfg, out, progress=not args.no_progress)
+    last = train_run(cfg, out, progress=not args.no_progress, notify=lambda line: print(line, file=sys.stderr, flush=True))
     if last and int(os.environ.get("RANK", "0")) == 0:
         print(f"{cfg.run_id}: val_loss {last['val_loss']:.4f}  val_bpb {last['val_bpb']:.3f}  "
               f"val_acc {last['val_acc']:.3f}  -> {out}")

@@ -24,6 +24,7 @@ def _free_port() -> int:
 
 
 LONE_ENV = "TLC_LONE_PROCESS"
+SHM_COMM_OP = "deepspeed_shm_comm"  # deepspeed.ops.op_builder.cpu.ShareMemCommBuilder.NAME
 
 
 def init_distributed():
@@ -44,9 +45,16 @@ def init_distributed():
     import logging
 
     import deepspeed
+    import deepspeed.ops
     from deepspeed.utils import logger as ds_logger
 
     ds_logger.setLevel(logging.WARNING)
+    if not torch.cuda.is_available():
+        # DeepSpeed compiles its CPU shared-memory all-reduce op when it starts its communication backend
+        # (about 50 s of CPU on a fresh machine; BENCHMARKS.md), even for one process. Only its
+        # inference_all_reduce (tensor-parallel inference) uses the op; training reduces gradients through
+        # torch.distributed (gloo). Its table of compatible ops is the switch DeepSpeed checks before building.
+        deepspeed.ops.__compatible_ops__[SHM_COMM_OP] = False
     deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo", verbose=False)
     return deepspeed, int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
 

@@ -23,12 +23,13 @@ from tlc.config import RunConfig, validate_run
 from tlc.errors import UserError
 from tlc.io import append_jsonl, atomic_write_json, is_complete, read_jsonl, rewrite_jsonl
 from tlc.shapes import flops_per_token, param_counts
-from tlc.train.data import load_corpus, load_tokens, train_offsets, val_offsets, windows
+from tlc.train.data import cache_dir, load_corpus, load_tokens, train_offsets, val_offsets, windows
 from tlc.train.engine import (build_engine, device_for_rank, init_distributed, monitor_scalars, save_checkpoint,
                               save_final_model)
 from tlc.train.evaluation import evaluate, lm_loss
 from tlc.train.guard import checkpoint_tag, exit_with_worker, load_checkpoints_safely, lock_run_dir
 from tlc.train.model import build_model
+from tlc.train.precision import choose_for_run
 from tlc.versions import package_versions
 
 
@@ -150,8 +151,11 @@ def write_or_check_config(run_dir: Path, config: dict) -> None:
 # The run
 
 
-def train_run(cfg: RunConfig, run_dir: Path, progress: bool = True) -> dict:
-    """Train one model into ``run_dir`` (resuming if it holds a checkpoint); return the last metrics line."""
+def train_run(cfg: RunConfig, run_dir: Path, progress: bool = True, notify=None) -> dict:
+    """Train one model into ``run_dir`` (resuming if it holds a checkpoint); return the last metrics line.
+
+    ``notify(line)`` (rank 0 only) is told the precision chosen and why, before training starts.
+    """
     import torch
 
     validate_run(cfg)
@@ -165,6 +169,8 @@ def train_run(cfg: RunConfig, run_dir: Path, progress: bool = True) -> dict:
     plan = plan_run(cfg, int(os.environ.get("WORLD_SIZE", "1")))
     corpus = load_corpus(cfg.data.source, cfg.data.val_percent, cfg.data.text_field)
     deepspeed, rank, world = init_distributed()
+    precision = choose_for_run(cfg.train.precision, cache_dir(), run_dir, rank, world)
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, precision=precision.precision))
     tokens = load_tokens(corpus, cfg.shape.vocab_size)
     if len(tokens.train) <= cfg.shape.context + 1:
         raise UserError(f"--data: the training split has {len(tokens.train)} tokens, fewer than one context")
@@ -179,6 +185,8 @@ def train_run(cfg: RunConfig, run_dir: Path, progress: bool = True) -> dict:
         run_dir.mkdir(parents=True, exist_ok=True)
         lock_run_dir(run_dir)  # one trainer per run directory; released when this process ends
         write_or_check_config(run_dir, config)
+        if notify is not None:  # after the checks, so that a refused run's error stays its only line
+            notify(f"{cfg.run_id}: precision {precision.precision} ({precision.reason})")
     device = device_for_rank()
 
     # -- model, optimizer, engine ------------------------------------------------------------

@@ -1,0 +1,181 @@
+#!/usr/bin/env bash
+# The GPU check, prepared to run on a machine with an NVIDIA GPU in at most 8 minutes, from the
+# repository root:
+#   1. the device and the versions of what will run;
+#   2. tlc (built from this checkout) and what the machine lacks, from wheels carried in .whl/;
+#   3. cuda_ext built for this GPU's architecture;
+#   4. the tests marked gpu (pytest -m gpu) and the nvcc compile test;
+#   5. the block-sparse benchmark in bf16: 8192x8192 weight, 8192 tokens, 10% and 50% of blocks,
+#      against cuBLAS dense and torch's BSR in the same run;
+#   6. the largest tiny-sweep shape trained with DeepSpeed in bf16 and in a plain torch loop.
+# Every step's output and every figure goes to one summary file; the targets are checked at its end.
+#
+#   scripts/gpu_check.sh [--summary FILE]      on the GPU machine (default FILE: $OUT/gpu_check.txt, else ./gpu_check.txt)
+#   scripts/gpu_check.sh --dry-run             anywhere: prints each step, then runs it at CPU sizes (CI runs this)
+#   scripts/gpu_check.sh --prepare-wheels      here, with a package index: fills .whl/ with the wheels step 2 installs
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+MODE=gpu
+SUMMARY=""
+WHEELS=.whl
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --dry-run) MODE=dry ;;
+        --prepare-wheels) MODE=prepare ;;
+        --summary) SUMMARY="${2:?--summary needs a file name}"; shift ;;
+        --wheels) WHEELS="${2:?--wheels needs a folder}"; shift ;;
+        -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+        *) echo "gpu_check.sh: error: unknown argument '$1'; valid: --dry-run, --prepare-wheels, --summary FILE, --wheels DIR" >&2; exit 2 ;;
+    esac
+    shift
+done
+PYTHON="${PYTHON:-python3}"
+
+# What the GPU machine's image lacks (it has torch, transformers, tokenizers, numpy, scipy, matplotlib,
+# pytest, hypothesis, psutil, py-cpuinfo, ninja, einops, msgpack, pyyaml, tqdm): DeepSpeed and Optuna
+# with their dependencies, pinned to the versions tested here. bitsandbytes (int8 on CUDA) is not
+# needed by this check. The image's Python is 3.12.
+PINNED=(deepspeed==0.19.8 hjson==3.1.0 pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0
+        typing-inspection==0.4.5 optuna==5.0.0 alembic==1.20.1 sqlalchemy==2.1.9 greenlet==3.5.6
+        mako==1.4.3 colorlog==6.12.0)
+
+if [ "$MODE" = prepare ]; then
+    mkdir -p "$WHEELS"
+    platforms=()
+    for p in manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux_2_24_x86_64 manylinux_2_17_x86_64 manylinux2014_x86_64 manylinux1_x86_64; do
+        platforms+=(--platform "$p")
+    done
+    for req in "${PINNED[@]}"; do
+        if [ "${req%%==*}" = deepspeed ]; then
+            # DeepSpeed is published as a source archive; its wheel (pure Python, ops built on first use) is built here
+            "$PYTHON" -m pip wheel --quiet --no-deps --no-build-isolation --wheel-dir "$WHEELS" "$req" || exit 1
+        else
+            "$PYTHON" -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+                "${platforms[@]}" -d "$WHEELS" "$req" || exit 1
+        fi
+    done
+    du -ch "$WHEELS"/*.whl | tail -1
+    echo "carry $WHEELS (at most 64 MiB in all) with the device run; it is ignored by git (.gitignore)"
+    exit 0
+fi
+
+if [ -z "$SUMMARY" ]; then
+    SUMMARY="${OUT:-.}/gpu_check.txt"
+fi
+: > "$SUMMARY" || { echo "gpu_check.sh: error: --summary: cannot write '$SUMMARY'" >&2; exit 2; }
+SUMMARY="$(cd "$(dirname "$SUMMARY")" && pwd)/$(basename "$SUMMARY")"
+export PYTHONUNBUFFERED=1
+FAILED=()
+STARTED=$SECONDS
+
+# step NAME TIMEOUT_S COMMAND...: print it, run it (output to the terminal and the summary), record its status
+step() {
+    local name="$1" limit="$2"
+    shift 2
+    {
+        echo
+        echo "== $name (limit ${limit} s)"
+        echo "\$ $*"
+    } | tee -a "$SUMMARY"
+    local begin=$SECONDS
+    timeout "$limit" "$@" 2>&1 | tee -a "$SUMMARY"
+    local code=${PIPESTATUS[0]}
+    echo "-- $name: exit $code after $((SECONDS - begin)) s" | tee -a "$SUMMARY"
+    [ "$code" -eq 0 ] || FAILED+=("$name")
+}
+
+echo "# gpu_check ($MODE) $(date -u +%FT%TZ) on $(hostname)" | tee -a "$SUMMARY"
+DEVICE=cuda
+if [ "$MODE" = dry ]; then
+    DEVICE=cpu
+    echo "# dry run: every step at CPU sizes; wheels are not installed" | tee -a "$SUMMARY"
+fi
+
+# 1. the device and versions
+if command -v nvidia-smi >/dev/null; then
+    step "device" 30 nvidia-smi --query-gpu=name,compute_cap,driver_version,memory.total --format=csv
+fi
+step "versions" 60 "$PYTHON" -c '
+import platform, sys, importlib.metadata as md, torch
+print("python", platform.python_version(), "| torch", torch.__version__, "| CUDA", torch.version.cuda,
+      "| GPU", torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none",
+      "| capability", ".".join(map(str, torch.cuda.get_device_capability(0))) if torch.cuda.is_available() else "-")
+for name in ("transformers", "tokenizers", "deepspeed", "optuna", "numpy", "scipy", "bitsandbytes"):
+    try:
+        print(f"{name} {md.version(name)}")
+    except md.PackageNotFoundError:
+        print(f"{name} not installed")
+'
+
+# 2. tlc and the missing packages, into a folder that goes first on PYTHONPATH
+SITE="${TMPDIR:-/tmp}/tlc-gpu-site"
+if [ "$MODE" = dry ]; then
+    echo "(dry run) would run: $PYTHON -m pip install --no-index --no-deps --target $SITE $WHEELS/*.whl" | tee -a "$SUMMARY"
+    echo "(dry run) would run: $PYTHON -m pip install --no-index --no-deps --no-build-isolation --target $SITE ." | tee -a "$SUMMARY"
+else
+    rm -rf "$SITE"
+    if compgen -G "$WHEELS/*.whl" >/dev/null; then
+        step "install wheels" 120 "$PYTHON" -m pip install --quiet --no-index --no-deps --no-compile --target "$SITE" "$WHEELS"/*.whl
+    else
+        echo "no wheels in $WHEELS: run scripts/gpu_check.sh --prepare-wheels where a package index is reachable" | tee -a "$SUMMARY"
+        FAILED+=("install wheels")
+    fi
+    step "install tlc" 120 "$PYTHON" -m pip install --quiet --no-index --no-deps --no-build-isolation --no-compile --target "$SITE" .
+    export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
+fi
+# the installed package (not this checkout) answers from another folder
+step "tlc installed" 60 bash -c "cd \"\${TMPDIR:-/tmp}\" && \"$PYTHON\" -c 'import tlc, tlc.demo; print(\"tlc\", tlc.__version__, tlc.__file__); print(\"packaged sweep\", tlc.demo.packaged_sweep())'"
+
+# 3. cuda_ext for this GPU's architecture (Hopper: sm_90a), in an empty extensions folder (a dry run
+#    loads the CPU build the tests already made)
+if [ "$MODE" != dry ]; then
+    export TORCH_EXTENSIONS_DIR="${TMPDIR:-/tmp}/tlc-gpu-extensions"
+    rm -rf "$TORCH_EXTENSIONS_DIR"
+    arch=$("$PYTHON" -c 'import torch; m, n = torch.cuda.get_device_capability(0); print(f"{m}.{n}" + ("a" if (m, n) == (9, 0) else ""))')
+    export TORCH_CUDA_ARCH_LIST="$arch"
+    echo "TORCH_CUDA_ARCH_LIST=$arch" | tee -a "$SUMMARY"
+fi
+step "build cuda_ext" 240 "$PYTHON" -c '
+import time
+started = time.perf_counter()
+import cuda_ext
+from cuda_ext import _build
+loaded = cuda_ext.available()
+print(f"cuda_ext loaded {loaded}, CUDA kernels {_build.has_cuda_kernels()}, error {_build.build_error()}, "
+      f"built in {time.perf_counter() - started:.1f} s")
+raise SystemExit(0 if loaded else 1)
+'
+
+# 4. the GPU tests
+if [ "$MODE" = dry ]; then
+    # on CPU they would all skip: check that the marker selects them
+    step "gpu tests (selection)" 300 "$PYTHON" -m pytest -q -p no:cacheprovider -m gpu --collect-only -qq tests/test_cuda_ext.py tests/test_precision.py
+else
+    step "gpu tests" 300 "$PYTHON" -m pytest -q -p no:cacheprovider -m gpu --continue-on-collection-errors tests/
+    step "nvcc compile test" 180 "$PYTHON" -m pytest -q -p no:cacheprovider tests/test_cuda_ext_nvcc.py
+fi
+
+# 5. block-sparse against cuBLAS dense and torch BSR, bf16
+if [ "$MODE" = dry ]; then
+    step "block-sparse bf16" 120 "$PYTHON" bench/block_sparse.py --device cpu --dtype bfloat16 --shapes 256x256 --tokens 64 --densities 0.1 0.5 --min-seconds 0.01
+else
+    step "block-sparse bf16" 180 "$PYTHON" bench/block_sparse.py --device cuda --dtype bfloat16 --shapes 8192x8192 --tokens 8192 --densities 0.1 0.5 --min-seconds 2
+fi
+
+# 6. DeepSpeed against a plain loop, bf16
+if [ "$MODE" = dry ]; then
+    step "deepspeed vs plain" 300 "$PYTHON" bench/train_overhead.py --device cpu --precisions fp32 --micro-batch 2 --rounds 1 --round-seconds 0.1
+else
+    step "deepspeed vs plain" 240 "$PYTHON" bench/train_overhead.py --device cuda --precisions bf16 --rounds 5 --round-seconds 3
+fi
+
+# the targets, read back from the summary
+targets=$(awk '$5 == "|" && $9 == "|" && $1 ~ /x/ {
+        want = ($3 + 0 <= 0.15) ? 5.0 : 1.3
+        printf "block-sparse %s density %s, %s tokens: %.2fx cuBLAS dense (target >= %.1fx: %s), %sx torch BSR\n",
+               $1, $3, $4, $11, want, ($11 + 0 >= want) ? "met" : "MISSED", $12
+     }
+     /deepspeed \/ plain/ { printf "DeepSpeed / plain loop (%s) %s (target >= 0.95: %s)\n", $1, $NF, ($NF + 0 >= 0.95) ? "met" : "MISSED" }' "$SUMMARY")
+printf '\n== targets\n%s\ntotal %s s; failed steps: %s\nsummary: %s\n' "$targets" "$((SECONDS - STARTED))" "${FAILED[*]:-none}" "$SUMMARY" | tee -a "$SUMMARY"
+[ "${#FAILED[@]}" -eq 0 ]

@@ -1,0 +1,34 @@
+"""scripts/gpu_check.sh, prepared before a GPU arrives: its dry run goes through every step at CPU sizes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from conftest import REPO
+
+SCRIPT = REPO / "scripts" / "gpu_check.sh"
+STEPS = ("versions", "tlc installed", "build cuda_ext", "gpu tests (selection)", "block-sparse bf16",
+         "deepspeed vs plain", "targets")
+
+
+def test_dry_run_prints_and_runs_every_step_and_writes_one_summary(tmp_path):
+    summary = tmp_path / "summary.txt"
+    proc = subprocess.run(["bash", str(SCRIPT), "--dry-run", "--summary", str(summary)], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHON": sys.executable, "OUT": str(tmp_path / "unused")})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    text = summary.read_text()
+    for step in STEPS:
+        assert f"== {step}" in text
+    assert "(dry run) would run:" in text and "--target" in text  # the install step is printed, not run
+    assert "-m gpu" in text and "failed steps: none" in text
+    assert "DeepSpeed / plain loop" in text and "block-sparse 256x256" in text  # figures read back as targets
+    assert "packaged sweep" in text and "tiny.yaml" in text
+
+
+def test_unknown_argument_is_a_one_line_error():
+    proc = subprocess.run(["bash", str(SCRIPT), "--dryrun"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "'--dryrun'" in proc.stderr and "--dry-run" in proc.stderr
