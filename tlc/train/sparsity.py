@@ -207,7 +207,7 @@ def grow_masks(masks: Masks, magnitudes: dict[str, torch.Tensor], sparsity: floa
     grown = {}
     for name, keep in masks.items():
         extra = round(sparsity * keep.numel()) - int((~keep).sum())
-        keep = keep.clone()
+        keep = keep.contiguous().clone()
         if extra > 0:
             score = magnitudes[name].clone().flatten()
             score[~keep.flatten()] = float("inf")
@@ -324,7 +324,7 @@ class SparseTraining:
 
     def masks(self) -> Masks:
         """The current keep-masks, [out, in] bool."""
-        return {name: _out_in(m, self.keep[name]).bool() for name, m in self.layers.items()}
+        return {name: _out_in(m, self.keep[name]).bool().contiguous() for name, m in self.layers.items()}
 
     def after_resume(self, run_dir: Path, model: nn.Module, step: int) -> None:
         """Hook: a gradual run reads the masks of the checkpoint it resumed from."""
