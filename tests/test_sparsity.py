@@ -197,3 +197,56 @@ train:
     path.write_text(path.read_text().replace("sparsity: 0.5}, {method: magnitude", "sparsity: 1.5}, {method: magnitude"))
     with pytest.raises(UserError, match=r"s.yaml.train.prune\[1\].sparsity: must be in \[0, 1\)"):
         load_sweep(path)
+
+
+# -- whole runs: metrics, final weights, resume and its checks --------------------------------------
+
+def _run_config(small_corpus, prune: PruneSettings, tokens: int = 24 * 8 * 32):
+    from tlc.config import DataSettings, RunConfig
+
+    train = TrainSettings(tokens=tokens, micro_batch=8, evals=4, precision="fp32", prune=prune)
+    return RunConfig(shape=dataclasses.replace(SHAPE, depth=1), train=train, data=DataSettings(source=str(small_corpus)))
+
+
+def _final_sparsity(run_dir) -> tuple[float, dict]:
+    from safetensors.torch import load_file
+
+    weights = load_file(run_dir / "model" / "model.safetensors")
+    matrices = {k.removesuffix(".weight"): v for k, v in weights.items()
+                if k.endswith(("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight"))}
+    return sum(int((v == 0).sum()) for v in matrices.values()) / sum(v.numel() for v in matrices.values()), matrices
+
+
+@pytest.mark.parametrize("method", ["random", "magnitude"])
+def test_a_sparse_run_ends_exactly_sparse_and_its_resume_checks_the_mask_file(tmp_path, small_corpus, method):
+    import shutil
+
+    from tlc.io import read_jsonl
+    from tlc.train.loop import train_run
+
+    prune = parse_prune({"method": method, "sparsity": 0.5}, "train.prune")
+    cfg = _run_config(small_corpus, prune)
+    out = tmp_path / cfg.run_id
+    train_run(cfg, out, progress=False)
+    rows = read_jsonl(out / "metrics.jsonl")
+    sparsity, matrices = _final_sparsity(out)
+    assert sparsity == pytest.approx(0.5, abs=1e-3) and rows[-1]["sparsity"] == pytest.approx(sparsity)
+    if method == "magnitude":  # dense until 25% of the run, at the target from 75%
+        assert rows[0]["sparsity"] == 0 and 0 < rows[-2]["sparsity"] <= 0.5
+        mask_file = out / "checkpoint" / f"masks-step{rows[-1]['step']:08d}.safetensors"
+        assert [p.name for p in (out / "checkpoint").glob("masks-*")] == [mask_file.name]
+    else:
+        mask_file = out / "masks.safetensors"
+        from safetensors.torch import load_file
+
+        for name, keep in load_file(mask_file).items():
+            assert (matrices[name].t()[keep == 0] == 0).all()
+    # resume from the last checkpoint: the masks are read back and checked
+    shutil.rmtree(out / "model")
+    train_run(cfg, out, progress=False)
+    assert _final_sparsity(out)[0] == pytest.approx(sparsity)
+    shutil.rmtree(out / "model")
+    mask_file.unlink()
+    with pytest.raises(UserError, match=r"train.prune: cannot resume: the mask file .* is missing") as info:
+        train_run(cfg, out, progress=False)
+    assert "\n" not in str(info.value)
