@@ -53,13 +53,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sweep", type=Path, default=REPO / "sweeps" / "when_to_prune.yaml")
     parser.add_argument("--runs", type=Path, default=None, help="default runs/<sweep name>")
+    parser.add_argument("--arms", default="sweep,after",
+                        help="what to train: the sweep's runs, the after arm, or both (two processes can split them); "
+                             "the table covers every finished arm")
     args = parser.parse_args()
+    arms = set(args.arms.split(","))
     sweep = load_sweep(args.sweep)
     runs_dir = args.runs or Path("runs") / sweep.name
     started = time.perf_counter()
     load_before = os.getloadavg()
     rows = []
     for cfg in sweep.runs():
+        if "sweep" not in arms and not (runs_dir / cfg.run_id / "model").exists():
+            continue
         last = train_run(cfg, runs_dir / cfg.run_id, progress=False)
         config = json.loads((runs_dir / cfg.run_id / "config.json").read_text())
         prune = cfg.train.prune
@@ -72,7 +78,7 @@ def main() -> None:
     # -- after training: a dense run shortened by the fine-tune's tokens, then compress's gradual method --
     sparsities = sorted({c.train.prune.sparsity for c in sweep.runs() if c.train.prune is not None})
     dense_runs = [c for c in sweep.runs() if c.train.prune is None]
-    for cfg in dense_runs:
+    for cfg in dense_runs if "after" in arms else []:
         recovery_tokens = RECOVERY_STEPS * cfg.train.micro_batch * cfg.shape.context
         short = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, tokens=cfg.train.tokens - recovery_tokens))
         short_dir = runs_dir / "after" / f"{cfg.run_id}-after"  # not a direct subfolder: never a sweep run
@@ -95,6 +101,9 @@ def main() -> None:
 
     # -- the table: each arm's loss and its gap to the dense run of the same shape ------------------------
     dense = {r["shape"]: r["val_loss"] for r in rows if r["timing"] == "dense"}
+    if not rows or any(r["shape"] not in dense for r in rows):
+        print("the dense runs are not trained yet; no table")
+        return
     print(f"\n{'shape':<10} {'sparsity':>8} {'timing':<7} {'method':<16} {'val_loss':>8} {'vs dense':>9} {'FLOPs':>10}")
     for r in sorted(rows, key=lambda r: (r["shape"], r["sparsity"], r["val_loss"])):
         print(f"{r['shape']:<10} {r['sparsity']:>8.2f} {r['timing']:<7} {r['method']:<16} {r['val_loss']:>8.4f} "

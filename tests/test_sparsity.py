@@ -250,3 +250,46 @@ def test_a_sparse_run_ends_exactly_sparse_and_its_resume_checks_the_mask_file(tm
     with pytest.raises(UserError, match=r"train.prune: cannot resume: the mask file .* is missing") as info:
         train_run(cfg, out, progress=False)
     assert "\n" not in str(info.value)
+
+
+def test_gradual_pruning_resumes_after_sigkill_as_if_never_stopped(tmp_path, small_corpus):
+    import json
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import REPO
+    from tlc.io import read_jsonl
+    from tlc.train.loop import train_run
+
+    cfg = _run_config(small_corpus, PruneSettings("magnitude", 0.5, 0.25, 0.75), tokens=96 * 8 * 32)
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, evals=24))
+    train_run(cfg, tmp_path / "whole", progress=False)
+
+    killed = tmp_path / "killed"
+    args = ["train", "--width", "32", "--depth", "1", "--heads", "2", "--context", "32", "--vocab-size", "300",
+            "--tokens", str(96 * 8 * 32), "--micro-batch", "8", "--evals", "24", "--precision", "fp32",
+            "--data", str(small_corpus), "--prune", "magnitude:0.5", "--out", str(killed), "--no-progress"]
+    proc = subprocess.Popen([sys.executable, "-m", "tlc", *args], cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    latest = killed / "checkpoint" / "tlc_latest.json"
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None:
+        if latest.exists() and json.loads(latest.read_text())["step"] >= 40:  # inside the pruning ramp (24..72)
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run finished before it could be killed; make it longer"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = json.loads(latest.read_text())["step"]
+    assert 24 < killed_at < 72 and not (killed / "model").exists()
+    assert (killed / "checkpoint" / f"masks-step{killed_at:08d}.safetensors").exists()
+
+    train_run(cfg, killed, progress=False)
+    whole, resumed = read_jsonl(tmp_path / "whole" / "metrics.jsonl"), read_jsonl(killed / "metrics.jsonl")
+    assert [r["step"] for r in resumed] == [r["step"] for r in whole]
+    assert [r["sparsity"] for r in resumed] == [r["sparsity"] for r in whole]
+    assert abs(resumed[-1]["val_loss"] - whole[-1]["val_loss"]) < 1e-5
+    a, b = _final_sparsity(tmp_path / "whole")[1], _final_sparsity(killed)[1]
+    assert all(torch.equal(a[n] == 0, b[n] == 0) for n in a)  # the same weights pruned
