@@ -50,7 +50,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from tlc.compress.prune import Masks, prunable_layers, to_param_layout, weight_out_in
+from tlc.compress.prune import Masks, is_conv1d, prunable_layers, to_param_layout, weight_out_in
 from tlc.config import PruneSettings
 from tlc.errors import UserError
 from tlc.io import atomic_write_bytes
@@ -95,8 +95,6 @@ def snip_masks(model: nn.Module, sparsity: float, batch: torch.Tensor) -> Masks:
 
 def _out_in(module: nn.Module, tensor: torch.Tensor) -> torch.Tensor:
     """A tensor in ``module.weight``'s layout as [out, in]."""
-    from tlc.compress.prune import is_conv1d
-
     return tensor.t() if is_conv1d(module) else tensor
 
 
