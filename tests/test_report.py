@@ -95,3 +95,18 @@ def test_report_renders_in_headless_chromium(full_sweep):
     assert all(ok for _, ok in images), images
     assert errors == []
     assert (ARTIFACTS / "report.png").stat().st_size > 10_000
+
+
+def test_when_to_prune_figure_is_drawn_where_the_comparison_was_run(tmp_path):
+    from tlc.io import atomic_write_json
+
+    sweep = write_synthetic_sweep(tmp_path / "synthetic")
+    rows = [{"shape": "w32-d2-s0", "timing": "dense", "method": "none", "sparsity": 0.0, "val_loss": 4.0}]
+    for timing, method, base in (("init", "snip", 4.3), ("init", "snip-shuffle", 4.32), ("init", "random", 4.35),
+                                 ("during", "magnitude", 4.1), ("after", "gradual", 4.2)):
+        rows += [{"shape": "w32-d2-s0", "timing": timing, "method": method, "sparsity": s, "val_loss": base + s / 4}
+                 for s in (0.5, 0.8)]
+    atomic_write_json(sweep / "when_to_prune.json", {"rows": rows})
+    assert main(["report", str(sweep)]) == 0
+    assert (sweep / "report" / "when_to_prune.png").exists()
+    assert "## When to prune" in (sweep / "report" / "report.md").read_text()

@@ -41,6 +41,76 @@ class ModelShape:
         return f"{prefix}w{self.width}-d{self.depth}-s{seed}"
 
 
+# ----------------------------------------------------------------------------------------------
+# Pruning while training (train.prune): when to prune, see tlc/train/sparsity.py
+
+PRUNE_AT_INIT = ("snip", "synflow", "random", "snip-shuffle", "synflow-shuffle")
+PRUNE_DURING = ("magnitude",)
+PRUNE_METHODS = PRUNE_AT_INIT + PRUNE_DURING
+PRUNE_DURING_DEFAULT = (0.25, 0.75)  # Zhu & Gupta's cubic ramp over these fractions of the run (Frantar et al. 2023)
+
+
+@dataclass(frozen=True)
+class PruneSettings:
+    """How a run prunes while it trains: a mask fixed at step 0, or grown on the cubic schedule."""
+
+    method: str  # snip, synflow, random (control), snip-shuffle / synflow-shuffle (layer-wise shuffled), magnitude
+    sparsity: float  # fraction of zeros among the block matrices at the end of training, in [0, 1)
+    start: float = 0.0  # fraction of the run's tokens where gradual pruning starts (0 for pruning at init)
+    end: float = 0.0  # fraction of the run's tokens where it reaches `sparsity` (0 for pruning at init)
+
+    @property
+    def at_init(self) -> bool:
+        return self.method in PRUNE_AT_INIT
+
+    def run_suffix(self) -> str:
+        """The part of a run id that names this setting, e.g. ``snip50`` or ``magnitude90``."""
+        suffix = f"{self.method}{round(100 * self.sparsity):d}"
+        if not self.at_init and (self.start, self.end) != PRUNE_DURING_DEFAULT:
+            suffix += f"-t{round(100 * self.start):d}-{round(100 * self.end):d}"
+        return suffix
+
+
+def parse_prune(raw: Any, where: str) -> PruneSettings | None:
+    """``{method, sparsity[, start, end]}`` (or null / ``{method: none}`` for dense) to validated settings."""
+    if raw is None or raw == "none" or (isinstance(raw, Mapping) and raw.get("method") == "none" and len(raw) == 1):
+        return None
+    if not isinstance(raw, Mapping):
+        raise UserError(f"{where}: expected a mapping like {{method: snip, sparsity: 0.5}}, got {raw!r}")
+    _check_keys(raw, ("method", "sparsity", "start", "end"), where)
+    method = raw.get("method")
+    if method not in PRUNE_METHODS:
+        raise UserError(f"{where}.method: unknown method {method!r}; valid: {', '.join(PRUNE_METHODS)}, none")
+    if "sparsity" not in raw:
+        raise UserError(f"{where}.sparsity: missing; give the fraction of zeros in [0, 1), e.g. 0.5")
+    sparsity = _number(raw["sparsity"], f"{where}.sparsity", float)
+    if method in PRUNE_AT_INIT:
+        default = (0.0, 0.0)
+    else:
+        default = PRUNE_DURING_DEFAULT
+    start = _number(raw.get("start", default[0]), f"{where}.start", float)
+    end = _number(raw.get("end", default[1]), f"{where}.end", float)
+    settings = PruneSettings(method, sparsity, start, end)
+    validate_prune(settings, where)
+    return settings
+
+
+def validate_prune(prune: PruneSettings, where: str = "train.prune") -> None:
+    """Check one pruning setting; raise UserError naming the field."""
+    if prune.method not in PRUNE_METHODS:
+        raise UserError(f"{where}.method: unknown method {prune.method!r}; valid: {', '.join(PRUNE_METHODS)}, none")
+    if not 0.0 <= prune.sparsity < 1.0:
+        raise UserError(f"{where}.sparsity: must be in [0, 1), got {prune.sparsity}")
+    if prune.at_init:
+        if prune.start != 0 or prune.end != 0:
+            raise UserError(f"{where}: {prune.method} prunes at initialization, so start and end must be 0 "
+                            f"(got {prune.start}, {prune.end}); for pruning during training use method magnitude")
+        return
+    if not 0.0 <= prune.start < prune.end <= 1.0:
+        raise UserError(f"{where}: start and end must satisfy 0 <= start < end <= 1 (fractions of the run's tokens), "
+                        f"got start {prune.start}, end {prune.end}")
+
+
 @dataclass(frozen=True)
 class TrainSettings:
     """How long and how one run trains."""
@@ -59,6 +129,7 @@ class TrainSettings:
     evals: int = 12  # evaluations, spaced evenly in log training FLOPs
     eval_tokens: int = 8192  # validation tokens scored at each evaluation
     checkpoint_evals: int = 1  # write a DeepSpeed checkpoint every this many evaluations
+    prune: PruneSettings | None = None  # prune at init or during training (train.prune); None trains dense
 
 
 @dataclass(frozen=True)
@@ -81,7 +152,8 @@ class RunConfig:
 
     @property
     def run_id(self) -> str:
-        return self.shape.run_id(self.seed)
+        base = self.shape.run_id(self.seed)
+        return f"{base}-{self.train.prune.run_suffix()}" if self.train.prune else base
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -106,14 +178,17 @@ class SweepConfig:
     data: DataSettings
     launch: LaunchSettings = field(default_factory=LaunchSettings)
     shape_lrs: tuple[float | None, ...] = ()  # per-shape peak learning rate overriding train.lr (None: train.lr)
+    prunes: tuple[PruneSettings | None, ...] = ()  # train.prune as a list: one run per entry (None: dense)
 
     def runs(self) -> list[RunConfig]:
-        """Every run of the sweep, in a stable order (shapes as listed, then seeds)."""
+        """Every run of the sweep, in a stable order (shapes as listed, then pruning settings, then seeds)."""
         lrs = self.shape_lrs or (None,) * len(self.shapes)
+        prunes = self.prunes or (self.train.prune,)
         return [
-            RunConfig(shape=s, train=self.train if lr is None else dataclasses.replace(self.train, lr=lr),
+            RunConfig(shape=s, train=dataclasses.replace(self.train, prune=prune, **({} if lr is None else {"lr": lr})),
                       data=self.data, seed=seed)
             for s, lr in zip(self.shapes, lrs)
+            for prune in prunes
             for seed in self.seeds
         ]
 
@@ -225,6 +300,8 @@ def validate_train(train: TrainSettings, where: str = "train") -> None:
         raise UserError(f"{where}.zero_stage: must be 0, 1 or 2, got {train.zero_stage}")
     if train.precision not in PRECISIONS:
         raise UserError(f"{where}.precision: must be one of {', '.join(PRECISIONS)}, got {train.precision!r}")
+    if train.prune is not None:
+        validate_prune(train.prune, f"{where}.prune")
 
 
 def validate_data(data: DataSettings, where: str = "data") -> None:
@@ -289,7 +366,18 @@ def parse_sweep(doc: Any, where: str = "sweep") -> SweepConfig:
     seeds = tuple(_number(s, f"{where}.seeds", int) for s in seeds_raw)
     if any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
         raise UserError(f"{where}.seeds: seeds must be distinct integers >= 0, got {list(seeds)}")
-    train = _from_mapping(TrainSettings, doc.get("train"), f"{where}.train")
+    raw_train = doc.get("train")
+    prunes: tuple[PruneSettings | None, ...] = ()
+    if isinstance(raw_train, Mapping) and "prune" in raw_train:
+        raw_train = dict(raw_train)
+        raw_prune = raw_train.pop("prune")
+        if isinstance(raw_prune, list):  # several settings to compare: one run per entry
+            if not raw_prune:
+                raise UserError(f"{where}.train.prune: expected a setting or a non-empty list of settings")
+            prunes = tuple(parse_prune(p, f"{where}.train.prune[{i}]") for i, p in enumerate(raw_prune))
+        else:
+            prunes = (parse_prune(raw_prune, f"{where}.train.prune"),)
+    train = _from_mapping(TrainSettings, raw_train, f"{where}.train")
     validate_train(train, f"{where}.train")
     data = _from_mapping(DataSettings, doc.get("data"), f"{where}.data")
     validate_data(data, f"{where}.data")
@@ -297,11 +385,11 @@ def parse_sweep(doc: Any, where: str = "sweep") -> SweepConfig:
     if launch.nproc < 1 or launch.retries < 0:
         raise UserError(f"{where}.launch: nproc must be >= 1 and retries >= 0")
     sweep = SweepConfig(name=name, shapes=tuple(shapes), seeds=seeds, train=train, data=data, launch=launch,
-                        shape_lrs=tuple(shape_lrs) if any(lr is not None for lr in shape_lrs) else ())
+                        shape_lrs=tuple(shape_lrs) if any(lr is not None for lr in shape_lrs) else (), prunes=prunes)
     ids = [r.run_id for r in sweep.runs()]
     dupes = sorted({i for i in ids if ids.count(i) > 1})
     if dupes:
-        raise UserError(f"{where}.shapes: run {dupes[0]!r} appears twice; each (shape, seed) must be unique")
+        raise UserError(f"{where}.shapes: run {dupes[0]!r} appears twice; each (shape, seed, train.prune) must be unique")
     return sweep
 
 
@@ -336,7 +424,8 @@ def sweep_to_dict(sweep: SweepConfig) -> dict:
             for s, lr in zip(sweep.shapes, sweep.shape_lrs or (None,) * len(sweep.shapes))
         ],
         "seeds": list(sweep.seeds),
-        "train": dataclasses.asdict(sweep.train),
+        "train": {**dataclasses.asdict(sweep.train),
+                  "prune": [p and dataclasses.asdict(p) for p in sweep.prunes] if sweep.prunes else None},
         "data": dataclasses.asdict(sweep.data),
         "launch": dataclasses.asdict(sweep.launch),
     }

@@ -138,7 +138,7 @@ def make_variant(ctx: RunContext, spec: VariantSpec, settings: CompressSettings,
     else:
         from tlc.config import TrainSettings
 
-        recovery = {"tokens": ctx.tokens, "context": shape["context"], "train": TrainSettings(**train),
+        recovery = {"tokens": ctx.tokens, "context": shape["context"], "train": TrainSettings(**{**train, "prune": None}),
                     "steps": settings.recovery_steps, "seed": ctx.config.get("seed", 0)}
         model32, achieved = build_pruned(base, ctx.dense, ctx.calibration, recovery)
         model32 = model32.to(ctx.device).eval()

@@ -145,6 +145,15 @@ def read_run(
     return curve, variants, warmup
 
 
+def _trained_sparse(run_dir: Path) -> bool:
+    """Whether the run pruned while it trained (config.json train.prune set)."""
+    try:
+        config = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False  # read_run names the problem
+    return isinstance(config, dict) and isinstance(config.get("train"), dict) and bool(config["train"].get("prune"))
+
+
 def read_sweep(runs_dir: Path, include_warmup: bool = False) -> tuple[scaling.SweepObservations, list[str], int]:
     """Every trained run under ``runs_dir`` (a subdirectory holding config.json), in name order,
     a line for each run skipped because it has no evaluation yet, and the number of warmup
@@ -157,6 +166,9 @@ def read_sweep(runs_dir: Path, include_warmup: bool = False) -> tuple[scaling.Sw
         raise UserError(f"RUNS_DIR: no runs under {runs_dir} (expected <run-id>/config.json); run tlc sweep first")
     curves, variants, skipped, warmup = [], [], [], 0
     for run_dir in run_dirs:
+        if _trained_sparse(run_dir):  # a train.prune run: not a point of the dense laws
+            skipped.append(f"{run_dir.name}: trained sparse (train.prune), left out of the dense laws")
+            continue
         try:
             curve, run_variants, run_warmup = read_run(run_dir, include_warmup)
         except RunNotTrained as reason:

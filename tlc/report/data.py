@@ -39,6 +39,7 @@ class SweepData:
     fit: dict | None = None
     plan: dict | None = None
     missing: list[str] = field(default_factory=list)
+    when_to_prune: dict | None = None  # bench/when_to_prune.py's when_to_prune.json, where it was run
 
     @property
     def compressed_runs(self) -> list[RunData]:
@@ -118,7 +119,7 @@ def collect(sweep_dir: Path) -> SweepData:
     runs.sort(key=lambda r: (r.non_embedding, r.run_id))
     fit, plan = _read_json(sweep_dir / "fit.json"), _read_json(sweep_dir / "plan.json")
     _check_fit_and_plan(sweep_dir, fit, plan)
-    data = SweepData(sweep_dir, sweep_dir.name, runs, fit, plan)
+    data = SweepData(sweep_dir, sweep_dir.name, runs, fit, plan, when_to_prune=_read_json(sweep_dir / "when_to_prune.json"))
     incomplete = [r.run_id for r in runs if not (sweep_dir / r.run_id / "model" / "config.json").exists()]
     if incomplete:
         data.missing.append(f"runs still training or stopped early: {', '.join(incomplete)} (tlc sweep resumes them)")

@@ -204,6 +204,36 @@ def frequency_buckets(data: SweepData):
     return fig
 
 
+TIMING_STYLE = {  # timing -> (colour, line style); methods at init are told apart by marker
+    "init": ("tab:blue", ":"), "during": ("tab:green", "-"), "after": ("tab:red", "-")}
+METHOD_MARKER = {"snip": "o", "snip-shuffle": "o", "synflow": "s", "synflow-shuffle": "s", "random": "x",
+                 "magnitude": "D", "gradual": "^"}
+
+
+def when_to_prune(data: SweepData):
+    """Final validation loss against sparsity for each pruning timing and method, at equal training FLOPs."""
+    rows = (data.when_to_prune or {}).get("rows") or []
+    if not any(r.get("timing") != "dense" for r in rows):
+        return None
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    for shape in sorted({r["shape"] for r in rows}):
+        for r in rows:
+            if r["shape"] == shape and r["timing"] == "dense":
+                ax.axhline(r["val_loss"], color="k", lw=1, label=f"{shape} dense")
+        for method in sorted({r["method"] for r in rows if r["shape"] == shape and r["timing"] != "dense"}):
+            pts = sorted((r["sparsity"], r["val_loss"], r["timing"]) for r in rows
+                         if r["shape"] == shape and r["method"] == method)
+            color, style = TIMING_STYLE[pts[0][2]]
+            hollow = method.endswith("-shuffle")
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], style, marker=METHOD_MARKER.get(method, "o"),
+                    color="tab:gray" if hollow or method == "random" else color,
+                    mfc="none" if hollow else None, label=f"{shape} {pts[0][2]}: {method}")
+    ax.set(xlabel="sparsity of the block matrices", ylabel="final validation loss (nats/token)")
+    ax.legend(fontsize=7)
+    ax.grid(True, alpha=0.3)
+    return fig
+
+
 FIGURES = [
     FigureSpec("loss_vs_flops.png", "Validation loss against training compute",
                "Each colour is one model size; dashed lines are the fitted law and the red line the compute-optimal "
@@ -229,4 +259,10 @@ FIGURES = [
     FigureSpec("frequency_buckets.png", "Loss by token frequency, before and after compression",
                "Compression usually costs rare tokens (left) more than frequent ones (right); a gap that widens to the "
                "left means the average loss hides damage to the long tail.", frequency_buckets),
+    FigureSpec("when_to_prune.png", "When to prune",
+               "Final validation loss at equal training FLOPs when the same sparsity is reached at initialization "
+               "(blue dotted; grey: random and layer-wise shuffled controls), by gradual magnitude pruning during "
+               "training (green), or after training by compress's gradual method, whose fine-tune is taken out of the "
+               "dense run's tokens (red). Sparse runs' FLOPs are counted dense: they run on dense kernels.",
+               when_to_prune),
 ]

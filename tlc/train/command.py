@@ -63,7 +63,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--eval-tokens", type=int, default=t.eval_tokens, help=f"validation tokens per evaluation (default {t.eval_tokens})")
     g.add_argument("--seed", type=int, default=0, help="seed for initialisation and data order (default 0)")
     g.add_argument("--data", default=d.source, help="'stdlib' (default), a text file, a folder, a glob or a .jsonl file")
+    g.add_argument("--prune", help="train sparse: METHOD:SPARSITY at init (snip, synflow, random, snip-shuffle, "
+                                   "synflow-shuffle) or magnitude:SPARSITY[:START:END] during training "
+                                   "(fractions of the run's tokens, default 0.25:0.75)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _prune(text: str | None):
+    """--prune METHOD:SPARSITY[:START:END] as train.prune settings (validated, errors naming --prune)."""
+    from tlc.config import parse_prune
+
+    if text is None:
+        return None
+    parts = text.split(":")
+    if len(parts) not in (2, 4):
+        raise UserError(f"--prune: expected METHOD:SPARSITY or magnitude:SPARSITY:START:END, got {text!r}")
+    raw = dict(zip(("method", "sparsity", "start", "end"), parts))
+    return parse_prune(raw, "--prune")
 
 
 def _train_config(args: argparse.Namespace):
@@ -84,7 +100,7 @@ def _train_config(args: argparse.Namespace):
     train = TrainSettings(
         tokens=args.tokens, flops=args.flops, micro_batch=args.micro_batch, grad_accum=args.grad_accum,
         lr=args.lr, zero_stage=args.zero_stage, precision=args.precision, evals=args.evals,
-        eval_tokens=args.eval_tokens,
+        eval_tokens=args.eval_tokens, prune=_prune(args.prune),
     )
     cfg = RunConfig(shape=shape, train=train, data=DataSettings(source=args.data), seed=args.seed)
     return cfg, args.out or Path("runs") / "single" / cfg.run_id

@@ -151,6 +151,23 @@ def write_or_check_config(run_dir: Path, config: dict) -> None:
 # The run
 
 
+def _sparse_training(cfg: RunConfig, model, tokens, run_dir: Path, plan: RunPlan, rank: int):
+    """train.prune's masks (tlc.train.sparsity), set on the model before the engine copies it; None when dense."""
+    if cfg.train.prune is None:
+        return None
+    import torch
+
+    from tlc.train.sparsity import SNIP_SEED, SparseTraining
+
+    calibration = None
+    if cfg.train.prune.method.startswith("snip"):  # one global batch of windows apart from the training data
+        offsets = train_offsets(len(tokens.train), cfg.shape.context, plan.global_batch, cfg.seed + SNIP_SEED, 0)
+        calibration = torch.from_numpy(windows(tokens.train, offsets, cfg.shape.context))
+    resuming = (run_dir / "checkpoint" / "tlc_latest.json").exists()
+    return SparseTraining.before_engine(cfg.train.prune, model, run_dir, plan.total_steps, resuming, calibration,
+                                        cfg.seed, rank)
+
+
 def train_run(cfg: RunConfig, run_dir: Path, progress: bool = True, notify=None) -> dict:
     """Train one model into ``run_dir`` (resuming if it holds a checkpoint); return the last metrics line.
 
@@ -191,6 +208,7 @@ def train_run(cfg: RunConfig, run_dir: Path, progress: bool = True, notify=None)
 
     # -- model, optimizer, engine ------------------------------------------------------------
     model = build_model(cfg.shape, eot_id=tokens.eot_id, seed=cfg.seed)
+    sparse = _sparse_training(cfg, model, tokens, run_dir, plan, rank)  # train.prune; None for a dense run
     engine, engine_optimizer = build_engine(deepspeed, model, cfg.train, plan.global_batch, run_dir / "tensorboard")
 
     # -- resume --------------------------------------------------------------------------------
@@ -201,6 +219,8 @@ def train_run(cfg: RunConfig, run_dir: Path, progress: bool = True, notify=None)
         load_checkpoints_safely(engine)  # DeepSpeed itself unpickles with weights_only=False
         _, client = engine.load_checkpoint(str(ckpt_dir), tag=checkpoint_tag(latest)[0])
         start_step, wall_offset = int(client["step"]), float(client["wall_s"])
+    if sparse is not None:
+        sparse.after_resume(run_dir, engine.module, start_step)
     if rank == 0:
         rows = read_jsonl(run_dir / "metrics.jsonl")
         if rows or (run_dir / "metrics.jsonl").exists():
@@ -232,6 +252,8 @@ def train_run(cfg: RunConfig, run_dir: Path, progress: bool = True, notify=None)
             engine.backward(loss)
             engine.step()
             step_loss += loss.detach().double().cpu() / ga
+        if sparse is not None:
+            sparse.after_step(engine, step + 1)
         if world > 1:
             torch.distributed.all_reduce(step_loss)
             step_loss /= world
@@ -256,6 +278,7 @@ def train_run(cfg: RunConfig, run_dir: Path, progress: bool = True, notify=None)
             "train_loss": loss_sum / loss_steps,
             **metrics,
             "lr": lr,
+            **(sparse.metrics() if sparse is not None else {}),
         }
         loss_sum, loss_steps = 0.0, 0
         bar.set_postfix(loss=f"{last['train_loss']:.3f}", val=f"{metrics['val_loss']:.3f}")
@@ -265,7 +288,11 @@ def train_run(cfg: RunConfig, run_dir: Path, progress: bool = True, notify=None)
                                                        "val/acc": last["val_acc"], "train/loss_mean": last["train_loss"]})
         evals_done += 1
         if evals_done % cfg.train.checkpoint_evals == 0 or done == plan.total_steps:
+            if sparse is not None:
+                sparse.before_checkpoint(run_dir, done, rank)
             save_checkpoint(engine, ckpt_dir, done, wall_s, rank)
+            if sparse is not None:
+                sparse.after_checkpoint(run_dir, done, rank)
         wall_start += time.perf_counter() - pause
     bar.close()
 
