@@ -159,6 +159,11 @@ def test_equal_tokens_leave_the_law_unidentified_and_say_what_is_missing(tmp_pat
     out = capsys.readouterr().out
     assert sum(message in line for line in out.splitlines()) == 1
     assert fit["preferred_law"]["name"] is None and "error" in fit["allocation"]["chinchilla"]
+    from tlc.report.build import write_report
+
+    report = write_report(tmp_path)  # the report shows the status, its reason and the missing design
+    for page in (report.read_text(), (report.parent / "report.md").read_text()):
+        assert "unidentified" in page and "1 distinct token count" in page and message in page
 
 
 def test_a_law_with_a_wide_exponent_interval_is_unidentified(tmp_path):

@@ -153,7 +153,7 @@ def test_a_child_of_a_lone_process_gets_its_own_port(tmp_path, small_corpus, mon
 
 
 WSD_RUN = ["train", "--width", "32", "--depth", "2", "--heads", "2", "--context", "32", "--vocab-size", "300",
-           "--tokens", str(96 * 8 * 32), "--micro-batch", "8", "--evals", "4", "--precision", "fp32",
+           "--tokens", str(48 * 8 * 32), "--micro-batch", "8", "--evals", "3", "--precision", "fp32",
            "--schedule", "wsd", "--cooldowns", "0.25,0.5,1.0", "--no-progress"]
 
 
@@ -163,35 +163,35 @@ def test_wsd_branches_are_finished_points_and_a_kill_inside_one_resumes_inside_i
     run_tlc(*common, "--out", whole, check=True)
     config = json.loads((whole / "config.json").read_text())
     tps, fpt = config["tokens_per_step"], config["flops_per_token"]
-    assert [(b["fork_step"], b["steps"]) for b in config["branches"]] == [(24, 5), (48, 10), (96, 19)]
-    assert config["train_tokens"] == 115 * tps and config["spent_flops"] == (96 + 5 + 10 + 19) * tps * fpt
+    assert [(b["fork_step"], b["steps"]) for b in config["branches"]] == [(12, 2), (24, 5), (48, 10)]
+    assert config["train_tokens"] == 58 * tps and config["spent_flops"] == (48 + 2 + 5 + 10) * tps * fpt
     rows = read_jsonl(whole / "metrics.jsonl")
     ends = [r for r in rows if r["final"]]
-    assert [(r["fork_step"], r["step"]) for r in ends] == [(24, 29), (48, 58), (96, 115)]
+    assert [(r["fork_step"], r["step"]) for r in ends] == [(12, 14), (24, 29), (48, 58)]
     for r in ends:
         assert r["tokens"] == r["step"] * tps and r["flops"] == pytest.approx(r["tokens"] * fpt)
         assert (whole / "branches" / str(r["tokens"]) / "model" / "model.safetensors").exists()
         assert not (whole / "branches" / str(r["tokens"]) / "checkpoint").exists()  # dropped once the branch is saved
     trunk = [r for r in rows if not r["final"]]
-    assert all("fork_step" not in r and r["lr"] == pytest.approx(3e-3) for r in trunk if r["step"] >= 24)
+    assert all("fork_step" not in r and r["lr"] == pytest.approx(3e-3) for r in trunk if r["step"] >= 12)
     by_fork = {r["fork_step"]: r for r in ends}
-    for fork in (24, 48):  # each branch ends below the trunk it forked from: the decay pays
+    for fork in (12, 24):  # each branch ends below the trunk it forked from: the decay pays
         assert by_fork[fork]["val_loss"] < next(r for r in trunk if r["step"] == fork)["val_loss"]
     final_model = (whole / "model" / "model.safetensors").read_bytes()
-    assert final_model == (whole / "branches" / str(115 * tps) / "model" / "model.safetensors").read_bytes()
+    assert final_model == (whole / "branches" / str(58 * tps) / "model" / "model.safetensors").read_bytes()
     assert list_runs(tmp_path / "sweep") == [whole]  # a branch is never taken for a run
 
     killed = tmp_path / "sweep" / "killed"
     proc = subprocess.Popen([sys.executable, "-m", "tlc", *map(str, common), "--out", str(killed)], cwd=REPO,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    inside = killed / "branches" / str(58 * tps) / "checkpoint" / "tlc_latest.json"  # the second branch's midpoint
+    inside = killed / "branches" / str(29 * tps) / "checkpoint" / "tlc_latest.json"  # the second branch's midpoint
     deadline = time.time() + 400
     while time.time() < deadline and proc.poll() is None and not inside.exists():
         time.sleep(0.02)
     assert proc.poll() is None, "the run finished before it could be killed; make it longer"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert json.loads(inside.read_text())["step"] == 53 and not (killed / "branches" / str(58 * tps) / "model").exists()
+    assert json.loads(inside.read_text())["step"] == 26 and not (killed / "branches" / str(29 * tps) / "model").exists()
 
     run_tlc(*common, "--out", killed, check=True)
     resumed = read_jsonl(killed / "metrics.jsonl")
