@@ -14,7 +14,7 @@ bootstrap resamples over runs), under three designs of about equal total trainin
            compute.
 
 Printed per design: runs, finished points, FLOPs actually spent (from each run's config.json)
-as a ratio to `equal`'s, training wall time, and the Chinchilla fit's status, leave-largest-out
+as a ratio to `equal`'s, training wall and CPU time (`tlc sweep` and its trainers), and the Chinchilla fit's status, leave-largest-out
 error and the widths (high/low) of the 95% intervals of alpha and beta. A design identifies the
 law when no parameter is on a bound, both widths are under 3 and the held-out error is small.
 
@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -99,10 +100,12 @@ def measure(name: str, doc: dict, runs_dir: Path, bootstrap: int) -> dict:
     runs_dir.mkdir(parents=True, exist_ok=True)
     sweep_file = runs_dir / f"{doc['name']}.yaml"
     sweep_file.write_text(yaml.safe_dump(doc, sort_keys=False))
-    started = time.perf_counter()
+    started, cpu_before = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = subprocess.run([sys.executable, "-m", "tlc", "sweep", str(sweep_file), "--runs-dir", str(runs_dir)],
                           cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True)
     wall = time.perf_counter() - started
+    cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)  # the sweep and every trainer it waited for
+    cpu = (cpu_after.ru_utime + cpu_after.ru_stime) - (cpu_before.ru_utime + cpu_before.ru_stime)
     if proc.returncode != 0:
         raise SystemExit(f"{name}: tlc sweep failed:\n{proc.stderr[-3000:]}")
     left_out = [line.strip() for line in proc.stdout.splitlines() if "left out" in line]
@@ -119,6 +122,7 @@ def measure(name: str, doc: dict, runs_dir: Path, bootstrap: int) -> dict:
         "finished_points": fit["n_points"],
         "spent_flops": sum(c["spent_flops"] for c in configs),
         "train_wall_s": wall,
+        "train_cpu_s": cpu,
         "status": law["status"],
         "reason": law["reason"],
         "heldout_error": heldout.get("relative_error"),
@@ -154,12 +158,12 @@ def main() -> None:
             print(f"#   {line}")
     baseline = next((r["spent_flops"] for r in results if r["design"] == "equal"), results[0]["spent_flops"])
     print(f"{'design':<9} {'runs':>4} {'points':>6} {'FLOPs':>9} {'/equal':>6} {'wall s':>7} {'status':<13} "
-          f"{'held-out':>8} {'alpha w':>7} {'beta w':>7}")
+          f"{'held-out':>8} {'alpha w':>7} {'beta w':>7} {'CPU s':>6}")
     for r in results:
         heldout = "n/a" if r["heldout_error"] is None else f"{r['heldout_error']:.2%}"
         print(f"{r['design']:<9} {r['runs']:>4} {r['finished_points']:>6} {r['spent_flops']:>9.3g} "
               f"{r['spent_flops'] / baseline:>6.2f} {r['train_wall_s']:>7.0f} {r['status']:<13} {heldout:>8} "
-              f"{r['alpha_width']:>7.3g} {r['beta_width']:>7.3g}")
+              f"{r['alpha_width']:>7.3g} {r['beta_width']:>7.3g} {r['train_cpu_s']:>6.0f}")
     print(f"# load average {os.getloadavg()[0]:.1f} at the end")
     (args.runs_dir / "fit_design.json").write_text(json.dumps(results, indent=2) + "\n")
 
