@@ -83,6 +83,7 @@ class FittedSweep:
     pruning_sparsities: dict[str, tuple[float, ...]] = field(default_factory=dict)  # measured, per method
     preferred_law: str | None = None  # fit.json's choice (best held-out error); None for a bare law
     flops: FlopsModel = SIX_N  # training FLOPs per token against N: the sweep's own, or 6N for a published law
+    flops_definition: str = "C = 6ND, as published laws count it"  # what C means in compute_optimal
 
     @property
     def methods(self) -> tuple[str, ...]:
@@ -208,4 +209,6 @@ def load_fit(data: dict) -> FittedSweep:
         pruning_sparsities=sparsities,
         preferred_law=preferred if preferred in laws else None,
         flops=flops,
+        flops_definition=(f"C = {flops.k:.4g} N^{flops.gamma:.4g} D: the sweep's own training FLOPs per token"
+                          if flops_entry else "C = 6ND (a fit.json from before the FLOPs definition was recorded)"),
     )
