@@ -61,6 +61,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--lr", type=_float, default=t.lr, help=f"peak learning rate (default {t.lr})")
     g.add_argument("--zero-stage", type=int, default=t.zero_stage, help="DeepSpeed ZeRO stage 0, 1 or 2 (default 0)")
     g.add_argument("--precision", choices=PRECISIONS, default=t.precision, help=f"(default {t.precision})")
+    g.add_argument("--min-lr-ratio", type=_float, default=t.min_lr_ratio,
+                   help=f"cosine decays to this share of the peak rate (default {t.min_lr_ratio})")
+    g.add_argument("--warmup-frac", type=_float, default=t.warmup_frac,
+                   help=f"share of the optimizer steps spent in linear warmup (default {t.warmup_frac})")
     g.add_argument("--schedule", choices=SCHEDULES, default=t.schedule,
                    help="learning-rate schedule: cosine, or wsd (warmup-stable-decay with cooldown branches) "
                    f"(default {t.schedule})")
@@ -94,7 +98,8 @@ def _train_config(args: argparse.Namespace):
     train = TrainSettings(
         tokens=args.tokens, flops=args.flops, micro_batch=args.micro_batch, grad_accum=args.grad_accum,
         lr=args.lr, zero_stage=args.zero_stage, precision=args.precision, evals=args.evals,
-        eval_tokens=args.eval_tokens, schedule=args.schedule, cooldowns=args.cooldowns,
+        eval_tokens=args.eval_tokens, min_lr_ratio=args.min_lr_ratio, warmup_frac=args.warmup_frac,
+        schedule=args.schedule, cooldowns=args.cooldowns,
         cooldown_frac=args.cooldown_frac,
     )
     cfg = RunConfig(shape=shape, train=train, data=DataSettings(source=args.data), seed=args.seed)
