@@ -21,7 +21,9 @@ def test_demo_runs_every_stage_and_resumes(tmp_path, small_corpus):
         # widths divisible by the demo's 32-wide pruning blocks
         "shapes": [{"width": 32, "depth": 1, "heads": 2}, {"width": 32, "depth": 2, "heads": 2},
                    {"width": 64, "depth": 1, "heads": 2}, {"width": 64, "depth": 2, "heads": 2}],
-        "train": {"tokens": 30 * 8 * 32, "micro_batch": 8, "evals": 8, "precision": "fp32", "lr": 3e-3},
+        # cooldown branches give each run three finished-run points: tlc fit needs D to vary
+        "train": {"tokens": 30 * 8 * 32, "micro_batch": 8, "evals": 8, "precision": "fp32", "lr": 3e-3,
+                  "schedule": "wsd", "cooldowns": [0.25, 0.5, 1.0]},
         "data": {"source": str(small_corpus)},
     }))
     runs = tmp_path / "runs"

@@ -79,3 +79,36 @@ def test_a_failed_run_is_recorded_and_the_sweep_goes_on(tmp_path, small_corpus):
     states = {t.params["run_id"]: t.state.name for t in _study(runs).get_trials() if "started" in t.user_attrs}
     assert states == {"w16-d1-s0": "FAIL", "w32-d1-s0": "COMPLETE"}
     assert "failed" in proc.stdout and "is unreadable" in proc.stdout
+
+
+def test_iso_flop_budgets_train_named_runs_and_leave_out_what_they_cannot_train(tmp_path, small_corpus):
+    from tlc.config import ModelShape, budget_label
+    from tlc.shapes import flops_per_token
+
+    small, large = ModelShape(16, 1, 2, 16, 300), ModelShape(32, 2, 2, 16, 300)
+    fits = 250 * 16 * flops_per_token(small)  # 250 steps of 16 tokens for the small shape, too few for the large
+    huge = 2_000_000 * flops_per_token(large)  # two million tokens: more than the test corpus holds
+    doc = {"name": "iso", "model": {"context": 16, "vocab_size": 300},
+           "shapes": [{"width": 16, "depth": 1, "heads": 2}, {"width": 32, "depth": 2, "heads": 2}],
+           "seeds": [0], "train": {"budgets": [fits, huge], "micro_batch": 1, "evals": 2, "precision": "fp32"},
+           "data": {"source": str(small_corpus)}, "launch": {"retries": 0}}
+    (tmp_path / "iso.yaml").write_text(yaml.safe_dump(doc))
+    runs = tmp_path / "runs"
+    cmd = [sys.executable, "-m", "tlc", "sweep", str(tmp_path / "iso.yaml"), "--runs-dir", str(runs)]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    trained = f"w16-d1-c{budget_label(fits)}-s0"
+    assert is_complete(runs / "iso" / trained) and sorted(p.name for p in (runs / "iso").iterdir()
+                                                           if p.is_dir()) == [trained]
+    lines = {line.split()[0]: line for line in proc.stdout.splitlines() if "left out" in line}
+    assert sorted(lines) == sorted([f"w32-d2-c{budget_label(fits)}-s0", f"w16-d1-c{budget_label(huge)}-s0",
+                                    f"w32-d2-c{budget_label(huge)}-s0"])
+    assert "train.budgets runs need at least 200" in lines[f"w32-d2-c{budget_label(fits)}-s0"]
+    assert "more than the corpus's" in lines[f"w16-d1-c{budget_label(huge)}-s0"]
+
+    doc["name"], doc["train"]["budgets"] = "none", [huge]  # no shape can use any budget: refused before training
+    (tmp_path / "none.yaml").write_text(yaml.safe_dump(doc))
+    proc = subprocess.run([*cmd[:4], str(tmp_path / "none.yaml"), *cmd[5:]], cwd=REPO, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 2 and "train.budgets: no shape can use any budget" in proc.stderr
+    assert proc.stderr.strip().count("\n") == 0 and not (runs / "none").exists()

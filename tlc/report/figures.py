@@ -42,8 +42,11 @@ def _curves(data: SweepData, x, y, size=(7.5, 4.5)):
     fig, ax = plt.subplots(figsize=size)
     colors = _size_colors(data)
     for run in data.runs:
-        ax.plot([x(m) for m in run.metrics], [y(m) for m in run.metrics], "o-", ms=3, color=colors[run.run_id],
+        trunk = [m for m in run.metrics if "fork_step" not in m]  # a wsd run's cooldown branches end off its curve
+        ax.plot([x(m) for m in trunk], [y(m) for m in trunk], "o-", ms=3, color=colors[run.run_id],
                 label=_label(run))
+        ends = [m for m in run.metrics if "fork_step" in m]
+        ax.plot([x(m) for m in ends], [y(m) for m in ends], "D", ms=5, color=colors[run.run_id])
     ax.grid(True, which="both", alpha=0.3)
     return fig, ax, colors
 
