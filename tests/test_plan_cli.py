@@ -21,6 +21,7 @@ from tlc.fit.observations import fit_sweep
 from tlc.io import atomic_write_json
 from tlc.shapes import param_counts
 from tlc.plan.space import Category
+from tlc.plan.law import load_plan_law
 
 REPO = Path(__file__).resolve().parents[1]
 SHAPES = [(64, 2), (96, 3), (128, 4), (192, 4), (256, 6), (384, 6)]
@@ -138,7 +139,7 @@ def test_same_seed_same_plan_and_the_studies_are_stored(runs, capsys):
 def test_polish_matches_an_exhaustive_search_over_shapes(runs, capsys):
     result = plan(["--runs", runs, "--budget", "1e14", "--max-params", "150k"], capsys)
     rec = result["recommendation"]
-    law = planner.load_plan_law(runs, None)
+    law = load_plan_law(runs, None)
     from tlc.plan.cost import build_cost_model
     from tlc.plan.space import Budgets, PlanSpace
 
@@ -204,7 +205,7 @@ def test_extrapolation_is_warned_about(runs, capsys):
     result = plan(["--runs", runs, "--budget", "1e17", "--max-params", "300k"], capsys)
     assert "outside the measured final tokens 2M..360M" in " ".join(result["warnings"])
     assert result["measured_ranges"]["sparsity"]["magnitude"] == [0.3, 0.9]
-    law = planner.load_plan_law(runs, None)
+    law = load_plan_law(runs, None)
     point = planner.Point(width=128, depth=4, N=8e5, embedding=1.5e5, tokens=1e8, train_flops_per_token=6e6,
                            inference_flops_per_token=2e6, category=Category("magnitude", False), sparsity=0.95,
                            loss=4.0, costs={}, feasible=True)
@@ -278,3 +279,44 @@ def test_a_whole_plan_never_imports_torch(runs):
             "sys.stderr.write(str((rc, 'torch' in sys.modules)))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert proc.stderr.strip() == "(0, False)"
+
+
+def _mark(runs: Path, **statuses: tuple[str, str]) -> None:
+    """Give fit.json's laws another status and reason, as `tlc fit` marks a law the design cannot identify."""
+    fit = json.loads((runs / "fit.json").read_text())
+    for name, (status, reason) in statuses.items():
+        fit["laws"][name].update(status=status, reason=reason)
+    atomic_write_json(runs / "fit.json", fit)
+
+
+def test_planner_uses_the_best_defensible_law_and_says_why(runs, capsys):
+    fit = json.loads((runs / "fit.json").read_text())
+    errors = {n: law["heldout"]["relative_error"] for n, law in fit["laws"].items()}
+    result = plan(["--runs", runs, "--budget", "1e15", "--max-params", "200k"], capsys)
+    assert result["law"]["form"] == min(errors, key=errors.get)
+    assert result["law"]["status"] == "converged" and "leave-largest-out" in result["law"]["why"]
+    assert {c["name"] for c in result["law"]["candidates"]} == set(errors)
+    _mark(runs, chinchilla=("unidentified", "every run has the same tokens, so D is not identified"))
+    result = plan(["--runs", runs, "--budget", "1e15", "--max-params", "200k"], capsys)
+    assert result["law"]["form"] == "kaplan" and result["law"]["heldout_error"] == pytest.approx(errors["kaplan"])
+    forced = plan(["--runs", runs, "--budget", "1e15", "--max-params", "200k", "--law-form", "kaplan"], capsys)
+    assert forced["law"]["form"] == "kaplan" and forced["law"]["why"] == "named by --law-form"
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--law-form", "chinchilla"], "--law-form chinchilla: chinchilla is unidentified (every run has the same tokens"),
+    (["--law-form", "nope"], "--law-form: 'nope' is not fitted"),
+    ([], "no law the fit can defend: chinchilla is unidentified (every run has the same tokens, so D is not "
+         "identified); kaplan is hit_bound (a parameter sits at its bound"),
+])
+def test_no_defensible_law_is_one_line_naming_the_design_problem(runs, capsys, argv, expected):
+    _mark(runs, chinchilla=("unidentified", "every run has the same tokens, so D is not identified"),
+          kaplan=("hit_bound", None))
+    assert tlc_plan.main(["--runs", str(runs), "--budget", "1e15", *argv]) == 2
+    err = capsys.readouterr().err
+    assert expected in err and err.count("\n") == 1
+
+
+def test_law_form_with_a_published_law_is_refused(capsys):
+    assert tlc_plan.main(["--law", "chinchilla", "--budget", "1e20", "--law-form", "kaplan"]) == 2
+    assert "--law-form: chooses among the laws of a fit.json" in capsys.readouterr().err

@@ -33,6 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("law (one of)")
     g.add_argument("--runs", type=Path, metavar="RUNS_DIR", help="a fitted sweep: uses RUNS_DIR/fit.json")
     g.add_argument("--law", help=f"{', '.join(PUBLISHED_LAWS)}, or a fit.json or {{E, A, B, alpha, beta}} JSON file")
+    g.add_argument("--law-form", help="which law of fit.json to plan with, e.g. chinchilla or kaplan (default: the "
+                   "lowest held-out error among the laws the fit does not mark unidentified)")
     g = parser.add_argument_group("compression (needs a fit with compression models)")
     g.add_argument("--methods", help="pruning methods to consider, comma-separated (default: every fitted one)")
     g.add_argument("--max-sparsity", type=float, help=f"highest sparsity searched (default {DEFAULT_MAX_SPARSITY})")
@@ -83,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--trials must be >= 1 and --pareto-trials >= 2")
     if args.max_sparsity is not None and not (0 < args.max_sparsity < 1):
         raise UserError(f"--max-sparsity: must be in (0, 1), got {args.max_sparsity}")
-    law = load_plan_law(args.runs, args.law)
+    law = load_plan_law(args.runs, args.law, args.law_form)
     storage = args.storage or (f"sqlite:///{(args.runs / 'study.db').resolve()}" if args.runs else None)
     plan = make_plan(law, budgets, args, storage)
     out = args.out or (args.runs / "plan.json" if args.runs else None)

@@ -100,7 +100,7 @@ def format_table(plan: dict, path: str | None) -> str:
     """The summary `tlc plan` prints: budgets, recommendation, train-small, gain, front size, warnings."""
     lines = [
         f"budget: {_budget_line(plan)}",
-        f"law: {plan['law']['description']}",
+        f"law: {plan['law']['description']}" + (f"; chosen: {plan['law']['why']}" if plan['law'].get('why') else ""),
         f"{'':<16}{'shape':>10}{'N':>9}{'tokens':>9}  {'compression':<24}{'loss [interval]':<28}"
         f"{'non-zeros':>9}{'bytes':>11}{'latency':>11}",
         _row("recommended", plan["recommendation"]),

@@ -215,6 +215,8 @@ def make_plan(law: PlanLaw, budgets: Budgets, args: argparse.Namespace, storage:
         "format": FORMAT,
         "law": {
             "source": law.source, "description": law.description, "form": law.law, "parameters": law.parameters,
+            "status": law.choice.get("status"), "why": law.choice.get("why"),
+            "heldout_error": law.choice.get("heldout_error"), "candidates": law.choice.get("candidates", []),
             "shapes": (f"{law.shape_template['arch']} shapes, context {law.shape_template['context']}, "
                        f"vocab {law.shape_template['vocab_size']}") if space.shapes else "continuous N",
             "flops": ("tlc.shapes.flops_per_token per training token, a third of it per inference token"
