@@ -114,7 +114,7 @@ def test_plan_json_round_trips_and_matches_the_printed_json(runs, capsys):
     text = (runs / "plan.json").read_text()
     assert json.loads(text) == printed
     assert json.loads(json.dumps(printed, allow_nan=False)) == printed
-    assert printed["format"] == "tlc.plan/1" and printed["budget"]["max_params"] == 2e5
+    assert printed["format"] == "tlc.plan/2" and printed["budget"]["max_params"] == 2e5
     for key in ("recommendation", "train_small", "gain", "compute_optimal", "pareto_front", "pareto_cost",
                 "measured_ranges",
                 "warnings", "cost_model", "search", "law"):

@@ -214,14 +214,30 @@ def _device_name(device) -> str:
     return f"cpu:{platform.processor() or platform.machine()}:{torch.get_num_threads()}threads"
 
 
-def compress_run(run_dir: Path, settings: CompressSettings, log=print) -> list[dict]:
-    """Make every missing variant of one run; returns all of the run's rows."""
+def planned_variants(compression: dict) -> tuple[CompressSettings, list[VariantSpec]]:
+    """Settings and variants for a plan's compression {method, sparsity, block, recovery_steps, int8}:
+    the dense baseline, the pruned model, and its 8-bit twin when the plan says int8."""
+    method, sparsity, int8 = compression["method"], float(compression["sparsity"]), bool(compression["int8"])
+    block = int(compression.get("block") or 32) if method == "block" else None
+    settings = CompressSettings(methods=(method,) if method != "none" else (), sparsities=(sparsity,), int8=int8,
+                                recovery_steps=int(compression.get("recovery_steps") or 0), block_size=block or 32)
+    base = VariantSpec(method, sparsity if method != "none" else 0.0, 32, block)
+    specs = [VariantSpec("none", 0.0, 32)]
+    specs += [base] if method != "none" else []
+    specs += [VariantSpec(base.method, base.sparsity, 8, block)] if int8 else []
+    return settings, specs
+
+
+def compress_run(run_dir: Path, settings: CompressSettings, log=print,
+                 specs: list[VariantSpec] | None = None) -> list[dict]:
+    """Make every missing variant of one run (``specs``, default every variant ``settings`` asks for);
+    returns all of the run's rows."""
     from tlc.compress.store import is_saved
 
     run_dir = Path(run_dir)
     path = run_dir / ROWS
     rows = {r["variant"]: r for r in read_jsonl(path) if is_saved(run_dir / "compressed" / str(r.get("variant")))}
-    todo = [s for s in variant_specs(settings) if s.id not in rows]
+    todo = [s for s in (variant_specs(settings) if specs is None else specs) if s.id not in rows]
     if not todo:
         log(f"{run_dir.name}: all {len(rows)} variants done")
         return list(rows.values())

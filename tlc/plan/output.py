@@ -1,8 +1,9 @@
 """What `tlc plan` writes: plan.json's content and the terminal table.
 
-plan.json (format "tlc.plan/1"):
+plan.json (format "tlc.plan/2"):
 
-    format, law {source, description, form, parameters, shapes, flops}, budget {train_flops,
+    format, sweep {runs_dir, name, fit_sha256} or null (a published law), lr_rule (see
+    tlc.plan.recipe) or null, law {source, description, form, parameters, shapes, flops}, budget {train_flops,
     inference_tokens, max_params, max_bytes, max_latency_ms, device, latency_batch},
     cost_model {...}, search {seed, tpe_trials, pareto_trials, max_sparsity, fixed_sparsity,
     categories, storage, studies {tpe, nsga2}}, recommendation PLAN, train_small PLAN or null,
@@ -14,7 +15,9 @@ plan.json (format "tlc.plan/1"):
     PLAN = {width, depth, heads (null for a continuous N), non_embedding_params,
             embedding_params, params_total, tokens, train_flops, inference_flops,
             compression {method, sparsity, int8}, loss {mean, low, high},
-            inference {nonzeros, bytes, latency_ms}, inference_cost (= inference[pareto_cost])}
+            inference {nonzeros, bytes, latency_ms}, inference_cost (= inference[pareto_cost]),
+            recipe {shape, train, lr_rule, data, world_size, seed, compression {method, sparsity,
+            block, recovery_steps, int8}} when the law comes from a sweep (tlc.plan.recipe)}
 
 Losses are nats per token; low/high are the bootstrap interval (null for laws without draws);
 the gain is train_small's mean loss minus the recommendation's (positive: compressing wins), with
@@ -28,7 +31,7 @@ import math
 from tlc.plan.space import Point, heads_for_width
 from tlc.units import format_bytes, format_count
 
-FORMAT = "tlc.plan/1"
+FORMAT = "tlc.plan/2"
 
 
 def _finite(value: float | None) -> float | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from pathlib import Path
 
 import numpy as np
 
@@ -18,6 +19,8 @@ from tlc.errors import UserError
 from tlc.plan.cost import build_cost_model
 from tlc.plan.law import PlanLaw
 from tlc.plan.output import FORMAT, plan_json
+from tlc.plan.planfile import fit_sha256
+from tlc.plan.recipe import read_sweep_recipe
 from tlc.plan.search import feasible, run_nsga2, run_tpe, study_key, trial_start
 from tlc.plan.space import MIN_CONTINUOUS_N, Budgets, Category, PlanSpace, Point
 from tlc.plan.trial_store import persist
@@ -164,6 +167,11 @@ def _gain_interval(law: PlanLaw, small: Point, large: Point) -> tuple[float | No
     return float(low), float(high)
 
 
+def sweep_identity(runs_dir: Path) -> dict:
+    """Which sweep and which fit a plan came from: `tlc validate` and `--plan` refuse a plan of another."""
+    return {"runs_dir": str(runs_dir.resolve()), "name": runs_dir.resolve().name, "fit_sha256": fit_sha256(runs_dir)}
+
+
 def make_plan(law: PlanLaw, budgets: Budgets, args: argparse.Namespace, storage: str | None) -> dict:
     """Search, polish and assemble plan.json's content (see `tlc.plan.output`)."""
     latency_flag = "--max-latency-ms" if budgets.max_latency_ms is not None else "--device" if args.device else None
@@ -194,12 +202,19 @@ def make_plan(law: PlanLaw, budgets: Budgets, args: argparse.Namespace, storage:
     if storage:
         persist(storage, {studies["tpe"]: tpe, studies["nsga2"]: nsga})
 
+    recipe = read_sweep_recipe(law.runs_dir) if law.runs_dir is not None and space.shapes else None
+
     def entry(point: Point | None) -> dict | None:
         if point is None:
             return None
         interval = law.interval(point.N, max(point.tokens, 1.0), point.category.method, point.sparsity,
                                 point.category.int8)
-        return plan_json(point, interval, budgets.inference_tokens, COST_KEYS[budgets.primary])
+        out = plan_json(point, interval, budgets.inference_tokens, COST_KEYS[budgets.primary])
+        if recipe is not None:
+            shape = {"width": point.width, "depth": point.depth, "heads": out["heads"], **space.template}
+            out["recipe"] = recipe.point(shape, point.tokens, point.category.method, point.sparsity,
+                                         point.category.int8)
+        return out
 
     rec, small = entry(recommendation), entry(train_small)
     gain = None
@@ -213,6 +228,8 @@ def make_plan(law: PlanLaw, budgets: Budgets, args: argparse.Namespace, storage:
     r = law.ranges
     return {
         "format": FORMAT,
+        "sweep": sweep_identity(law.runs_dir) if law.runs_dir is not None else None,
+        "lr_rule": recipe.lr_rule.describe() if recipe is not None and recipe.lr_rule else None,
         "law": {
             "source": law.source, "description": law.description, "form": law.law, "parameters": law.parameters,
             "status": law.choice.get("status"), "why": law.choice.get("why"),
