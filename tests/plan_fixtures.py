@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from scaling.forms import ChinchillaParameters
 from scaling.synthetic import synthetic_sweep
 from tlc.config import ModelShape
 from tlc.io import atomic_write_json
@@ -21,6 +22,9 @@ TEMPLATE = {"context": 32, "vocab_size": 300, "arch": "gpt2", "ffn_mult": 4}
 TRAIN = {"micro_batch": 8, "grad_accum": 1, "min_lr_ratio": 0.1, "warmup_frac": 0.05, "weight_decay": 0.1,
          "grad_clip": 1.0, "zero_stage": 0, "precision": "fp32", "evals": 3, "eval_tokens": 1024,
          "checkpoint_evals": 1}
+# Parameters are dearer than data here (B/A small), so at the tiny budgets a test can train the
+# compute-optimal model is one of the larger shapes trained on a few tens of thousands of tokens.
+TRUTH = ChinchillaParameters(E=2.0, A=60.0, B=30.0, alpha=0.3, beta=0.3)
 UNIQUE_TOKENS = 120_000  # the corpus's training tokens as config.json records them
 SECONDS_PER_FLOP = 1 / 2e9  # the made-up machine: wall time = FLOPs / 2 GFLOP/s * (fpt / 1e5)^0.1
 
@@ -36,7 +40,7 @@ def write_trainable_sweep(runs_dir: Path, corpus: Path, timing: bool = True) -> 
     counts = [param_counts(s) for s in shapes]
     sweep = synthetic_sweep(n_runs=len(SHAPES), points_per_run=8, noise=0.002, seed=2, methods=("magnitude",),
                             min_params=counts[0].non_embedding, max_params=counts[-1].non_embedding,
-                            tokens_per_param=3.0)
+                            tokens_per_param=0.5, truth=TRUTH)
     for shape, pc, run in zip(shapes, counts, sweep.runs):
         run_dir = runs_dir / f"w{shape.width}-d{shape.depth}-s0"
         (run_dir / "model").mkdir(parents=True)

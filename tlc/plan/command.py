@@ -23,11 +23,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--budget", metavar="FLOPS", help="training compute in FLOPs, e.g. 1e17 or 3.5e18 (required)")
     g.add_argument("--max-params", metavar="COUNT", help="most non-zero parameters at inference, e.g. 2e7 or 125M")
     g.add_argument("--max-bytes", metavar="SIZE", help="largest artifact, e.g. 20MB, 1.5GiB or 5e7 (bytes)")
-    g.add_argument("--max-latency-ms", metavar="MS", help="slowest forward pass on --device, from compress.jsonl")
+    g.add_argument("--max-latency-ms", metavar="MS", help="most milliseconds per token at --latency-batch on --device (a forward pass over a "
+                   "32-token prompt, divided by batch x 32), as compress.jsonl measures it; the prediction keeps a "
+                   "10%% margin under it")
     g.add_argument("--device", help="the device whose measured latency counts: compress.jsonl's device name or "
                    "a prefix naming one, e.g. cpu or cuda")
     g.add_argument("--latency-batch", type=int, choices=LATENCY_BATCHES, default=1,
-                   help="batch size of the latency that counts (default 1)")
+                   help="batch size at which --max-latency-ms is measured, per token (default 1)")
     g.add_argument("--inference-tokens", metavar="TOKENS", default="0",
                    help="tokens served in the model's lifetime; their forward FLOPs come out of --budget")
     g = parser.add_argument_group("law (one of)")

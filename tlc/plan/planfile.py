@@ -34,7 +34,10 @@ def read_plan(path: Path, flag: str = "--plan") -> dict:
 
 def parse_points(text: str | None, plan: dict, flag: str = "--points") -> list[str]:
     """Point names from ``recommendation,train_small``; each must exist in the plan and have a recipe."""
-    names = list(POINTS) if text is None else [n.strip() for n in text.split(",") if n.strip()]
+    if text is None:  # every point the plan has (train_small is null when no dense model meets the budgets)
+        names = [p for p in POINTS if isinstance(plan.get(p), dict)]
+    else:
+        names = [n.strip() for n in text.split(",") if n.strip()]
     if not names:
         raise UserError(f"{flag}: give at least one of {', '.join(POINTS)}")
     for name in names:

@@ -22,7 +22,7 @@ from tlc.plan.output import FORMAT, plan_json
 from tlc.plan.planfile import fit_sha256
 from tlc.plan.recipe import read_sweep_recipe
 from tlc.plan.search import feasible, run_nsga2, run_tpe, study_key, trial_start
-from tlc.plan.space import MIN_CONTINUOUS_N, Budgets, Category, PlanSpace, Point
+from tlc.plan.space import LATENCY_MARGIN, MIN_CONTINUOUS_N, Budgets, Category, PlanSpace, Point
 from tlc.plan.trial_store import persist
 from tlc.units import format_bytes, format_count
 
@@ -175,7 +175,7 @@ def sweep_identity(runs_dir: Path) -> dict:
 def make_plan(law: PlanLaw, budgets: Budgets, args: argparse.Namespace, storage: str | None) -> dict:
     """Search, polish and assemble plan.json's content (see `tlc.plan.output`)."""
     latency_flag = "--max-latency-ms" if budgets.max_latency_ms is not None else "--device" if args.device else None
-    costs = build_cost_model(law.runs_dir, args.device, args.latency_batch, latency_flag)
+    costs = build_cost_model(law.runs_dir, args.device, args.latency_batch, latency_flag, law.shape_template)
     # Under a latency budget only measured (method, int8) groups can be priced; --device alone just reports latency.
     groups = set(costs.latency.offsets) if costs.latency and budgets.max_latency_ms is not None else None
     categories = _categories(law, args, groups)
@@ -243,7 +243,8 @@ def make_plan(law: PlanLaw, budgets: Budgets, args: argparse.Namespace, storage:
             "train_flops": budgets.train_flops, "inference_tokens": budgets.inference_tokens,
             "max_params": budgets.max_params, "max_bytes": budgets.max_bytes,
             "max_latency_ms": budgets.max_latency_ms, "device": costs.latency.device if costs.latency else None,
-            "latency_batch": args.latency_batch,
+            "latency_batch": args.latency_batch, "latency_unit": "ms per token at latency_batch",
+            "latency_margin": LATENCY_MARGIN,
         },
         "cost_model": costs.describe(),
         "search": {

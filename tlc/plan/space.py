@@ -39,6 +39,7 @@ WIDTH_STEP = 32  # widths are multiples of this
 MAX_WIDTH_STEPS, MAX_DEPTH = 256, 128  # widths 32..8192, depths 1..128
 MIN_CONTINUOUS_N = 1e4
 BISECTION_STEPS = 48
+LATENCY_MARGIN = 0.10  # predicted latency must be this much under --max-latency-ms
 INFEASIBLE = 1e300  # loss of an infeasible size in the polish (finite: Brent's method mishandles inf)
 
 
@@ -169,7 +170,7 @@ class PlanSpace:
     def cost(self, name: str, N, embedding, sparsity, category: Category) -> np.ndarray:
         """One inference cost ("params", "bytes", "latency_ms"), vectorised."""
         if name == "params":
-            return self.costs.nonzeros(N, embedding, sparsity)
+            return self.costs.nonzeros(N, embedding, sparsity, category.method)
         if name == "bytes":
             return self.costs.bytes(N, embedding, sparsity, category.method, category.int8)
         return self.costs.latency_ms(N, embedding, sparsity, category.method, category.int8)
@@ -178,7 +179,8 @@ class PlanSpace:
         """Whether each model meets every inference budget."""
         ok = np.ones(np.shape(np.asarray(N) + np.asarray(sparsity)), dtype=bool)
         for name, limit in self.budgets.limits().items():
-            ok &= self.cost(name, N, embedding, sparsity, category) <= limit * (1 + 1e-12)
+            margin = 1 + LATENCY_MARGIN if name == "latency_ms" else 1.0  # a measurement on a shared machine
+            ok &= self.cost(name, N, embedding, sparsity, category) * margin <= limit * (1 + 1e-12)
         return ok
 
     def least_sparsity(self, N, embedding, category: Category) -> np.ndarray:
