@@ -14,13 +14,18 @@ from tlc.plan.output import format_table
 from tlc.plan.planner import DEFAULT_MAX_SPARSITY, make_plan
 from tlc.plan.search import DEFAULT_PARETO_TRIALS, DEFAULT_TPE_TRIALS
 from tlc.plan.space import Budgets
-from tlc.units import parse_bytes, parse_count, parse_flops, parse_positive
+from tlc.plan.training_cost import DEFAULT_MAX_EPOCHS
+from tlc.units import parse_budget, parse_bytes, parse_count, parse_positive
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``tlc plan``."""
     g = parser.add_argument_group("budgets")
-    g.add_argument("--budget", metavar="FLOPS", help="training compute in FLOPs, e.g. 1e17 or 3.5e18 (required)")
+    g.add_argument("--budget", metavar="FLOPS|DURATION", help="training compute in FLOPs, e.g. 1e17, or wall-clock "
+                   "time, e.g. 6h or 45min, on the sweep's own hardware (a throughput fitted to its runs) (required)")
+    g.add_argument("--max-epochs", type=float, default=None,
+                   help=f"most passes over the corpus's unique tokens (default {DEFAULT_MAX_EPOCHS:g}); beyond one, "
+                        "the law sees repeated tokens discounted (Muennighoff et al. 2023)")
     g.add_argument("--max-params", metavar="COUNT", help="most non-zero parameters at inference, e.g. 2e7 or 125M")
     g.add_argument("--max-bytes", metavar="SIZE", help="largest artifact, e.g. 20MB, 1.5GiB or 5e7 (bytes)")
     g.add_argument("--max-latency-ms", metavar="MS", help="most milliseconds per token at --latency-batch on --device (a forward pass over a "
@@ -63,8 +68,11 @@ def _budgets(args: argparse.Namespace) -> Budgets:
     latency = None
     if args.max_latency_ms is not None:
         latency = parse_positive(args.max_latency_ms, "--max-latency-ms", "milliseconds such as 20 or 2.5")
+    train_flops, train_seconds = parse_budget(args.budget, "--budget")
+    if train_seconds is not None and inference_tokens:
+        raise UserError("--inference-tokens: needs a --budget in FLOPs (inference is counted in FLOPs, not time)")
     return Budgets(
-        train_flops=parse_flops(args.budget, "--budget"),
+        train_flops=train_flops, train_seconds=train_seconds,
         inference_tokens=inference_tokens,
         max_params=parse_count(args.max_params, "--max-params") if args.max_params is not None else None,
         max_bytes=parse_bytes(args.max_bytes, "--max-bytes") if args.max_bytes is not None else None,
@@ -83,6 +91,11 @@ def run(args: argparse.Namespace) -> int:
     the same budgets ("train small") and the gain, and writes plan.json.
     """
     budgets = _budgets(args)
+    args.max_epochs_given = args.max_epochs is not None
+    if args.max_epochs is None:
+        args.max_epochs = DEFAULT_MAX_EPOCHS
+    elif not (args.max_epochs > 0 and args.max_epochs < float("inf")):
+        raise UserError(f"--max-epochs: must be a number > 0 of passes over the corpus, got {args.max_epochs:g}")
     if args.trials < 1 or args.pareto_trials < 2:
         raise UserError("--trials must be >= 1 and --pareto-trials >= 2")
     if args.max_sparsity is not None and not (0 < args.max_sparsity < 1):

@@ -2,7 +2,8 @@
 
 plan.json (format "tlc.plan/2"):
 
-    format, sweep {runs_dir, name, fit_sha256} or null (a published law), lr_rule (see
+    format, throughput (tlc.plan.training_cost) or null, data {unique_tokens, max_epochs, r_star}
+    or null, sweep {runs_dir, name, fit_sha256} or null (a published law), lr_rule (see
     tlc.plan.recipe) or null, law {source, description, form, parameters, shapes, flops}, budget {train_flops,
     inference_tokens, max_params, max_bytes, max_latency_ms, device, latency_batch},
     cost_model {...}, search {seed, tpe_trials, pareto_trials, max_sparsity, fixed_sparsity,
@@ -13,7 +14,10 @@ plan.json (format "tlc.plan/2"):
     measured_ranges {N, tokens, sparsity {method: [low, high]}, note}, warnings [str]
 
     PLAN = {width, depth, heads (null for a continuous N), non_embedding_params,
-            embedding_params, params_total, tokens, train_flops, inference_flops,
+            embedding_params, params_total, tokens, effective_tokens (the law's D, repeats
+            discounted), epochs (null without a corpus size), recovery_tokens, train_flops
+            (training and recovery fine-tune), train_seconds (predicted, null without a
+            throughput model), inference_flops,
             compression {method, sparsity, int8}, loss {mean, low, high},
             inference {nonzeros, bytes, latency_ms}, inference_cost (= inference[pareto_cost]),
             recipe {shape, train, lr_rule, data, world_size, seed, compression {method, sparsity,
@@ -55,7 +59,11 @@ def plan_json(point: Point, interval: tuple[float, float, float], inference_toke
         "embedding_params": point.embedding,
         "params_total": point.N + point.embedding,
         "tokens": point.tokens,
-        "train_flops": point.tokens * point.train_flops_per_token,
+        "effective_tokens": point.effective_tokens,
+        "epochs": point.epochs,
+        "recovery_tokens": point.recovery_tokens,
+        "train_flops": (point.tokens + point.recovery_tokens) * point.train_flops_per_token,
+        "train_seconds": point.train_seconds,
         "inference_flops": inference_tokens * point.inference_flops_per_token,
         "compression": {"method": point.category.method, "sparsity": point.sparsity, "int8": point.category.int8},
         "loss": {"mean": _finite(mean), "low": _finite(low), "high": _finite(high)},
@@ -87,7 +95,11 @@ def _row(label: str, entry: dict) -> str:
 
 def _budget_line(plan: dict) -> str:
     b = plan["budget"]
-    parts = [f"{b['train_flops']:.3g} training FLOPs"]
+    parts = [f"{b['train_flops']:.3g} training FLOPs" if b["train_flops"] is not None else
+             f"{b['train_seconds']:g} s of training"]
+    if plan.get("throughput"):
+        parts.append(f"throughput fitted to {plan['throughput']['n_runs']} runs "
+                     f"(leave-one-out error {plan['throughput']['loo_relative_error']:.0%})")
     if b["inference_tokens"]:
         parts.append(f"{format_count(b['inference_tokens'])} inference tokens")
     if b["max_params"] is not None:

@@ -23,6 +23,7 @@ from tlc.plan.planfile import fit_sha256
 from tlc.plan.recipe import read_sweep_recipe
 from tlc.plan.search import feasible, run_nsga2, run_tpe, study_key, trial_start
 from tlc.plan.space import LATENCY_MARGIN, MIN_CONTINUOUS_N, Budgets, Category, PlanSpace, Point
+from tlc.plan.training_cost import DataLimit, fit_throughput
 from tlc.plan.trial_store import persist
 from tlc.units import format_bytes, format_count
 
@@ -82,6 +83,9 @@ def _check_feasible(space: PlanSpace) -> None:
     """UserError (one line, with the smallest budget that could be met) when no model can meet a budget."""
     sizes = space.sizes([1], [1]) if space.shapes else space.continuous_sizes([MIN_CONTINUOUS_N])
     if space.tokens(sizes[2], sizes[3])[0] < 1.0:
+        if space.budgets.train_seconds is not None:
+            raise UserError(f"--budget: {space.budgets.train_seconds:g} s cannot train even the smallest model "
+                            "one token at the sweep's measured throughput")
         needed = space.budgets.inference_tokens * sizes[3][0] + sizes[2][0]
         raise UserError(f"--budget: {space.budgets.train_flops:.3g} FLOPs cannot train even the smallest model and "
                         f"serve --inference-tokens; it needs at least {needed:.3g} FLOPs")
@@ -155,10 +159,15 @@ def _range_warnings(law: PlanLaw, label: str, point: Point) -> list[str]:
     return out
 
 
+def _law_tokens(point: Point) -> float:
+    """The D the law is evaluated at: effective tokens where the corpus is repeated."""
+    return max(point.effective_tokens if point.effective_tokens is not None else point.tokens, 1.0)
+
+
 def _gain_interval(law: PlanLaw, small: Point, large: Point) -> tuple[float | None, float | None]:
     """Bootstrap interval of loss(train small) - loss(recommendation), paired draw by draw."""
     def draws(p: Point) -> np.ndarray:
-        return law.loss_draws(p.N, max(p.tokens, 1.0), p.category.method, p.sparsity, p.category.int8)
+        return law.loss_draws(p.N, _law_tokens(p), p.category.method, p.sparsity, p.category.int8)
 
     difference = draws(small) - draws(large)
     if not len(difference) or not np.isfinite(difference).any():
@@ -182,14 +191,34 @@ def make_plan(law: PlanLaw, budgets: Budgets, args: argparse.Namespace, storage:
     max_sparsity = args.max_sparsity if args.max_sparsity is not None else DEFAULT_MAX_SPARSITY
     # A method measured at one sparsity (2:4 at 0.5; achieved sparsities may differ in the last digits) stays there.
     fixed = {m: low for m, (low, high) in law.ranges.sparsity.items() if high - low < 0.01 and m in law.methods}
-    space = PlanSpace(law, costs, budgets, max_sparsity, categories, fixed)
+    recipe = read_sweep_recipe(law.runs_dir) if law.runs_dir is not None and law.shape_template else None
+    data_limit = None
+    if recipe is not None and recipe.unique_tokens:
+        data_limit = DataLimit(recipe.unique_tokens, args.max_epochs)
+    elif args.max_epochs_given:
+        raise UserError("--max-epochs: the law records no corpus size (plan with --runs on a trained sweep)")
+    if budgets.train_seconds is not None:
+        throughput = fit_throughput(law.runs_dir if law.shape_template else None)
+    else:
+        try:  # with a FLOPs budget, the predicted training time is shown where the sweep measured it
+            throughput = fit_throughput(law.runs_dir) if law.shape_template else None
+        except UserError:
+            throughput = None
+    recovery = {}
+    if recipe is not None:
+        tokens_per_step = recipe.train.get("micro_batch", 1) * law.shape_template["context"]  # gradual's fine-tune
+        recovery = {m: c["recovery_steps"] * tokens_per_step for m, c in recipe.compression.items()
+                    if c.get("recovery_steps")}
+    space = PlanSpace(law, costs, budgets, max_sparsity, categories, fixed, data_limit, throughput, recovery)
     _check_feasible(space)
 
     tpe = run_tpe(space, args.trials, args.seed)
     recommendation = _polish_best(space, tpe, categories)
     if recommendation is None:
-        raise UserError("inference budgets: no model meets all of them together; loosen one of "
-                        + ", ".join(FLAGS[n] for n in budgets.limits()))
+        flags = [FLAGS[n] for n in budgets.limits()] + (["--max-epochs"] if data_limit is not None else [])
+        raise UserError("inference budgets: no model meets all of them together"
+                        + (f" within {data_limit.max_epochs:g} epochs of {data_limit.unique_tokens:.3g} unique tokens"
+                           if data_limit is not None else "") + "; loosen one of " + ", ".join(flags))
     dense = Category("none", False)
     train_small = _polish_best(space, tpe, [dense], extra_starts=[_start_of(recommendation)])
     unlimited = space.with_limits(max_params=None, max_bytes=None, max_latency_ms=None)
@@ -202,12 +231,10 @@ def make_plan(law: PlanLaw, budgets: Budgets, args: argparse.Namespace, storage:
     if storage:
         persist(storage, {studies["tpe"]: tpe, studies["nsga2"]: nsga})
 
-    recipe = read_sweep_recipe(law.runs_dir) if law.runs_dir is not None and space.shapes else None
-
     def entry(point: Point | None) -> dict | None:
         if point is None:
             return None
-        interval = law.interval(point.N, max(point.tokens, 1.0), point.category.method, point.sparsity,
+        interval = law.interval(point.N, _law_tokens(point), point.category.method, point.sparsity,
                                 point.category.int8)
         out = plan_json(point, interval, budgets.inference_tokens, COST_KEYS[budgets.primary])
         if recipe is not None:
@@ -244,8 +271,11 @@ def make_plan(law: PlanLaw, budgets: Budgets, args: argparse.Namespace, storage:
             "max_params": budgets.max_params, "max_bytes": budgets.max_bytes,
             "max_latency_ms": budgets.max_latency_ms, "device": costs.latency.device if costs.latency else None,
             "latency_batch": args.latency_batch, "latency_unit": "ms per token at latency_batch",
-            "latency_margin": LATENCY_MARGIN,
+            "latency_margin": LATENCY_MARGIN, "train_seconds": budgets.train_seconds,
+            "recovery_tokens": recovery,
         },
+        "throughput": throughput.describe() if throughput is not None else None,
+        "data": data_limit.describe() if data_limit is not None else None,
         "cost_model": costs.describe(),
         "search": {
             "seed": args.seed, "tpe_trials": args.trials, "pareto_trials": args.pareto_trials,
