@@ -63,7 +63,7 @@ def test_validate_resumes_without_training_again(validated):
     runs, _ = validated
     before = (runs / "validation.json").read_text()
     proc = run_tlc("validate", runs, timeout=600, check=True)
-    assert "training" not in proc.stdout
+    assert "training recommendation" not in proc.stdout and "training train_small" not in proc.stdout
     after = json.loads((runs / "validation.json").read_text())
     assert len(after["validations"]) == 1
     assert after["validations"][0]["points"]["recommendation"]["measured"]["loss"] == \
@@ -101,3 +101,31 @@ def test_bad_plans_and_points_are_one_line_naming_the_flag(planned, tmp_path, ca
     atomic_write_json(other / "fit.json", fit)
     err = _error(["validate", other, "--plan", planned / "plan.json"], capsys)
     assert "--plan: the plan was made from another fit" in err
+
+
+def test_report_leads_with_the_answer_and_the_validation(validated):
+    runs, _ = validated
+    assert tlc_main(["report", str(runs)]) == 0
+    page = (runs / "report" / "index.html").read_text()
+    md = (runs / "report" / "report.md").read_text()
+    plan = json.loads((runs / "plan.json").read_text())
+    rec, small = plan["recommendation"], plan["train_small"]
+    answer = page[page.index("<section id='answer'>"):page.index("</section>")]
+    assert page.index("id='answer'") < page.index("<figure>")  # the answer comes before every figure
+    assert f"w{rec['width']}-d{rec['depth']}" in answer and f"w{small['width']}-d{small['depth']}" in answer
+    assert f"{rec['loss']['mean']:.3f}" in answer and f"{plan['gain']['loss']:+.3f}" in answer
+    assert f"Law: {plan['law']['form']} ({plan['law']['status']})" in answer
+    entry = json.loads((runs / "validation.json").read_text())["validations"][0]
+    measured = entry["points"]["recommendation"]["measured"]["loss"]
+    assert f"Measured recommendation: loss {measured:.3f}" in answer and "Verdict: " in answer
+    assert (runs / "report" / "plan_came_true.png").is_file() and "Did the plan come true?" in md
+    assert md.index("## The answer") < md.index("## Did the plan come true?")
+
+
+def test_report_of_a_plan_not_yet_validated_says_so(planned, tmp_path):
+    runs = tmp_path / "runs"
+    shutil.copytree(planned, runs, ignore=shutil.ignore_patterns("validation*"))
+    assert tlc_main(["report", str(runs)]) == 0
+    page = (runs / "report" / "index.html").read_text()
+    assert "This plan has not been carried out yet: run tlc validate" in page
+    assert not (runs / "report" / "plan_came_true.png").exists()

@@ -257,11 +257,11 @@ def choose_law(data: dict, law_form: str | None, flag: str, path: Path) -> dict:
 
 
 def _fit_file(path: Path, data: dict, flag: str, law_form: str | None = None) -> PlanLaw:
+    choice = choose_law(data, law_form, flag, path)  # first: an unidentified law gets the design problem, not a parse error
     try:
         fitted = scaling.load_fit(data)
     except ValueError as error:
         raise UserError(f"{flag} {path}: {error}") from None
-    choice = choose_law(data, law_form, flag, path)
     law = choice["name"]
     if law not in fitted.laws:  # load_fit leaves out what did not converge; choose_law refuses those too
         raise UserError(f"{flag} {path}: law {law} could not be read back; rerun `tlc fit`")

@@ -112,6 +112,15 @@ def render_figures(data: SweepData, folder: Path) -> list[tuple]:
     return drawn
 
 
+def _answer(data: SweepData) -> list[str]:
+    """The opening sentences: the plan, its predicted gain, the law's status, and its validation."""
+    from tlc.report.summary import plan_sentences, validation_sentences
+
+    if not data.plan:
+        return []
+    return plan_sentences(data.plan) + validation_sentences(data.plan, data.validations, data.plan_sha256)
+
+
 def write_report(sweep_dir: Path) -> Path:
     """Write ``sweep_dir/report/`` (index.html, report.md, PNG figures); return the index path."""
     data = collect(sweep_dir)
@@ -131,6 +140,11 @@ def write_report(sweep_dir: Path) -> Path:
             f"<style>{CSS}</style></head><body>", f"<h1>{esc(title)}</h1>",
             f"<p>{len(data.runs)} runs from {esc(str(data.sweep_dir))}.</p>"]
     md = [f"# {title}", "", f"{len(data.runs)} runs from `{data.sweep_dir}`.", ""]
+    answer = _answer(data)
+    if answer:
+        page.append("<section id='answer'><h2>The answer</h2>" + "".join(f"<p>{esc(line)}</p>" for line in answer)
+                    + "</section>")
+        md += ["## The answer", ""] + [f"{line}\n" for line in answer]
     if data.missing:
         page.append("<div class='missing'><b>Not in this report yet:</b><ul>"
                     + "".join(f"<li>{esc(m)}</li>" for m in data.missing) + "</ul></div>")

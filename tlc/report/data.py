@@ -6,6 +6,7 @@ works with whatever is there.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from dataclasses import dataclass, field
@@ -39,6 +40,8 @@ class SweepData:
     fit: dict | None = None
     plan: dict | None = None
     missing: list[str] = field(default_factory=list)
+    validations: list[dict] = field(default_factory=list)  # validation.json's entries (tlc validate)
+    plan_sha256: str | None = None  # of plan.json, to find its validation
 
     @property
     def compressed_runs(self) -> list[RunData]:
@@ -98,6 +101,23 @@ def _check_fit_and_plan(sweep_dir: Path, fit, plan) -> None:
                         "them; run tlc fit again")
 
 
+def _validations(sweep_dir: Path) -> list[dict]:
+    """validation.json's entries whose points carry predicted and measured losses (others are refused)."""
+    doc = _read_json(sweep_dir / "validation.json")
+    if doc is None:
+        return []
+    entries = doc.get("validations") if isinstance(doc, dict) else None
+    ok = isinstance(entries, list) and all(
+        isinstance(e, dict) and isinstance(e.get("points"), dict) and all(
+            isinstance(p, dict) and _is_number((p.get("measured") or {}).get("loss"))
+            and _is_number(((p.get("predicted") or {}).get("loss") or {}).get("mean")) for p in e["points"].values())
+        for e in entries)
+    if not ok:
+        raise UserError(f"RUNS_DIR: {str(sweep_dir / 'validation.json')!r} is not as tlc validate writes it; "
+                        "remove it and run tlc validate again")
+    return entries
+
+
 def collect(sweep_dir: Path) -> SweepData:
     """Read every stage's output under ``sweep_dir`` (a ``runs/<sweep>`` folder)."""
     sweep_dir = Path(sweep_dir)
@@ -119,6 +139,9 @@ def collect(sweep_dir: Path) -> SweepData:
     fit, plan = _read_json(sweep_dir / "fit.json"), _read_json(sweep_dir / "plan.json")
     _check_fit_and_plan(sweep_dir, fit, plan)
     data = SweepData(sweep_dir, sweep_dir.name, runs, fit, plan)
+    data.validations = _validations(sweep_dir)
+    if plan is not None:
+        data.plan_sha256 = hashlib.sha256((sweep_dir / "plan.json").read_bytes()).hexdigest()
     incomplete = [r.run_id for r in runs if not (sweep_dir / r.run_id / "model" / "config.json").exists()]
     if incomplete:
         data.missing.append(f"runs still training or stopped early: {', '.join(incomplete)} (tlc sweep resumes them)")
