@@ -28,13 +28,14 @@ class HeldOutError:
     fit_status: str  # status of the fit on the remaining runs
 
 
-def leave_largest_out(
-    form: LawForm, observations: SweepObservations, table: PointTable, start: np.ndarray | None = None
-) -> HeldOutError | None:
+def leave_largest_out(form: LawForm, observations: SweepObservations, table: PointTable) -> HeldOutError | None:
     """Refit ``form`` on all runs but those of the largest N and predict their final losses.
 
-    Returns None when fewer than MIN_MODEL_SIZES sizes would remain, too few to identify
-    the law. ``table`` is the point set the law was fitted on (all points or final only).
+    The refit starts from the form's grid, as the full fit does, and never from the full fit's
+    optimum: that optimum saw the held-out runs, and starting next to it would let them steer
+    the refit into their basin. A run's final loss is that of its final model (the finished
+    point with the most tokens). Returns None when fewer than MIN_MODEL_SIZES sizes would
+    remain, too few to identify the law. ``table`` is the point set the law was fitted on.
     """
     sizes = np.array([r.non_embedding_params for r in observations.runs])
     largest = sizes.max()
@@ -43,9 +44,9 @@ def leave_largest_out(
     held_out = np.flatnonzero(sizes == largest)
     weights = (~np.isin(table.run_index, held_out)).astype(float)
     x = {"N": table.N, "D": table.D}
-    fit = fit_law(form, x, table.loss, weights, starts=start)
+    fit = fit_law(form, x, table.loss, weights)
     runs = [observations.runs[i] for i in held_out]
-    final = {"N": np.full(len(runs), largest), "D": np.array([r.tokens[-1] for r in runs])}
+    final = {"N": np.full(len(runs), largest), "D": np.array([r.final_tokens for r in runs])}
     predicted = form.predict(fit.parameters, **final)
     observed = np.array([r.final_loss for r in runs])
     return HeldOutError(

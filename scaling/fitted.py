@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from scaling.allocation import chinchilla_allocation, optimal_allocation
+from scaling.allocation import SIX_N, FlopsModel, chinchilla_allocation, optimal_allocation
 from scaling.bootstrap import CONFIDENCE, percentile_interval
 from scaling.compression import INT8_CANDIDATES, PRUNING_CANDIDATES
 from scaling.compression_fit import SAME_LEVEL
@@ -82,6 +82,7 @@ class FittedSweep:
     confidence: float = CONFIDENCE
     pruning_sparsities: dict[str, tuple[float, ...]] = field(default_factory=dict)  # measured, per method
     preferred_law: str | None = None  # fit.json's choice (best held-out error); None for a bare law
+    flops: FlopsModel = SIX_N  # training FLOPs per token against N: the sweep's own, or 6N for a published law
 
     @property
     def methods(self) -> tuple[str, ...]:
@@ -139,15 +140,16 @@ class FittedSweep:
         return mean, float(low), float(high)
 
     def compute_optimal(self, compute: float, law: str = "chinchilla") -> tuple[float, float]:
-        """(N_opt, D_opt) at ``compute`` training FLOPs under C = 6ND: closed form for Chinchilla."""
+        """(N_opt, D_opt) at ``compute`` training FLOPs under the fit's C = k·N^gamma·D (6ND for a
+        published law): closed form for Chinchilla."""
         _positive("compute", compute)
         if law not in self.laws:
             raise ValueError(f"law: {law!r} is not in this fit; valid: {sorted(self.laws)}")
         fitted = self.laws[law]
         if law == "chinchilla":
-            allocation = chinchilla_allocation(fitted.parameters)
+            allocation = chinchilla_allocation(fitted.parameters, self.flops)
             return float(allocation.optimal_params(compute)), float(allocation.optimal_tokens(compute))
-        return optimal_allocation(fitted.form, fitted.parameters, compute)
+        return optimal_allocation(fitted.form, fitted.parameters, compute, flops=self.flops)
 
     @classmethod
     def published_chinchilla(cls) -> FittedSweep:
@@ -160,8 +162,10 @@ class FittedSweep:
 def load_fit(data: dict) -> FittedSweep:
     """Read the content of fit.json (as written by `tlc fit`) into a FittedSweep.
 
-    Laws whose status is "not_converged" are left out rather than used silently;
-    ValueError names a missing field or an unknown format.
+    Laws whose status is "not_converged", and unidentified laws that could not be fitted at all
+    (no parameters), are left out rather than used silently; an unidentified law with fitted
+    parameters is kept with its status, for the caller to weigh. ValueError names a missing
+    field or an unknown format.
     """
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         got = data.get("format") if isinstance(data, dict) else type(data).__name__
@@ -169,7 +173,7 @@ def load_fit(data: dict) -> FittedSweep:
     laws = {
         name: FittedLaw.from_json(LAWS[name], entry)
         for name, entry in data.get("laws", {}).items()
-        if name in LAWS and entry.get("status") != "not_converged"
+        if name in LAWS and entry.get("status") != "not_converged" and entry.get("parameters")
     }
     if not laws:
         raise ValueError("fit.json: no usable L(N, D) law (all missing or not converged); rerun `tlc fit`")
@@ -191,6 +195,11 @@ def load_fit(data: dict) -> FittedSweep:
         for method in pruning
     }
     preferred = (data.get("preferred_law") or {}).get("name")
+    flops_entry = data.get("flops") or {}
+    try:
+        flops = FlopsModel(float(flops_entry["k"]), float(flops_entry["gamma"])) if flops_entry else SIX_N
+    except (KeyError, TypeError, ValueError) as error:
+        raise ValueError(f"fit.json: flops: missing or malformed field {error}") from None
     return FittedSweep(
         laws=laws,
         pruning=pruning,
@@ -198,4 +207,5 @@ def load_fit(data: dict) -> FittedSweep:
         confidence=confidence,
         pruning_sparsities=sparsities,
         preferred_law=preferred if preferred in laws else None,
+        flops=flops,
     )

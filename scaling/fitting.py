@@ -132,16 +132,26 @@ def best_grid_starts(
     return grid[np.argsort(values, kind="stable")[:count]]
 
 
-def _status(form: LawForm, theta: np.ndarray, success: bool) -> str:
-    """Classify an optimiser result; a coordinate on a bound beats convergence.
+def bound_hits(form: LawForm, theta) -> list[str]:
+    """The fitted coordinates of ``theta`` on a bound, e.g. ["e at its lower bound (-10)"].
 
     "On a bound" means within 0.1% of the bound's range: on the flat valley of an
     unidentified parameter the optimiser stops near the bound rather than on it.
     """
+    hits = []
     for value, spec in zip(theta, form.fitted):
         tolerance = 1e-3 * (spec.upper - spec.lower)
-        if value <= spec.lower + tolerance or value >= spec.upper - tolerance:
-            return "hit_bound"
+        if value <= spec.lower + tolerance:
+            hits.append(f"{spec.name} at its lower bound ({spec.lower:g})")
+        elif value >= spec.upper - tolerance:
+            hits.append(f"{spec.name} at its upper bound ({spec.upper:g})")
+    return hits
+
+
+def _status(form: LawForm, theta: np.ndarray, success: bool) -> str:
+    """Classify an optimiser result; a coordinate on a bound beats convergence."""
+    if bound_hits(form, theta):
+        return "hit_bound"
     return "converged" if success else "not_converged"
 
 

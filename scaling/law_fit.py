@@ -9,9 +9,43 @@ import numpy as np
 
 from scaling.bootstrap import BootstrapFits, bootstrap_law, parameter_draws, percentile_interval
 from scaling.diagnostics import HeldOutError, RunResiduals, leave_largest_out, residuals_per_run
-from scaling.fitting import FitResult, fit_law
+from scaling.fitting import FitResult, bound_hits, fit_law
 from scaling.forms import LawForm
 from scaling.observations import SweepObservations
+
+
+# A law is identified by the data only if its exponents are pinned down: the 95% bootstrap
+# interval of each may span at most this factor (high / low).
+MAX_EXPONENT_SPAN = 3.0
+EXPONENTS = {"chinchilla": ("alpha", "beta"), "kaplan": ("alpha_N", "alpha_D")}
+
+
+def judge_identification(form: LawForm, fit: FitResult, intervals: dict[str, tuple[float, float]]) -> tuple[str, str]:
+    """(status, reason) of a fitted law: "converged", "unidentified" or "not_converged".
+
+    Unidentified: a fitted coordinate sits on its bound (the data do not constrain it, so the
+    optimiser ran to the edge), or the 95% interval of an exponent spans more than
+    MAX_EXPONENT_SPAN. Without bootstrap draws only the bounds can be judged.
+    """
+    if fit.status == "not_converged":
+        return "not_converged", f"the optimiser stopped without meeting its tolerances ({fit.message})"
+    problems = bound_hits(form, fit.theta)
+    judged = []
+    for name in EXPONENTS.get(form.name, ()):
+        low, high = intervals.get(name, (np.nan, np.nan))
+        if not (np.isfinite(low) and np.isfinite(high)):
+            continue
+        judged.append(name)
+        span = high / low if low > 0 else np.inf
+        if span > MAX_EXPONENT_SPAN:
+            problems.append(f"{name}'s 95% interval [{low:.3g}, {high:.3g}] spans {span:.3g}x "
+                            f"(more than {MAX_EXPONENT_SPAN:g}x)")
+    if problems:
+        return "unidentified", "; ".join(problems)
+    if not judged:
+        return "converged", "no bootstrap draws: identification judged by the bounds only"
+    spans = ", ".join(f"{n} {intervals[n][1] / intervals[n][0]:.3g}x" for n in judged)
+    return "converged", f"no parameter on a bound; 95% interval spans: {spans}"
 
 
 @dataclass(frozen=True)
@@ -24,16 +58,13 @@ class LawFit:
     intervals: dict[str, tuple[float, float]]  # parameter name -> (low, high); NaN without draws
     heldout: HeldOutError | None  # leave-largest-out; None with fewer than 4 model sizes
     residuals: tuple[RunResiduals, ...]  # per run, in run order
+    status: str  # "converged", "unidentified" or "not_converged" (see judge_identification)
+    reason: str  # why, in one sentence
 
     @property
     def parameters(self) -> Any:
         """The named point-estimate parameters, e.g. ChinchillaParameters."""
         return self.fit.parameters
-
-    @property
-    def status(self) -> str:
-        """The full fit's status: "converged", "hit_bound" or "not_converged"."""
-        return self.fit.status
 
     @property
     def heldout_error(self) -> float | None:
@@ -54,11 +85,14 @@ def fit_sweep_law(
     for name, samples in parameter_draws(form, boot.thetas).items():
         low, high = percentile_interval(samples)
         intervals[name] = (float(low), float(high))
+    status, reason = judge_identification(form, fit, intervals)
     return LawFit(
+        status=status,
+        reason=reason,
         form=form,
         fit=fit,
         bootstrap=boot,
         intervals=intervals,
-        heldout=leave_largest_out(form, observations, table, start=np.asarray(fit.theta)),
+        heldout=leave_largest_out(form, observations, table),
         residuals=tuple(residuals_per_run(form, fit, observations, table)),
     )

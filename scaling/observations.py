@@ -26,10 +26,15 @@ def _positive_finite(run_id: str, field: str, values: np.ndarray) -> None:
 
 @dataclass(frozen=True, eq=False)
 class RunCurve:
-    """One trained model's evaluations: validation loss against tokens and training FLOPs.
+    """One trained model's evaluations, and the finished-run points it yielded.
 
-    non_embedding_params is N in every law; tokens is D; train_flops is C. Points are in
-    training order; points at step 0 (no tokens seen) must already be dropped.
+    non_embedding_params is N in every law; tokens is D; train_flops is C. The learning curve
+    (tokens, train_flops, val_loss) is every evaluation in training order, at whatever learning
+    rate the schedule had reached; points at step 0 (no tokens seen) must already be dropped.
+    A finished-run point is the loss of a model whose schedule ended there: the last evaluation
+    of a cosine run, or the end of each cooldown branch of a warmup-stable-decay run (Hagele et
+    al. 2024). Only those are what a run trained for exactly D tokens reaches, so the joint laws
+    fit them by default. Without ``finished_*`` the last evaluation is the one finished point.
     """
 
     run_id: str
@@ -37,6 +42,9 @@ class RunCurve:
     tokens: np.ndarray  # (n,) training tokens seen at each evaluation
     train_flops: np.ndarray  # (n,) training FLOPs spent at each evaluation
     val_loss: np.ndarray  # (n,) validation loss, nats per token
+    finished_tokens: np.ndarray | None = None  # (m,) D of each finished-run point, increasing
+    finished_flops: np.ndarray | None = None  # (m,) training FLOPs behind each (a branch's include the trunk's)
+    finished_loss: np.ndarray | None = None  # (m,)
 
     def __post_init__(self) -> None:
         for field in ("tokens", "train_flops", "val_loss"):
@@ -53,11 +61,31 @@ class RunCurve:
             raise ValueError(f"run {self.run_id}: non_embedding_params must be > 0, got {self.non_embedding_params!r}")
         for field in ("tokens", "train_flops", "val_loss"):
             _positive_finite(self.run_id, field, getattr(self, field))
+        finished = ("finished_tokens", "finished_flops", "finished_loss")
+        given = [getattr(self, f) is not None for f in finished]
+        if any(given) and not all(given):
+            raise ValueError(f"run {self.run_id}: give all of finished_tokens, finished_flops, finished_loss or none")
+        for field, source in zip(finished, ("tokens", "train_flops", "val_loss")):
+            values = getattr(self, field)
+            values = getattr(self, source)[-1:] if values is None else np.asarray(values, dtype=float).ravel()
+            object.__setattr__(self, field, values)
+        if not len(self.finished_loss) or not (len(self.finished_tokens) == len(self.finished_flops)
+                                               == len(self.finished_loss)):
+            raise ValueError(f"run {self.run_id}: finished_tokens, finished_flops and finished_loss must have equal, "
+                             "non-zero lengths")
+        for field in finished:
+            _positive_finite(self.run_id, field, getattr(self, field))
 
     @property
     def final_loss(self) -> float:
-        """Validation loss at the last evaluation: the dense baseline for compression."""
-        return float(self.val_loss[-1])
+        """Loss of the run's final model (its finished point with the most tokens): the dense baseline
+        for compression, and what leave-largest-out predicts."""
+        return float(self.finished_loss[int(np.argmax(self.finished_tokens))])
+
+    @property
+    def final_tokens(self) -> float:
+        """Tokens behind the run's final model."""
+        return float(self.finished_tokens.max())
 
 
 @dataclass(frozen=True)
@@ -116,9 +144,18 @@ class SweepObservations:
         return [r.run_id for r in self.runs].index(run_id)
 
     def points(self, final_only: bool = False) -> PointTable:
-        """Points for the joint laws: every evaluation of every run, or each run's last one."""
-        last = slice(-1, None) if final_only else slice(None)
-        curves = [(i, r.tokens[last], r.train_flops[last], r.val_loss[last]) for i, r in enumerate(self.runs)]
+        """Points for the joint laws: each run's finished-run points (``final_only``), or every
+        evaluation of every run plus the finished points that are not evaluations of its curve."""
+        curves = []
+        for i, r in enumerate(self.runs):
+            if final_only:
+                d, c, loss = r.finished_tokens, r.finished_flops, r.finished_loss
+            else:
+                extra = ~np.isin(r.finished_tokens, r.tokens)
+                d = np.concatenate([r.tokens, r.finished_tokens[extra]])
+                c = np.concatenate([r.train_flops, r.finished_flops[extra]])
+                loss = np.concatenate([r.val_loss, r.finished_loss[extra]])
+            curves.append((i, d, c, loss))
         return PointTable(
             N=np.concatenate([np.full(len(d), self.runs[i].non_embedding_params) for i, d, _, _ in curves]),
             D=np.concatenate([d for _, d, _, _ in curves]),
@@ -127,8 +164,8 @@ class SweepObservations:
             run_index=np.concatenate([np.full(len(d), i) for i, d, _, _ in curves]),
         )
 
-    def check_identifiable(self, final_only: bool = False) -> None:
-        """Raise ValueError if the sweep cannot identify a five-parameter L(N, D) law."""
+    def identification_problems(self, final_only: bool = False) -> list[str]:
+        """Why the points cannot identify a five-parameter L(N, D) law (empty when they can)."""
         table = self.points(final_only)
         sizes, tokens = len(np.unique(table.N)), len(np.unique(table.D))
         problems = []
@@ -137,9 +174,14 @@ class SweepObservations:
         elif sizes < MIN_MODEL_SIZES:
             problems.append(f"{sizes} distinct model size(s) (non_embedding params); need at least {MIN_MODEL_SIZES}")
         if tokens < MIN_TOKEN_COUNTS:
-            hint = " (with final-only fitting every run must end at a different token count)" if final_only else ""
-            problems.append(f"{tokens} distinct token count(s); need at least {MIN_TOKEN_COUNTS}{hint}")
+            where = " among finished-run points" if final_only else ""
+            problems.append(f"{tokens} distinct token count(s){where}; need at least {MIN_TOKEN_COUNTS}")
         if len(table.loss) < MIN_POINTS:
             problems.append(f"{len(table.loss)} points; need at least {MIN_POINTS}")
+        return problems
+
+    def check_identifiable(self, final_only: bool = False) -> None:
+        """Raise ValueError if the sweep cannot identify a five-parameter L(N, D) law."""
+        problems = self.identification_problems(final_only)
         if problems:
             raise ValueError("sweep too small to fit L(N, D): " + "; ".join(problems))

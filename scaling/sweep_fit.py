@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from scaling.allocation import allocation_exponents, chinchilla_allocation
+from scaling.allocation import FlopsModel, allocation_exponents, chinchilla_allocation, flops_model
 from scaling.bootstrap import (
     CONFIDENCE,
     BootstrapFits,
@@ -33,10 +33,15 @@ from scaling.observations import SweepObservations
 
 FORMAT = "tlc.fit/1"
 SCHEDULE_NOTE = (
-    "Every evaluation of every run is a point of the L(N, D) fits. Under a cosine schedule an "
-    "intermediate point overestimates the loss a run trained for exactly that many tokens would "
-    "reach, because its learning rate has not decayed yet (Hoffmann et al. 2022 discuss this); "
-    "fit with final_only to use each run's last evaluation only."
+    "Every evaluation of every run is a point of the L(N, D) fits (--all-points). An intermediate "
+    "point overestimates the loss a run trained for exactly that many tokens would reach, because "
+    "its learning rate has not decayed yet (Hoffmann et al. 2022 discuss this), so the fitted law "
+    "overstates loss at small D and understates beta; the default fits finished-run points only."
+)
+FLOPS_NOTE = (
+    "C is each run's own training FLOPs (6 per matmul parameter per token, vocabulary projection "
+    "included, plus attention), in the points, the frontier and the allocation; published laws "
+    "count C = 6ND instead."
 )
 
 
@@ -84,12 +89,18 @@ def _fit_json(form: LawForm, fit: FitResult, boot: BootstrapFits) -> dict:
     }
 
 
-def _allocation_json(laws: dict[str, tuple[LawForm, FitResult, BootstrapFits]], reference_compute: float) -> dict:
-    """Closed-form Chinchilla allocation and numeric allocation for the other laws, with intervals."""
-    out: dict[str, Any] = {"flops_per_param_token": 6.0}
+def _allocation_json(
+    laws: dict[str, tuple[LawForm, FitResult, BootstrapFits]], reference_compute: float, flops: FlopsModel
+) -> dict:
+    """Closed-form Chinchilla allocation and numeric allocation for the other laws, with intervals,
+    under C = k·N^gamma·D (the sweep's own FLOPs per token)."""
+    out: dict[str, Any] = {"flops_per_token": {"k": flops.k, "gamma": flops.gamma}}
+    if "chinchilla" not in laws:
+        out["chinchilla"] = {"method": "closed_form", "error": "the law is unidentified: not fitted"}
+        return out
     form, fit, boot = laws["chinchilla"]
     try:
-        closed = chinchilla_allocation(fit.parameters)
+        closed = chinchilla_allocation(fit.parameters, flops)
     except ValueError as error:
         out["chinchilla"] = {"method": "closed_form", "error": str(error)}
     else:
@@ -97,20 +108,20 @@ def _allocation_json(laws: dict[str, tuple[LawForm, FitResult, BootstrapFits]], 
         for theta in boot.thetas:
             usable = np.isfinite(theta).all()
             p = form.to_parameters(theta) if usable else None
-            draw = chinchilla_allocation(p) if p is not None and p.alpha > 0 and p.beta > 0 else None
+            draw = chinchilla_allocation(p, flops) if p is not None and p.alpha > 0 and p.beta > 0 else None
             for name in samples:
                 samples[name].append(getattr(draw, name) if draw else math.nan)
-        out["chinchilla"] = {"method": "closed_form", "equation": "N_opt = G (C/6)^a, D_opt = (C/6)^b / G"}
+        out["chinchilla"] = {"method": "closed_form", "equation": "N_opt = G (C/k)^a, D_opt = C / (k N_opt^gamma)"}
         for name, values in samples.items():
             low, high = percentile_interval(np.array(values))
             out["chinchilla"][name] = {"value": getattr(closed, name), "low": low, "high": high}
     for name, (form, fit, boot) in laws.items():
         if name == "chinchilla":
             continue
-        point = allocation_exponents(form, fit.parameters, reference_compute)
+        point = allocation_exponents(form, fit.parameters, reference_compute, flops=flops)
         draws = np.array(
             [
-                allocation_exponents(form, form.to_parameters(t), reference_compute)
+                allocation_exponents(form, form.to_parameters(t), reference_compute, flops=flops)
                 if np.isfinite(t).all()
                 else (math.nan, math.nan)
                 for t in boot.thetas
@@ -139,6 +150,27 @@ def _compression_json(model: CompressionModel, boot: BootstrapFits) -> dict:
     return out
 
 
+def _unfitted_law_json(form: LawForm, reason: str) -> dict:
+    """A law the sweep's points cannot identify: named, with the reason, and nothing fitted."""
+    return {
+        "name": form.name,
+        "equation": form.equation,
+        "source": form.source,
+        "covariates": list(form.covariates),
+        "parameters": None,
+        "status": "unidentified",
+        "reason": reason,
+        "optimizer_status": None,
+        "objective": None,
+        "optimizer_message": None,
+        "n_points": 0,
+        "bootstrap": None,
+        "heldout": None,
+        "heldout_reason": reason,
+        "residuals": {},
+    }
+
+
 def preferred_law(laws_json: dict[str, dict]) -> dict:
     """The law to predict with: the lowest leave-largest-out error among converged laws, else
     the first converged law (Chinchilla's form comes first), else none, with the reason."""
@@ -157,29 +189,40 @@ def fit_sweep_observations(
 ) -> dict:
     """Fit a sweep and return fit.json's content (JSON-clean: no NaN, only plain types).
 
-    Fields: format; n_runs; n_points; final_only; huber_delta; bootstrap {resamples, seed,
+    Fields: format; n_runs; n_points; final_only; points ("finished" or "all");
+    identification_problems [why the points cannot identify L(N, D) at all]; flops {definition,
+    equation, k, gamma, max_relative_error, note}: C = k·N^gamma·D fitted to the runs' own FLOPs
+    per token, used by the allocation; huber_delta; bootstrap {resamples, seed,
     confidence, unit}; notes; runs [{run_id, non_embedding_params, n_points, final_tokens,
     final_train_flops, final_loss}]; laws {chinchilla, kaplan: {name, equation, source,
-    covariates, parameters {name: {value, low, high}}, status, objective, n_points, heldout
+    covariates, parameters {name: {value, low, high}}, status, reason, optimizer_status
+    (the optimiser's: converged, hit_bound, not_converged), objective, n_points, heldout
     (leave-largest-out, or null with heldout_reason), residuals {run_id: {n_points, mean, rms,
     final}}, bootstrap {statuses, usable, draws {name: [per resample]}}}}; preferred_law {name,
     reason}; allocation
-    {chinchilla {a, b, G}, kaplan {compute, a, b}}; learning_curves {equation, runs {run_id:
+    {flops_per_token {k, gamma}, chinchilla {a, b, G}, kaplan {compute, a, b}}; learning_curves {equation, runs {run_id:
     {parameters, status} or null}}; frontier {compute, loss, run_ids, fit}; compression
     {pruning {method: model}, int8: model or null, skipped {method: reason}}.
 
-    Raises ValueError naming the problem when the sweep cannot identify the laws.
+    Each law's status is "converged", "unidentified" (a parameter on a bound, an exponent's
+    interval wider than 3x, or too few distinct N, D or points to fit at all: then parameters,
+    heldout and bootstrap are null) or "not_converged"; ``reason`` says why.
     """
-    observations.check_identifiable(final_only)
     table = observations.points(final_only)
     run_counts = resample_runs(len(observations.runs), bootstrap, seed)
+    problems = observations.identification_problems(final_only)
 
     laws_json: dict[str, Any] = {}
     fitted: dict[str, tuple[LawForm, FitResult, BootstrapFits]] = {}
     for name, form in LAWS.items():
+        if problems:
+            laws_json[name] = _unfitted_law_json(form, "not fitted: " + "; ".join(problems))
+            continue
         result: LawFit = fit_sweep_law(form, observations, run_counts, final_only)
         fitted[name] = (form, result.fit, result.bootstrap)
         law = _fit_json(form, result.fit, result.bootstrap)
+        law["optimizer_status"] = law["status"]
+        law["status"], law["reason"] = result.status, result.reason
         law["heldout"] = dataclasses.asdict(result.heldout) if result.heldout else None
         law["heldout_reason"] = None if result.heldout else "fewer than 3 model sizes remain without the largest"
         law["residuals"] = {
@@ -188,8 +231,11 @@ def fit_sweep_observations(
         }
         laws_json[name] = law
 
-    final_compute = np.array([r.train_flops[-1] for r in observations.runs])
+    final_compute = np.array([r.finished_flops.max() for r in observations.runs])
     reference_compute = float(np.exp(np.log(final_compute).mean()))
+    sizes = [r.non_embedding_params for r in observations.runs]
+    per_token = [r.finished_flops.max() / r.finished_tokens.max() for r in observations.runs]
+    flops, flops_error = flops_model(sizes, per_token)
 
     curves = {}
     for run in observations.runs:
@@ -226,23 +272,34 @@ def fit_sweep_observations(
             "n_runs": len(observations.runs),
             "n_points": len(table.loss),
             "final_only": final_only,
+            "points": "finished" if final_only else "all",
+            "identification_problems": problems,
+            "flops": {
+                "definition": "model",
+                "equation": "C = k * N^gamma * D",
+                "k": flops.k,
+                "gamma": flops.gamma,
+                "max_relative_error": flops_error,
+                "note": FLOPS_NOTE,
+            },
             "huber_delta": HUBER_DELTA,
             "bootstrap": {"resamples": bootstrap, "seed": seed, "confidence": CONFIDENCE, "unit": "run"},
-            "notes": [] if final_only else [SCHEDULE_NOTE],
+            "notes": [FLOPS_NOTE] if final_only else [SCHEDULE_NOTE, FLOPS_NOTE],
             "runs": [
                 {
                     "run_id": r.run_id,
                     "non_embedding_params": r.non_embedding_params,
                     "n_points": len(r.val_loss),
-                    "final_tokens": r.tokens[-1],
-                    "final_train_flops": r.train_flops[-1],
+                    "final_tokens": r.final_tokens,
+                    "final_train_flops": float(r.finished_flops.max()),
                     "final_loss": r.final_loss,
+                    "finished_points": len(r.finished_loss),
                 }
                 for r in observations.runs
             ],
             "laws": laws_json,
             "preferred_law": preferred_law(laws_json),
-            "allocation": _allocation_json(fitted, reference_compute),
+            "allocation": _allocation_json(fitted, reference_compute, flops),
             "learning_curves": {"equation": LEARNING_CURVE.equation, "source": LEARNING_CURVE.source, "runs": curves},
             "frontier": {
                 "compute": frontier.compute,

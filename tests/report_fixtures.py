@@ -50,7 +50,7 @@ def write_synthetic_sweep(sweep_dir: Path, with_fit: bool = True, with_compress:
     if with_fit:
         from tlc.fit.observations import fit_sweep
 
-        atomic_write_json(sweep_dir / "fit.json", fit_sweep(sweep_dir, bootstrap=20, seed=0))
+        atomic_write_json(sweep_dir / "fit.json", fit_sweep(sweep_dir, bootstrap=20, seed=0, all_points=True))
     if with_plan:
         front = [{"predicted_loss": 4.0 - 0.3 * i, "inference_cost": 1e5 * 2**i} for i in range(5)]
         atomic_write_json(sweep_dir / "plan.json", {"budget": {"train_flops": 1e15}, "pareto_front": front,

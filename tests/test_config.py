@@ -185,3 +185,58 @@ def test_tiny_sweep_spans_enough_sizes_for_the_demo():
     sizes = [param_counts(s).non_embedding for s in sweep.shapes]
     assert len(sizes) >= 6 and max(sizes) / min(sizes) >= 8
     assert all(s.width % 32 == 0 for s in sweep.shapes)  # the demo prunes in 32x32 blocks
+
+
+WSD = {"tokens": 100000, "schedule": "wsd", "cooldowns": [0.25, 0.5, 1.0]}
+
+
+@pytest.mark.parametrize(
+    "train, expected",
+    [
+        ({**WSD, "cooldowns": [0.5, 0.25, 1.0]}, "train.cooldowns: forks must be strictly increasing"),
+        ({**WSD, "cooldowns": [0.5, 0.5]}, "train.cooldowns: forks must be strictly increasing"),
+        ({**WSD, "cooldowns": [0.5, 1.5]}, "train.cooldowns: every fork must be a fraction of the run's tokens in (0, 1]"),
+        ({**WSD, "cooldowns": [0.0, 0.5]}, "in (0, 1]"),
+        ({**WSD, "cooldowns": 0.5}, "train.cooldowns: expected a list of numbers"),
+        ({**WSD, "cooldowns": []}, "train.cooldowns: schedule wsd needs at least one fork"),
+        ({**WSD, "cooldown_frac": -0.1}, "train.cooldown_frac: must be in (0, 1]"),
+        ({**WSD, "evals": 2}, "train.evals: 2 evaluations are too few for 3 cooldown branches"),
+        ({**WSD, "cooldowns": [0.02, 0.5]}, "train.cooldowns: the first fork (0.02) must come after the warmup"),
+        ({"tokens": 100000, "cooldowns": [0.5, 1.0]}, "train.cooldowns: cooldown branches need s.yaml.train.schedule: wsd"),
+        ({**WSD, "schedule": "linear"}, "train.schedule: must be one of cosine, wsd"),
+        ({"budgets": [1e12, -1]}, "train.budgets: every budget must be a positive number of FLOPs"),
+        ({"budgets": [1e12, 1e12]}, "train.budgets: budgets must be distinct"),
+        ({"tokens": 1000, "budgets": [1e12]}, "give exactly one budget per run"),
+        ({"budgets": [1e6, 2e6]}, "train.budgets: no shape gets 200 optimizer steps at any budget"),
+    ],
+)
+def test_bad_schedule_and_budget_fields_name_the_field(train, expected):
+    with pytest.raises(UserError) as info:
+        parse_sweep(_sweep(train=train), where="s.yaml")
+    assert expected in str(info.value) and "\n" not in str(info.value)
+
+
+def test_wsd_forks_that_land_on_one_step_are_refused_before_training(capsys, tmp_path):
+    # 8 steps: forks at 0.5 and 0.55 both round to step 4
+    err = _error_line(capsys, ["train", "--width", "32", "--depth", "2", "--heads", "2", "--context", "32",
+                               "--vocab-size", "300", "--tokens", str(8 * 16 * 32), "--schedule", "wsd",
+                               "--cooldowns", "0.5,0.55", "--out", str(tmp_path / "r")])
+    assert "train.cooldowns: forks 0.5 and 0.55 both land on step 4 of 8" in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_budgets_name_runs_and_leave_out_shapes_with_too_few_steps():
+    from tlc.shapes import flops_per_token
+
+    doc = _sweep(shapes=[{"width": 32, "depth": 2, "heads": 2}, {"width": 64, "depth": 4, "heads": 2}],
+                 train={"budgets": [1e10, 1e11], "micro_batch": 4})
+    sweep = parse_sweep(doc, where="s.yaml")
+    ids = [r.run_id for r in sweep.all_runs()]
+    assert ids == ["w32-d2-c1e10-s0", "w32-d2-c1e11-s0", "w64-d4-c1e10-s0", "w64-d4-c1e11-s0"]
+    for run in sweep.all_runs():
+        tokens = int(run.budget / flops_per_token(run.shape))
+        assert run.train.flops == run.budget and sweep.budget_steps(run) == tokens // (4 * 32)
+    left_out = dict(sweep.skipped())
+    assert sorted(left_out) == ["w64-d4-c1e10-s0"] and "train.budgets runs need at least 200" in left_out["w64-d4-c1e10-s0"]
+    assert [r.run_id for r in sweep.runs()] == [i for i in ids if i not in left_out]
+    assert sweep.run("w32-d2-c1e11-s0").budget == 1e11

@@ -11,7 +11,8 @@ import pytest
 
 from scaling import load_fit
 from scaling.synthetic import PRUNING_TRUTH, synthetic_sweep
-from tlc import fit as tlc_fit
+from tlc.fit import command as fit_command
+from tlc.fit.observations import fit_sweep
 from tlc.errors import UserError
 
 
@@ -23,8 +24,13 @@ def write_runs(
     compress: bool = True,
     warmup: int = 0,
     compress_offset: float | None = None,
+    final: str | None = "all",
 ) -> None:
     """A sweep in the run-directory contract, from the synthetic truth in `scaling.synthetic`.
+
+    The synthetic losses are what a run trained to each token count reaches, so by default every
+    evaluation is marked final (as if each ended a cooldown branch); ``final="last"`` marks only
+    the last, and ``final=None`` writes no final field (runs from before it was logged).
 
     The first ``warmup`` evaluations of each run are logged with a rising learning rate, and
     with a loss 1 nat above the law's (warmup points do not follow it). With
@@ -51,6 +57,8 @@ def write_runs(
             rows.append({"step": step * 10, "tokens": float(tokens), "flops": float(flops), "wall_s": step * 1.0,
                          "train_loss": loss * 0.98, "val_loss": loss, "val_bpb": loss / 2.4,
                          "val_acc": 0.3, "lr": lr})
+            if final is not None:
+                rows[-1]["final"] = final == "all" or step == len(run.tokens)
         (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
         if compress:
             variants = [v for v in sweep.variants if v.run_id == run.run_id]
@@ -68,8 +76,8 @@ def write_runs(
 
 def run_cli(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="tlc fit")
-    tlc_fit.add_arguments(parser)
-    return tlc_fit.run(parser.parse_args(argv))
+    fit_command.add_arguments(parser)
+    return fit_command.run(parser.parse_args(argv))
 
 
 def _no_nan(value) -> None:
@@ -107,36 +115,96 @@ def test_fit_writes_valid_fit_json(tmp_path, capsys):
     assert not list(tmp_path.glob(".fit.json*"))  # the temporary file was renamed into place
 
 
-def test_final_only_fits_one_point_per_run(tmp_path):
-    write_runs(tmp_path, n_runs=10, compress=False)
-    fit = tlc_fit.fit_sweep(tmp_path, bootstrap=0, final_only=True)
-    assert fit["n_points"] == 10 and fit["final_only"] and fit["compression"]["pruning"] == {}
+def test_finished_points_are_fitted_by_default(tmp_path, capsys):
+    write_runs(tmp_path, n_runs=10, compress=False, final="last")
+    fit = fit_sweep(tmp_path, bootstrap=0)
+    assert fit["n_points"] == 10 and fit["final_only"] and fit["points"] == "finished"
+    everything = fit_sweep(tmp_path, bootstrap=0, all_points=True)
+    assert everything["n_points"] == 10 * 12 and everything["points"] == "all"
+    assert "overestimates" in everything["notes"][0]
+    assert run_cli([str(tmp_path), "--bootstrap", "0", "--all-points"]) == 0
+    assert "--all-points overestimates the loss at small D" in capsys.readouterr().out
 
 
-def test_final_only_refuses_fewer_points_than_needed(tmp_path):
-    write_runs(tmp_path, n_runs=6, compress=False)
-    with pytest.raises(UserError, match="6 points; need at least 10; or drop --final-only"):
-        tlc_fit.fit_sweep(tmp_path, final_only=True)
+def test_runs_without_final_marks_count_their_last_evaluation(tmp_path):
+    write_runs(tmp_path, n_runs=10, compress=False, final=None)
+    assert fit_sweep(tmp_path, bootstrap=0)["n_points"] == 10
 
 
-def test_refuses_too_few_runs(tmp_path):
-    write_runs(tmp_path, n_runs=2, compress=False)
-    with pytest.raises(UserError, match="distinct model size"):
-        run_cli([str(tmp_path)])
-    assert not (tmp_path / "fit.json").exists()
+def test_branch_ends_are_finished_points_and_not_curve_points(tmp_path):
+    write_runs(tmp_path, n_runs=6, compress=False, final="last")
+    for metrics in tmp_path.glob("*/metrics.jsonl"):  # a wsd run: two branch ends below the trunk
+        rows = [json.loads(line) for line in metrics.read_text().splitlines()]
+        for row in (rows[4], rows[8]):
+            rows.append({**row, "step": row["step"] + 3, "tokens": row["tokens"] * 1.2, "flops": row["flops"] * 1.2,
+                         "val_loss": row["val_loss"] - 0.05, "final": True, "fork_step": row["step"]})
+        metrics.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    fit = fit_sweep(tmp_path, bootstrap=0)
+    assert fit["n_points"] == 6 * 3 and all(r["finished_points"] == 3 for r in fit["runs"])
+    assert all(r["n_points"] == 12 for r in fit["runs"])  # the learning curve: trunk evaluations only
+
+
+def test_equal_tokens_leave_the_law_unidentified_and_say_what_is_missing(tmp_path, capsys):
+    write_runs(tmp_path, n_runs=6, compress=False, final="last")
+    for metrics in tmp_path.glob("*/metrics.jsonl"):  # every run ends at the same token count
+        rows = [json.loads(line) for line in metrics.read_text().splitlines()]
+        rows[-1]["tokens"] = 1e8
+        metrics.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert run_cli([str(tmp_path), "--bootstrap", "0"]) == 0
+    fit = json.loads((tmp_path / "fit.json").read_text())
+    for law in fit["laws"].values():
+        assert law["status"] == "unidentified" and law["parameters"] is None and "1 distinct token count" in law["reason"]
+    message = "every run has the same tokens, so D is not identified: add train.cooldowns or train.budgets"
+    assert fit["design"] == f"chinchilla is unidentified: {message}"
+    out = capsys.readouterr().out
+    assert sum(message in line for line in out.splitlines()) == 1
+    assert fit["preferred_law"]["name"] is None and "error" in fit["allocation"]["chinchilla"]
+    from tlc.report.build import write_report
+
+    report = write_report(tmp_path)  # the report shows the status, its reason and the missing design
+    for page in (report.read_text(), (report.parent / "report.md").read_text()):
+        assert "unidentified" in page and "1 distinct token count" in page and message in page
+
+
+def test_a_law_with_a_wide_exponent_interval_is_unidentified(tmp_path):
+    write_runs(tmp_path, n_runs=5, points=3, noise=0.05, compress=False)  # 5% noise over a narrow design
+    fit = fit_sweep(tmp_path, bootstrap=30)
+    chinchilla = fit["laws"]["chinchilla"]
+    assert chinchilla["status"] == "unidentified" and chinchilla["optimizer_status"] == "converged"
+    assert "alpha's 95% interval" in chinchilla["reason"] and "(more than 3x)" in chinchilla["reason"]
+    assert fit["design"].startswith("chinchilla is unidentified: N is not identified")
+    assert fit["preferred_law"]["name"] != "chinchilla"
 
 
 def test_refuses_a_single_run(tmp_path):
     write_runs(tmp_path, n_runs=1, compress=False)
     with pytest.raises(UserError, match="1 run"):
-        tlc_fit.fit_sweep(tmp_path)
+        fit_sweep(tmp_path)
+
+
+def test_the_allocation_uses_the_runs_own_flops_per_token(tmp_path):
+    write_runs(tmp_path, compress=False)
+    for config in tmp_path.glob("*/config.json"):  # vocabulary projection and attention: 2x 6N
+        data = json.loads(config.read_text())
+        data["flops_per_token"] = 12.0 * data["params"]["non_embedding"]
+        config.write_text(json.dumps(data))
+    for metrics in tmp_path.glob("*/metrics.jsonl"):
+        rows = [json.loads(line) for line in metrics.read_text().splitlines()]
+        for row in rows:
+            row["flops"] *= 2.0
+        metrics.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    fit = fit_sweep(tmp_path, bootstrap=0)
+    assert fit["flops"]["k"] == pytest.approx(12.0, rel=1e-4) and fit["flops"]["gamma"] == pytest.approx(1.0, rel=1e-4)
+    assert fit["allocation"]["flops_per_token"] == {"k": fit["flops"]["k"], "gamma": fit["flops"]["gamma"]}
+    n_opt, d_opt = load_fit(fit).compute_optimal(1e18)
+    assert 12.0 * n_opt * d_opt == pytest.approx(1e18)
 
 
 def test_refuses_missing_or_empty_dir(tmp_path):
     with pytest.raises(UserError, match="RUNS_DIR: .* is not a directory"):
-        tlc_fit.fit_sweep(tmp_path / "nope")
+        fit_sweep(tmp_path / "nope")
     with pytest.raises(UserError, match="no runs under"):
-        tlc_fit.fit_sweep(tmp_path)
+        fit_sweep(tmp_path)
 
 
 def test_untrained_runs_are_skipped_and_listed(tmp_path, capsys):
@@ -156,7 +224,7 @@ def test_refuses_a_sweep_with_nothing_trained(tmp_path):
     (tmp_path / "w64-d2-s0" / "metrics.jsonl").write_text(json.dumps({"step": 0, "tokens": 0, "flops": 0,
                                                                        "val_loss": 7.0}) + "\n")
     with pytest.raises(UserError, match="no run under .* has an evaluation yet .*no evaluation after step 0"):
-        tlc_fit.fit_sweep(tmp_path)
+        fit_sweep(tmp_path)
 
 
 def _append(path: Path, text: str) -> None:
@@ -169,7 +237,7 @@ def test_malformed_metrics_line_names_file_and_line(tmp_path):
     metrics = sorted(tmp_path.glob("*/metrics.jsonl"))[0]
     _append(metrics, "{not json\n")
     with pytest.raises(UserError, match=rf"{metrics.name}:14: not valid JSON"):
-        tlc_fit.fit_sweep(tmp_path)
+        fit_sweep(tmp_path)
 
 
 @pytest.mark.parametrize(
@@ -185,7 +253,7 @@ def test_bad_metric_values_are_user_errors(tmp_path, row, message):
     metrics = sorted(tmp_path.glob("*/metrics.jsonl"))[0]
     _append(metrics, json.dumps(row) + "\n")  # json writes NaN for nan; the reader must refuse it
     with pytest.raises(UserError, match=message):
-        tlc_fit.fit_sweep(tmp_path)
+        fit_sweep(tmp_path)
 
 
 def test_bad_compress_line_is_a_user_error(tmp_path):
@@ -193,7 +261,7 @@ def test_bad_compress_line_is_a_user_error(tmp_path):
     compress = sorted(tmp_path.glob("*/compress.jsonl"))[0]
     _append(compress, json.dumps({"method": "magnitude", "sparsity": 1.5, "bits": 32, "val_loss": 4.0}) + "\n")
     with pytest.raises(UserError, match=r"compress.jsonl:\d+: sparsity must be in \[0, 1\)"):
-        tlc_fit.fit_sweep(tmp_path, bootstrap=0)
+        fit_sweep(tmp_path, bootstrap=0)
 
 
 def test_missing_non_embedding_count_is_a_user_error(tmp_path):
@@ -203,7 +271,7 @@ def test_missing_non_embedding_count_is_a_user_error(tmp_path):
     del data["params"]["non_embedding"]
     config.write_text(json.dumps(data))
     with pytest.raises(UserError, match="config.json: non_embedding must be a finite number"):
-        tlc_fit.fit_sweep(tmp_path)
+        fit_sweep(tmp_path)
 
 
 def test_negative_bootstrap_is_a_user_error(tmp_path):
@@ -216,10 +284,10 @@ def test_tlc_fit_through_the_cli_entry_point(tmp_path, capsys):
     cli = pytest.importorskip("tlc.cli")
     if "fit" not in cli.COMMANDS:
         pytest.skip("tlc fit is not wired into tlc.cli yet")
-    write_runs(tmp_path, n_runs=2, compress=False)
+    write_runs(tmp_path, n_runs=1, compress=False)
     assert cli.main(["fit", str(tmp_path)]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "RUNS_DIR" in err and "distinct model size" in err
+    assert err.count("\n") == 1 and "RUNS_DIR" in err and "1 run(s)" in err
     write_runs(tmp_path / "more", n_runs=4, compress=False)
     assert cli.main(["fit", str(tmp_path / "more"), "--bootstrap", "5"]) == 0
     assert json.loads((tmp_path / "more" / "fit.json").read_text())["n_runs"] == 4
@@ -245,7 +313,7 @@ def test_lr_must_be_a_number(tmp_path):
     metrics = sorted(tmp_path.glob("*/metrics.jsonl"))[0]
     _append(metrics, json.dumps({"step": 999, "tokens": 1e9, "flops": 1e18, "val_loss": 3.0, "lr": "high"}) + "\n")
     with pytest.raises(UserError, match="lr must be a finite number, got 'high'"):
-        tlc_fit.fit_sweep(tmp_path)
+        fit_sweep(tmp_path)
 
 
 @pytest.mark.parametrize("with_dense_column", [True, False])
@@ -258,7 +326,7 @@ def test_compression_baseline_is_the_compression_stage_dense_loss(tmp_path, with
             rows = [json.loads(line) for line in path.read_text().splitlines()]
             path.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "dense_val_loss"}) + "\n"
                                     for r in rows))
-    fit = tlc_fit.fit_sweep(tmp_path, bootstrap=0)
+    fit = fit_sweep(tmp_path, bootstrap=0)
     magnitude = fit["compression"]["pruning"]["magnitude"]
     assert magnitude["candidate"] == "odds_power"
     for name, value in PRUNING_TRUTH.items():

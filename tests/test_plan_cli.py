@@ -69,7 +69,7 @@ def write_sweep(runs_dir: Path, compress: bool = True) -> None:
                         "latency_ms_b32": 10 * latency, "latency_kind": "measured", "device": "cpu",
                         "val_loss": loss})
         (run_dir / "compress.jsonl").write_text("".join(json.dumps(r) + "\n" for r in out))
-    atomic_write_json(runs_dir / "fit.json", fit_sweep(runs_dir, bootstrap=20, seed=0))
+    atomic_write_json(runs_dir / "fit.json", fit_sweep(runs_dir, bootstrap=20, seed=0, all_points=True))
 
 
 @pytest.fixture(scope="module")

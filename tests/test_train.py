@@ -12,10 +12,10 @@ import time
 import pytest
 
 from conftest import REPO, TINY_SHAPE, run_tlc
-from tlc.io import read_jsonl
-from tlc.train.loop import eval_schedule, get_lr
+from tlc.io import list_runs, read_jsonl
+from tlc.train.schedule import cooldown_lr, eval_schedule, get_lr, plan_branches, trunk_lr
 
-METRIC_FIELDS = {"step", "tokens", "flops", "wall_s", "train_loss", "val_loss", "val_bpb", "val_acc", "lr"}
+METRIC_FIELDS = {"step", "tokens", "flops", "wall_s", "train_loss", "val_loss", "val_bpb", "val_acc", "lr", "final"}
 
 
 def test_lr_schedule_warms_up_then_decays_to_the_floor():
@@ -23,6 +23,20 @@ def test_lr_schedule_warms_up_then_decays_to_the_floor():
     assert lrs[0] == pytest.approx(1e-4) and lrs[9] == pytest.approx(1e-3)
     assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
     assert lrs[-1] == pytest.approx(1e-4, rel=0.01)
+
+
+def test_wsd_holds_the_peak_on_the_trunk_and_branches_decay_towards_zero():
+    from tlc.config import TrainSettings
+
+    trunk = [trunk_lr(s, 100, 1e-3, 0.1) for s in range(100)]
+    assert trunk[0] == pytest.approx(1e-4) and trunk[9:] == [1e-3] * 91
+    branch = [cooldown_lr(s, 20, 1e-3) for s in range(20)]
+    assert all(a > b for a, b in zip(branch, branch[1:])) and 0 < branch[-1] < 0.03e-3 and branch[0] < 1e-3
+    train = TrainSettings(tokens=1, schedule="wsd", cooldowns=(0.125, 0.25, 0.5, 1.0), cooldown_frac=0.2)
+    branches = plan_branches(train, 400)
+    assert [(b.fork_step, b.steps, b.end_step) for b in branches] == [(50, 10, 60), (100, 20, 120), (200, 40, 240),
+                                                                      (400, 80, 480)]
+    assert eval_schedule(400, 5, tuple(b.fork_step for b in branches)) == (1, 4, 20, 50, 89, 100, 200, 400)
 
 
 def test_evaluations_are_log_spaced_and_end_at_the_last_step():
@@ -45,6 +59,7 @@ def test_run_writes_the_run_directory_contract(tmp_path, small_corpus):
     rows = read_jsonl(out / "metrics.jsonl")
     assert [r["step"] for r in rows] == list(eval_schedule(64, 5))
     assert all(set(r) == METRIC_FIELDS for r in rows)
+    assert [r["final"] for r in rows] == [False] * (len(rows) - 1) + [True]  # a cosine run: one finished point
     assert rows[-1]["tokens"] == 64 * 8 * 32 and rows[-1]["flops"] == pytest.approx(rows[-1]["tokens"] * config["flops_per_token"])
     assert rows[-1]["val_loss"] < rows[0]["val_loss"] - 0.5
     assert rows[-1]["val_bpb"] == pytest.approx(rows[-1]["val_loss"] / 0.6931471805599453 / config["data"]["val_bytes_per_token"])
@@ -135,3 +150,53 @@ def test_a_child_of_a_lone_process_gets_its_own_port(tmp_path, small_corpus, mon
         monkeypatch.setenv(LONE_ENV, f"1:{port}")
         run_tlc("train", *TINY_SHAPE, "--tokens", "512", "--micro-batch", "8", "--evals", "1", "--precision", "fp32",
                 "--data", small_corpus, "--out", tmp_path / "run", "--no-progress", check=True)
+
+
+WSD_RUN = ["train", "--width", "32", "--depth", "2", "--heads", "2", "--context", "32", "--vocab-size", "300",
+           "--tokens", str(48 * 8 * 32), "--micro-batch", "8", "--evals", "3", "--precision", "fp32",
+           "--schedule", "wsd", "--cooldowns", "0.25,0.5,1.0", "--no-progress"]
+
+
+def test_wsd_branches_are_finished_points_and_a_kill_inside_one_resumes_inside_it(tmp_path, small_corpus):
+    common = [*WSD_RUN, "--data", small_corpus]
+    whole = tmp_path / "sweep" / "whole"
+    run_tlc(*common, "--out", whole, check=True)
+    config = json.loads((whole / "config.json").read_text())
+    tps, fpt = config["tokens_per_step"], config["flops_per_token"]
+    assert [(b["fork_step"], b["steps"]) for b in config["branches"]] == [(12, 2), (24, 5), (48, 10)]
+    assert config["train_tokens"] == 58 * tps and config["spent_flops"] == (48 + 2 + 5 + 10) * tps * fpt
+    rows = read_jsonl(whole / "metrics.jsonl")
+    ends = [r for r in rows if r["final"]]
+    assert [(r["fork_step"], r["step"]) for r in ends] == [(12, 14), (24, 29), (48, 58)]
+    for r in ends:
+        assert r["tokens"] == r["step"] * tps and r["flops"] == pytest.approx(r["tokens"] * fpt)
+        assert (whole / "branches" / str(r["tokens"]) / "model" / "model.safetensors").exists()
+        assert not (whole / "branches" / str(r["tokens"]) / "checkpoint").exists()  # dropped once the branch is saved
+    trunk = [r for r in rows if not r["final"]]
+    assert all("fork_step" not in r and r["lr"] == pytest.approx(3e-3) for r in trunk if r["step"] >= 12)
+    by_fork = {r["fork_step"]: r for r in ends}
+    for fork in (12, 24):  # each branch ends below the trunk it forked from: the decay pays
+        assert by_fork[fork]["val_loss"] < next(r for r in trunk if r["step"] == fork)["val_loss"]
+    final_model = (whole / "model" / "model.safetensors").read_bytes()
+    assert final_model == (whole / "branches" / str(58 * tps) / "model" / "model.safetensors").read_bytes()
+    assert list_runs(tmp_path / "sweep") == [whole]  # a branch is never taken for a run
+
+    killed = tmp_path / "sweep" / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "tlc", *map(str, common), "--out", str(killed)], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    inside = killed / "branches" / str(29 * tps) / "checkpoint" / "tlc_latest.json"  # the second branch's midpoint
+    deadline = time.time() + 400
+    while time.time() < deadline and proc.poll() is None and not inside.exists():
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run finished before it could be killed; make it longer"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert json.loads(inside.read_text())["step"] == 26 and not (killed / "branches" / str(29 * tps) / "model").exists()
+
+    run_tlc(*common, "--out", killed, check=True)
+    resumed = read_jsonl(killed / "metrics.jsonl")
+    assert [(r["step"], r.get("fork_step")) for r in resumed] == [(r["step"], r.get("fork_step")) for r in rows]
+    for a, b in zip(rows, resumed):
+        assert abs(a["val_loss"] - b["val_loss"]) < 1e-5, (a, b)
+    assert (killed / "model" / "model.safetensors").exists()
+    assert list_runs(tmp_path / "sweep") == [killed, whole]

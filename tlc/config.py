@@ -20,6 +20,8 @@ from tlc.errors import UserError
 
 ARCHS = ("gpt2", "llama")
 PRECISIONS = ("fp32", "bf16")
+SCHEDULES = ("cosine", "wsd")
+MIN_BUDGET_STEPS = 200  # an iso-FLOP run with fewer optimizer steps is mostly warmup: skipped
 RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
@@ -59,6 +61,15 @@ class TrainSettings:
     evals: int = 12  # evaluations, spaced evenly in log training FLOPs
     eval_tokens: int = 8192  # validation tokens scored at each evaluation
     checkpoint_evals: int = 1  # write a DeepSpeed checkpoint every this many evaluations
+    # "cosine": warmup then cosine decay to min_lr_ratio; one finished-run point per run.
+    # "wsd": warmup then a constant-rate trunk, with a decay branch forked at each of `cooldowns`
+    # (Hagele et al. 2024): one finished-run point per branch.
+    schedule: str = "cosine"
+    cooldowns: tuple[float, ...] = ()  # wsd forks, as increasing fractions in (0, 1] of the run's tokens
+    cooldown_frac: float = 0.2  # a branch trains this share of its fork's tokens, decaying to zero
+    # Iso-FLOP sweeps (Hoffmann et al. 2022, approach 2): every shape at every budget, tokens = C / FLOPs
+    # per token; given instead of `tokens` or `flops`, in a sweep file only.
+    budgets: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -78,13 +89,25 @@ class RunConfig:
     train: TrainSettings
     data: DataSettings = field(default_factory=DataSettings)
     seed: int = 0
+    budget: float | None = None  # the iso-FLOP budget this run belongs to (train.flops holds it too)
 
     @property
     def run_id(self) -> str:
-        return self.shape.run_id(self.seed)
+        """The shape's id, with the budget before the seed for an iso-FLOP run: ``w64-d2-c3e13-s0``."""
+        base = self.shape.run_id(self.seed)
+        if self.budget is None:
+            return base
+        head, seed = base.rsplit("-", 1)
+        return f"{head}-c{budget_label(self.budget)}-{seed}"
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def budget_label(flops: float) -> str:
+    """A compute budget as run ids spell it: 3e13, 1.5e14 (no '+', which run ids do not allow)."""
+    mantissa, exponent = f"{flops:.2e}".split("e")
+    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
 
 
 @dataclass(frozen=True)
@@ -107,15 +130,40 @@ class SweepConfig:
     launch: LaunchSettings = field(default_factory=LaunchSettings)
     shape_lrs: tuple[float | None, ...] = ()  # per-shape peak learning rate overriding train.lr (None: train.lr)
 
-    def runs(self) -> list[RunConfig]:
-        """Every run of the sweep, in a stable order (shapes as listed, then seeds)."""
+    def all_runs(self) -> list[RunConfig]:
+        """Every run the grid names, usable or not, in a stable order (shapes as listed, budgets, seeds)."""
         lrs = self.shape_lrs or (None,) * len(self.shapes)
+        runs = []
+        for shape, lr in zip(self.shapes, lrs):
+            train = self.train if lr is None else dataclasses.replace(self.train, lr=lr)
+            for budget in self.train.budgets or (None,):
+                run_train = train if budget is None else dataclasses.replace(train, budgets=(), flops=budget)
+                runs.extend(RunConfig(shape=shape, train=run_train, data=self.data, seed=seed, budget=budget)
+                            for seed in self.seeds)
+        return runs
+
+    def budget_steps(self, run: RunConfig) -> int:
+        """Optimizer steps an iso-FLOP run gets: tokens = C / FLOPs per token, over the global batch."""
+        from tlc.shapes import flops_per_token  # tlc.shapes imports this module
+
+        tokens_per_step = self.train.micro_batch * self.train.grad_accum * self.launch.nproc * run.shape.context
+        return int(run.train.flops / flops_per_token(run.shape)) // tokens_per_step
+
+    def skipped(self) -> list[tuple[str, str]]:
+        """(run id, why) for each iso-FLOP run left out because its budget buys too few optimizer steps."""
+        if not self.train.budgets:
+            return []
         return [
-            RunConfig(shape=s, train=self.train if lr is None else dataclasses.replace(self.train, lr=lr),
-                      data=self.data, seed=seed)
-            for s, lr in zip(self.shapes, lrs)
-            for seed in self.seeds
+            (r.run_id, f"{self.budget_steps(r)} optimizer steps at {r.budget:.3g} FLOPs; train.budgets runs need "
+                       f"at least {MIN_BUDGET_STEPS}")
+            for r in self.all_runs()
+            if self.budget_steps(r) < MIN_BUDGET_STEPS
         ]
+
+    def runs(self) -> list[RunConfig]:
+        """Every run to train, in a stable order; iso-FLOP runs with too few steps are left out (`skipped`)."""
+        left_out = {run_id for run_id, _ in self.skipped()}
+        return [r for r in self.all_runs() if r.run_id not in left_out]
 
     def run(self, run_id: str) -> RunConfig:
         for r in self.runs():
@@ -171,6 +219,10 @@ def _from_mapping(cls: type, mapping: Any, where: str) -> Any:
             kwargs[key] = _number(value, f"{where}.{key}", int)
         elif hint.startswith("float"):
             kwargs[key] = _number(value, f"{where}.{key}", float)
+        elif hint.startswith("tuple[float"):
+            if not isinstance(value, list):
+                raise UserError(f"{where}.{key}: expected a list of numbers, e.g. [0.25, 0.5, 1.0], got {value!r}")
+            kwargs[key] = tuple(_number(v, f"{where}.{key}", float) for v in value)
         elif hint == "str":
             if not isinstance(value, str):
                 raise UserError(f"{where}.{key}: expected text, got {value!r}")
@@ -204,8 +256,14 @@ def validate_shape(shape: ModelShape, where: str = "shape") -> None:
 
 def validate_train(train: TrainSettings, where: str = "train") -> None:
     """Check training settings; raise UserError naming the field."""
-    if (train.tokens is None) == (train.flops is None):
-        raise UserError(f"{where}: give exactly one budget per run, {where}.tokens or {where}.flops")
+    given = [name for name in ("tokens", "flops", "budgets") if getattr(train, name)]
+    if len(given) != 1:
+        raise UserError(f"{where}: give exactly one budget per run, {where}.tokens, {where}.flops or {where}.budgets"
+                        + (f"; got {' and '.join(given)}" if given else ""))
+    if any(not (b > 0 and math.isfinite(b)) for b in train.budgets):
+        raise UserError(f"{where}.budgets: every budget must be a positive number of FLOPs, got {list(train.budgets)}")
+    if len(set(train.budgets)) != len(train.budgets):
+        raise UserError(f"{where}.budgets: budgets must be distinct, got {list(train.budgets)}")
     if train.tokens is not None and train.tokens <= 0:
         raise UserError(f"{where}.tokens: must be positive, got {train.tokens}")
     if train.flops is not None and train.flops <= 0:
@@ -225,6 +283,33 @@ def validate_train(train: TrainSettings, where: str = "train") -> None:
         raise UserError(f"{where}.zero_stage: must be 0, 1 or 2, got {train.zero_stage}")
     if train.precision not in PRECISIONS:
         raise UserError(f"{where}.precision: must be one of {', '.join(PRECISIONS)}, got {train.precision!r}")
+    validate_schedule(train, where)
+
+
+def validate_schedule(train: TrainSettings, where: str = "train") -> None:
+    """Check the learning-rate schedule and its cooldown branches; raise UserError naming the field."""
+    if train.schedule not in SCHEDULES:
+        raise UserError(f"{where}.schedule: must be one of {', '.join(SCHEDULES)}, got {train.schedule!r}")
+    if not (train.cooldown_frac > 0 and train.cooldown_frac <= 1):
+        raise UserError(f"{where}.cooldown_frac: must be in (0, 1] (a branch's share of its fork's tokens), "
+                        f"got {train.cooldown_frac}")
+    forks = list(train.cooldowns)
+    if train.schedule != "wsd":
+        if forks:
+            raise UserError(f"{where}.cooldowns: cooldown branches need {where}.schedule: wsd (got {train.schedule!r})")
+        return
+    if not forks:
+        raise UserError(f"{where}.cooldowns: schedule wsd needs at least one fork, e.g. [0.25, 0.5, 1.0]")
+    if any(not 0 < f <= 1 for f in forks):
+        raise UserError(f"{where}.cooldowns: every fork must be a fraction of the run's tokens in (0, 1], got {forks}")
+    if any(b <= a for a, b in zip(forks, forks[1:])):
+        raise UserError(f"{where}.cooldowns: forks must be strictly increasing, got {forks}")
+    if forks[0] <= train.warmup_frac:
+        raise UserError(f"{where}.cooldowns: the first fork ({forks[0]}) must come after the warmup "
+                        f"({where}.warmup_frac {train.warmup_frac})")
+    if train.evals < len(forks):
+        raise UserError(f"{where}.evals: {train.evals} evaluations are too few for {len(forks)} cooldown branches; "
+                        f"wsd evaluates the trunk at every fork, so {where}.evals must be at least {len(forks)}")
 
 
 def validate_data(data: DataSettings, where: str = "data") -> None:
@@ -239,6 +324,8 @@ def validate_run(cfg: RunConfig) -> None:
     """Check a whole run configuration."""
     validate_shape(cfg.shape)
     validate_train(cfg.train)
+    if cfg.train.budgets:
+        raise UserError("train.budgets: iso-FLOP budgets belong in a sweep file; for one run give --flops")
     validate_data(cfg.data)
     if cfg.seed < 0:
         raise UserError(f"seed: must be >= 0, got {cfg.seed}")
@@ -298,10 +385,16 @@ def parse_sweep(doc: Any, where: str = "sweep") -> SweepConfig:
         raise UserError(f"{where}.launch: nproc must be >= 1 and retries >= 0")
     sweep = SweepConfig(name=name, shapes=tuple(shapes), seeds=seeds, train=train, data=data, launch=launch,
                         shape_lrs=tuple(shape_lrs) if any(lr is not None for lr in shape_lrs) else ())
-    ids = [r.run_id for r in sweep.runs()]
+    ids = [r.run_id for r in sweep.all_runs()]
     dupes = sorted({i for i in ids if ids.count(i) > 1})
     if dupes:
         raise UserError(f"{where}.shapes: run {dupes[0]!r} appears twice; each (shape, seed) must be unique")
+    if train.budgets and not sweep.runs():
+        best = max(sweep.all_runs(), key=sweep.budget_steps)
+        need = max(train.budgets) * MIN_BUDGET_STEPS / max(1, sweep.budget_steps(best))
+        raise UserError(f"{where}.train.budgets: no shape gets {MIN_BUDGET_STEPS} optimizer steps at any budget "
+                        f"(best: {best.run_id}, {sweep.budget_steps(best)} steps); raise the largest budget to "
+                        f"at least {need:.2g} FLOPs")
     return sweep
 
 
@@ -327,6 +420,11 @@ def load_sweep(path: Path) -> SweepConfig:
     return parse_sweep(doc, where=path.name)
 
 
+def train_to_dict(train: TrainSettings) -> dict:
+    """Training settings as plain data (lists, not tuples), as sweep files, sweep.yaml and config.json hold them."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(train).items()}
+
+
 def sweep_to_dict(sweep: SweepConfig) -> dict:
     """The sweep as plain data, in the same layout as a sweep file (for the resolved copy)."""
     return {
@@ -336,7 +434,7 @@ def sweep_to_dict(sweep: SweepConfig) -> dict:
             for s, lr in zip(sweep.shapes, sweep.shape_lrs or (None,) * len(sweep.shapes))
         ],
         "seeds": list(sweep.seeds),
-        "train": dataclasses.asdict(sweep.train),
+        "train": train_to_dict(sweep.train),
         "data": dataclasses.asdict(sweep.data),
         "launch": dataclasses.asdict(sweep.launch),
     }

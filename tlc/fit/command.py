@@ -18,7 +18,8 @@ def _interval(entry: dict) -> str:
 
 def format_table(fit: dict, path: Path) -> str:
     """The short summary ``tlc fit`` prints: parameters with intervals, held-out error, status."""
-    points = "final evaluations only" if fit["final_only"] else "every evaluation"
+    points = "finished-run points: final evaluations and cooldown-branch ends" if fit["final_only"] else (
+        "every evaluation; --all-points overestimates the loss at small D, where the learning rate had not decayed")
     if fit.get("warmup_points_skipped"):
         points += f" after warmup; {fit['warmup_points_skipped']} warmup evaluations left out"
     lines = [f"skipped {reason}" for reason in fit.get("skipped_runs", [])]
@@ -30,15 +31,24 @@ def format_table(fit: dict, path: Path) -> str:
     for name, law in fit["laws"].items():
         heldout = law["heldout"]
         error = f"{heldout['relative_error']:.2%} on {', '.join(heldout['held_out_runs'])}" if heldout else "n/a"
+        if law["parameters"] is None:
+            lines.append(f"{name:<12}status {law['status']}: {law['reason']}")
+            continue
         for i, (parameter, entry) in enumerate(law["parameters"].items()):
             lines.append(f"{name if i == 0 else '':<12}{parameter:<11}{_interval(entry)}")
-        usable = f"; {law['bootstrap']['usable']}/{fit['bootstrap']['resamples']} bootstrap refits usable"
+        usable = ""
+        if law["bootstrap"]:
+            usable = f"; {law['bootstrap']['usable']}/{fit['bootstrap']['resamples']} bootstrap refits usable"
         lines.append(f"{'':<12}status {law['status']}; leave-largest-out error {error}{usable}")
+        if law["status"] != "converged":
+            lines.append(f"{'':<12}{law['reason']}")
     lines.append(f"preferred law: {fit['preferred_law']['name']} ({fit['preferred_law']['reason']})")
     chinchilla = fit["allocation"].get("chinchilla", {})
+    flops = fit["flops"]
     if "a" in chinchilla:
         lines.append(
-            f"compute-optimal (chinchilla, C = 6ND): N_opt ~ C^a, a = {_interval(chinchilla['a']).strip()}; "
+            f"compute-optimal (chinchilla, C = {flops['k']:.3g} N^{flops['gamma']:.3g} D, the runs' own FLOPs): "
+            f"N_opt ~ C^a, a = {_interval(chinchilla['a']).strip()}; "
             f"D_opt ~ C^b, b = {_interval(chinchilla['b']).strip()}"
         )
     elif "error" in chinchilla:
@@ -58,6 +68,8 @@ def format_table(fit: dict, path: Path) -> str:
         lines.append(f"{label} ({entry['candidate']}): {parameters}; status {entry['status']}")
     for method, reason in compression["skipped"].items():
         lines.append(f"pruning {method}: not fitted, {reason}")
+    if fit.get("design"):
+        lines.append(fit["design"])
     return "\n".join(lines)
 
 
@@ -72,11 +84,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resampling (default 0)")
     parser.add_argument(
-        "--final-only",
+        "--all-points",
         action="store_true",
-        help="fit L(N, D) to each run's last evaluation only (intermediate points of a cosine schedule "
-        "overestimate the loss at their token count)",
+        help="fit L(N, D) to every evaluation, not only to finished-run points (final evaluations and "
+        "cooldown-branch ends, the default): a mid-schedule evaluation overestimates the loss a run "
+        "trained to that token count reaches, so the law overstates loss at small D",
     )
+    parser.add_argument("--final-only", action="store_true", help=argparse.SUPPRESS)  # the default since --all-points
     parser.add_argument(
         "--include-warmup",
         action="store_true",
@@ -88,16 +102,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Fit scaling laws to a sweep (and its compressed variants) and write RUNS_DIR/fit.json.
 
-    Fits Chinchilla's L(N, D) = E + A/N^alpha + B/D^beta and Kaplan's law in log space (Huber
-    loss, L-BFGS-B from a grid of starts), with bootstrap intervals over runs, the
-    compute-optimal allocation, the frontier of the learning curves, and the loss added by
-    each pruning method and by 8-bit weights as a function of model size.
+    Fits Chinchilla's L(N, D) = E + A/N^alpha + B/D^beta and Kaplan's law to the finished-run
+    points (each run's final evaluation, each cooldown branch's end) in log space (Huber loss,
+    L-BFGS-B from a grid of starts), with bootstrap intervals over runs, the compute-optimal
+    allocation under the runs' own FLOPs per token, the frontier of the learning curves, and
+    the loss added by each pruning method and by 8-bit weights as a function of model size. A
+    law the sweep does not pin down is reported as unidentified, with what the design lacks.
     """
     fit = fit_sweep(
         args.runs_dir,
         bootstrap=args.bootstrap,
         seed=args.seed,
-        final_only=args.final_only,
+        all_points=args.all_points,
         include_warmup=args.include_warmup,
     )
     path = Path(args.runs_dir) / "fit.json"

@@ -3,9 +3,12 @@
 Reads the run-directory contract written by ``tlc sweep`` and ``tlc compress``:
 
 - ``<run-id>/config.json``: run_id and params.non_embedding (N in every law);
-- ``<run-id>/metrics.jsonl``: one evaluation per line with step, tokens (D), flops (C),
-  val_loss and lr; points at step 0 or with no tokens seen are skipped, and so are warmup
-  points (before the learning rate peaks) unless --include-warmup;
+- ``<run-id>/metrics.jsonl``: one evaluation per line with step, tokens (D), flops (C, the
+  model's own FLOPs per token times D), val_loss and lr; lines marked ``final`` are finished-run
+  points (a cosine run's end, each WSD cooldown branch's end: those carry ``fork_step``); the
+  learning curve is every line that is not a branch's. Without any ``final`` field (runs from
+  before it) the last evaluation is the finished point. Points at step 0 or with no tokens seen
+  are skipped, and so are warmup points (before the learning rate peaks) unless --include-warmup;
 - ``<run-id>/compress.jsonl`` (optional): one compressed variant per line with method,
   sparsity, bits and val_loss; the dense baseline is the line's dense_val_loss, else the
   file's dense row (method none, 32 bits, sparsity 0), else the run's last evaluation.
@@ -21,6 +24,7 @@ import math
 from pathlib import Path
 
 import scaling
+from scaling.observations import MIN_MODEL_SIZES, MIN_POINTS, MIN_TOKEN_COUNTS
 from tlc.errors import UserError
 from tlc.io import list_runs
 
@@ -86,33 +90,51 @@ def read_run(
     if not metrics_path.exists():
         raise RunNotTrained(f"{run_id}: no metrics.jsonl yet")
 
-    by_step: dict[float, tuple[float, float, float, float]] = {}
+    by_step: dict[float, tuple[float, float, float, float]] = {}  # the learning curve (trunk)
+    finished: dict[float, tuple[float, float, float, float]] = {}  # by tokens: (step, tokens, flops, loss)
+    marked = False
     for number, row in _read_json_lines(metrics_path):
         where = f":{number}"
         step = _number(metrics_path, where, row, "step")
         tokens = _number(metrics_path, where, row, "tokens")
         flops = _number(metrics_path, where, row, "flops")
         val_loss = _number(metrics_path, where, row, "val_loss", positive=True)
+        final = row.get("final", False)
+        if not isinstance(final, bool):
+            raise UserError(f"{metrics_path}{where}: final must be true or false, got {final!r}")
+        marked = marked or "final" in row
         if step <= 0 or tokens <= 0:
             continue  # the initial evaluation: no training yet, no point on a scaling law
         if flops <= 0:
             raise UserError(f"{metrics_path}{where}: flops must be > 0 once tokens > 0, got {flops!r}")
         lr = _number(metrics_path, where, row, "lr") if "lr" in row else math.nan
-        by_step[step] = (tokens, flops, val_loss, lr)  # a step logged twice (a resumed run): the last counts
+        if final:
+            finished[tokens] = (step, tokens, flops, val_loss)  # logged twice (a resumed run): the last counts
+        if "fork_step" not in row:
+            by_step[step] = (tokens, flops, val_loss, lr)
     if not by_step:
         raise RunNotTrained(f"{run_id}: no evaluation after step 0 in metrics.jsonl yet")
     steps = sorted(by_step)
+    if not marked:  # written before finished points were marked: the last evaluation is the one
+        finished = {by_step[steps[-1]][0]: (steps[-1], *by_step[steps[-1]][:3])}
     rates = [by_step[s][3] for s in steps]
     warmup = 0
     if not include_warmup and all(math.isfinite(r) for r in rates):
         warmup = rates.index(max(rates))  # evaluations before the learning rate's peak
+        finished = {d: p for d, p in finished.items() if p[0] >= steps[warmup]}
         steps = steps[warmup:]
+    if not finished:
+        raise RunNotTrained(f"{run_id}: no finished-run point (a line marked final) in metrics.jsonl yet")
+    ends = [finished[d] for d in sorted(finished)]
     curve = scaling.RunCurve(
         run_id=run_id,
         non_embedding_params=non_embedding,
         tokens=[by_step[s][0] for s in steps],
         train_flops=[by_step[s][1] for s in steps],
         val_loss=[by_step[s][2] for s in steps],
+        finished_tokens=[p[1] for p in ends],
+        finished_flops=[p[2] for p in ends],
+        finished_loss=[p[3] for p in ends],
     )
 
     variants = []
@@ -173,31 +195,65 @@ def read_sweep(runs_dir: Path, include_warmup: bool = False) -> tuple[scaling.Sw
         raise UserError(f"RUNS_DIR {runs_dir}: {error}") from None
 
 
+def design_message(fit: dict, observations: scaling.SweepObservations) -> str | None:
+    """One line naming what the sweep's design lacks when the Chinchilla law is not identified, else None."""
+    law = fit["laws"]["chinchilla"]
+    if law["status"] == "converged":
+        return None
+    points = observations.points(final_only=fit["final_only"])
+    token_counts, sizes = len(set(points.D.tolist())), len(set(points.N.tolist()))
+    reason = law.get("reason") or ""
+    first = reason.split(";")[0].split("'")[0].split(" ")[0]  # the parameter the first problem names
+    if len(observations.runs) > 1 and token_counts == 1:
+        why = "every run has the same tokens, so D is not identified: add train.cooldowns or train.budgets"
+    elif token_counts < MIN_TOKEN_COUNTS:
+        why = (f"the finished runs end at only {token_counts} token counts, so D is not identified: "
+               "add train.cooldowns or more train.budgets")
+    elif sizes < MIN_MODEL_SIZES:
+        why = f"only {sizes} model size(s), so N is not identified: add shapes"
+    elif len(points.loss) < MIN_POINTS:
+        why = (f"{len(points.loss)} finished-run points, fewer than the {MIN_POINTS} a "
+               "five-parameter law needs: add train.cooldowns (a point per branch) or train.budgets")
+    elif first in ("alpha", "a"):
+        why = f"N is not identified ({reason}): widen the range of model sizes in shapes, or add seeds"
+    elif first in ("beta", "b"):
+        why = (f"D is not identified ({reason}): spread the token counts wider (an earlier first fork in "
+               "train.cooldowns, or train.budgets further apart)")
+    elif first == "e":
+        why = (f"the irreducible loss E is not identified ({reason}): the losses show no floor yet; "
+               "train the shapes longer or add larger ones")
+    else:
+        why = reason
+    return f"chinchilla is {law['status']}: {why}"
+
+
 def fit_sweep(
     runs_dir: Path,
     bootstrap: int = DEFAULT_BOOTSTRAP,
     seed: int = 0,
-    final_only: bool = False,
+    all_points: bool = False,
     include_warmup: bool = False,
 ) -> dict:
     """Fit the sweep under ``runs_dir`` and return fit.json's content (nothing is written).
 
-    Runs with no evaluation yet (a sweep still training) are left out and listed under
-    "skipped_runs"; warmup evaluations are left out unless ``include_warmup`` (see
-    `read_run`) and counted under "warmup_points_skipped". Raises UserError for unreadable
-    input and for a sweep too small to identify the laws.
+    The L(N, D) laws fit each run's finished-run points (its final evaluation, every cooldown
+    branch's end); ``all_points`` fits every evaluation instead, which overestimates the loss at
+    small D. Learning curves and the frontier use every evaluation either way. A sweep whose
+    points cannot identify the laws gets them as "unidentified" with the reason, and
+    fit["design"] names what the sweep lacks. Runs with no evaluation yet (a sweep still
+    training) are left out and listed under "skipped_runs"; warmup evaluations are left out
+    unless ``include_warmup`` (see `read_run`) and counted under "warmup_points_skipped".
+    Raises UserError for unreadable input and for a sweep with fewer than two runs.
     """
     if bootstrap < 0:
         raise UserError(f"--bootstrap: must be >= 0 resamples, got {bootstrap}")
     observations, skipped, warmup = read_sweep(Path(runs_dir), include_warmup)
-    try:
-        observations.check_identifiable(final_only)
-    except ValueError as error:
-        hint = "; or drop --final-only" if final_only else ""
-        hint += f"; {warmup} warmup evaluations were left out (--include-warmup keeps them)" if warmup else ""
+    if len(observations.runs) < 2:
         waiting = f" ({len(skipped)} more run(s) not trained yet)" if skipped else ""
-        raise UserError(f"RUNS_DIR {runs_dir}: {error}{hint}{waiting}") from None
-    fit = scaling.fit_sweep_observations(observations, bootstrap=bootstrap, seed=seed, final_only=final_only)
+        raise UserError(f"RUNS_DIR {runs_dir}: {len(observations.runs)} run(s); a scaling law needs runs of at "
+                        f"least {MIN_MODEL_SIZES} sizes{waiting}")
+    fit = scaling.fit_sweep_observations(observations, bootstrap=bootstrap, seed=seed, final_only=not all_points)
+    fit["design"] = design_message(fit, observations)
     fit["skipped_runs"] = skipped
     fit["include_warmup"] = include_warmup
     fit["warmup_points_skipped"] = warmup

@@ -46,15 +46,19 @@ def runs_table(data: SweepData) -> tuple[list[str], list[list[str]]]:
 
 
 def fit_table(data: SweepData) -> tuple[list[str], list[list[str]]]:
-    head = ["law", "parameter", "value", "interval", "status", "held-out error"]
+    head = ["law", "parameter", "value", "interval", "status", "held-out error", "why"]
     rows = []
     for name, law in ((data.fit or {}).get("laws") or {}).items():
         heldout = law.get("heldout")
         err = heldout.get("relative_error") if isinstance(heldout, dict) else None
+        reason = str(law.get("reason") or "") if law.get("status") != "converged" else ""
+        if not law.get("parameters"):  # unidentified before fitting: too few distinct N, D or points
+            rows.append([name, "–", "–", "–", law.get("status", ""), "", reason])
         for i, (param, v) in enumerate((law.get("parameters") or {}).items()):
             interval = f"[{_fmt(v.get('low'))}, {_fmt(v.get('high'))}]"
             rows.append([name if i == 0 else "", param, _fmt(v.get("value")), interval,
-                         law.get("status", "") if i == 0 else "", _fmt(err, 3) if i == 0 and err is not None else ""])
+                         law.get("status", "") if i == 0 else "", _fmt(err, 3) if i == 0 and err is not None else "",
+                         reason if i == 0 else ""])
     return head, rows
 
 
@@ -157,6 +161,10 @@ def write_report(sweep_dir: Path) -> Path:
     for heading, (head, rows) in tables:
         page += [f"<h2>{esc(heading)}</h2>", _html_table(head, rows)]
         md += [f"## {heading}", "", _md_table(head, rows), ""]
+        design = (data.fit or {}).get("design") if head and head[0] == "law" else None
+        if design:  # what the sweep lacks, when the law is not identified (tlc fit prints the same line)
+            page.append(f"<p class='missing'><b>Design:</b> {esc(str(design))}</p>")
+            md += [f"**Design:** {design}", ""]
     page.append("</body></html>")
     (tmp / "index.html").write_text("\n".join(page), encoding="utf-8")
     (tmp / "report.md").write_text("\n".join(md), encoding="utf-8")

@@ -159,7 +159,7 @@ def chinchilla_parameters(fit: dict | None) -> dict | None:
     try:
         law = fit["laws"]["chinchilla"]
         params = {name: float(v["value"]) for name, v in law["parameters"].items()}
-    except (TypeError, KeyError, ValueError):
+    except (TypeError, KeyError, ValueError, AttributeError):  # AttributeError: an unidentified law, not fitted
         return None
     return params if {"E", "A", "B", "alpha", "beta"} <= set(params) else None
 

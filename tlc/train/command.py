@@ -33,9 +33,14 @@ def _float(text: str) -> float:
     return value
 
 
+def _fractions(text: str) -> tuple[float, ...]:
+    """Parse a comma-separated list of numbers such as 0.25,0.5,1.0."""
+    return tuple(_float(part) for part in text.split(",") if part.strip())
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Arguments of ``tlc train``."""
-    from tlc.config import ARCHS, PRECISIONS, DataSettings, ModelShape, TrainSettings
+    from tlc.config import ARCHS, PRECISIONS, SCHEDULES, DataSettings, ModelShape, TrainSettings
 
     t, s, d = TrainSettings(), ModelShape(1, 1, 1), DataSettings()
     p.add_argument("--out", type=Path, help="run directory (default: runs/single/<run-id>, or runs/<sweep>/<run-id>)")
@@ -59,6 +64,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--lr", type=_float, default=t.lr, help=f"peak learning rate (default {t.lr})")
     g.add_argument("--zero-stage", type=int, default=t.zero_stage, help="DeepSpeed ZeRO stage 0, 1 or 2 (default 0)")
     g.add_argument("--precision", choices=PRECISIONS, default=t.precision, help=f"(default {t.precision})")
+    g.add_argument("--schedule", choices=SCHEDULES, default=t.schedule,
+                   help="learning-rate schedule: cosine, or wsd (warmup-stable-decay with cooldown branches) "
+                   f"(default {t.schedule})")
+    g.add_argument("--cooldowns", type=_fractions, default=(),
+                   help="wsd forks as fractions of the run's tokens, e.g. 0.25,0.5,1.0: each starts a decay branch "
+                   "whose end is a finished-run point")
+    g.add_argument("--cooldown-frac", type=_float, default=t.cooldown_frac,
+                   help=f"a branch's length as a share of its fork's tokens (default {t.cooldown_frac})")
     g.add_argument("--evals", type=int, default=t.evals, help=f"evaluations, spaced evenly in log FLOPs (default {t.evals})")
     g.add_argument("--eval-tokens", type=int, default=t.eval_tokens, help=f"validation tokens per evaluation (default {t.eval_tokens})")
     g.add_argument("--seed", type=int, default=None, help="seed for initialisation and data order (default 0, "
@@ -93,7 +106,8 @@ def _train_config(args: argparse.Namespace):
     train = TrainSettings(
         tokens=args.tokens, flops=args.flops, micro_batch=args.micro_batch, grad_accum=args.grad_accum,
         lr=args.lr, zero_stage=args.zero_stage, precision=args.precision, evals=args.evals,
-        eval_tokens=args.eval_tokens,
+        eval_tokens=args.eval_tokens, schedule=args.schedule, cooldowns=args.cooldowns,
+        cooldown_frac=args.cooldown_frac,
     )
     cfg = RunConfig(shape=shape, train=train, data=DataSettings(source=args.data), seed=args.seed or 0)
     return cfg, args.out or Path("runs") / "single" / cfg.run_id

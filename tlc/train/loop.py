@@ -6,6 +6,12 @@ processes and micro-batches, and any resume, sees the same data. Evaluations are
 evenly in log training FLOPs; each appends one line to ``metrics.jsonl``, then a DeepSpeed
 checkpoint is written. A restarted run loads the newest complete checkpoint, drops metric
 lines written after it, and continues; the final weights go to ``model/`` (safetensors).
+
+Under ``schedule: wsd`` the trunk is checkpointed at each fork, a cooldown branch trains from
+there (checkpointed at its midpoint in ``<run>/branches/<tokens>/checkpoint/``), logs its end
+as a ``final`` line and saves its weights to ``<run>/branches/<tokens>/model/``; then the trunk
+checkpoint is loaded back and the trunk goes on. A run killed inside a branch resumes inside
+it. ``model/`` is a copy of the last branch's weights. Schedules are in `tlc.train.schedule`.
 """
 
 from __future__ import annotations
@@ -13,21 +19,22 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-import numpy as np
-
-from tlc.config import RunConfig, validate_run
+from tlc.config import RunConfig, train_to_dict, validate_run
 from tlc.errors import UserError
-from tlc.io import append_jsonl, atomic_write_json, is_complete, read_jsonl, rewrite_jsonl
+from tlc.io import append_jsonl, atomic_replace_dir, atomic_write_json, is_complete, read_jsonl, rewrite_jsonl
 from tlc.shapes import flops_per_token, param_counts
 from tlc.train.data import load_corpus, load_tokens, train_offsets, val_offsets, windows
 from tlc.train.engine import build_engine, device_for_rank, init_distributed, save_checkpoint, save_final_model
 from tlc.train.evaluation import evaluate, lm_loss
 from tlc.train.guard import checkpoint_tag, exit_with_worker, load_checkpoints_safely, lock_run_dir
 from tlc.train.model import build_model
+from tlc.train.schedule import Branch, cooldown_lr, eval_schedule, get_lr, plan_branches, trunk_lr
 from tlc.versions import package_versions
 
 
@@ -38,17 +45,25 @@ class RunPlan:
     world_size: int
     global_batch: int  # sequences per optimizer step
     tokens_per_step: int  # global_batch * context
-    total_steps: int
+    total_steps: int  # optimizer steps the budget buys (cosine: the run; wsd: the trunk, if its last fork is 1.0)
     flops_per_token: float
-    eval_steps: tuple[int, ...]  # optimizer steps after which the model is evaluated
+    eval_steps: tuple[int, ...]  # trunk optimizer steps after which the model is evaluated
+    branches: tuple[Branch, ...] = ()  # wsd cooldown branches, by fork step
 
+    @property
+    def trunk_steps(self) -> int:
+        """Steps the trunk trains: to the budget under cosine, to the last fork under wsd."""
+        return self.branches[-1].fork_step if self.branches else self.total_steps
 
-def eval_schedule(total_steps: int, evals: int) -> tuple[int, ...]:
-    """Steps spaced evenly in log FLOPs (FLOPs grow linearly with steps); always ends at the last step."""
-    if evals >= total_steps:
-        return tuple(range(1, total_steps + 1))
-    points = np.geomspace(1, total_steps, num=evals)
-    return tuple(sorted(set(int(round(p)) for p in points) | {total_steps}))
+    @property
+    def final_steps(self) -> int:
+        """Optimizer steps behind the run's final model (model/): the last branch's end under wsd."""
+        return self.branches[-1].end_step if self.branches else self.total_steps
+
+    @property
+    def steps_spent(self) -> int:
+        """Optimizer steps the run costs in all: trunk plus every branch."""
+        return self.trunk_steps + sum(b.steps for b in self.branches)
 
 
 def plan_run(cfg: RunConfig, world_size: int) -> RunPlan:
@@ -68,19 +83,10 @@ def plan_run(cfg: RunConfig, world_size: int) -> RunPlan:
             f"{flag}: the budget is less than one optimizer step; one step of {global_batch} sequences x "
             f"{cfg.shape.context} tokens needs at least {need}"
         )
-    return RunPlan(world_size, global_batch, tokens_per_step, total_steps, fpt, eval_schedule(total_steps, t.evals))
-
-
-def get_lr(step: int, total_steps: int, peak_lr: float, warmup_frac: float, min_lr_ratio: float) -> float:
-    """Learning rate for optimizer step ``step`` (0-based)."""
-    warmup = max(1, round(warmup_frac * total_steps)) if warmup_frac > 0 else 0
-    # 1) linear warmup from peak/warmup to peak
-    if step < warmup:
-        return peak_lr * (step + 1) / warmup
-    # 2) cosine decay from peak to min_lr_ratio * peak over the remaining steps
-    progress = (step - warmup) / max(1, total_steps - warmup)
-    min_lr = peak_lr * min_lr_ratio
-    return min_lr + 0.5 * (peak_lr - min_lr) * (1 + math.cos(math.pi * min(1.0, progress)))
+    branches = plan_branches(t, total_steps)
+    trunk = branches[-1].fork_step if branches else total_steps
+    evals = eval_schedule(trunk, t.evals, tuple(b.fork_step for b in branches))
+    return RunPlan(world_size, global_batch, tokens_per_step, total_steps, fpt, evals, branches)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -105,24 +111,39 @@ IDENTITY_KEYS = ("run_id", "shape", "train", "data", "seed", "global_batch", "to
 
 
 def resolved_config(cfg: RunConfig, plan: RunPlan, data_info: dict) -> dict:
+    """config.json: every resolved setting. train_tokens and train_flops are those of the final model
+    (model/; under wsd the last branch's end); spent_flops counts every step the run trains, branches included."""
     counts = param_counts(cfg.shape)
+    tps, fpt = plan.tokens_per_step, plan.flops_per_token
     return {
         "run_id": cfg.run_id,
         "shape": dataclasses.asdict(cfg.shape),
-        "train": dataclasses.asdict(cfg.train),
+        "train": train_to_dict(cfg.train),
         "data": {**dataclasses.asdict(cfg.data), **data_info},
         "seed": cfg.seed,
+        "budget": cfg.budget,
         "params": dataclasses.asdict(counts),
-        "flops_per_token": plan.flops_per_token,
+        "flops_per_token": fpt,
         "world_size": plan.world_size,
         "global_batch": plan.global_batch,
-        "tokens_per_step": plan.tokens_per_step,
+        "tokens_per_step": tps,
         "total_steps": plan.total_steps,
-        "train_tokens": plan.total_steps * plan.tokens_per_step,
-        "train_flops": plan.total_steps * plan.tokens_per_step * plan.flops_per_token,
+        "train_tokens": plan.final_steps * tps,
+        "train_flops": plan.final_steps * tps * fpt,
+        "spent_flops": plan.steps_spent * tps * fpt,
         "eval_steps": list(plan.eval_steps),
+        "branches": [
+            {"fork_step": b.fork_step, "steps": b.steps, "fork_tokens": b.fork_step * tps,
+             "tokens": b.end_step * tps, "dir": branch_dir_name(b, tps)}
+            for b in plan.branches
+        ],
         "versions": package_versions(),
     }
+
+
+def branch_dir_name(branch: Branch, tokens_per_step: int) -> str:
+    """A branch's folder under ``<run>/branches/``: the tokens its model has seen (its D)."""
+    return str(branch.end_step * tokens_per_step)
 
 
 def write_or_check_config(run_dir: Path, config: dict) -> None:
@@ -149,10 +170,119 @@ def write_or_check_config(run_dir: Path, config: dict) -> None:
 # The run
 
 
+@dataclass
+class _Session:
+    """What every optimizer step and evaluation of one run needs, and the training time so far."""
+
+    cfg: RunConfig
+    plan: RunPlan
+    run_dir: Path
+    tokens: Any  # tlc.train.data.TokenData
+    val_windows: Any
+    engine: Any
+    optimizer: Any
+    device: Any
+    rank: int
+    world: int
+    bar: Any
+    wall_s: float = 0.0  # training time only: evaluations and checkpoints are excluded
+
+    def step(self, step: int, lr: float) -> float:
+        """Optimizer step ``step`` (0-based; it picks the data) at rate ``lr``; the mean loss over the global batch."""
+        import torch
+
+        started = time.perf_counter()
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        cfg, mb, ga = self.cfg, self.cfg.train.micro_batch, self.cfg.train.grad_accum
+        offsets = train_offsets(len(self.tokens.train), cfg.shape.context, self.plan.global_batch, cfg.seed, step)
+        step_loss = torch.zeros(1, dtype=torch.float64)
+        for micro in range(ga):
+            first = (micro * self.world + self.rank) * mb  # this process's slice of the step's windows
+            batch = windows(self.tokens.train, offsets[first : first + mb], cfg.shape.context)
+            loss, _ = lm_loss(self.engine, torch.from_numpy(batch).to(self.device))
+            self.engine.backward(loss)
+            self.engine.step()
+            step_loss += loss.detach().double().cpu() / ga
+        if self.world > 1:
+            torch.distributed.all_reduce(step_loss)
+            step_loss /= self.world
+        if not math.isfinite(step_loss.item()):
+            raise UserError(f"train.lr: training diverged at step {step + 1} (loss {step_loss.item()}); lower train.lr")
+        self.wall_s += time.perf_counter() - started
+        self.bar.update(1)
+        return step_loss.item()
+
+    def log(self, done: int, lr: float, train_loss: float, final: bool, **extra) -> dict:
+        """Evaluate the model after ``done`` optimizer steps and append the line to metrics.jsonl."""
+        plan = self.plan
+        metrics = evaluate(self.engine.module, self.tokens, self.val_windows, self.cfg.shape.context,
+                           self.cfg.train.micro_batch, self.device, self.rank, self.world)
+        row = {
+            "step": done,
+            "tokens": done * plan.tokens_per_step,
+            "flops": done * plan.tokens_per_step * plan.flops_per_token,
+            "wall_s": round(self.wall_s, 3),
+            "train_loss": train_loss,
+            **metrics,
+            "lr": lr,
+            "final": final,  # a finished-run point: the end of a cosine run or of a wsd branch
+            **extra,
+        }
+        self.bar.set_postfix(loss=f"{train_loss:.3f}", val=f"{metrics['val_loss']:.3f}")
+        if self.rank == 0:
+            append_jsonl(self.run_dir / "metrics.jsonl", row)
+        return row
+
+
+def _load_checkpoint(engine, ckpt_dir: Path) -> dict:
+    """Load the checkpoint ``ckpt_dir/tlc_latest.json`` names (weights-only reads); its client state."""
+    load_checkpoints_safely(engine)  # DeepSpeed itself unpickles with weights_only=False
+    _, client = engine.load_checkpoint(str(ckpt_dir), tag=checkpoint_tag(ckpt_dir / "tlc_latest.json")[0])
+    return client
+
+
+def _run_branch(s: _Session, branch: Branch) -> bool:
+    """Train one cooldown branch from the trunk state the engine holds (or from the branch's own
+    checkpoint after a kill), log its end as a finished-run point and save its weights to
+    ``<run>/branches/<tokens>/model/``. False when it was complete already (the engine is untouched)."""
+    import copy
+
+    branch_dir = s.run_dir / "branches" / branch_dir_name(branch, s.plan.tokens_per_step)
+    if is_complete(branch_dir):
+        return False
+    ckpt_dir = branch_dir / "checkpoint"
+    first = 0
+    if (ckpt_dir / "tlc_latest.json").exists():
+        client = _load_checkpoint(s.engine, ckpt_dir)
+        first, s.wall_s = int(client["step"]) - branch.fork_step, float(client["wall_s"])
+    loss_sum, lr = 0.0, s.cfg.train.lr
+    for i in range(first, branch.steps):
+        lr = cooldown_lr(i, branch.steps, s.cfg.train.lr)
+        loss_sum += s.step(branch.fork_step + i, lr)  # the windows the trunk meets after the fork: fresh data
+        if i + 1 == branch.checkpoint_step and i + 1 < branch.steps:
+            save_checkpoint(s.engine, ckpt_dir, branch.fork_step + i + 1, s.wall_s, s.rank)
+    s.log(branch.end_step, lr, loss_sum / max(1, branch.steps - first), final=True, fork_step=branch.fork_step)
+    if s.rank == 0:
+        # a copy: saving casts to fp32 in place, and the engine trains on (the trunk is reloaded into it)
+        save_final_model(copy.deepcopy(s.engine.module), s.tokens, branch_dir)
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
+    if s.world > 1:
+        import torch
+
+        torch.distributed.barrier()
+    return True
+
+
+def _keep_row(row: dict, trunk_step: int, run_dir: Path) -> bool:
+    """On resume: keep trunk lines up to the checkpoint, and the lines of branches whose weights are saved."""
+    if "fork_step" in row:
+        return is_complete(run_dir / "branches" / str(row["tokens"]))
+    return row["step"] <= trunk_step
+
+
 def train_run(cfg: RunConfig, run_dir: Path, progress: bool = True) -> dict:
     """Train one model into ``run_dir`` (resuming if it holds a checkpoint); return the last metrics line."""
-    import torch
-
     validate_run(cfg)
     exit_with_worker()  # a trainer started by a sweep worker must not outlive it
     run_dir = Path(run_dir)
@@ -184,83 +314,72 @@ def train_run(cfg: RunConfig, run_dir: Path, progress: bool = True) -> dict:
     model = build_model(cfg.shape, eot_id=tokens.eot_id, seed=cfg.seed)
     engine, engine_optimizer = build_engine(deepspeed, model, cfg.train, plan.global_batch)
 
-    # -- resume --------------------------------------------------------------------------------
+    # -- resume: the trunk's newest checkpoint; a branch resumes from its own ---------------------
     ckpt_dir = run_dir / "checkpoint"
-    latest = ckpt_dir / "tlc_latest.json"
     start_step, wall_offset = 0, 0.0
-    if latest.exists():
-        load_checkpoints_safely(engine)  # DeepSpeed itself unpickles with weights_only=False
-        _, client = engine.load_checkpoint(str(ckpt_dir), tag=checkpoint_tag(latest)[0])
+    if (ckpt_dir / "tlc_latest.json").exists():
+        client = _load_checkpoint(engine, ckpt_dir)
         start_step, wall_offset = int(client["step"]), float(client["wall_s"])
     if rank == 0:
         rows = read_jsonl(run_dir / "metrics.jsonl")
         if rows or (run_dir / "metrics.jsonl").exists():
             # drop lines (and a torn tail) written after the checkpoint we resume from
-            rewrite_jsonl(run_dir / "metrics.jsonl", [r for r in rows if r["step"] <= start_step])
+            rewrite_jsonl(run_dir / "metrics.jsonl", [r for r in rows if _keep_row(r, start_step, run_dir)])
 
     # -- train ---------------------------------------------------------------------------------
     from tqdm import tqdm
 
-    val_windows = val_offsets(len(tokens.val), cfg.shape.context, cfg.train.eval_tokens)
-    mb, ga = cfg.train.micro_batch, cfg.train.grad_accum
-    bar = tqdm(total=plan.total_steps, initial=start_step, desc=cfg.run_id, unit="step",
+    t = cfg.train
+    bar = tqdm(total=plan.steps_spent, initial=start_step, desc=cfg.run_id, unit="step",
                disable=not progress or rank != 0, dynamic_ncols=True, leave=True)
+    session = _Session(cfg, plan, run_dir, tokens, val_offsets(len(tokens.val), cfg.shape.context, t.eval_tokens),
+                       engine, engine_optimizer, device, rank, world, bar, wall_offset)
+    forks = {b.fork_step: b for b in plan.branches}
+
+    def branch_then_back_to_trunk(fork_step: int) -> None:
+        if _run_branch(session, forks[fork_step]) and fork_step < plan.trunk_steps:
+            wall = session.wall_s
+            _load_checkpoint(engine, ckpt_dir)  # the trunk resumes from the fork, weights and optimizer state
+            session.wall_s = wall
+
+    if start_step in forks:  # killed inside a branch, or before it began
+        branch_then_back_to_trunk(start_step)
     engine.train()
     loss_sum, loss_steps = 0.0, 0
-    wall_start = time.perf_counter()
-    last = {}
     evals_done = sum(1 for s in plan.eval_steps if s <= start_step)
-    for step in range(start_step, plan.total_steps):
-        lr = get_lr(step, plan.total_steps, cfg.train.lr, cfg.train.warmup_frac, cfg.train.min_lr_ratio)
-        for group in engine_optimizer.param_groups:
-            group["lr"] = lr
-        offsets = train_offsets(len(tokens.train), cfg.shape.context, plan.global_batch, cfg.seed, step)
-        step_loss = torch.zeros(1, dtype=torch.float64)
-        for micro in range(ga):
-            first = (micro * world + rank) * mb  # this process's slice of the step's windows
-            batch = torch.from_numpy(windows(tokens.train, offsets[first : first + mb], cfg.shape.context)).to(device)
-            loss, _ = lm_loss(engine, batch)
-            engine.backward(loss)
-            engine.step()
-            step_loss += loss.detach().double().cpu() / ga
-        if world > 1:
-            torch.distributed.all_reduce(step_loss)
-            step_loss /= world
-        if not math.isfinite(step_loss.item()):
-            raise UserError(f"train.lr: training diverged at step {step + 1} (loss {step_loss.item()}); lower train.lr")
-        loss_sum, loss_steps = loss_sum + step_loss.item(), loss_steps + 1
+    for step in range(start_step, plan.trunk_steps):
+        if forks:
+            lr = trunk_lr(step, plan.total_steps, t.lr, t.warmup_frac)
+        else:
+            lr = get_lr(step, plan.total_steps, t.lr, t.warmup_frac, t.min_lr_ratio)
+        loss_sum, loss_steps = loss_sum + session.step(step, lr), loss_steps + 1
         done = step + 1
-        bar.update(1)
         if done not in plan.eval_steps:
             continue
 
-        # -- evaluate, log, checkpoint ---------------------------------------------------------
-        pause = time.perf_counter()  # evaluation and checkpoint time is not training time
-        wall_s = wall_offset + pause - wall_start
-        metrics = evaluate(engine.module, tokens, val_windows, cfg.shape.context, mb, device, rank, world)
-        last = {
-            "step": done,
-            "tokens": done * plan.tokens_per_step,
-            "flops": done * plan.tokens_per_step * plan.flops_per_token,
-            "wall_s": round(wall_s, 3),
-            "train_loss": loss_sum / loss_steps,
-            **metrics,
-            "lr": lr,
-        }
+        # -- evaluate, log, checkpoint, fork -----------------------------------------------------
+        session.log(done, lr, loss_sum / loss_steps, final=not forks and done == plan.total_steps)
         loss_sum, loss_steps = 0.0, 0
-        bar.set_postfix(loss=f"{last['train_loss']:.3f}", val=f"{metrics['val_loss']:.3f}")
-        if rank == 0:
-            append_jsonl(run_dir / "metrics.jsonl", last)
         evals_done += 1
-        if evals_done % cfg.train.checkpoint_evals == 0 or done == plan.total_steps:
-            save_checkpoint(engine, ckpt_dir, done, wall_s, rank)
-        wall_start += time.perf_counter() - pause
+        if evals_done % t.checkpoint_evals == 0 or done == plan.trunk_steps or done in forks:
+            save_checkpoint(engine, ckpt_dir, done, session.wall_s, rank)
+        if done in forks:
+            branch_then_back_to_trunk(done)
     bar.close()
 
-    # -- final weights -------------------------------------------------------------------------
+    # -- final weights: the trunk's end under cosine, the last branch's under wsd --------------------
     if rank == 0:
-        save_final_model(engine.module, tokens, run_dir)
+        if forks:
+            last = run_dir / "branches" / branch_dir_name(plan.branches[-1], plan.tokens_per_step) / "model"
+            tmp = run_dir / ".model.tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.copytree(last, tmp)
+            atomic_replace_dir(tmp, run_dir / "model")
+        else:
+            save_final_model(engine.module, tokens, run_dir)
     if world > 1:
+        import torch
+
         torch.distributed.barrier()
     rows = read_jsonl(run_dir / "metrics.jsonl")
-    return rows[-1] if rows else last
+    return rows[-1] if rows else {}

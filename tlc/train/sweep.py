@@ -49,7 +49,8 @@ POLL_S = _seconds_from_env("TLC_POLL_S", 5)  # how often an idle worker looks ag
 @dataclass
 class RunOutcome:
     run_id: str
-    status: str  # "trained", "skipped" (already complete), "failed", "elsewhere" (another worker has it)
+    status: str  # "trained", "skipped" (already complete), "failed", "elsewhere" (another worker has it),
+    # "left out" (an iso-FLOP run its budget cannot train well: too few steps, or more tokens than the corpus)
     detail: str = ""
 
 
@@ -74,8 +75,9 @@ def prepare_sweep_dir(sweep: SweepConfig, runs_root: Path) -> Path:
     return sweep_dir
 
 
-def open_study(sweep: SweepConfig, sweep_dir: Path, storage_url: str | None):
-    """The sweep's Optuna study and its storage, with heartbeats so that a dead worker's run is retried."""
+def open_study(sweep: SweepConfig, sweep_dir: Path, storage_url: str | None, ids: list[str] | None = None):
+    """The sweep's Optuna study over run ids ``ids`` (default: every run of the sweep) and its storage,
+    with heartbeats so that a dead worker's run is retried."""
     import optuna
     from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
@@ -98,7 +100,7 @@ def open_study(sweep: SweepConfig, sweep_dir: Path, storage_url: str | None):
             if attempt == 4 or not racing:
                 raise UserError(f"--storage: cannot open {url!r}: {str(e).splitlines()[0]}") from None
             time.sleep(1 + attempt)
-    ids = [r.run_id for r in sweep.runs()]
+    ids = ids if ids is not None else [r.run_id for r in sweep.runs()]
 
     class SweepGridSampler(optuna.samplers.GridSampler):
         """GridSampler whose trials never stop the study: the worker loop decides when a sweep is done."""
@@ -206,11 +208,22 @@ def run_sweep(sweep_path: Path, runs_root: Path = Path("runs"), storage: str | N
     sweep = load_sweep(sweep_path)
     for run in sweep.runs():  # refuse a budget smaller than one step before anything starts
         plan_run(run, sweep.launch.nproc)
-    _prepare_data(sweep)
+    available = _prepare_data(sweep)
+    left_out = dict(sweep.skipped())
+    for run in sweep.runs():
+        if run.budget is None:
+            continue
+        plan = plan_run(run, sweep.launch.nproc)
+        tokens, corpus = plan.steps_spent * plan.tokens_per_step, available[run.shape.vocab_size]
+        if tokens > corpus:
+            left_out[run.run_id] = (f"{tokens:.3g} training tokens at {run.budget:.3g} FLOPs, more than the corpus's "
+                                    f"{corpus:.3g}; lower train.budgets or give more data")
+    if sweep.train.budgets and len(left_out) == len(sweep.all_runs()):
+        raise UserError(f"SWEEP: train.budgets: no shape can use any budget ({'; '.join(left_out.values())})")
     sweep_dir = prepare_sweep_dir(sweep, runs_root)
-    study, study_storage = open_study(sweep, sweep_dir, storage)
-    ids = [r.run_id for r in sweep.runs()]
-    outcomes: dict[str, RunOutcome] = {}
+    ids = [r.run_id for r in sweep.runs() if r.run_id not in left_out]
+    study, study_storage = open_study(sweep, sweep_dir, storage, ids)
+    outcomes: dict[str, RunOutcome] = {r: RunOutcome(r, "left out", why) for r, why in left_out.items()}
     failed_here: set[str] = set()
     worker = f"{socket.gethostname()}-{os.getpid()}"
     trained = 0
@@ -267,16 +280,16 @@ def run_sweep(sweep_path: Path, runs_root: Path = Path("runs"), storage: str | N
     for r in ids:
         if r not in outcomes:
             outcomes[r] = RunOutcome(r, "skipped" if is_complete(sweep_dir / r) else "elsewhere")
-    return [outcomes[r] for r in ids]
+    return [outcomes[r.run_id] for r in sweep.all_runs()]
 
 
-def _prepare_data(sweep: SweepConfig) -> None:
-    """Read the corpus and train the tokenizer once, before runs start in parallel processes."""
+def _prepare_data(sweep: SweepConfig) -> dict[int, int]:
+    """Read the corpus and train the tokenizer once, before runs start in parallel processes;
+    the training split's length in tokens for each vocabulary size."""
     from tlc.train.data import load_corpus, load_tokens
 
     corpus = load_corpus(sweep.data.source, sweep.data.val_percent, sweep.data.text_field)
-    for vocab in sorted({s.vocab_size for s in sweep.shapes}):
-        load_tokens(corpus, vocab)
+    return {vocab: len(load_tokens(corpus, vocab).train) for vocab in sorted({s.vocab_size for s in sweep.shapes})}
 
 
 def _final_loss(run_dir: Path) -> float:
