@@ -58,6 +58,7 @@ def write_trainable_sweep(runs_dir: Path, corpus: Path, timing: bool = True) -> 
         (run_dir / "model" / "config.json").write_text("{}")
         rows = [{"step": i + 1, "tokens": float(t), "flops": float(t * fpt), "val_loss": float(loss),
                  "val_bpb": float(loss) / 2.08, "val_acc": 0.1,
+                 "final": i >= len(run.tokens) - 4,  # the law's own losses: finished-run points, as branch ends are
                  **({"wall_s": wall_seconds(t, fpt)} if timing else {})}
                 for i, (t, loss) in enumerate(zip(run.tokens, run.val_loss))]
         (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))

@@ -64,7 +64,7 @@ def run_config(recipe: dict, seed: int | None = None, flag: str = "--plan") -> R
     """The training run of a recipe (seed: the recipe's, or another for a repeat)."""
     try:
         shape = ModelShape(**recipe["shape"])
-        train = TrainSettings(**recipe["train"])
+        train = TrainSettings(**{k: tuple(v) if isinstance(v, list) else v for k, v in recipe["train"].items()})
         data = DataSettings(**{k: v for k, v in recipe["data"].items() if k != "fingerprint"})
         cfg = RunConfig(shape=shape, train=train, data=data, seed=int(recipe["seed"] if seed is None else seed))
     except (KeyError, TypeError, ValueError) as error:

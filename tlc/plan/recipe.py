@@ -26,8 +26,13 @@ import numpy as np
 
 from tlc.io import list_runs, read_jsonl
 
-# Training settings a recipe copies from the sweep's runs; tokens, flops and lr are the plan's own.
-PLAN_OWNED = ("tokens", "flops", "lr")
+# Training settings a recipe copies from the sweep's runs; tokens, flops and lr are the plan's own, and
+# an iso-FLOP sweep's budgets are not a planned run's.
+PLAN_OWNED = ("tokens", "flops", "lr", "budgets")
+# A planned run is one finished run at its tokens: a cosine schedule, whichever the sweep used. A WSD
+# sweep's law was fitted to cooldown-branch ends, which match cosine runs at equal tokens (Hägele et
+# al. 2024; bench/wsd_cosine.py measures it here).
+FINISHED_RUN = {"schedule": "cosine", "cooldowns": []}
 
 
 @dataclass(frozen=True)
@@ -131,7 +136,8 @@ def read_sweep_recipe(runs_dir: Path) -> SweepRecipe | None:
     data = {k: v for k, v in (reference.get("data") or {}).items()
             if k in ("source", "val_percent", "text_field", "fingerprint")}
     return SweepRecipe(
-        train={k: v for k, v in reference["train"].items() if k not in PLAN_OWNED},
+        train={**{k: v for k, v in reference["train"].items() if k not in PLAN_OWNED},
+               **{k: v for k, v in FINISHED_RUN.items() if k in reference["train"]}},
         data=data,
         world_size=int(reference.get("world_size") or 1),
         lr_rule=fit_lr_rule(widths, lrs),
