@@ -32,6 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"fine-tune steps of gradual/movement pruning (default {d.recovery_steps})")
     parser.add_argument("--block-size", type=int, default=d.block_size,
                         help=f"block side for block pruning: 16, 32 or 64 (default {d.block_size})")
+    parser.add_argument("--branches", action="store_true",
+                        help="also compress every saved cooldown-branch model (<run>/branches/<tokens>/, a WSD sweep): "
+                             "the same model at several tokens, which the compression models' D/N term is fitted to")
     parser.add_argument("--plan", type=Path, metavar="PLAN.json",
                         help="compress RUNS_DIR (one run) as a plan.json's point says: its method, sparsity, block, "
                              "recovery steps and int8; the other compression flags are ignored")
@@ -108,8 +111,12 @@ def run(args: argparse.Namespace) -> int:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # "Loading weights" bars would bury the one line per variant
+    from tlc.compress.pipeline import branch_checkpoints
+
     for run_dir in run_dirs:
         compress_run(run_dir, settings)
+        for branch in branch_checkpoints(run_dir) if args.branches else []:
+            compress_run(run_dir, settings, checkpoint=branch)
     changed = add_cie(run_dirs)
     if changed:
         print(f"compression-identified exemplars computed for {changed} rows across seeds")

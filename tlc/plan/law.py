@@ -77,17 +77,20 @@ class PlanLaw:
         return {name: float(getattr(p, name)) for name in p.__dataclass_fields__}
 
     def loss(self, N, D, method: str, sparsity, int8: bool) -> np.ndarray:
-        """Point-estimate loss, vectorised over N, D and sparsity (broadcast together), nats per token."""
+        """Point-estimate loss, vectorised over N, D and sparsity (broadcast together), nats per token.
+
+        Compression models with a tokens-per-parameter term see D/N: over-trained models compress worse."""
         N, D, sparsity = np.broadcast_arrays(*(np.atleast_1d(np.asarray(v, dtype=float)) for v in (N, D, sparsity)))
         law = self.fitted.laws[self.law]
         log_dense, _ = law.form.log_loss(law.form.to_theta(law.parameters), {"N": N, "D": D}, jacobian=False)
         loss = np.exp(log_dense)
         pruned = sparsity > 0
         if method != "none" and pruned.any():
-            added = _added_loss(self.fitted.pruning[method], N=N, sparsity=np.where(pruned, sparsity, 0.5))
+            added = _added_loss(self.fitted.pruning[method], N=N, sparsity=np.where(pruned, sparsity, 0.5),
+                                tokens_per_param=D / N)
             loss = loss + np.where(pruned, added, 0.0)
         if int8:
-            loss = loss + _added_loss(self.fitted.int8, N=N)
+            loss = loss + _added_loss(self.fitted.int8, N=N, tokens_per_param=D / N)
         return loss
 
     def loss_draws(self, N: float, D: float, method: str, sparsity: float, int8: bool) -> np.ndarray:
@@ -99,9 +102,10 @@ class PlanLaw:
         _, log_draws = self.fitted.laws[self.law].log_loss(N=N, D=D)
         draws = np.exp(log_draws)
         if len(draws) and method != "none" and sparsity > 0:
-            draws = draws + np.expm1(self.fitted.pruning[method].log_loss(dense_loss=1.0, sparsity=sparsity, N=N)[1])
+            draws = draws + np.expm1(self.fitted.pruning[method].log_loss(dense_loss=1.0, sparsity=sparsity, N=N,
+                                                                          tokens_per_param=D / N)[1])
         if len(draws) and int8:
-            draws = draws + np.expm1(self.fitted.int8.log_loss(dense_loss=1.0, N=N)[1])
+            draws = draws + np.expm1(self.fitted.int8.log_loss(dense_loss=1.0, N=N, tokens_per_param=D / N)[1])
         return draws
 
     def interval(self, N: float, D: float, method: str, sparsity: float, int8: bool) -> tuple[float, float, float]:
