@@ -112,3 +112,30 @@ def test_a_duration_on_a_sweep_without_timing_is_refused(tmp_path, small_corpus,
     assert "--budget: a duration needs a throughput model" in err and err.count("\n") == 1
     assert tlc_plan.main(["--law", "chinchilla", "--budget", "6h"]) == 2
     assert "--budget: a duration needs a throughput model" in capsys.readouterr().err
+
+
+def test_the_lr_rule_is_fitted_to_the_sweep_and_stated():
+    from tlc.plan.recipe import fit_lr_rule
+
+    rule = fit_lr_rule([32, 64, 96, 128, 192], [4.2e-3, 3.0e-3, 2.45e-3, 2.1e-3, 1.7e-3])  # sweeps/tiny.yaml
+    assert rule.kind == "power_of_width" and rule.p == pytest.approx(-0.5, abs=0.02)
+    assert rule.lr(256) == pytest.approx(4.2e-3 * (32 / 256) ** 0.5, rel=0.03)
+    constant = fit_lr_rule([32, 64], [3e-3, 3e-3])
+    assert constant.kind == "constant" and constant.lr(4096) == 3e-3
+
+
+def test_a_plan_from_a_wsd_sweep_trains_one_finished_run(runs, capsys):
+    for run_dir in runs.iterdir():
+        config_path = run_dir / "config.json"
+        if config_path.is_file():
+            config = json.loads(config_path.read_text())
+            config["train"].update(schedule="wsd", cooldowns=[0.25, 0.5, 1.0], cooldown_frac=0.2)
+            config_path.write_text(json.dumps(config))
+    recipe = plan(["--runs", runs, "--budget", "5e9"], capsys)["recommendation"]["recipe"]
+    assert recipe["train"]["schedule"] == "cosine" and recipe["train"]["cooldowns"] == []
+    assert recipe["lr_rule"] == "power_of_width" and recipe["train"]["lr"] == pytest.approx(
+        4.2e-3 * (32 / recipe["shape"]["width"]) ** 0.5)
+    from tlc.plan.planfile import run_config
+
+    cfg = run_config(recipe)
+    assert cfg.train.schedule == "cosine" and cfg.train.tokens == recipe["train"]["tokens"]
