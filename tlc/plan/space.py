@@ -10,7 +10,11 @@ FLOPs are 6·N per training token and 2·N per inference token (Kaplan et al. 20
 
 Tokens are never searched: loss falls with D, so the best plan spends all the compute left
 after inference on training, D = (C - inference_tokens·inference_flops_per_token) /
-train_flops_per_token (Sardana et al. 2024 add inference to the budget this way).
+train_flops_per_token (Sardana et al. 2024 add inference to the budget this way), less the
+tokens of a gradual method's recovery fine-tune (charged to the same budget). A duration
+budget T gives D = T / seconds_per_token(shape) instead (`tlc.plan.training_cost`). Where the
+corpus's unique tokens are known, the law is evaluated at the effective tokens of repeated data
+and plans above the epoch limit are infeasible.
 
 Compression is a category (pruning method or none, times int8 or not) and a sparsity (fixed
 for a method measured at one sparsity only, such as 2:4 at 0.5). The
