@@ -120,9 +120,17 @@ def _answer(data: SweepData) -> list[str]:
     """The opening sentences: the plan, its predicted gain, the law's status, and its validation."""
     from tlc.report.summary import plan_sentences, validation_sentences
 
+    from tlc.plan.output import FORMAT
+
     if not data.plan:
         return []
-    return plan_sentences(data.plan) + validation_sentences(data.plan, data.validations, data.plan_sha256)
+    if data.plan.get("format") != FORMAT:
+        return [f"plan.json has format {data.plan.get('format')!r}, not {FORMAT!r} as this tlc plan writes it: "
+                "run tlc plan again for the answer."]
+    try:
+        return plan_sentences(data.plan) + validation_sentences(data.plan, data.validations, data.plan_sha256)
+    except (KeyError, TypeError, ValueError):  # a hand-edited plan.json: the tables below still show it
+        return ["plan.json lacks fields tlc plan writes: run tlc plan again for the answer."]
 
 
 def write_report(sweep_dir: Path) -> Path:
