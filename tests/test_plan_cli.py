@@ -181,7 +181,9 @@ def test_more_budget_never_worse_under_an_inference_budget(runs, capsys):
 def test_latency_budget_is_met_by_the_fitted_device_model(runs, capsys):
     result = plan(["--runs", runs, "--budget", "1e15", "--max-latency-ms", "0.08", "--device", "cpu"], capsys)
     rec = result["recommendation"]
-    assert rec["inference"]["latency_ms"] <= 0.08 * (1 + 1e-9)
+    # a 10% margin under the budget: latency measured on a shared machine is noisy
+    assert rec["inference"]["latency_ms"] * 1.1 <= 0.08 * (1 + 1e-9) and result["budget"]["latency_margin"] == 0.1
+    assert result["budget"]["latency_unit"] == "ms per token at latency_batch"
     assert result["pareto_cost"] == "latency_ms" and rec["inference_cost"] == rec["inference"]["latency_ms"]
     assert result["cost_model"]["latency"]["b"] == pytest.approx(0.8, abs=1e-6)
     # Only block sparsity is faster on this device, so no unstructured plan may win on latency.

@@ -90,7 +90,7 @@ def _row(label: str, entry: dict) -> str:
     latency = entry["inference"]["latency_ms"]
     return (f"{label:<16}{shape:>10}{format_count(entry['non_embedding_params']):>9}{format_count(entry['tokens']):>9}"
             f"  {_compression(entry):<24}{_loss(entry):<28}{format_count(entry['inference']['nonzeros']):>9}"
-            f"{format_bytes(entry['inference']['bytes']):>11}{'-' if latency is None else f'{latency:.3g} ms':>11}")
+            f"{format_bytes(entry['inference']['bytes']):>11}{'-' if latency is None else f'{latency:.3g} ms/tok':>11}")
 
 
 def _budget_line(plan: dict) -> str:
@@ -107,7 +107,7 @@ def _budget_line(plan: dict) -> str:
     if b["max_bytes"] is not None:
         parts.append(f"<= {format_bytes(b['max_bytes'])}")
     if b["max_latency_ms"] is not None:
-        parts.append(f"<= {b['max_latency_ms']:.3g} ms at batch {b['latency_batch']} on {b['device']}")
+        parts.append(f"<= {b['max_latency_ms']:.3g} ms per token at batch {b['latency_batch']} on {b['device']}")
     return ", ".join(parts)
 
 
@@ -117,7 +117,7 @@ def format_table(plan: dict, path: str | None) -> str:
         f"budget: {_budget_line(plan)}",
         f"law: {plan['law']['description']}" + (f"; chosen: {plan['law']['why']}" if plan['law'].get('why') else ""),
         f"{'':<16}{'shape':>10}{'N':>9}{'tokens':>9}  {'compression':<24}{'loss [interval]':<28}"
-        f"{'non-zeros':>9}{'bytes':>11}{'latency':>11}",
+        f"{'non-zeros':>9}{'bytes':>11}{'ms/token':>11}",
         _row("recommended", plan["recommendation"]),
     ]
     if plan["train_small"]:

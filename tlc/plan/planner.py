@@ -33,7 +33,7 @@ COST_KEYS = {"params": "nonzeros", "bytes": "bytes", "latency_ms": "latency_ms"}
 
 
 def _format_cost(name: str, value: float) -> str:
-    return {"params": format_count, "bytes": format_bytes}.get(name, lambda v: f"{v:.3g} ms")(value)
+    return {"params": format_count, "bytes": format_bytes}.get(name, lambda v: f"{v:.3g} ms per token")(value)
 
 
 def _categories(law: PlanLaw, args: argparse.Namespace, latency_groups: set | None) -> list[Category]:
