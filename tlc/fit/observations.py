@@ -143,8 +143,11 @@ def read_run(
     sources = [(run_dir / "compress.jsonl", None)]
     branch_root = run_dir / "branches"
     if branch_root.is_dir():
+        # the last branch's model is the run's model/ too: counted once, from the run's own rows
+        own = (run_dir / "compress.jsonl").is_file()
         sources += [(b / "compress.jsonl", float(b.name)) for b in sorted(branch_root.iterdir())
-                    if b.name.isdigit() and (b / "compress.jsonl").is_file()]
+                    if b.name.isdigit() and (b / "compress.jsonl").is_file()
+                    and not (own and float(b.name) == curve.final_tokens)]
     for compress_path, branch_tokens in sources:
         if not compress_path.exists():
             continue
