@@ -248,8 +248,9 @@ def choose_law(data: dict, law_form: str | None, flag: str, path: Path) -> dict:
         return {**named[0], "why": "named by --law-form", "candidates": candidates}
     if not usable:
         problems = "; ".join(problem(c) for c in candidates) or "fit.json holds no L(N, D) law"
-        raise UserError(f"{flag} {path}: no law the fit can defend: {problems}; fix the sweep's design "
-                        f"(train.cooldowns or train.budgets) and refit, or plan with --law {'|'.join(PUBLISHED_LAWS)}")
+        raise UserError(f"{flag} {path}: no law the fit can defend: {problems}; change the sweep's design as "
+                        "tlc fit says (more D per size: train.cooldowns or train.budgets; a loss floor: longer runs or "
+                        f"larger shapes) and refit, or plan with --law {'|'.join(PUBLISHED_LAWS)}")
     scored = [c for c in usable if c["heldout_error"] is not None]
     if scored:
         best = min(scored, key=lambda c: c["heldout_error"])
