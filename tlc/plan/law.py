@@ -21,6 +21,7 @@ import numpy as np
 
 import scaling
 from scaling.fitted import FittedLaw, FittedSweep
+from scaling.sweep_fit import FORMAT as FIT_FORMAT
 from scaling.forms import LAWS, PUBLISHED_BESIROGLU, PUBLISHED_CHINCHILLA, ChinchillaParameters
 from tlc.errors import UserError
 from tlc.io import list_runs, read_jsonl
@@ -262,7 +263,10 @@ def choose_law(data: dict, law_form: str | None, flag: str, path: Path) -> dict:
 
 
 def _fit_file(path: Path, data: dict, flag: str, law_form: str | None = None) -> PlanLaw:
-    choice = choose_law(data, law_form, flag, path)  # first: an unidentified law gets the design problem, not a parse error
+    if data.get("format") != FIT_FORMAT:
+        raise UserError(f"{flag} {path}: fit.json: format must be {FIT_FORMAT!r}, got {data.get('format')!r}; "
+                        "rerun `tlc fit`")
+    choice = choose_law(data, law_form, flag, path)  # before load_fit: an unidentified law gets the design problem
     try:
         fitted = scaling.load_fit(data)
     except ValueError as error:
