@@ -68,8 +68,10 @@ def stages(runs: Path) -> dict[str, float]:
         out[name] = now - clock
         clock = now
 
-    law = tlc_plan.load_plan_law(runs, None)
-    costs = build_cost_model(law.runs_dir, None, 1, None)
+    from tlc.plan.law import load_plan_law
+
+    law = load_plan_law(runs, None)
+    costs = build_cost_model(law.runs_dir, None, 1, None, law.shape_template)
     space = PlanSpace(law, costs, tlc_command._budgets(args), 0.95, tlc_plan._categories(law, args, None))
     lap("read fit.json and runs")
     tpe = run_tpe(space, args.trials, 0)

@@ -15,7 +15,13 @@ Pruning candidates (s the fraction of prunable weights removed):
   Models", their L(S, N, D) with a_S(1-S)^b_S + c_S multiplying the size term), taken as the
   difference between sparse and dense at fixed N and D.
 - "odds_power_size_free": odds_power with delta = 0, for sweeps too small to measure delta.
-8-bit candidates: "size_power": dL = c·(N/N_REF)^-delta, and "constant": dL = c.
+- "odds_power_tokens": odds_power times ((D/N)/TPP_REF)^epsilon, D the tokens the compressed
+  checkpoint was trained on: over-trained models compress worse when epsilon > 0 (Frantar et
+  al. 2023 find the optimal sparsity rising with data; Kumar et al. 2024, "Scaling Laws for
+  Precision", find post-training quantization degrading with data). Fitted from checkpoints of
+  one model at several D: cooldown-branch ends of a WSD sweep, or an iso-FLOP sweep's models.
+8-bit candidates: "size_power": dL = c·(N/N_REF)^-delta, "size_power_tokens": size_power times
+((D/N)/TPP_REF)^epsilon, and "constant": dL = c.
 
 Choice: the candidate with the lowest error predicting the *largest* model's compressed
 losses from a fit on the smaller models (leave-largest-out), because extrapolating to larger
@@ -36,6 +42,7 @@ import numpy as np
 from scaling.forms import LawForm, ParameterSpec, _col, _softmax_lse
 
 N_REF = 1e6  # non-embedding parameters at which the coefficient c is quoted
+TPP_REF = 20.0  # tokens per parameter at which c is quoted (Hoffmann et al. 2022's compute-optimal ratio)
 
 
 def _log_total(dense_loss: np.ndarray, log_added: np.ndarray, d_log_added: list[np.ndarray], jacobian: bool):
@@ -141,6 +148,80 @@ class DensityPowerPruning(LawForm):
         return np.array([math.log(p.c), p.gamma, p.delta])
 
 
+@dataclass(frozen=True)
+class TokensPruningParameters:
+    """dL(s, N, D/N) for one pruning method."""
+
+    c: float  # added loss at N = N_REF and D/N = TPP_REF, nats
+    gamma: float  # sparsity exponent
+    delta: float  # model-size exponent
+    epsilon: float  # tokens-per-parameter exponent: > 0 means over-trained models lose more
+
+
+@dataclass(frozen=True)
+class TokensInt8Parameters:
+    """dL(N, D/N) of 8-bit weights."""
+
+    c: float
+    delta: float
+    epsilon: float
+
+
+_EPSILON = ParameterSpec("epsilon", -2.0, 3.0, (0.0, 0.25, 0.5))
+
+
+def _log_tpp(x) -> np.ndarray:
+    return np.log(x["tokens_per_param"] / TPP_REF)
+
+
+class OddsPowerTokensPruning(LawForm):
+    """dL = c·(s/(1-s))^gamma·(N/N_REF)^-delta·((D/N)/TPP_REF)^epsilon (module docstring)."""
+
+    name = "odds_power_tokens"
+    equation = "L = L_dense + c * (s/(1-s))^gamma * (N/1e6)^-delta * ((D/N)/20)^epsilon"
+    source = "odds_power with a tokens-per-parameter term (Frantar et al. 2023: sparsity costs more with more data)"
+    covariates = ("sparsity", "N", "dense_loss", "tokens_per_param")
+    fitted = (_LOG_C, ParameterSpec("gamma", 0.0, 10.0, (0.5, 1.0, 2.0, 4.0)), _DELTA, _EPSILON)
+    parameters_type = TokensPruningParameters
+
+    def log_loss(self, theta, x, jacobian=True):
+        log_odds = np.log(x["sparsity"]) - np.log1p(-x["sparsity"])
+        log_size, log_tpp = np.log(x["N"] / N_REF), _log_tpp(x)
+        log_c, gamma, delta, epsilon = (_col(theta, i) for i in range(4))
+        g = log_c + gamma * log_odds - delta * log_size + epsilon * log_tpp
+        return _log_total(x["dense_loss"], g, [np.ones_like(g), log_odds, -log_size, log_tpp], jacobian)
+
+    def to_parameters(self, theta):
+        return TokensPruningParameters(c=math.exp(theta[0]), gamma=float(theta[1]), delta=float(theta[2]),
+                                       epsilon=float(theta[3]))
+
+    def to_theta(self, p):
+        return np.array([math.log(p.c), p.gamma, p.delta, p.epsilon])
+
+
+class SizePowerTokensInt8(LawForm):
+    """dL = c·(N/N_REF)^-delta·((D/N)/TPP_REF)^epsilon for 8-bit weights (Kumar et al. 2024)."""
+
+    name = "size_power_tokens"
+    equation = "L = L_dense + c * (N/1e6)^-delta * ((D/N)/20)^epsilon"
+    source = "size_power with a tokens-per-parameter term (Kumar et al. 2024: quantization costs more with more data)"
+    covariates = ("N", "dense_loss", "tokens_per_param")
+    fitted = (_LOG_C, _DELTA, _EPSILON)
+    parameters_type = TokensInt8Parameters
+
+    def log_loss(self, theta, x, jacobian=True):
+        log_size, log_tpp = np.log(x["N"] / N_REF), _log_tpp(x)
+        log_c, delta, epsilon = (_col(theta, i) for i in range(3))
+        g = log_c - delta * log_size + epsilon * log_tpp
+        return _log_total(x["dense_loss"], g, [np.ones_like(g), -log_size, log_tpp], jacobian)
+
+    def to_parameters(self, theta):
+        return TokensInt8Parameters(c=math.exp(theta[0]), delta=float(theta[1]), epsilon=float(theta[2]))
+
+    def to_theta(self, p):
+        return np.array([math.log(p.c), p.delta, p.epsilon])
+
+
 class SizePowerInt8(LawForm):
     """dL = c·(N/N_REF)^-delta for 8-bit weights."""
 
@@ -186,9 +267,12 @@ class ConstantInt8(LawForm):
 
 
 PRUNING_CANDIDATES: dict[str, LawForm] = {
-    f.name: f for f in (OddsPowerPruning(), DensityPowerPruning(), SizeFreeOddsPowerPruning())
+    f.name: f for f in (OddsPowerPruning(), DensityPowerPruning(), SizeFreeOddsPowerPruning(), OddsPowerTokensPruning())
 }
-INT8_CANDIDATES: dict[str, LawForm] = {f.name: f for f in (SizePowerInt8(), ConstantInt8())}
+INT8_CANDIDATES: dict[str, LawForm] = {f.name: f for f in (SizePowerInt8(), ConstantInt8(), SizePowerTokensInt8())}
+# Candidates that need checkpoints at several tokens per parameter for one model size: without
+# them D/N only restates N (every run saw the same tokens), and epsilon is not identified.
+TOKEN_CANDIDATES = ("odds_power_tokens", "size_power_tokens")
 SIZE_FREE = {"pruning": "odds_power_size_free", "int8": "constant"}
 
 

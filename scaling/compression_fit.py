@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from scaling.compression import INT8_CANDIDATES, PRUNING_CANDIDATES, SIZE_FREE
+from scaling.compression import INT8_CANDIDATES, PRUNING_CANDIDATES, SIZE_FREE, TOKEN_CANDIDATES
 from scaling.fitting import FitResult, fit_law
 from scaling.observations import MIN_MODEL_SIZES, SweepObservations
 
@@ -31,11 +31,21 @@ class CompressionPoints:
     dense_loss: np.ndarray  # (n,) the dense model's validation loss (see the module docstring)
     loss: np.ndarray  # (n,) the compressed variant's validation loss
     run_index: np.ndarray  # (n,) index into SweepObservations.runs
+    tokens: np.ndarray | None = None  # (n,) D of each compressed checkpoint
 
     @property
     def covariates(self) -> dict[str, np.ndarray]:
         """Covariates by the names the compression forms use."""
-        return {"sparsity": self.sparsity, "N": self.N, "dense_loss": self.dense_loss}
+        tokens = self.tokens if self.tokens is not None else np.full_like(self.N, np.nan)
+        return {"sparsity": self.sparsity, "N": self.N, "dense_loss": self.dense_loss,
+                "tokens_per_param": tokens / self.N}
+
+    @property
+    def tokens_identified(self) -> bool:
+        """Whether one model size was compressed at two or more D (what epsilon needs)."""
+        if self.tokens is None or not np.isfinite(self.tokens).all():
+            return False
+        return any(len(np.unique(np.round(self.tokens[self.N == n]))) >= 2 for n in np.unique(self.N))
 
 
 def compression_points(observations: SweepObservations) -> list[CompressionPoints]:
@@ -54,6 +64,7 @@ def compression_points(observations: SweepObservations) -> list[CompressionPoint
         index = np.array([observations.run_position(v.run_id) for v in variants])
         runs = [observations.runs[i] for i in index]
         dense = [r.final_loss if v.dense_loss is None else v.dense_loss for v, r in zip(variants, runs)]
+        tokens = [r.final_tokens if v.tokens is None else float(v.tokens) for v, r in zip(variants, runs)]
         out.append(
             CompressionPoints(
                 kind=kind,
@@ -63,6 +74,7 @@ def compression_points(observations: SweepObservations) -> list[CompressionPoint
                 dense_loss=np.array(dense),
                 loss=np.array([v.val_loss for v in variants]),
                 run_index=index,
+                tokens=np.array(tokens),
             )
         )
     return out
@@ -113,6 +125,8 @@ def fit_compression_model(points: CompressionPoints) -> CompressionModel | str:
     best one if none does); with fewer sizes, the size-free candidate.
     """
     candidates = PRUNING_CANDIDATES if points.kind == "pruning" else INT8_CANDIDATES
+    if not points.tokens_identified:  # D/N would only restate N: the tokens term cannot be fitted
+        candidates = {k: v for k, v in candidates.items() if k not in TOKEN_CANDIDATES}
     size_free = candidates[SIZE_FREE[points.kind]]
     n = len(points.loss)
     if n < len(size_free.fitted) + 1:

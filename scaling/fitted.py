@@ -54,7 +54,7 @@ class FittedLaw:
 
     def log_loss(self, **covariates: float) -> tuple[float, np.ndarray]:
         """Log-prediction at one point: from the point estimate, and per draw (R,) (NaN if unusable)."""
-        x = {c: np.array([float(covariates[c])]) for c in self.form.covariates}
+        x = {c: np.array([float(covariates[c])]) for c in self.form.covariates}  # KeyError: a covariate not given
         theta = self.form.to_theta(self.parameters)
         point, _ = self.form.log_loss(theta, x, jacobian=False)
         if len(self.draws) == 0:
@@ -127,11 +127,11 @@ class FittedSweep:
                     f"sparsity: {method} was measured at sparsity {level} only; "
                     f"its model cannot say how loss changes with sparsity, ask for {level}"
                 )
-            added_terms.append((self.pruning[method], {"sparsity": sparsity, "N": N}))
+            added_terms.append((self.pruning[method], {"sparsity": sparsity, "N": N, "tokens_per_param": D / N}))
         if int8:
             if self.int8 is None:
                 raise ValueError("int8: this fit has no 8-bit model (no 8-bit variants in compress.jsonl)")
-            added_terms.append((self.int8, {"N": N}))
+            added_terms.append((self.int8, {"N": N, "tokens_per_param": D / N}))
         for model, covariates in added_terms:
             # Compression forms predict log(dense_loss + added); with dense_loss = 1 that is log(1 + added).
             log_point, log_draws = model.log_loss(dense_loss=1.0, **covariates)

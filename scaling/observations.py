@@ -98,6 +98,7 @@ class CompressedVariant:
     bits: int  # 32 or 8
     val_loss: float
     dense_loss: float | None = None  # the dense model's loss as the compression stage measured it
+    tokens: float | None = None  # D of the compressed checkpoint (a cooldown branch's end); None: the run's final
 
     def __post_init__(self) -> None:
         if not (0.0 <= self.sparsity < 1.0):

@@ -51,8 +51,12 @@ def write_synthetic_sweep(sweep_dir: Path, with_fit: bool = True, with_compress:
         from tlc.fit.observations import fit_sweep
 
         atomic_write_json(sweep_dir / "fit.json", fit_sweep(sweep_dir, bootstrap=20, seed=0, all_points=True))
-    if with_plan:
-        front = [{"predicted_loss": 4.0 - 0.3 * i, "inference_cost": 1e5 * 2**i} for i in range(5)]
-        atomic_write_json(sweep_dir / "plan.json", {"budget": {"train_flops": 1e15}, "pareto_front": front,
-                                                    "recommendation": front[2], "train_small": front[1]})
+    if with_plan:  # written by tlc plan itself, as a user's would be
+        import contextlib
+        import io
+
+        from tlc.plan import command as tlc_plan
+
+        with contextlib.redirect_stdout(io.StringIO()):
+            assert tlc_plan.main(["--runs", str(sweep_dir), "--budget", "1e15", "--max-params", "60k"]) == 0
     return sweep_dir

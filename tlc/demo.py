@@ -23,6 +23,9 @@ from tlc.io import list_runs
 # The demo compresses with the fast one-shot methods plus gradual pruning (the method that
 # recovers), at two levels; `tlc compress` alone does every method.
 DEMO_COMPRESS = ["--methods", "magnitude,block,gradual", "--sparsity", "0.5,0.9", "--recovery-steps", "40"]
+# Every cooldown branch's model too, with the cheapest methods that show how compression depends on
+# training length (one-shot magnitude pruning and int8): the compression models' D/N term needs them.
+DEMO_COMPRESS_BRANCHES = ["--branches", "--methods", "magnitude", "--sparsity", "0.5,0.9"]
 INFERENCE_SHARE = 0.6  # the inference budget as a share of the unconstrained optimum's size
 
 
@@ -132,6 +135,7 @@ def run(args: argparse.Namespace) -> int:
 
     stage("sweep", ["sweep", str(sweep_file), "--runs-dir", str(args.runs_dir)])
     stage("compress", ["compress", str(sweep_dir), *DEMO_COMPRESS])
+    stage("compress", ["compress", str(sweep_dir), *DEMO_COMPRESS_BRANCHES])
     stage("fit", ["fit", str(sweep_dir)])
     budget = training_budget(sweep_dir)
     # first without an inference limit, to size that limit; the second call rewrites plan.json

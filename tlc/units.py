@@ -1,6 +1,7 @@
 """Numbers as users write them on the command line: FLOPs, parameter counts and byte sizes.
 
     parse_flops("3.5e18") == 3.5e18
+    parse_budget("6h") == (None, 21600.0)   # a training budget: FLOPs, or a duration (s, min, h, d)
     parse_count("125M") == 125e6           # K, M, B (10^9), T: decimal multipliers
     parse_bytes("1.5GiB") == 1.5 * 2**30   # kB, MB, GB, TB are powers of 1000; KiB, MiB, GiB, TiB of 1024
 
@@ -49,6 +50,25 @@ def parse_positive(text: str, flag: str, example: str) -> float:
 def parse_flops(text: str, flag: str = "--budget") -> float:
     """Training compute in FLOPs, a plain positive number: 1e17, 3.5e18, 2_000e15."""
     return parse_positive(text, flag, "FLOPs as a positive number such as 1e17 or 3.5e18")
+
+
+DURATION_UNITS = {"s": 1, "sec": 1, "min": 60, "h": 3600, "hr": 3600, "d": 86400}
+
+
+def parse_budget(text: str, flag: str = "--budget") -> tuple[float | None, float | None]:
+    """A training budget: (FLOPs, None) for a plain number such as 1e17, or (None, seconds) for a
+    duration such as 6h, 45min, 90s or 1.5d."""
+    match = _NUMBER_WITH_UNIT.match(str(text))
+    if match and match.group(2):
+        unit = match.group(2).lower()
+        if unit not in DURATION_UNITS:
+            raise UserError(f"{flag}: unknown unit {match.group(2)!r} in {text!r}; give FLOPs such as 1e17 or a "
+                            f"duration in {', '.join(DURATION_UNITS)} such as 6h or 45min")
+        return None, _positive(flag, float(match.group(1).replace("_", "")) * DURATION_UNITS[unit], text)
+    try:
+        return parse_flops(text, flag), None
+    except UserError:
+        raise UserError(f"{flag}: expected FLOPs such as 1e17 or a duration such as 6h or 45min, got {text!r}") from None
 
 
 def parse_count(text: str, flag: str = "--max-params") -> float:

@@ -32,6 +32,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"fine-tune steps of gradual/movement pruning (default {d.recovery_steps})")
     parser.add_argument("--block-size", type=int, default=d.block_size,
                         help=f"block side for block pruning: 16, 32 or 64 (default {d.block_size})")
+    parser.add_argument("--branches", action="store_true",
+                        help="also compress every saved cooldown-branch model (<run>/branches/<tokens>/, a WSD sweep): "
+                             "the same model at several tokens, which the compression models' D/N term is fitted to")
+    parser.add_argument("--plan", type=Path, metavar="PLAN.json",
+                        help="compress RUNS_DIR (one run) as a plan.json's point says: its method, sparsity, block, "
+                             "recovery steps and int8; the other compression flags are ignored")
+    parser.add_argument("--point", default="recommendation",
+                        help="with --plan: recommendation (default) or train_small")
     parser.add_argument("--latency-repeats", type=int, default=d.latency_repeats,
                         help=f"timed forward passes per batch size, median reported (default {d.latency_repeats})")
     parser.add_argument("--ort-latency", action=argparse.BooleanOptionalAction, default=None,
@@ -60,6 +68,41 @@ def settings_from_args(args: argparse.Namespace) -> CompressSettings:
                             ort_latency=ort_available() if args.ort_latency is None else args.ort_latency)
 
 
+def check_planned_run(run_dir: Path, recipe: dict, point: str) -> None:
+    """UserError (naming --plan) unless ``run_dir`` is one finished run of the recipe's shape."""
+    import json
+
+    from tlc.io import is_complete
+
+    if not is_complete(run_dir):
+        raise UserError(f"RUNS_DIR: {str(run_dir)!r} is not one finished run; with --plan give the run trained "
+                        f"from the plan (tlc train --plan PLAN.json --point {point})")
+    shape = json.loads((run_dir / "config.json").read_text(encoding="utf-8")).get("shape") or {}
+    planned = recipe["shape"]
+    differs = [k for k in ("arch", "width", "depth", "heads", "context", "vocab_size") if shape.get(k) != planned.get(k)]
+    if differs:
+        raise UserError(f"--plan: {run_dir.name} is not the planned {point} "
+                        f"({', '.join(f'{k} {shape.get(k)} there, {planned.get(k)} planned' for k in differs)}); "
+                        "a plan.json from another sweep, or another point (--point)")
+
+
+def _run_planned(args: argparse.Namespace) -> int:
+    from tlc.compress.pipeline import planned_variants
+    from tlc.plan.planfile import point_recipe, read_plan
+
+    recipe = point_recipe(read_plan(args.plan), args.point)
+    check_planned_run(args.runs_dir, recipe, args.point)
+    settings, specs = planned_variants(recipe["compression"])
+    from dataclasses import replace
+
+    settings = replace(settings, latency_repeats=args.latency_repeats)
+    rows = compress_run(args.runs_dir, settings, specs=specs)
+    final = next(r for r in rows if r["variant"] == specs[-1].id)
+    print(f"{args.runs_dir.name}: planned {specs[-1].id}: loss {final['val_loss']:.4f}, {final['bytes']} bytes, "
+          f"{final['nonzeros']} non-zeros -> {args.runs_dir / ROWS}")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     """Prune and 8-bit quantize every trained model of a sweep; evaluate and measure each variant.
 
@@ -71,12 +114,18 @@ def run(args: argparse.Namespace) -> int:
     has several). Run it again to resume: finished variants are skipped.
     """
     settings = settings_from_args(args)
+    if args.plan is not None:
+        return _run_planned(args)
     run_dirs = find_runs(args.runs_dir)
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # "Loading weights" bars would bury the one line per variant
+    from tlc.compress.pipeline import branch_checkpoints
+
     for run_dir in run_dirs:
         compress_run(run_dir, settings)
+        for branch in branch_checkpoints(run_dir) if args.branches else []:
+            compress_run(run_dir, settings, checkpoint=branch)
     changed = add_cie(run_dirs)
     if changed:
         print(f"compression-identified exemplars computed for {changed} rows across seeds")

@@ -72,8 +72,9 @@ class RunContext:
     int8_path: str | None
 
 
-def load_run(run_dir: Path, settings: CompressSettings) -> RunContext:
-    """Read a run's config, data and model; check the data is the one it was trained on."""
+def load_run(run_dir: Path, settings: CompressSettings, checkpoint: Path | None = None) -> RunContext:
+    """Read a run's config, data and model (``checkpoint``/model/, default the run's own); check the
+    data is the one it was trained on."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -83,7 +84,7 @@ def load_run(run_dir: Path, settings: CompressSettings) -> RunContext:
     config = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
     data, shape, train = config["data"], config["shape"], config["train"]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dense = AutoModelForCausalLM.from_pretrained(str(run_dir / "model"), use_safetensors=True,
+    dense = AutoModelForCausalLM.from_pretrained(str((checkpoint or run_dir) / "model"), use_safetensors=True,
                                                  attn_implementation="sdpa").float().to(device).eval()
     if "block" in settings.methods:
         from tlc.compress.prune import check_block_size
@@ -102,7 +103,7 @@ def load_run(run_dir: Path, settings: CompressSettings) -> RunContext:
         from tlc.compress.quantize import choose_int8_path
 
         int8_path, _ = choose_int8_path(device, shape["width"])
-    return RunContext(run_dir, config, tokens, val_offsets(len(tokens.val), context, train["eval_tokens"]),
+    return RunContext(checkpoint or run_dir, config, tokens, val_offsets(len(tokens.val), context, train["eval_tokens"]),
                       frequency_buckets(tokens.train, shape["vocab_size"]), calibration, dense, device, int8_path)
 
 
@@ -223,32 +224,61 @@ def _device_name(device) -> str:
     return f"cpu:{platform.processor() or platform.machine()}:{torch.get_num_threads()}threads"
 
 
-def compress_run(run_dir: Path, settings: CompressSettings, log=print) -> list[dict]:
-    """Make every missing variant of one run; returns all of the run's rows."""
+def planned_variants(compression: dict) -> tuple[CompressSettings, list[VariantSpec]]:
+    """Settings and variants for a plan's compression {method, sparsity, block, recovery_steps, int8}:
+    the dense baseline, the pruned model, and its 8-bit twin when the plan says int8."""
+    method, sparsity, int8 = compression["method"], float(compression["sparsity"]), bool(compression["int8"])
+    block = int(compression.get("block") or 32) if method == "block" else None
+    settings = CompressSettings(methods=(method,) if method != "none" else (), sparsities=(sparsity,), int8=int8,
+                                recovery_steps=int(compression.get("recovery_steps") or 0), block_size=block or 32)
+    base = VariantSpec(method, sparsity if method != "none" else 0.0, 32, block)
+    specs = [VariantSpec("none", 0.0, 32)]
+    specs += [base] if method != "none" else []
+    specs += [VariantSpec(base.method, base.sparsity, 8, block)] if int8 else []
+    return settings, specs
+
+
+def branch_checkpoints(run_dir: Path) -> list[Path]:
+    """The saved cooldown-branch models of a run (``<run>/branches/<tokens>/``), by tokens."""
+    root = Path(run_dir) / "branches"
+    if not root.is_dir():
+        return []
+    return sorted((p for p in root.iterdir() if p.name.isdigit() and is_complete(p)), key=lambda p: int(p.name))
+
+
+def compress_run(run_dir: Path, settings: CompressSettings, log=print,
+                 specs: list[VariantSpec] | None = None, checkpoint: Path | None = None) -> list[dict]:
+    """Make every missing variant of one run (``specs``, default every variant ``settings`` asks for);
+    returns all of the run's rows. ``checkpoint`` is a cooldown branch's folder: its model is
+    compressed instead, into its own compressed/ and compress.jsonl, each row carrying its tokens."""
     from tlc.compress.store import is_saved
 
     run_dir = Path(run_dir)
-    path = run_dir / ROWS
-    rows = {r["variant"]: r for r in read_jsonl(path) if is_saved(run_dir / "compressed" / str(r.get("variant")))}
-    todo = [s for s in variant_specs(settings) if s.id not in rows]
+    home = Path(checkpoint) if checkpoint is not None else run_dir
+    label = run_dir.name if checkpoint is None else f"{run_dir.name}@{home.name}"
+    path = home / ROWS
+    rows = {r["variant"]: r for r in read_jsonl(path) if is_saved(home / "compressed" / str(r.get("variant")))}
+    todo = [s for s in (variant_specs(settings) if specs is None else specs) if s.id not in rows]
     if not todo:
-        log(f"{run_dir.name}: all {len(rows)} variants done")
+        log(f"{label}: all {len(rows)} variants done")
         return list(rows.values())
-    ctx = load_run(run_dir, settings)
+    ctx = load_run(run_dir, settings, checkpoint)
     fp32_models: dict = {}
     dense_spec = VariantSpec("none", 0.0, 32)
-    dense_eval = load_eval(run_dir / "compressed" / "dense") if "dense" in rows else None
+    dense_eval = load_eval(home / "compressed" / "dense") if "dense" in rows else None
     if dense_spec.id not in rows:
         todo = [dense_spec] + [s for s in todo if s.id != dense_spec.id]
     for spec in todo:
         row = make_variant(ctx, spec, settings, fp32_models, dense_eval)
         if spec.id == "dense":
-            dense_eval = load_eval(run_dir / "compressed" / "dense")
+            dense_eval = load_eval(home / "compressed" / "dense")
         row["dense_val_loss"] = rows["dense"]["val_loss"] if "dense" in rows else row["val_loss"]
+        if checkpoint is not None:
+            row["tokens"] = int(home.name)  # a branch's D: the compression models' D/N term is fitted to it
         append_jsonl(path, row)
         rows[spec.id] = row
         added = row["val_loss"] - row["dense_val_loss"]
-        log(f"{run_dir.name} {spec.id:<22} loss {row['val_loss']:.4f} ({added:+.4f})  "
+        log(f"{label} {spec.id:<22} loss {row['val_loss']:.4f} ({added:+.4f})  "
             f"nonzeros {row['nonzeros']:>9}  bytes {row['bytes']:>9}  b1 {row['latency_ms_b1']:.4f} ms/tok "
             f"[{row['latency_kind']}]" + (f"  ort int8 {row['latency_ms_b1_ort_int8']:.4f}"
                                           if row.get("latency_ms_b1_ort_int8") is not None else "")

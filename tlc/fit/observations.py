@@ -138,8 +138,19 @@ def read_run(
     )
 
     variants = []
-    compress_path = run_dir / "compress.jsonl"
-    if compress_path.exists():
+    # The run's final model, then each cooldown branch's model compressed at its own D
+    # (<run>/branches/<tokens>/compress.jsonl): what the compression models' D/N term is fitted to.
+    sources = [(run_dir / "compress.jsonl", None)]
+    branch_root = run_dir / "branches"
+    if branch_root.is_dir():
+        # the last branch's model is the run's model/ too: counted once, from the run's own rows
+        own = (run_dir / "compress.jsonl").is_file()
+        sources += [(b / "compress.jsonl", float(b.name)) for b in sorted(branch_root.iterdir())
+                    if b.name.isdigit() and (b / "compress.jsonl").is_file()
+                    and not (own and float(b.name) == curve.final_tokens)]
+    for compress_path, branch_tokens in sources:
+        if not compress_path.exists():
+            continue
         rows = _read_json_lines(compress_path)
         # The baseline for the loss compression adds: the dense row the compression stage
         # evaluated alongside its variants (same evaluation, no offset), else the last metrics line.
@@ -160,8 +171,10 @@ def read_run(
                 dense = _number(compress_path, where, row, "dense_val_loss", positive=True)
             else:
                 dense = stage_dense if isinstance(stage_dense, (int, float)) and stage_dense > 0 else None
+            tokens = _number(compress_path, where, row, "tokens", positive=True) if "tokens" in row else branch_tokens
             try:
-                variants.append(scaling.CompressedVariant(run_id, method, sparsity, int(bits), val_loss, dense))
+                variants.append(scaling.CompressedVariant(run_id, method, sparsity, int(bits), val_loss, dense,
+                                                          tokens))
             except ValueError as error:
                 raise UserError(f"{compress_path}{where}: {str(error).split(': ', 1)[-1]}") from None
     return curve, variants, warmup

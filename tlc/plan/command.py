@@ -14,25 +14,34 @@ from tlc.plan.output import format_table
 from tlc.plan.planner import DEFAULT_MAX_SPARSITY, make_plan
 from tlc.plan.search import DEFAULT_PARETO_TRIALS, DEFAULT_TPE_TRIALS
 from tlc.plan.space import Budgets
-from tlc.units import parse_bytes, parse_count, parse_flops, parse_positive
+from tlc.plan.training_cost import DEFAULT_MAX_EPOCHS
+from tlc.units import parse_budget, parse_bytes, parse_count, parse_positive
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``tlc plan``."""
     g = parser.add_argument_group("budgets")
-    g.add_argument("--budget", metavar="FLOPS", help="training compute in FLOPs, e.g. 1e17 or 3.5e18 (required)")
+    g.add_argument("--budget", metavar="FLOPS|DURATION", help="training compute in FLOPs, e.g. 1e17, or wall-clock "
+                   "time, e.g. 6h or 45min, on the sweep's own hardware (a throughput fitted to its runs) (required)")
+    g.add_argument("--max-epochs", type=float, default=None,
+                   help=f"most passes over the corpus's unique tokens (default {DEFAULT_MAX_EPOCHS:g}); beyond one, "
+                        "the law sees repeated tokens discounted (Muennighoff et al. 2023)")
     g.add_argument("--max-params", metavar="COUNT", help="most non-zero parameters at inference, e.g. 2e7 or 125M")
     g.add_argument("--max-bytes", metavar="SIZE", help="largest artifact, e.g. 20MB, 1.5GiB or 5e7 (bytes)")
-    g.add_argument("--max-latency-ms", metavar="MS", help="slowest forward pass on --device, from compress.jsonl")
+    g.add_argument("--max-latency-ms", metavar="MS", help="most milliseconds per token at --latency-batch on --device (a forward pass over a "
+                   "32-token prompt, divided by batch x 32), as compress.jsonl measures it; the prediction keeps a "
+                   "10%% margin under it")
     g.add_argument("--device", help="the device whose measured latency counts: compress.jsonl's device name or "
                    "a prefix naming one, e.g. cpu or cuda")
     g.add_argument("--latency-batch", type=int, choices=LATENCY_BATCHES, default=1,
-                   help="batch size of the latency that counts (default 1)")
+                   help="batch size at which --max-latency-ms is measured, per token (default 1)")
     g.add_argument("--inference-tokens", metavar="TOKENS", default="0",
                    help="tokens served in the model's lifetime; their forward FLOPs come out of --budget")
     g = parser.add_argument_group("law (one of)")
     g.add_argument("--runs", type=Path, metavar="RUNS_DIR", help="a fitted sweep: uses RUNS_DIR/fit.json")
     g.add_argument("--law", help=f"{', '.join(PUBLISHED_LAWS)}, or a fit.json or {{E, A, B, alpha, beta}} JSON file")
+    g.add_argument("--law-form", help="which law of fit.json to plan with, e.g. chinchilla or kaplan (default: the "
+                   "lowest held-out error among the laws the fit does not mark unidentified)")
     g = parser.add_argument_group("compression (needs a fit with compression models)")
     g.add_argument("--methods", help="pruning methods to consider, comma-separated (default: every fitted one)")
     g.add_argument("--max-sparsity", type=float, help=f"highest sparsity searched (default {DEFAULT_MAX_SPARSITY})")
@@ -59,8 +68,11 @@ def _budgets(args: argparse.Namespace) -> Budgets:
     latency = None
     if args.max_latency_ms is not None:
         latency = parse_positive(args.max_latency_ms, "--max-latency-ms", "milliseconds such as 20 or 2.5")
+    train_flops, train_seconds = parse_budget(args.budget, "--budget")
+    if train_seconds is not None and inference_tokens:
+        raise UserError("--inference-tokens: needs a --budget in FLOPs (inference is counted in FLOPs, not time)")
     return Budgets(
-        train_flops=parse_flops(args.budget, "--budget"),
+        train_flops=train_flops, train_seconds=train_seconds,
         inference_tokens=inference_tokens,
         max_params=parse_count(args.max_params, "--max-params") if args.max_params is not None else None,
         max_bytes=parse_bytes(args.max_bytes, "--max-bytes") if args.max_bytes is not None else None,
@@ -79,11 +91,16 @@ def run(args: argparse.Namespace) -> int:
     the same budgets ("train small") and the gain, and writes plan.json.
     """
     budgets = _budgets(args)
+    args.max_epochs_given = args.max_epochs is not None
+    if args.max_epochs is None:
+        args.max_epochs = DEFAULT_MAX_EPOCHS
+    elif not (args.max_epochs > 0 and args.max_epochs < float("inf")):
+        raise UserError(f"--max-epochs: must be a number > 0 of passes over the corpus, got {args.max_epochs:g}")
     if args.trials < 1 or args.pareto_trials < 2:
         raise UserError("--trials must be >= 1 and --pareto-trials >= 2")
     if args.max_sparsity is not None and not (0 < args.max_sparsity < 1):
         raise UserError(f"--max-sparsity: must be in (0, 1), got {args.max_sparsity}")
-    law = load_plan_law(args.runs, args.law)
+    law = load_plan_law(args.runs, args.law, args.law_form)
     storage = args.storage or (f"sqlite:///{(args.runs / 'study.db').resolve()}" if args.runs else None)
     plan = make_plan(law, budgets, args, storage)
     out = args.out or (args.runs / "plan.json" if args.runs else None)

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -181,15 +181,50 @@ def fit_latency(variants: list[MeasuredVariant], device: str, batch: int) -> Lat
     )
 
 
+def shape_of(template: dict, N, embedding) -> tuple[np.ndarray, np.ndarray]:
+    """(width, depth) of shapes of ``template`` from their (N, embedding): the inverse of `tlc.shapes.param_counts`."""
+    N, embedding = np.asarray(N, dtype=float), np.asarray(embedding, dtype=float)
+    V, T, ffn = template["vocab_size"], template["context"], template["ffn_mult"]
+    gpt2 = template["arch"] == "gpt2"
+    width = np.rint(embedding / (V + T if gpt2 else V))
+    per_block = 4 * width**2 + 2 * ffn * width**2 + 9 * width + ffn * width if gpt2 else \
+        4 * width**2 + 3 * ffn * width**2 + 2 * width
+    depth = np.rint((N - (2 if gpt2 else 1) * width) / np.maximum(per_block, 1))
+    return width.astype(np.int64), depth.astype(np.int64)
+
+
 @dataclass(frozen=True)
 class CostModel:
-    """Non-zeros, bytes and (where fitted) latency of a model, vectorised over N, embeddings and sparsity."""
+    """Non-zeros, bytes and (where fitted) latency of a model, vectorised over N, embeddings and sparsity.
+
+    With a shape ``template`` (a sweep's arch, context, vocabulary), non-zeros and bytes come from
+    the storage encoding itself (`tlc.artifact`: an upper bound, so a carried-out plan stays inside
+    its budget); without one (a published law's continuous N) from the fitted or default
+    coefficients of the module docstring.
+    """
 
     bytes_fits: dict  # {(method, int8): (v_g, m_g)} fitted to compress.jsonl
     latency: LatencyModel | None = None
+    template: dict | None = None  # arch, context, vocab_size, ffn_mult
+    blocks: dict = field(default_factory=dict)  # {method: block size} measured (block pruning)
 
-    def nonzeros(self, N, embedding, sparsity) -> np.ndarray:
-        """Non-zero parameters: dense embeddings plus the kept fraction of the non-embedding weights."""
+    def _encoded(self, N, embedding, sparsity, method: str, int8: bool) -> tuple[np.ndarray, np.ndarray]:
+        from tlc.artifact import header_bytes, sizes
+        from tlc.config import ModelShape
+
+        width, depth = shape_of(self.template, N, embedding)
+        block = self.blocks.get(method)
+        data, nonzeros = sizes(self.template, width, depth, method, sparsity, int8, block)
+        t = self.template
+        header = np.vectorize(lambda w, d, s: header_bytes(
+            ModelShape(int(w), int(d), 1, t["context"], t["vocab_size"], t["arch"], t["ffn_mult"]),
+            method if s > 0 else "none", int8, block), otypes=[float])
+        return data + header(width, depth, np.broadcast_to(sparsity, np.shape(width))), nonzeros
+
+    def nonzeros(self, N, embedding, sparsity, method: str = "magnitude") -> np.ndarray:
+        """Non-zero parameters: dense embeddings, biases and norms, plus the kept prunable weights."""
+        if self.template is not None:
+            return self._encoded(N, embedding, sparsity, method, False)[1].astype(float)
         return np.asarray(embedding) + (1.0 - np.asarray(sparsity)) * np.asarray(N)
 
     def bytes_coefficients(self, method: str, int8: bool) -> tuple[float, float]:
@@ -199,6 +234,8 @@ class CostModel:
 
     def bytes(self, N, embedding, sparsity, method: str, int8: bool) -> np.ndarray:
         """Artifact size in bytes (module docstring)."""
+        if self.template is not None:
+            return self._encoded(N, embedding, sparsity, method, int8)[0].astype(float)
         v, m = self.bytes_coefficients(method, int8)
         return v * self.nonzeros(N, embedding, sparsity) + m * (np.asarray(embedding) + np.asarray(N))
 
@@ -210,6 +247,14 @@ class CostModel:
 
     def describe(self) -> dict:
         """JSON-ready summary for plan.json."""
+        if self.template is not None:
+            return {
+                "nonzeros": "embeddings, biases and norms, plus each matrix's numel - floor(sparsity * numel)",
+                "bytes": "the storage encoding of tlc.compress.store counted from the shape (tlc.artifact), "
+                         "an upper bound: each matrix in its cheapest encoding, the header at its longest",
+                "blocks": self.blocks,
+                "latency": self.latency.describe() if self.latency else None,
+            }
         return {
             "nonzeros": "embedding + (1 - sparsity) * N",
             "bytes": "v_g * nonzeros + m_g * (embedding + N), g = (method, int8)",
@@ -241,7 +286,8 @@ def fit_bytes(variants: list[MeasuredVariant]) -> dict:
     return fits
 
 
-def build_cost_model(runs_dir: Path | None, device: str | None, batch: int, latency_flag: str | None) -> CostModel:
+def build_cost_model(runs_dir: Path | None, device: str | None, batch: int, latency_flag: str | None,
+                     template: dict | None = None) -> CostModel:
     """The cost model for a law: bytes calibrated from compress.jsonl, latency fitted when ``latency_flag``
     (the flag that asked for latency: --max-latency-ms or --device) is given."""
     variants = read_measurements(runs_dir) if runs_dir is not None else []
@@ -255,4 +301,9 @@ def build_cost_model(runs_dir: Path | None, device: str | None, batch: int, late
             devices = sorted({str(v.device) for v in variants if v.latency_ms})
             raise UserError(f"--device: required with --max-latency-ms; measured: {', '.join(devices) or 'none'}")
         latency = fit_latency(variants, device, batch)
-    return CostModel(bytes_fits=fit_bytes(variants), latency=latency)
+    blocks = {}
+    for run_dir in list_runs(runs_dir) if runs_dir is not None else []:
+        for row in read_jsonl(run_dir / "compress.jsonl"):
+            if isinstance(row.get("block"), int) and isinstance(row.get("method"), str):
+                blocks.setdefault(row["method"], row["block"])
+    return CostModel(bytes_fits=fit_bytes(variants), latency=latency, template=template, blocks=blocks)

@@ -21,6 +21,7 @@ import numpy as np
 
 import scaling
 from scaling.fitted import FittedLaw, FittedSweep
+from scaling.sweep_fit import FORMAT as FIT_FORMAT
 from scaling.forms import LAWS, PUBLISHED_BESIROGLU, PUBLISHED_CHINCHILLA, ChinchillaParameters
 from tlc.errors import UserError
 from tlc.io import list_runs, read_jsonl
@@ -58,6 +59,7 @@ class PlanLaw:
     ranges: MeasuredRanges
     runs_dir: Path | None = None  # where <run>/config.json and compress.jsonl live, if known
     shape_template: dict | None = None  # arch, context, vocab_size, ffn_mult of the sweep's models
+    choice: dict = field(default_factory=dict)  # why this law: status, held-out error, the candidates
 
     @property
     def methods(self) -> tuple[str, ...]:
@@ -76,17 +78,20 @@ class PlanLaw:
         return {name: float(getattr(p, name)) for name in p.__dataclass_fields__}
 
     def loss(self, N, D, method: str, sparsity, int8: bool) -> np.ndarray:
-        """Point-estimate loss, vectorised over N, D and sparsity (broadcast together), nats per token."""
+        """Point-estimate loss, vectorised over N, D and sparsity (broadcast together), nats per token.
+
+        Compression models with a tokens-per-parameter term see D/N: over-trained models compress worse."""
         N, D, sparsity = np.broadcast_arrays(*(np.atleast_1d(np.asarray(v, dtype=float)) for v in (N, D, sparsity)))
         law = self.fitted.laws[self.law]
         log_dense, _ = law.form.log_loss(law.form.to_theta(law.parameters), {"N": N, "D": D}, jacobian=False)
         loss = np.exp(log_dense)
         pruned = sparsity > 0
         if method != "none" and pruned.any():
-            added = _added_loss(self.fitted.pruning[method], N=N, sparsity=np.where(pruned, sparsity, 0.5))
+            added = _added_loss(self.fitted.pruning[method], N=N, sparsity=np.where(pruned, sparsity, 0.5),
+                                tokens_per_param=D / N)
             loss = loss + np.where(pruned, added, 0.0)
         if int8:
-            loss = loss + _added_loss(self.fitted.int8, N=N)
+            loss = loss + _added_loss(self.fitted.int8, N=N, tokens_per_param=D / N)
         return loss
 
     def loss_draws(self, N: float, D: float, method: str, sparsity: float, int8: bool) -> np.ndarray:
@@ -98,9 +103,10 @@ class PlanLaw:
         _, log_draws = self.fitted.laws[self.law].log_loss(N=N, D=D)
         draws = np.exp(log_draws)
         if len(draws) and method != "none" and sparsity > 0:
-            draws = draws + np.expm1(self.fitted.pruning[method].log_loss(dense_loss=1.0, sparsity=sparsity, N=N)[1])
+            draws = draws + np.expm1(self.fitted.pruning[method].log_loss(dense_loss=1.0, sparsity=sparsity, N=N,
+                                                                          tokens_per_param=D / N)[1])
         if len(draws) and int8:
-            draws = draws + np.expm1(self.fitted.int8.log_loss(dense_loss=1.0, N=N)[1])
+            draws = draws + np.expm1(self.fitted.int8.log_loss(dense_loss=1.0, N=N, tokens_per_param=D / N)[1])
         return draws
 
     def interval(self, N: float, D: float, method: str, sparsity: float, int8: bool) -> tuple[float, float, float]:
@@ -127,6 +133,8 @@ def _published(name: str) -> PlanLaw:
         fitted=FittedSweep(laws={"chinchilla": law}, pruning={}, int8=None),
         law="chinchilla",
         ranges=ranges,
+        choice={"name": "chinchilla", "status": "published", "reason": None, "heldout_error": None,
+                "why": f"--law {name}: {citation}", "candidates": []},
     )
 
 
@@ -150,6 +158,8 @@ def _parameters_file(path: Path, data: dict) -> PlanLaw:
         fitted=FittedSweep(laws={"chinchilla": law}, pruning={}, int8=None),
         law="chinchilla",
         ranges=MeasuredRanges(note="the file records no measured ranges"),
+        choice={"name": "chinchilla", "status": "given", "reason": None, "heldout_error": None,
+                "why": f"--law {path}: parameters given in the file", "candidates": []},
     )
 
 
@@ -186,23 +196,96 @@ def _sweep_details(runs_dir: Path, fit: dict) -> tuple[MeasuredRanges, dict | No
     return ranges, template
 
 
-def _fit_file(path: Path, data: dict, flag: str) -> PlanLaw:
+# Statuses fit.json gives a law the fit cannot defend: a parameter at a bound or an interval too
+# wide to pin it (issue 12's "unidentified"; older fits say "hit_bound"), or no convergence at all.
+UNDEFENDED = ("unidentified", "hit_bound", "not_converged", "failed")
+
+
+_DEFAULT_REASONS = {  # for fits written before fit.json gave reasons
+    "hit_bound": "a parameter sits at its bound, so the data do not pin it down",
+    "not_converged": "the optimiser stopped without meeting its tolerances",
+}
+
+
+def _law_candidates(data: dict) -> list[dict]:
+    """Each L(N, D) law of fit.json: name, status, the fit's reason, leave-largest-out error."""
+    out = []
+    for name, entry in (data.get("laws") or {}).items():
+        if name not in LAWS or not isinstance(entry, dict):
+            continue
+        heldout = entry.get("heldout") if isinstance(entry.get("heldout"), dict) else {}
+        error = heldout.get("relative_error")
+        out.append({
+            "name": name,
+            "status": str(entry.get("status", "converged")),
+            "reason": entry.get("reason") or _DEFAULT_REASONS.get(entry.get("status")),
+            "heldout_error": float(error) if isinstance(error, (int, float)) else None,
+        })
+    return out
+
+
+def choose_law(data: dict, law_form: str | None, flag: str, path: Path) -> dict:
+    """The L(N, D) law to plan with and why (plan.json's law.choice); UserError when none is defensible.
+
+    Among laws fit.json does not mark unidentified (`UNDEFENDED`), the lowest leave-largest-out
+    error wins; without held-out errors, the first such law (Chinchilla's form comes first).
+    ``law_form`` (--law-form) picks one by name, which must itself be defensible.
+    """
+    candidates = _law_candidates(data)
+    usable = [c for c in candidates if c["status"] not in UNDEFENDED]
+
+    def problem(c: dict) -> str:
+        return f"{c['name']} is {c['status']}" + (f" ({c['reason']})" if c.get("reason") else "")
+
+    if law_form is not None:
+        named = [c for c in candidates if c["name"] == law_form]
+        if not named:
+            valid = ", ".join(c["name"] for c in candidates) or "none"
+            raise UserError(f"--law-form: {law_form!r} is not fitted in {path}; valid: {valid}")
+        if named[0] not in usable:
+            raise UserError(f"--law-form {law_form}: {problem(named[0])} in {path}; the sweep's design cannot "
+                            "defend it: change the sweep (train.cooldowns or train.budgets), refit, or plan with "
+                            f"--law {'|'.join(PUBLISHED_LAWS)}")
+        return {**named[0], "why": "named by --law-form", "candidates": candidates}
+    if not usable:
+        problems = "; ".join(problem(c) for c in candidates) or "fit.json holds no L(N, D) law"
+        raise UserError(f"{flag} {path}: no law the fit can defend: {problems}; change the sweep's design as "
+                        "tlc fit says (more D per size: train.cooldowns or train.budgets; a loss floor: longer runs or "
+                        f"larger shapes) and refit, or plan with --law {'|'.join(PUBLISHED_LAWS)}")
+    scored = [c for c in usable if c["heldout_error"] is not None]
+    if scored:
+        best = min(scored, key=lambda c: c["heldout_error"])
+        why = f"lowest leave-largest-out error ({best['heldout_error']:.4f}) of the laws the fit does not mark unidentified"
+    else:
+        best = usable[0]
+        why = "the first law the fit does not mark unidentified (no held-out errors: too few model sizes)"
+    return {**best, "why": why, "candidates": candidates}
+
+
+def _fit_file(path: Path, data: dict, flag: str, law_form: str | None = None) -> PlanLaw:
+    if data.get("format") != FIT_FORMAT:
+        raise UserError(f"{flag} {path}: fit.json: format must be {FIT_FORMAT!r}, got {data.get('format')!r}; "
+                        "rerun `tlc fit`")
+    choice = choose_law(data, law_form, flag, path)  # before load_fit: an unidentified law gets the design problem
     try:
         fitted = scaling.load_fit(data)
     except ValueError as error:
         raise UserError(f"{flag} {path}: {error}") from None
-    law = "chinchilla" if "chinchilla" in fitted.laws else sorted(fitted.laws)[0]
+    law = choice["name"]
+    if law not in fitted.laws:  # load_fit leaves out what did not converge; choose_law refuses those too
+        raise UserError(f"{flag} {path}: law {law} could not be read back; rerun `tlc fit`")
     runs_dir = path.parent
     ranges, template = _sweep_details(runs_dir, data)
     has_runs = bool(list_runs(runs_dir))
     return PlanLaw(
         source=str(path),
-        description=f"{path}: {law} law fitted to {data.get('n_runs', '?')} runs",
+        description=f"{path}: {law} law fitted to {data.get('n_runs', '?')} runs ({choice['status']})",
         fitted=fitted,
         law=law,
         ranges=ranges,
         runs_dir=runs_dir if has_runs else None,
         shape_template=template,
+        choice=choice,
     )
 
 
@@ -218,8 +301,11 @@ def _read_json(path: Path, flag: str) -> dict:
     return data
 
 
-def load_plan_law(runs: Path | None, law: str | None) -> PlanLaw:
-    """The law named by ``--runs DIR`` (its fit.json) or ``--law NAME|FILE.json``; exactly one must be given."""
+def load_plan_law(runs: Path | None, law: str | None, law_form: str | None = None) -> PlanLaw:
+    """The law named by ``--runs DIR`` (its fit.json) or ``--law NAME|FILE.json``; exactly one must be given.
+
+    From a fit.json the planner takes the law `choose_law` picks (``law_form``: --law-form).
+    """
     if runs is not None and law is not None:
         raise UserError("--runs and --law: give one law, not both (--runs uses RUNS_DIR/fit.json)")
     if runs is None and law is None:
@@ -233,7 +319,9 @@ def load_plan_law(runs: Path | None, law: str | None) -> PlanLaw:
         path = runs / "fit.json"
         if not path.exists():
             raise UserError(f"--runs: {path} not found; run `tlc fit {runs}` first")
-        return _fit_file(path, _read_json(path, "--runs"), "--runs")
+        return _fit_file(path, _read_json(path, "--runs"), "--runs", law_form)
+    if law_form is not None and (law in PUBLISHED_LAWS or "format" not in _read_json(Path(law), "--law")):
+        raise UserError(f"--law-form: chooses among the laws of a fit.json; --law {law} has only its own form")
     if law in PUBLISHED_LAWS:
         return _published(law)
     path = Path(law)
@@ -243,5 +331,5 @@ def load_plan_law(runs: Path | None, law: str | None) -> PlanLaw:
                         "or {E, A, B, alpha, beta} JSON file")
     data = _read_json(path, "--law")
     if "format" in data:
-        return _fit_file(path, data, "--law")
+        return _fit_file(path, data, "--law", law_form)
     return _parameters_file(path, data)

@@ -1,8 +1,10 @@
 """What `tlc plan` writes: plan.json's content and the terminal table.
 
-plan.json (format "tlc.plan/1"):
+plan.json (format "tlc.plan/2"):
 
-    format, law {source, description, form, parameters, shapes, flops}, budget {train_flops,
+    format, throughput (tlc.plan.training_cost) or null, data {unique_tokens, max_epochs, r_star}
+    or null, sweep {runs_dir, name, fit_sha256} or null (a published law), lr_rule (see
+    tlc.plan.recipe) or null, law {source, description, form, parameters, shapes, flops}, budget {train_flops,
     inference_tokens, max_params, max_bytes, max_latency_ms, device, latency_batch},
     cost_model {...}, search {seed, tpe_trials, pareto_trials, max_sparsity, fixed_sparsity,
     categories, storage, studies {tpe, nsga2}}, recommendation PLAN, train_small PLAN or null,
@@ -12,9 +14,14 @@ plan.json (format "tlc.plan/1"):
     measured_ranges {N, tokens, sparsity {method: [low, high]}, note}, warnings [str]
 
     PLAN = {width, depth, heads (null for a continuous N), non_embedding_params,
-            embedding_params, params_total, tokens, train_flops, inference_flops,
+            embedding_params, params_total, tokens, effective_tokens (the law's D, repeats
+            discounted), epochs (null without a corpus size), recovery_tokens, train_flops
+            (training and recovery fine-tune), train_seconds (predicted, null without a
+            throughput model), inference_flops,
             compression {method, sparsity, int8}, loss {mean, low, high},
-            inference {nonzeros, bytes, latency_ms}, inference_cost (= inference[pareto_cost])}
+            inference {nonzeros, bytes, latency_ms}, inference_cost (= inference[pareto_cost]),
+            recipe {shape, train, lr_rule, data, world_size, seed, compression {method, sparsity,
+            block, recovery_steps, int8}} when the law comes from a sweep (tlc.plan.recipe)}
 
 Losses are nats per token; low/high are the bootstrap interval (null for laws without draws);
 the gain is train_small's mean loss minus the recommendation's (positive: compressing wins), with
@@ -28,7 +35,7 @@ import math
 from tlc.plan.space import Point, heads_for_width
 from tlc.units import format_bytes, format_count
 
-FORMAT = "tlc.plan/1"
+FORMAT = "tlc.plan/2"
 
 
 def _finite(value: float | None) -> float | None:
@@ -52,7 +59,11 @@ def plan_json(point: Point, interval: tuple[float, float, float], inference_toke
         "embedding_params": point.embedding,
         "params_total": point.N + point.embedding,
         "tokens": point.tokens,
-        "train_flops": point.tokens * point.train_flops_per_token,
+        "effective_tokens": point.effective_tokens,
+        "epochs": point.epochs,
+        "recovery_tokens": point.recovery_tokens,
+        "train_flops": (point.tokens + point.recovery_tokens) * point.train_flops_per_token,
+        "train_seconds": point.train_seconds,
         "inference_flops": inference_tokens * point.inference_flops_per_token,
         "compression": {"method": point.category.method, "sparsity": point.sparsity, "int8": point.category.int8},
         "loss": {"mean": _finite(mean), "low": _finite(low), "high": _finite(high)},
@@ -79,12 +90,16 @@ def _row(label: str, entry: dict) -> str:
     latency = entry["inference"]["latency_ms"]
     return (f"{label:<16}{shape:>10}{format_count(entry['non_embedding_params']):>9}{format_count(entry['tokens']):>9}"
             f"  {_compression(entry):<24}{_loss(entry):<28}{format_count(entry['inference']['nonzeros']):>9}"
-            f"{format_bytes(entry['inference']['bytes']):>11}{'-' if latency is None else f'{latency:.3g} ms':>11}")
+            f"{format_bytes(entry['inference']['bytes']):>11}{'-' if latency is None else f'{latency:.3g} ms/tok':>11}")
 
 
 def _budget_line(plan: dict) -> str:
     b = plan["budget"]
-    parts = [f"{b['train_flops']:.3g} training FLOPs"]
+    parts = [f"{b['train_flops']:.3g} training FLOPs" if b["train_flops"] is not None else
+             f"{b['train_seconds']:g} s of training"]
+    if plan.get("throughput"):
+        parts.append(f"throughput fitted to {plan['throughput']['n_runs']} runs "
+                     f"(leave-one-out error {plan['throughput']['loo_relative_error']:.0%})")
     if b["inference_tokens"]:
         parts.append(f"{format_count(b['inference_tokens'])} inference tokens")
     if b["max_params"] is not None:
@@ -92,7 +107,7 @@ def _budget_line(plan: dict) -> str:
     if b["max_bytes"] is not None:
         parts.append(f"<= {format_bytes(b['max_bytes'])}")
     if b["max_latency_ms"] is not None:
-        parts.append(f"<= {b['max_latency_ms']:.3g} ms at batch {b['latency_batch']} on {b['device']}")
+        parts.append(f"<= {b['max_latency_ms']:.3g} ms per token at batch {b['latency_batch']} on {b['device']}")
     return ", ".join(parts)
 
 
@@ -100,9 +115,9 @@ def format_table(plan: dict, path: str | None) -> str:
     """The summary `tlc plan` prints: budgets, recommendation, train-small, gain, front size, warnings."""
     lines = [
         f"budget: {_budget_line(plan)}",
-        f"law: {plan['law']['description']}",
+        f"law: {plan['law']['description']}" + (f"; chosen: {plan['law']['why']}" if plan['law'].get('why') else ""),
         f"{'':<16}{'shape':>10}{'N':>9}{'tokens':>9}  {'compression':<24}{'loss [interval]':<28}"
-        f"{'non-zeros':>9}{'bytes':>11}{'latency':>11}",
+        f"{'non-zeros':>9}{'bytes':>11}{'ms/token':>11}",
         _row("recommended", plan["recommendation"]),
     ]
     if plan["train_small"]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from pathlib import Path
 
 import numpy as np
 
@@ -18,8 +19,11 @@ from tlc.errors import UserError
 from tlc.plan.cost import build_cost_model
 from tlc.plan.law import PlanLaw
 from tlc.plan.output import FORMAT, plan_json
+from tlc.plan.planfile import fit_sha256
+from tlc.plan.recipe import read_sweep_recipe
 from tlc.plan.search import feasible, run_nsga2, run_tpe, study_key, trial_start
-from tlc.plan.space import MIN_CONTINUOUS_N, Budgets, Category, PlanSpace, Point
+from tlc.plan.space import LATENCY_MARGIN, MIN_CONTINUOUS_N, Budgets, Category, PlanSpace, Point
+from tlc.plan.training_cost import DataLimit, fit_throughput
 from tlc.plan.trial_store import persist
 from tlc.units import format_bytes, format_count
 
@@ -29,7 +33,7 @@ COST_KEYS = {"params": "nonzeros", "bytes": "bytes", "latency_ms": "latency_ms"}
 
 
 def _format_cost(name: str, value: float) -> str:
-    return {"params": format_count, "bytes": format_bytes}.get(name, lambda v: f"{v:.3g} ms")(value)
+    return {"params": format_count, "bytes": format_bytes}.get(name, lambda v: f"{v:.3g} ms per token")(value)
 
 
 def _categories(law: PlanLaw, args: argparse.Namespace, latency_groups: set | None) -> list[Category]:
@@ -79,6 +83,9 @@ def _check_feasible(space: PlanSpace) -> None:
     """UserError (one line, with the smallest budget that could be met) when no model can meet a budget."""
     sizes = space.sizes([1], [1]) if space.shapes else space.continuous_sizes([MIN_CONTINUOUS_N])
     if space.tokens(sizes[2], sizes[3])[0] < 1.0:
+        if space.budgets.train_seconds is not None:
+            raise UserError(f"--budget: {space.budgets.train_seconds:g} s cannot train even the smallest model "
+                            "one token at the sweep's measured throughput")
         needed = space.budgets.inference_tokens * sizes[3][0] + sizes[2][0]
         raise UserError(f"--budget: {space.budgets.train_flops:.3g} FLOPs cannot train even the smallest model and "
                         f"serve --inference-tokens; it needs at least {needed:.3g} FLOPs")
@@ -152,10 +159,15 @@ def _range_warnings(law: PlanLaw, label: str, point: Point) -> list[str]:
     return out
 
 
+def _law_tokens(point: Point) -> float:
+    """The D the law is evaluated at: effective tokens where the corpus is repeated."""
+    return max(point.effective_tokens if point.effective_tokens is not None else point.tokens, 1.0)
+
+
 def _gain_interval(law: PlanLaw, small: Point, large: Point) -> tuple[float | None, float | None]:
     """Bootstrap interval of loss(train small) - loss(recommendation), paired draw by draw."""
     def draws(p: Point) -> np.ndarray:
-        return law.loss_draws(p.N, max(p.tokens, 1.0), p.category.method, p.sparsity, p.category.int8)
+        return law.loss_draws(p.N, _law_tokens(p), p.category.method, p.sparsity, p.category.int8)
 
     difference = draws(small) - draws(large)
     if not len(difference) or not np.isfinite(difference).any():
@@ -164,24 +176,49 @@ def _gain_interval(law: PlanLaw, small: Point, large: Point) -> tuple[float | No
     return float(low), float(high)
 
 
+def sweep_identity(runs_dir: Path) -> dict:
+    """Which sweep and which fit a plan came from: `tlc validate` and `--plan` refuse a plan of another."""
+    return {"runs_dir": str(runs_dir.resolve()), "name": runs_dir.resolve().name, "fit_sha256": fit_sha256(runs_dir)}
+
+
 def make_plan(law: PlanLaw, budgets: Budgets, args: argparse.Namespace, storage: str | None) -> dict:
     """Search, polish and assemble plan.json's content (see `tlc.plan.output`)."""
     latency_flag = "--max-latency-ms" if budgets.max_latency_ms is not None else "--device" if args.device else None
-    costs = build_cost_model(law.runs_dir, args.device, args.latency_batch, latency_flag)
+    costs = build_cost_model(law.runs_dir, args.device, args.latency_batch, latency_flag, law.shape_template)
     # Under a latency budget only measured (method, int8) groups can be priced; --device alone just reports latency.
     groups = set(costs.latency.offsets) if costs.latency and budgets.max_latency_ms is not None else None
     categories = _categories(law, args, groups)
     max_sparsity = args.max_sparsity if args.max_sparsity is not None else DEFAULT_MAX_SPARSITY
     # A method measured at one sparsity (2:4 at 0.5; achieved sparsities may differ in the last digits) stays there.
     fixed = {m: low for m, (low, high) in law.ranges.sparsity.items() if high - low < 0.01 and m in law.methods}
-    space = PlanSpace(law, costs, budgets, max_sparsity, categories, fixed)
+    recipe = read_sweep_recipe(law.runs_dir) if law.runs_dir is not None and law.shape_template else None
+    data_limit = None
+    if recipe is not None and recipe.unique_tokens:
+        data_limit = DataLimit(recipe.unique_tokens, args.max_epochs)
+    elif args.max_epochs_given:
+        raise UserError("--max-epochs: the law records no corpus size (plan with --runs on a trained sweep)")
+    if budgets.train_seconds is not None:
+        throughput = fit_throughput(law.runs_dir if law.shape_template else None)
+    else:
+        try:  # with a FLOPs budget, the predicted training time is shown where the sweep measured it
+            throughput = fit_throughput(law.runs_dir) if law.shape_template else None
+        except UserError:
+            throughput = None
+    recovery = {}
+    if recipe is not None:
+        tokens_per_step = recipe.train.get("micro_batch", 1) * law.shape_template["context"]  # gradual's fine-tune
+        recovery = {m: c["recovery_steps"] * tokens_per_step for m, c in recipe.compression.items()
+                    if c.get("recovery_steps")}
+    space = PlanSpace(law, costs, budgets, max_sparsity, categories, fixed, data_limit, throughput, recovery)
     _check_feasible(space)
 
     tpe = run_tpe(space, args.trials, args.seed)
     recommendation = _polish_best(space, tpe, categories)
     if recommendation is None:
-        raise UserError("inference budgets: no model meets all of them together; loosen one of "
-                        + ", ".join(FLAGS[n] for n in budgets.limits()))
+        flags = [FLAGS[n] for n in budgets.limits()] + (["--max-epochs"] if data_limit is not None else [])
+        raise UserError("inference budgets: no model meets all of them together"
+                        + (f" within {data_limit.max_epochs:g} epochs of {data_limit.unique_tokens:.3g} unique tokens"
+                           if data_limit is not None else "") + "; loosen one of " + ", ".join(flags))
     dense = Category("none", False)
     train_small = _polish_best(space, tpe, [dense], extra_starts=[_start_of(recommendation)])
     unlimited = space.with_limits(max_params=None, max_bytes=None, max_latency_ms=None)
@@ -197,9 +234,14 @@ def make_plan(law: PlanLaw, budgets: Budgets, args: argparse.Namespace, storage:
     def entry(point: Point | None) -> dict | None:
         if point is None:
             return None
-        interval = law.interval(point.N, max(point.tokens, 1.0), point.category.method, point.sparsity,
+        interval = law.interval(point.N, _law_tokens(point), point.category.method, point.sparsity,
                                 point.category.int8)
-        return plan_json(point, interval, budgets.inference_tokens, COST_KEYS[budgets.primary])
+        out = plan_json(point, interval, budgets.inference_tokens, COST_KEYS[budgets.primary])
+        if recipe is not None:
+            shape = {"width": point.width, "depth": point.depth, "heads": out["heads"], **space.template}
+            out["recipe"] = recipe.point(shape, point.tokens, point.category.method, point.sparsity,
+                                         point.category.int8)
+        return out
 
     rec, small = entry(recommendation), entry(train_small)
     gain = None
@@ -213,8 +255,12 @@ def make_plan(law: PlanLaw, budgets: Budgets, args: argparse.Namespace, storage:
     r = law.ranges
     return {
         "format": FORMAT,
+        "sweep": sweep_identity(law.runs_dir) if law.runs_dir is not None else None,
+        "lr_rule": recipe.lr_rule.describe() if recipe is not None and recipe.lr_rule else None,
         "law": {
             "source": law.source, "description": law.description, "form": law.law, "parameters": law.parameters,
+            "status": law.choice.get("status"), "why": law.choice.get("why"),
+            "heldout_error": law.choice.get("heldout_error"), "candidates": law.choice.get("candidates", []),
             "shapes": (f"{law.shape_template['arch']} shapes, context {law.shape_template['context']}, "
                        f"vocab {law.shape_template['vocab_size']}") if space.shapes else "continuous N",
             "flops": ("tlc.shapes.flops_per_token per training token, a third of it per inference token"
@@ -224,8 +270,12 @@ def make_plan(law: PlanLaw, budgets: Budgets, args: argparse.Namespace, storage:
             "train_flops": budgets.train_flops, "inference_tokens": budgets.inference_tokens,
             "max_params": budgets.max_params, "max_bytes": budgets.max_bytes,
             "max_latency_ms": budgets.max_latency_ms, "device": costs.latency.device if costs.latency else None,
-            "latency_batch": args.latency_batch,
+            "latency_batch": args.latency_batch, "latency_unit": "ms per token at latency_batch",
+            "latency_margin": LATENCY_MARGIN, "train_seconds": budgets.train_seconds,
+            "recovery_tokens": recovery,
         },
+        "throughput": throughput.describe() if throughput is not None else None,
+        "data": data_limit.describe() if data_limit is not None else None,
         "cost_model": costs.describe(),
         "search": {
             "seed": args.seed, "tpe_trials": args.trials, "pareto_trials": args.pareto_trials,

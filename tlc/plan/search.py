@@ -33,7 +33,10 @@ def study_key(space: PlanSpace, seed: int, trials: int, pareto_trials: int) -> s
     """A study-name suffix that encodes the law, every budget, the seed and the trial counts."""
     b = space.budgets
     law = hashlib.sha1(json.dumps([space.law.source, space.law.parameters], sort_keys=True).encode()).hexdigest()[:8]
-    parts = [f"C{b.train_flops:.6g}", f"I{b.inference_tokens:.6g}"]
+    parts = [f"C{b.train_flops:.6g}" if b.train_flops is not None else f"T{b.train_seconds:.6g}s",
+             f"I{b.inference_tokens:.6g}"]
+    if space.data_limit is not None:
+        parts.append(f"U{space.data_limit.unique_tokens:.6g}-e{space.data_limit.max_epochs:g}")
     parts += [f"{name}{limit:.6g}" for name, limit in b.limits().items()]
     if space.costs.latency is not None:
         parts.append(f"on-{space.costs.latency.device}-b{space.costs.latency.batch}")
@@ -59,6 +62,8 @@ def _set_constraints(space: PlanSpace, trial, point: Point, skip: str | None = N
         if name != skip:
             trial.set_constraint(name, point.costs[name] / limit - 1.0)
     trial.set_constraint("train_tokens", 1.0 - point.tokens)  # at least one token of training
+    if space.data_limit is not None and point.epochs is not None:
+        trial.set_constraint("epochs", point.epochs / space.data_limit.max_epochs - 1.0)
 
 
 def _quiet():

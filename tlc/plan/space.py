@@ -10,7 +10,11 @@ FLOPs are 6·N per training token and 2·N per inference token (Kaplan et al. 20
 
 Tokens are never searched: loss falls with D, so the best plan spends all the compute left
 after inference on training, D = (C - inference_tokens·inference_flops_per_token) /
-train_flops_per_token (Sardana et al. 2024 add inference to the budget this way).
+train_flops_per_token (Sardana et al. 2024 add inference to the budget this way), less the
+tokens of a gradual method's recovery fine-tune (charged to the same budget). A duration
+budget T gives D = T / seconds_per_token(shape) instead (`tlc.plan.training_cost`). Where the
+corpus's unique tokens are known, the law is evaluated at the effective tokens of repeated data
+and plans above the epoch limit are infeasible.
 
 Compression is a category (pruning method or none, times int8 or not) and a sparsity (fixed
 for a method measured at one sparsity only, such as 2:4 at 0.5). The
@@ -33,12 +37,14 @@ from scipy.optimize import minimize_scalar
 from tlc.config import ModelShape
 from tlc.plan.cost import CostModel
 from tlc.plan.law import PlanLaw
+from tlc.plan.training_cost import DataLimit, ThroughputModel
 from tlc.shapes import flops_per_token, param_counts
 
 WIDTH_STEP = 32  # widths are multiples of this
 MAX_WIDTH_STEPS, MAX_DEPTH = 256, 128  # widths 32..8192, depths 1..128
 MIN_CONTINUOUS_N = 1e4
 BISECTION_STEPS = 48
+LATENCY_MARGIN = 0.10  # predicted latency must be this much under --max-latency-ms
 INFEASIBLE = 1e300  # loss of an infeasible size in the polish (finite: Brent's method mishandles inf)
 
 
@@ -66,11 +72,12 @@ def _shape_sizes(template: tuple, width_steps: int, depth: int) -> tuple[float, 
 class Budgets:
     """Training compute and the inference budgets a plan must meet (None: no limit)."""
 
-    train_flops: float
+    train_flops: float | None  # None when the budget is a duration
     inference_tokens: float = 0.0
     max_params: float | None = None  # non-zero parameters
     max_bytes: float | None = None
     max_latency_ms: float | None = None
+    train_seconds: float | None = None  # a wall-clock budget instead of FLOPs
 
     def limits(self) -> dict[str, float]:
         """{cost name: budget} for the inference budgets that were given."""
@@ -112,19 +119,28 @@ class Point:
     loss: float
     costs: dict  # {"params": nonzeros, "bytes": ..., "latency_ms": ... or NaN}
     feasible: bool
+    effective_tokens: float | None = None  # the law's D: tokens discounted for repeats (None: = tokens)
+    epochs: float | None = None  # tokens / the corpus's unique tokens (None: unknown)
+    recovery_tokens: float = 0.0  # fine-tune tokens of gradual pruning, charged to the training budget
+    train_seconds: float | None = None  # predicted training time (tokens + recovery) where a throughput is known
 
 
 class PlanSpace:
     """Sizes, categories and costs for one law, cost model and set of budgets."""
 
     def __init__(self, law: PlanLaw, costs: CostModel, budgets: Budgets, max_sparsity: float,
-                 categories: list[Category], fixed_sparsity: dict[str, float] | None = None):
+                 categories: list[Category], fixed_sparsity: dict[str, float] | None = None,
+                 data_limit: DataLimit | None = None, throughput: ThroughputModel | None = None,
+                 recovery_tokens: dict[str, float] | None = None):
         self.law, self.costs, self.budgets, self.max_sparsity = law, costs, budgets, max_sparsity
         self.categories = categories
         self.fixed_sparsity = fixed_sparsity or {}  # methods measured at one sparsity only (2:4 at 0.5)
+        self.data_limit, self.throughput = data_limit, throughput
+        self.recovery_tokens = recovery_tokens or {}  # {method: fine-tune tokens}, charged to the budget
         self.template = law.shape_template
         C, inference = budgets.train_flops, budgets.inference_tokens
-        self.max_continuous_N = C / (6.0 + 2.0 * inference)  # at least one training token
+        # at least one training token (a duration budget needs shapes: its throughput is per shape)
+        self.max_continuous_N = C / (6.0 + 2.0 * inference) if C is not None else MIN_CONTINUOUS_N * 2
 
     @property
     def shapes(self) -> bool:
@@ -134,7 +150,7 @@ class PlanSpace:
     def with_limits(self, **limits: float | None) -> PlanSpace:
         """The same space under other inference budgets (e.g. a point of the Pareto front)."""
         return PlanSpace(self.law, self.costs, replace(self.budgets, **limits), self.max_sparsity, self.categories,
-                         self.fixed_sparsity)
+                         self.fixed_sparsity, self.data_limit, self.throughput, self.recovery_tokens)
 
     def sparsity_range(self, method: str) -> tuple[float, float]:
         """Sparsities a method may use: (0, 0) for dense, the one measured value for a fixed method."""
@@ -160,16 +176,29 @@ class PlanSpace:
         N = np.atleast_1d(np.asarray(N, dtype=float))
         return N, np.zeros_like(N), 6.0 * N, 2.0 * N
 
-    def tokens(self, train_fpt: np.ndarray, inference_fpt: np.ndarray) -> np.ndarray:
-        """Training tokens the compute budget leaves after inference (<= 0: the model cannot be trained)."""
-        return (self.budgets.train_flops - self.budgets.inference_tokens * inference_fpt) / train_fpt
+    def tokens(self, train_fpt: np.ndarray, inference_fpt: np.ndarray, category: Category | None = None) -> np.ndarray:
+        """Training tokens the budget leaves after inference and the category's recovery fine-tune
+        (<= 0: the model cannot be trained). A duration budget divides by the fitted seconds per token."""
+        if self.budgets.train_seconds is not None:
+            total = self.budgets.train_seconds / self.throughput.seconds_per_token(train_fpt)
+        else:
+            total = (self.budgets.train_flops - self.budgets.inference_tokens * inference_fpt) / train_fpt
+        recovery = self.recovery_tokens.get(category.method, 0.0) if category is not None else 0.0
+        return total - recovery
+
+    def data_terms(self, D: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(effective tokens the law is evaluated at, epochs) for training tokens D."""
+        D = np.maximum(np.asarray(D, dtype=float), 1.0)
+        if self.data_limit is None:
+            return D, np.zeros_like(D)
+        return self.data_limit.effective_tokens(D), D / self.data_limit.unique_tokens
 
     # -- costs and constraints ----------------------------------------------------------------
 
     def cost(self, name: str, N, embedding, sparsity, category: Category) -> np.ndarray:
         """One inference cost ("params", "bytes", "latency_ms"), vectorised."""
         if name == "params":
-            return self.costs.nonzeros(N, embedding, sparsity)
+            return self.costs.nonzeros(N, embedding, sparsity, category.method)
         if name == "bytes":
             return self.costs.bytes(N, embedding, sparsity, category.method, category.int8)
         return self.costs.latency_ms(N, embedding, sparsity, category.method, category.int8)
@@ -178,7 +207,8 @@ class PlanSpace:
         """Whether each model meets every inference budget."""
         ok = np.ones(np.shape(np.asarray(N) + np.asarray(sparsity)), dtype=bool)
         for name, limit in self.budgets.limits().items():
-            ok &= self.cost(name, N, embedding, sparsity, category) <= limit * (1 + 1e-12)
+            margin = 1 + LATENCY_MARGIN if name == "latency_ms" else 1.0  # a measurement on a shared machine
+            ok &= self.cost(name, N, embedding, sparsity, category) * margin <= limit * (1 + 1e-12)
         return ok
 
     def least_sparsity(self, N, embedding, category: Category) -> np.ndarray:
@@ -201,13 +231,16 @@ class PlanSpace:
     def evaluate(self, sizes, category: Category, sparsity=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(loss, sparsity, feasible) for arrays of sizes; sparsity None means the least that meets the budgets."""
         N, embedding, train_fpt, inference_fpt = sizes
-        D = self.tokens(train_fpt, inference_fpt)
+        D = self.tokens(train_fpt, inference_fpt, category)
+        effective, epochs = self.data_terms(D)
         s = self.least_sparsity(N, embedding, category) if sparsity is None else np.broadcast_to(sparsity, N.shape)
         feasible = (D >= 1.0) & np.isfinite(s)
+        if self.data_limit is not None:
+            feasible &= epochs <= self.data_limit.max_epochs * (1 + 1e-12)
         if sparsity is not None:
             feasible &= self.meets(N, embedding, s, category)
         s_used = np.where(np.isfinite(s), s, self.max_sparsity)
-        loss = self.law.loss(N, np.maximum(D, 1.0), category.method, s_used, category.int8)
+        loss = self.law.loss(N, effective, category.method, s_used, category.int8)
         return loss, s_used, feasible
 
     def point(self, width_steps: int | None, depth: int | None, N: float | None, category: Category,
@@ -218,17 +251,28 @@ class PlanSpace:
         else:
             sizes = self.continuous_sizes([N])
         loss, s, feasible = self.evaluate(sizes, category, sparsity)
+        if float(s[0]) == 0.0 and category.method != "none":  # dense after all: no pruning, no recovery fine-tune
+            category = Category("none", category.int8)
+            loss, s, feasible = self.evaluate(sizes, category, 0.0)
         n, emb, train_fpt, inference_fpt = (float(a[0]) for a in sizes)
         s0 = float(s[0])
+        D = float(self.tokens(train_fpt, inference_fpt, category))
+        effective, epochs = (float(a) for a in self.data_terms(D))
+        recovery = self.recovery_tokens.get(category.method, 0.0)
+        seconds = None
+        if self.throughput is not None:
+            seconds = float((D + recovery) * self.throughput.seconds_per_token(train_fpt))
         costs = {name: float(self.cost(name, n, emb, s0, category)) for name in ("params", "bytes", "latency_ms")}
         return Point(
             width=WIDTH_STEP * width_steps if self.shapes else None,
             depth=depth if self.shapes else None,
             N=n, embedding=emb,
-            tokens=float(self.tokens(train_fpt, inference_fpt)),
+            tokens=D,
             train_flops_per_token=train_fpt, inference_flops_per_token=inference_fpt,
             category=category if s0 > 0 else Category("none", category.int8),
             sparsity=s0, loss=float(loss[0]), costs=costs, feasible=bool(feasible[0]),
+            effective_tokens=effective, epochs=epochs if self.data_limit is not None else None,
+            recovery_tokens=recovery, train_seconds=seconds,
         )
 
     # -- polish -------------------------------------------------------------------------------

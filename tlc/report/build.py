@@ -118,6 +118,23 @@ def render_figures(data: SweepData, folder: Path) -> list[tuple]:
     return drawn
 
 
+def _answer(data: SweepData) -> list[str]:
+    """The opening sentences: the plan, its predicted gain, the law's status, and its validation."""
+    from tlc.report.summary import plan_sentences, validation_sentences
+
+    from tlc.plan.output import FORMAT
+
+    if not data.plan:
+        return []
+    if data.plan.get("format") != FORMAT:
+        return [f"plan.json has format {data.plan.get('format')!r}, not {FORMAT!r} as this tlc plan writes it: "
+                "run tlc plan again for the answer."]
+    try:
+        return plan_sentences(data.plan) + validation_sentences(data.plan, data.validations, data.plan_sha256)
+    except (KeyError, TypeError, ValueError):  # a hand-edited plan.json: the tables below still show it
+        return ["plan.json lacks fields tlc plan writes: run tlc plan again for the answer."]
+
+
 def write_report(sweep_dir: Path) -> Path:
     """Write ``sweep_dir/report/`` (index.html, report.md, PNG figures); return the index path."""
     data = collect(sweep_dir)
@@ -137,6 +154,11 @@ def write_report(sweep_dir: Path) -> Path:
             f"<style>{CSS}{SAMPLES_CSS}</style></head><body>", f"<h1>{esc(title)}</h1>",
             f"<p>{len(data.runs)} runs from {esc(str(data.sweep_dir))}.</p>"]
     md = [f"# {title}", "", f"{len(data.runs)} runs from `{data.sweep_dir}`.", ""]
+    answer = _answer(data)
+    if answer:
+        page.append("<section id='answer'><h2>The answer</h2>" + "".join(f"<p>{esc(line)}</p>" for line in answer)
+                    + "</section>")
+        md += ["## The answer", ""] + [f"{line}\n" for line in answer]
     if data.missing:
         page.append("<div class='missing'><b>Not in this report yet:</b><ul>"
                     + "".join(f"<li>{esc(m)}</li>" for m in data.missing) + "</ul></div>")

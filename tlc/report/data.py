@@ -6,6 +6,7 @@ works with whatever is there.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from dataclasses import dataclass, field
@@ -40,6 +41,8 @@ class SweepData:
     plan: dict | None = None
     missing: list[str] = field(default_factory=list)
     when_to_prune: dict | None = None  # bench/when_to_prune.py's when_to_prune.json, where it was run
+    validations: list[dict] = field(default_factory=list)  # validation.json's entries (tlc validate)
+    plan_sha256: str | None = None  # of plan.json, to find its validation
 
     @property
     def compressed_runs(self) -> list[RunData]:
@@ -99,6 +102,23 @@ def _check_fit_and_plan(sweep_dir: Path, fit, plan) -> None:
                         "them; run tlc fit again")
 
 
+def _validations(sweep_dir: Path) -> list[dict]:
+    """validation.json's entries whose points carry predicted and measured losses (others are refused)."""
+    doc = _read_json(sweep_dir / "validation.json")
+    if doc is None:
+        return []
+    entries = doc.get("validations") if isinstance(doc, dict) else None
+    ok = isinstance(entries, list) and all(
+        isinstance(e, dict) and isinstance(e.get("points"), dict) and all(
+            isinstance(p, dict) and _is_number((p.get("measured") or {}).get("loss"))
+            and _is_number(((p.get("predicted") or {}).get("loss") or {}).get("mean")) for p in e["points"].values())
+        for e in entries)
+    if not ok:
+        raise UserError(f"RUNS_DIR: {str(sweep_dir / 'validation.json')!r} is not as tlc validate writes it; "
+                        "remove it and run tlc validate again")
+    return entries
+
+
 def collect(sweep_dir: Path) -> SweepData:
     """Read every stage's output under ``sweep_dir`` (a ``runs/<sweep>`` folder)."""
     sweep_dir = Path(sweep_dir)
@@ -119,7 +139,11 @@ def collect(sweep_dir: Path) -> SweepData:
     runs.sort(key=lambda r: (r.non_embedding, r.run_id))
     fit, plan = _read_json(sweep_dir / "fit.json"), _read_json(sweep_dir / "plan.json")
     _check_fit_and_plan(sweep_dir, fit, plan)
-    data = SweepData(sweep_dir, sweep_dir.name, runs, fit, plan, when_to_prune=_read_json(sweep_dir / "when_to_prune.json"))
+    data = SweepData(sweep_dir, sweep_dir.name, runs, fit, plan,
+                     when_to_prune=_read_json(sweep_dir / "when_to_prune.json"))
+    data.validations = _validations(sweep_dir)
+    if plan is not None:
+        data.plan_sha256 = hashlib.sha256((sweep_dir / "plan.json").read_bytes()).hexdigest()
     incomplete = [r.run_id for r in runs if not (sweep_dir / r.run_id / "model" / "config.json").exists()]
     if incomplete:
         data.missing.append(f"runs still training or stopped early: {', '.join(incomplete)} (tlc sweep resumes them)")

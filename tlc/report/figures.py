@@ -237,7 +237,44 @@ def when_to_prune(data: SweepData):
     return fig
 
 
+def plan_came_true(data: SweepData):
+    """Every validated point of every plan in the sweep folder: predicted interval against measured loss."""
+    points = []
+    for entry in data.validations:
+        for name, point in entry["points"].items():
+            loss = point["predicted"]["loss"]
+            points.append((name, loss["mean"], loss.get("low"), loss.get("high"), point["measured"]["loss"],
+                           point["measured"].get("loss_per_seed") or []))
+    if not points:
+        return None
+    fig, ax = plt.subplots(figsize=(6.5, 6))
+    styles = {"recommendation": ("*", "crimson", 13), "train_small": ("D", "black", 7)}
+    seen = set()
+    for name, mean, low, high, measured, per_seed in points:
+        marker, color, size = styles.get(name, ("o", "steelblue", 7))
+        if low is not None and high is not None:
+            ax.errorbar(mean, measured, xerr=[[mean - low], [high - mean]], fmt="none", ecolor=color, alpha=0.6,
+                        capsize=3)
+        ax.plot(mean, measured, marker, color=color, ms=size, label=None if name in seen else name.replace("_", " "))
+        ax.plot([mean] * len(per_seed), per_seed, ".", color=color, alpha=0.4)
+        seen.add(name)
+    values = [v for p in points for v in (p[1], p[4], p[2], p[3]) if v is not None]
+    lo, hi = min(values), max(values)
+    pad = 0.05 * (hi - lo or 1.0)
+    ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], "k:", lw=1, label="measured = predicted")
+    ax.set(xlabel="predicted validation loss, with its interval (nats/token)",
+           ylabel="measured validation loss (nats/token)")
+    ax.legend(fontsize=8)
+    ax.grid(True, alpha=0.3)
+    return fig
+
+
 FIGURES = [
+    FigureSpec("plan_came_true.png", "Did the plan come true?",
+               "Each point is a planned model that tlc validate trained and compressed: the horizontal bar is the "
+               "interval the plan predicted, the height what was measured (dots: single seeds). A point on the dotted "
+               "line came out exactly as predicted; a bar that misses the line is a prediction the data refuted.",
+               plan_came_true),
     FigureSpec("loss_vs_flops.png", "Validation loss against training compute",
                "Each colour is one model size; dashed lines are the fitted law and the red line the compute-optimal "
                "frontier: where a larger model's curve dips below a smaller one's, training the larger model was the "

@@ -47,6 +47,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, help="run directory (default: runs/single/<run-id>, or runs/<sweep>/<run-id>)")
     p.add_argument("--sweep", type=Path, help="take the run's settings from this sweep file (with --run-id)")
     p.add_argument("--run-id", help="which run of --sweep to train, e.g. w64-d2-s0")
+    p.add_argument("--plan", type=Path, metavar="PLAN.json", help="train a point of a plan.json as planned "
+                   "(default out: <plan's folder>/validation/<point>-<recipe hash>-s<seed>)")
+    p.add_argument("--point", default="recommendation", help="with --plan: recommendation (default) or train_small")
     g = p.add_argument_group("shape (without --sweep)")
     g.add_argument("--width", type=int, help="residual width d_model")
     g.add_argument("--depth", type=int, help="number of transformer blocks")
@@ -78,7 +81,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"a branch's length as a share of its fork's tokens (default {t.cooldown_frac})")
     g.add_argument("--evals", type=int, default=t.evals, help=f"evaluations, spaced evenly in log FLOPs (default {t.evals})")
     g.add_argument("--eval-tokens", type=int, default=t.eval_tokens, help=f"validation tokens per evaluation (default {t.eval_tokens})")
-    g.add_argument("--seed", type=int, default=0, help="seed for initialisation and data order (default 0)")
+    g.add_argument("--seed", type=int, default=None, help="seed for initialisation and data order (default 0, "
+                   "or the plan's)")
     g.add_argument("--data", default=d.source, help="'stdlib' (default), a text file, a folder, a glob or a .jsonl file")
     g.add_argument("--prune", help="train sparse: METHOD:SPARSITY at init (snip, synflow, random, snip-shuffle, "
                                    "synflow-shuffle) or magnitude:SPARSITY[:START:END] during training "
@@ -102,6 +106,14 @@ def _prune(text: str | None):
 def _train_config(args: argparse.Namespace):
     from tlc.config import DataSettings, ModelShape, RunConfig, TrainSettings, load_sweep
 
+    if args.plan is not None:
+        from tlc.plan.planfile import point_recipe, read_plan, run_config, validation_run_dir
+
+        if args.sweep is not None:
+            raise UserError("--plan and --sweep: give one source of settings, not both")
+        recipe = point_recipe(read_plan(args.plan), args.point)
+        cfg = run_config(recipe, args.seed)
+        return cfg, args.out or validation_run_dir(args.plan.parent, recipe, args.point, cfg.seed)
     if args.sweep is not None:
         if not args.run_id:
             raise UserError("--run-id: required with --sweep; it names the run to train, e.g. w64-d2-s0")
@@ -120,7 +132,7 @@ def _train_config(args: argparse.Namespace):
         eval_tokens=args.eval_tokens, prune=_prune(args.prune), min_lr_ratio=args.min_lr_ratio,
         warmup_frac=args.warmup_frac, schedule=args.schedule, cooldowns=args.cooldowns, cooldown_frac=args.cooldown_frac,
     )
-    cfg = RunConfig(shape=shape, train=train, data=DataSettings(source=args.data), seed=args.seed)
+    cfg = RunConfig(shape=shape, train=train, data=DataSettings(source=args.data), seed=args.seed or 0)
     return cfg, args.out or Path("runs") / "single" / cfg.run_id
 
 

@@ -1,0 +1,113 @@
+"""How well plans come true: plan at several training budgets, carry each plan out, compare.
+
+The procedure of issue 13, with the real commands throughout:
+
+1. `tlc sweep SWEEP`, `tlc compress` (magnitude and block at 0.5 and 0.9, int8; cooldown
+   branches with magnitude and int8), `tlc fit` — each resumes what is already there;
+2. for each budget multiple m (default 0.3, 1 and 3) of the largest run's compute C_max:
+   `tlc plan --budget m*C_max` without an inference budget, then with a byte limit of 60% of
+   that plan's compute-optimal dense model (--max-bytes), written to plan-<m>.json;
+3. `tlc validate --plan plan-<m>.json --seeds 0,1`: both points trained and compressed twice.
+
+Seed noise is measured, not assumed: sigma is the pooled standard deviation of the two seeds'
+losses over every validated point, and each predicted interval is widened by 1.645 sigma on
+each side (90%, the two added in quadrature would be narrower; this is the conservative sum).
+
+Printed per budget and point: predicted mean [interval, interval with seed noise], measured mean
+of the seeds, error, inside or not, interval half-width as % of the loss; then whether the
+recommendation beat train-small where the plan said it would. Targets (issue 13): inside the
+90% interval, half-width <= 3% of the loss, |error| <= 2%.
+
+    .venv/bin/python bench/plan_accuracy.py --sweep sweeps/tiny.yaml --runs-dir runs
+    .venv/bin/python bench/plan_accuracy.py --sweep S.yaml --budgets 0.3 --seeds 0   # what fits in the time
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from tlc.config import load_sweep  # noqa: E402
+from tlc.io import list_runs  # noqa: E402
+
+Z90 = 1.645
+
+
+def tlc(*args: str) -> str:
+    """Run a tlc command as a user would; its stdout, or exit with its error."""
+    proc = subprocess.run([sys.executable, "-m", "tlc", *map(str, args)], capture_output=True, text=True, cwd=REPO)
+    if proc.returncode != 0:
+        sys.exit(f"tlc {' '.join(map(str, args))} failed:\n{proc.stderr[-2000:]}")
+    return proc.stdout
+
+
+def largest_compute(sweep_dir: Path) -> float:
+    return max(json.loads((p / "config.json").read_text())["train_flops"] for p in list_runs(sweep_dir))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sweep", type=Path, default=REPO / "sweeps" / "tiny.yaml")
+    parser.add_argument("--runs-dir", type=Path, default=Path("runs"))
+    parser.add_argument("--budgets", default="0.3,1,3", help="multiples of the largest run's training FLOPs")
+    parser.add_argument("--seeds", default="0,1")
+    parser.add_argument("--byte-share", type=float, default=0.6, help="byte limit as a share of the compute-optimal "
+                                                                        "dense model's bytes")
+    args = parser.parse_args()
+    sweep_dir = args.runs_dir / load_sweep(args.sweep).name
+    started = time.perf_counter()
+    tlc("sweep", args.sweep, "--runs-dir", args.runs_dir)
+    tlc("compress", sweep_dir, "--methods", "magnitude,block", "--sparsity", "0.5,0.9")
+    tlc("compress", sweep_dir, "--branches", "--methods", "magnitude", "--sparsity", "0.5,0.9")
+    tlc("fit", sweep_dir)
+    c_max = largest_compute(sweep_dir)
+    print(f"sweep, compress and fit: {time.perf_counter() - started:.0f} s; largest run {c_max:.3g} FLOPs")
+
+    results = []
+    for multiple in [float(m) for m in args.budgets.split(",")]:
+        budget = f"{multiple * c_max:.4g}"
+        plan_path = sweep_dir / f"plan-{multiple:g}x.json"
+        free = json.loads(tlc("plan", "--runs", sweep_dir, "--budget", budget, "--json", "--out", plan_path))
+        max_bytes = int(args.byte_share * free["compute_optimal"]["inference"]["bytes"])
+        tlc("plan", "--runs", sweep_dir, "--budget", budget, "--max-bytes", str(max_bytes), "--out", plan_path)
+        t0 = time.perf_counter()
+        tlc("validate", sweep_dir, "--plan", plan_path, "--seeds", args.seeds)
+        plan = json.loads(plan_path.read_text())
+        sha = __import__("hashlib").sha256(plan_path.read_bytes()).hexdigest()
+        entry = next(v for v in json.loads((sweep_dir / "validation.json").read_text())["validations"]
+                     if v["plan"]["sha256"] == sha)
+        results.append((multiple, max_bytes, plan, entry, time.perf_counter() - t0))
+
+    pairs = [p["measured"]["loss_per_seed"] for _, _, _, e, _ in results for p in e["points"].values()]
+    pairs = [s for s in pairs if len(s) >= 2]
+    sigma = math.sqrt(statistics.fmean(statistics.variance(s) for s in pairs)) if pairs else None
+    print(f"seed noise: sigma = {sigma:.4f} nats from {len(pairs)} points" if sigma is not None else
+          "seed noise: not measured (one seed)")
+    print(f"{'budget':>7} {'point':<15} {'predicted [90%]':<26} {'+seed noise':<18} {'measured':>9} {'error':>7} "
+          f"{'inside':>7} {'half-width':>10} {'bytes':>9} {'limit':>9} {'wall s':>7}")
+    for multiple, max_bytes, plan, entry, wall in results:
+        for name, point in entry["points"].items():
+            loss, measured = point["predicted"]["loss"], point["measured"]["loss"]
+            low, high = loss["low"], loss["high"]
+            wide = (low - Z90 * sigma, high + Z90 * sigma) if sigma is not None and low is not None else (low, high)
+            inside = wide[0] <= measured <= wide[1] if wide[0] is not None else None
+            half = (wide[1] - wide[0]) / 2 / loss["mean"] if wide[0] is not None else math.nan
+            print(f"{multiple:>6g}x {name:<15} {loss['mean']:.3f} [{low:.3f}, {high:.3f}]{'':<4} "
+                  f"[{wide[0]:.3f}, {wide[1]:.3f}] {measured:>9.3f} {(measured - loss['mean']) / measured:>+7.1%} "
+                  f"{str(inside):>7} {half:>9.1%} {point['measured']['bytes']:>9} {max_bytes:>9} {wall:>7.0f}")
+        verdict = entry["verdict"]
+        print(f"{'':>8}{verdict['sentence']}")
+    print(f"total {time.perf_counter() - started:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

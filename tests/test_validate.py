@@ -1,0 +1,131 @@
+"""`tlc validate`: a plan written by `tlc plan` trained and compressed for real, then compared."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from conftest import run_tlc
+from plan_fixtures import write_trainable_sweep
+from tlc.cli import main as tlc_main
+from tlc.io import atomic_write_json, list_runs
+
+BUDGET, MAX_BYTES = "5e9", "250000"
+
+
+@pytest.fixture(scope="module")
+def planned(tmp_path_factory, small_corpus) -> Path:
+    runs = write_trainable_sweep(tmp_path_factory.mktemp("validate") / "runs", small_corpus)
+    assert tlc_main(["plan", "--runs", str(runs), "--budget", BUDGET, "--max-bytes", MAX_BYTES]) == 0
+    return runs
+
+
+@pytest.fixture(scope="module")
+def validated(planned) -> tuple[Path, str]:
+    proc = run_tlc("validate", planned, timeout=1800, check=True)
+    return planned, proc.stdout
+
+
+def test_validation_carries_the_plan_out_within_its_budgets(validated):
+    runs, printed = validated
+    plan = json.loads((runs / "plan.json").read_text())
+    entry, = json.loads((runs / "validation.json").read_text())["validations"]
+    assert set(entry["points"]) == {"recommendation", "train_small"}
+    assert plan["recommendation"]["compression"] != plan["train_small"]["compression"]
+    for name, point in entry["points"].items():
+        measured, predicted = point["measured"], point["predicted"]
+        assert measured["bytes"] <= predicted["bytes"] <= float(MAX_BYTES), name  # the promise held
+        assert measured["nonzeros"] <= predicted["nonzeros"], name
+        assert point["checks"]["bytes_within_budget"] is True
+        assert measured["latency_repeats"] >= 7 and measured["latency_ms"] > 0 and measured["train_wall_s"] > 0
+        assert point["checks"]["loss_inside_interval"] in (True, False)
+        config = json.loads((runs / point["run_dirs"][0] / "config.json").read_text())
+        recipe = plan[name]["recipe"]
+        assert config["shape"]["width"] == plan[name]["width"] and config["train"]["lr"] == recipe["train"]["lr"]
+        assert config["train_tokens"] >= plan[name]["tokens"] * 0.9
+    verdict = entry["verdict"]
+    assert verdict["predicted_gain"] == pytest.approx(plan["gain"]["loss"])
+    assert verdict["measured_gain"] == pytest.approx(entry["points"]["train_small"]["measured"]["loss"]
+                                                     - entry["points"]["recommendation"]["measured"]["loss"])
+    assert f"verdict: {verdict['sentence']}" in printed and "predicted loss" in printed
+
+
+def test_validation_runs_are_not_sweep_runs(validated):
+    runs, _ = validated
+    assert len(list_runs(runs)) == 6 and not (runs / "validation" / "config.json").exists()
+    assert len(list((runs / "validation").iterdir())) == 2
+
+
+def test_validate_resumes_without_training_again(validated):
+    runs, _ = validated
+    before = (runs / "validation.json").read_text()
+    proc = run_tlc("validate", runs, timeout=600, check=True)
+    assert "training recommendation" not in proc.stdout and "training train_small" not in proc.stdout
+    after = json.loads((runs / "validation.json").read_text())
+    assert len(after["validations"]) == 1
+    assert after["validations"][0]["points"]["recommendation"]["measured"]["loss"] == \
+        json.loads(before)["validations"][0]["points"]["recommendation"]["measured"]["loss"]
+
+
+def test_compress_refuses_a_run_that_is_not_the_planned_point(validated):
+    runs, _ = validated
+    small = next(p for p in (runs / "validation").iterdir() if p.name.startswith("train_small"))
+    proc = run_tlc("compress", small, "--plan", runs / "plan.json", "--point", "recommendation")
+    assert proc.returncode == 2 and "--plan:" in proc.stderr and "is not the planned recommendation" in proc.stderr
+    assert proc.stderr.count("\n") == 1
+
+
+def _error(argv: list, capsys) -> str:
+    assert tlc_main([*map(str, argv)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    return err
+
+
+def test_bad_plans_and_points_are_one_line_naming_the_flag(planned, tmp_path, capsys):
+    plan = json.loads((planned / "plan.json").read_text())
+    old = tmp_path / "old.json"
+    atomic_write_json(old, {**plan, "format": "tlc.plan/1"})
+    assert "--plan: " in _error(["validate", planned, "--plan", old], capsys)
+    assert "has format 'tlc.plan/1'" in _error(["train", "--plan", old], capsys)
+    assert "--points: no point 'best'" in _error(["validate", planned, "--points", "best"], capsys)
+    assert "--point: no point 'best'" in _error(["train", "--plan", planned / "plan.json", "--point", "best"], capsys)
+    assert "--latency-repeats: at least 7" in _error(["validate", planned, "--latency-repeats", "3"], capsys)
+    other = tmp_path / "other"
+    shutil.copytree(planned, other, ignore=shutil.ignore_patterns("validation*", "plan.json", "study.db"))
+    fit = json.loads((other / "fit.json").read_text())
+    fit["n_runs"] = 5  # another fit
+    atomic_write_json(other / "fit.json", fit)
+    err = _error(["validate", other, "--plan", planned / "plan.json"], capsys)
+    assert "--plan: the plan was made from another fit" in err
+
+
+def test_report_leads_with_the_answer_and_the_validation(validated):
+    runs, _ = validated
+    assert tlc_main(["report", str(runs)]) == 0
+    page = (runs / "report" / "index.html").read_text()
+    md = (runs / "report" / "report.md").read_text()
+    plan = json.loads((runs / "plan.json").read_text())
+    rec, small = plan["recommendation"], plan["train_small"]
+    answer = page[page.index("<section id='answer'>"):page.index("</section>")]
+    assert page.index("id='answer'") < page.index("<figure>")  # the answer comes before every figure
+    assert f"w{rec['width']}-d{rec['depth']}" in answer and f"w{small['width']}-d{small['depth']}" in answer
+    assert f"{rec['loss']['mean']:.3f}" in answer and f"{plan['gain']['loss']:+.3f}" in answer
+    assert f"Law: {plan['law']['form']} ({plan['law']['status']})" in answer
+    entry = json.loads((runs / "validation.json").read_text())["validations"][0]
+    measured = entry["points"]["recommendation"]["measured"]["loss"]
+    assert f"Measured recommendation: loss {measured:.3f}" in answer and "Verdict: " in answer
+    assert (runs / "report" / "plan_came_true.png").is_file() and "Did the plan come true?" in md
+    assert md.index("## The answer") < md.index("## Did the plan come true?")
+
+
+def test_report_of_a_plan_not_yet_validated_says_so(planned, tmp_path):
+    runs = tmp_path / "runs"
+    shutil.copytree(planned, runs, ignore=shutil.ignore_patterns("validation*"))
+    assert tlc_main(["report", str(runs)]) == 0
+    page = (runs / "report" / "index.html").read_text()
+    assert "This plan has not been carried out yet: run tlc validate" in page
+    assert not (runs / "report" / "plan_came_true.png").exists()

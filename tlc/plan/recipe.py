@@ -1,0 +1,147 @@
+"""What a sweep's runs say besides the law: how its models were trained, so a plan can be trained the same way.
+
+A planned point becomes a *recipe*: the model shape, the training settings of the sweep's runs
+(batch, schedule, warmup, precision, evaluations, data), the tokens the plan gives it, and a
+learning rate from a rule the sweep states:
+
+- every run trained at one peak learning rate: that rate ("constant");
+- runs at per-shape rates (a sweep file's ``shapes[i].lr``, as sweeps/tiny.yaml gives): the
+  power of width fitted to them by least squares in log space, lr = c * width^p
+  ("power_of_width", with the fit's RMS error in log lr), which reproduces tiny.yaml's
+  1/sqrt(width) rule and extends it to planned widths the sweep never trained.
+
+The compression half of a recipe takes the block size and recovery fine-tune steps of the
+variants `tlc compress` measured for that method, so the plan compresses as the law was fitted.
+Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from tlc.io import list_runs, read_jsonl
+
+# Training settings a recipe copies from the sweep's runs; tokens, flops and lr are the plan's own, and
+# an iso-FLOP sweep's budgets are not a planned run's.
+PLAN_OWNED = ("tokens", "flops", "lr", "budgets")
+# A planned run is one finished run at its tokens: a cosine schedule, whichever the sweep used. A WSD
+# sweep's law was fitted to cooldown-branch ends, which match cosine runs at equal tokens (Hägele et
+# al. 2024; bench/wsd_cosine.py measures it here).
+FINISHED_RUN = {"schedule": "cosine", "cooldowns": []}
+
+
+@dataclass(frozen=True)
+class LrRule:
+    """Peak learning rate as a function of width (module docstring)."""
+
+    kind: str  # "constant" or "power_of_width"
+    c: float  # lr = c * width^p
+    p: float
+    rms_log_error: float  # in-sample RMS of log lr residuals over the sweep's runs
+    n_runs: int
+
+    def lr(self, width: int) -> float:
+        """Peak learning rate for a model of ``width``."""
+        return float(self.c * width**self.p)
+
+    def describe(self) -> dict:
+        """JSON-ready summary for plan.json."""
+        equation = "lr = c" if self.kind == "constant" else "lr = c * width^p"
+        return {"kind": self.kind, "equation": equation, "c": self.c, "p": self.p,
+                "rms_log_error": self.rms_log_error, "n_runs": self.n_runs,
+                "source": "peak lr of each run in config.json (a sweep file's train.lr or shapes[i].lr)"}
+
+
+def fit_lr_rule(widths: list[int], lrs: list[float]) -> LrRule | None:
+    """The learning-rate rule of a sweep's runs (module docstring); None without runs."""
+    if not lrs:
+        return None
+    if len(set(lrs)) == 1 or len(set(widths)) < 2:
+        return LrRule("constant", float(np.median(lrs)), 0.0, 0.0 if len(set(lrs)) == 1 else
+                      float(np.std(np.log(lrs))), len(lrs))
+    X = np.stack([np.ones(len(widths)), np.log(widths)], axis=1)
+    y = np.log(lrs)
+    (log_c, p), *_ = np.linalg.lstsq(X, y, rcond=None)
+    residuals = y - X @ np.array([log_c, p])
+    return LrRule("power_of_width", float(math.exp(log_c)), float(p), float(np.sqrt(np.mean(residuals**2))), len(lrs))
+
+
+@dataclass(frozen=True)
+class SweepRecipe:
+    """How the sweep's runs were trained, read from their config.json and compress.jsonl."""
+
+    train: dict  # the reference run's train settings without PLAN_OWNED
+    data: dict  # source, val_percent, text_field (and the fingerprint the runs saw)
+    world_size: int
+    lr_rule: LrRule | None
+    unique_tokens: float | None  # tokens in the training split (config.json data.train_tokens_available)
+    compression: dict  # {method: {"block": int | None, "recovery_steps": int}} as compress.jsonl measured it
+    reference_run: str
+
+    def point(self, shape: dict, tokens: float, method: str, sparsity: float, int8: bool) -> dict:
+        """plan.json's recipe for one point: everything `tlc train --plan` and `tlc compress --plan` need."""
+        measured = self.compression.get(method, {})
+        lr = self.lr_rule.lr(shape["width"]) if self.lr_rule else None
+        return {
+            "shape": shape,
+            "train": {**self.train, "tokens": int(tokens), "lr": lr},
+            "lr_rule": self.lr_rule.kind if self.lr_rule else None,
+            "data": self.data,
+            "world_size": self.world_size,
+            "seed": 0,
+            "compression": {
+                "method": method if sparsity > 0 else "none",
+                "sparsity": sparsity,
+                "block": measured.get("block") if method == "block" else None,
+                "recovery_steps": measured.get("recovery_steps", 0) if sparsity > 0 else 0,
+                "int8": int8,
+            },
+        }
+
+
+def _config(run_dir: Path) -> dict | None:
+    try:
+        config = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return config if isinstance(config, dict) else None
+
+
+def read_sweep_recipe(runs_dir: Path) -> SweepRecipe | None:
+    """The recipe of the sweep under ``runs_dir``; None when no run records its training settings."""
+    configs = [(p, c) for p in list_runs(runs_dir) if (c := _config(p)) and isinstance(c.get("train"), dict)
+               and isinstance(c.get("shape"), dict)]
+    if not configs:
+        return None
+    reference_dir, reference = configs[0]
+    widths, lrs = [], []
+    for _, c in configs:
+        lr, width = c["train"].get("lr"), c["shape"].get("width")
+        if isinstance(lr, (int, float)) and lr > 0 and isinstance(width, int) and width > 0:
+            widths.append(width)
+            lrs.append(float(lr))
+    available = [c.get("data", {}).get("train_tokens_available") for _, c in configs]
+    available = [float(a) for a in available if isinstance(a, (int, float)) and a > 0]
+    compression: dict[str, dict] = {}
+    for run_dir, _ in configs:
+        for row in read_jsonl(run_dir / "compress.jsonl"):
+            method = row.get("method")
+            if isinstance(method, str) and method != "none" and method not in compression:
+                compression[method] = {"block": row.get("block"), "recovery_steps": int(row.get("recovery_steps") or 0)}
+    data = {k: v for k, v in (reference.get("data") or {}).items()
+            if k in ("source", "val_percent", "text_field", "fingerprint")}
+    return SweepRecipe(
+        train={**{k: v for k, v in reference["train"].items() if k not in PLAN_OWNED},
+               **{k: v for k, v in FINISHED_RUN.items() if k in reference["train"]}},
+        data=data,
+        world_size=int(reference.get("world_size") or 1),
+        lr_rule=fit_lr_rule(widths, lrs),
+        unique_tokens=min(available) if available else None,
+        compression=compression,
+        reference_run=reference_dir.name,
+    )

@@ -1,0 +1,186 @@
+"""Carry a plan out and compare: train and compress each planned point, measure, and judge the plan.
+
+Each point (recommendation, train_small) is trained by ``tlc train --plan`` in its own process
+(one run directory per point and seed under ``RUNS_DIR/validation/``, where `tlc.io.list_runs`
+never looks: ``validation/`` holds no config.json) and compressed as planned by the compression
+stage (`tlc.compress.pipeline.compress_run` with the plan's variant). Both stages resume, so an
+interrupted validation continues where it stopped when run again.
+
+validation.json (format "tlc.validation/1") accumulates one entry per plan validated:
+
+    validations [{plan {path, sha256, made_from}, budget, law {form, status}, seeds,
+                  points {name: POINT}, verdict {predicted_gain, predicted_gain_low,
+                  predicted_gain_high, measured_gain, compress_won_as_predicted, gain_inside_interval,
+                  sentence}}]
+
+    POINT = {run_dirs, compression, predicted {loss {mean, low, high}, nonzeros, bytes, latency_ms},
+             measured {loss (mean over seeds), loss_per_seed, dense_loss, nonzeros, bytes, latency_ms,
+                       latency_batch, train_wall_s, compress_wall_s},
+             budget {max_params, max_bytes, max_latency_ms}, checks {loss_inside_interval,
+             loss_error_relative, nonzeros_within_budget, bytes_within_budget, latency_within_budget}}
+
+Nothing here prints: progress goes through the ``log`` callback.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+from tlc.errors import UserError
+from tlc.io import atomic_write_json, is_complete, read_jsonl
+from tlc.plan.planfile import point_recipe, run_config, validation_run_dir
+
+FORMAT = "tlc.validation/1"
+VALIDATION_FILE = "validation.json"
+
+
+def plan_sha256(plan_path: Path) -> str:
+    """Hash of the plan file: a validation entry belongs to exactly one plan."""
+    return hashlib.sha256(Path(plan_path).read_bytes()).hexdigest()
+
+
+def train_point(plan_path: Path, point: str, seed: int, run_dir: Path, log) -> None:
+    """Train one planned point with ``tlc train --plan`` in its own process (resumes a started run)."""
+    if is_complete(run_dir):
+        return
+    log(f"training {point} (seed {seed}) -> {run_dir}")
+    command = [sys.executable, "-m", "tlc", "train", "--plan", str(plan_path), "--point", point,
+               "--seed", str(seed), "--out", str(run_dir), "--no-progress"]
+    result = subprocess.run(command, capture_output=True, text=True, env=os.environ.copy())
+    if result.returncode != 0:
+        tail = (result.stderr.strip().splitlines() or ["(no output)"])[-1]
+        raise UserError(f"training {point} (seed {seed}) failed: {tail}; fix it and run tlc validate again to resume")
+
+
+def compress_point(run_dir: Path, recipe: dict, latency_repeats: int, log) -> dict:
+    """Compress a trained point as planned; returns the planned variant's compress.jsonl row."""
+    from dataclasses import replace
+
+    from tlc.compress.pipeline import compress_run, planned_variants
+
+    settings, specs = planned_variants(recipe["compression"])
+    settings = replace(settings, latency_repeats=latency_repeats)
+    rows = compress_run(run_dir, settings, log=log, specs=specs)
+    return next(r for r in rows if r["variant"] == specs[-1].id)
+
+
+def _within(measured: float | None, limit: float | None) -> bool | None:
+    if limit is None:
+        return None
+    return measured is not None and measured <= limit
+
+
+def measure_point(plan: dict, plan_path: Path, runs_dir: Path, point: str, seeds: list[int],
+                  latency_repeats: int, log) -> dict:
+    """Train and compress one point for every seed; its validation.json entry."""
+    recipe = point_recipe(plan, point, "--points")
+    planned = plan[point]
+    budget = plan["budget"]
+    batch = int(budget.get("latency_batch") or 1)
+    losses, dense_losses, rows, train_wall, run_dirs = [], [], [], [], []
+    for seed in seeds:
+        cfg = run_config(recipe, seed)
+        run_dir = validation_run_dir(runs_dir, recipe, point, cfg.seed)
+        train_point(plan_path, point, cfg.seed, run_dir, log)
+        metrics = read_jsonl(run_dir / "metrics.jsonl")
+        row = compress_point(run_dir, recipe, latency_repeats, log)
+        losses.append(float(row["val_loss"]))
+        dense_losses.append(float(metrics[-1]["val_loss"]))
+        train_wall.append(float(metrics[-1]["wall_s"]))
+        rows.append(row)
+        run_dirs.append(str(run_dir.relative_to(runs_dir)))
+    loss = statistics.fmean(losses)
+    latency = [r.get(f"latency_ms_b{batch}") for r in rows]
+    latency = statistics.median(latency) if all(isinstance(v, (int, float)) for v in latency) else None
+    predicted_loss = planned["loss"]
+    low, high = predicted_loss.get("low"), predicted_loss.get("high")
+    measured = {
+        "loss": loss, "loss_per_seed": losses, "dense_loss": statistics.fmean(dense_losses),
+        "nonzeros": max(r["nonzeros"] for r in rows), "bytes": max(r["bytes"] for r in rows),
+        "latency_ms": latency, "latency_batch": batch, "latency_repeats": latency_repeats,
+        "latency_device": rows[0].get("device"),
+        "train_wall_s": statistics.fmean(train_wall),
+        "compress_wall_s": statistics.fmean(float(r.get("wall_s") or 0.0) for r in rows),
+    }
+    limits = {"max_params": budget.get("max_params"), "max_bytes": budget.get("max_bytes"),
+              "max_latency_ms": budget.get("max_latency_ms")}
+    return {
+        "run_dirs": run_dirs,
+        "seeds": seeds,
+        "compression": recipe["compression"],
+        "predicted": {"loss": predicted_loss, **planned["inference"]},
+        "measured": measured,
+        "budget": limits,
+        "checks": {
+            "loss_inside_interval": None if low is None else bool(low <= loss <= high),
+            "loss_error_relative": (loss - predicted_loss["mean"]) / loss,
+            "nonzeros_within_budget": _within(measured["nonzeros"], limits["max_params"]),
+            "bytes_within_budget": _within(measured["bytes"], limits["max_bytes"]),
+            "latency_within_budget": _within(latency, limits["max_latency_ms"]),
+        },
+    }
+
+
+def verdict(plan: dict, points: dict) -> dict:
+    """Did "train large, then compress" win as the plan said? (Needs both points.)"""
+    gain = plan.get("gain") or {}
+    out = {"predicted_gain": gain.get("loss"), "predicted_gain_low": gain.get("low"),
+           "predicted_gain_high": gain.get("high"), "measured_gain": None, "compress_won_as_predicted": None,
+           "gain_inside_interval": None}
+    if "recommendation" not in points or "train_small" not in points or gain.get("loss") is None:
+        out["sentence"] = "validate both recommendation and train_small to compare them"
+        return out
+    measured = points["train_small"]["measured"]["loss"] - points["recommendation"]["measured"]["loss"]
+    predicted_win, measured_win = gain["loss"] > 0, measured > 0
+    out.update(measured_gain=measured, compress_won_as_predicted=predicted_win == measured_win)
+    if gain.get("low") is not None:
+        out["gain_inside_interval"] = bool(gain["low"] <= measured <= gain["high"])
+    winner = "the recommendation (train large, then compress)" if measured_win else "training small"
+    as_said = "as the plan predicted" if predicted_win == measured_win else "against the plan's prediction"
+    out["sentence"] = (f"{winner} won by {abs(measured):.4f} nats/token, {as_said} "
+                       f"(predicted gain {gain['loss']:+.4f}, measured {measured:+.4f})")
+    return out
+
+
+def read_validations(runs_dir: Path) -> list[dict]:
+    """Entries of RUNS_DIR/validation.json (empty when there is none)."""
+    path = Path(runs_dir) / VALIDATION_FILE
+    if not path.is_file():
+        return []
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise UserError(f"RUNS_DIR: {path} is unreadable ({error}); remove it and validate again") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(data.get("validations"), list):
+        raise UserError(f"RUNS_DIR: {path} is not a {FORMAT} file; remove it and validate again")
+    return data["validations"]
+
+
+def write_validation(runs_dir: Path, entry: dict) -> None:
+    """Add or replace (same plan hash and seeds) one entry of RUNS_DIR/validation.json, atomically."""
+    key = (entry["plan"]["sha256"], tuple(entry["seeds"]))
+    kept = [v for v in read_validations(runs_dir) if (v["plan"]["sha256"], tuple(v["seeds"])) != key]
+    atomic_write_json(Path(runs_dir) / VALIDATION_FILE, {"format": FORMAT, "validations": [*kept, entry]})
+
+
+def validate_plan(runs_dir: Path, plan: dict, plan_path: Path, points: list[str], seeds: list[int],
+                  latency_repeats: int, log) -> dict:
+    """Carry out ``points`` of a plan (every seed), write validation.json after each point; the entry."""
+    entry = {
+        "plan": {"path": str(plan_path), "sha256": plan_sha256(plan_path), "made_from": plan.get("sweep")},
+        "budget": plan["budget"],
+        "law": {"form": plan["law"].get("form"), "status": plan["law"].get("status")},
+        "seeds": seeds,
+        "points": {},
+    }
+    for point in points:
+        entry["points"][point] = measure_point(plan, plan_path, runs_dir, point, seeds, latency_repeats, log)
+        entry["verdict"] = verdict(plan, entry["points"])
+        write_validation(runs_dir, entry)
+    return entry
