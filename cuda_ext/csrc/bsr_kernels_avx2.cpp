@@ -59,6 +59,13 @@ inline void rank1_tile(const T* const (&a)[M], int64_t a_step, const U* b, int64
   }
 }
 
+// Brings the bs elements at p into L1 ahead of their use.
+template <typename T>
+inline void prefetch_row(const T* p, int64_t bs) {
+  for (int64_t j = 0; j < bs; j += 64 / int64_t(sizeof(T)))
+    _mm_prefetch(reinterpret_cast<const char*>(p + j), _MM_HINT_T0);
+}
+
 // Lanes of the result: the horizontal sums of a0, a1, a2, a3.
 inline __m128 hsum4(__m256 a0, __m256 a1, __m256 a2, __m256 a3) {
   const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
@@ -110,6 +117,36 @@ void forward_dot(const BsrShape& s, const T* x, const T* values, const int64_t* 
   }
 }
 
+// dst[c][r] = src[r][c] for an 8×8 fp32 tile (24 shuffles instead of 64 strided scalar moves).
+inline void transpose_8x8(const float* src, int64_t src_stride, float* dst, int64_t dst_stride) {
+  __m256 r[8], t[8];
+  for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(src + i * src_stride);
+  for (int i = 0; i < 8; i += 2) {  // lane L: r_i[4L], r_{i+1}[4L], r_i[4L+1], r_{i+1}[4L+1] (lo) and +2, +3 (hi)
+    t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+  }
+  for (int g = 0; g < 8; g += 4) {  // lane L of r[g + e]: rows g..g+3 at column 4L + e
+    r[g + 0] = _mm256_shuffle_ps(t[g], t[g + 2], 0x44);
+    r[g + 1] = _mm256_shuffle_ps(t[g], t[g + 2], 0xEE);
+    r[g + 2] = _mm256_shuffle_ps(t[g + 1], t[g + 3], 0x44);
+    r[g + 3] = _mm256_shuffle_ps(t[g + 1], t[g + 3], 0xEE);
+  }
+  for (int e = 0; e < 4; ++e) {  // column e: lane 0 of rows 0..3 and 4..7; column 4 + e: lane 1
+    _mm256_storeu_ps(dst + e * dst_stride, _mm256_permute2f128_ps(r[e], r[4 + e], 0x20));
+    _mm256_storeu_ps(dst + (4 + e) * dst_stride, _mm256_permute2f128_ps(r[e], r[4 + e], 0x31));
+  }
+}
+
+// Wᵀ of one block in fp32, [bs (j)][bs (i)], the layout the outer-product forward reads.
+inline void pack_block_transposed(const float* w, int64_t bs, float* dst) {
+  for (int64_t i = 0; i < bs; i += 8)
+    for (int64_t j = 0; j < bs; j += 8) transpose_8x8(w + i * bs + j, bs, dst + j * bs + i, bs);
+}
+inline void pack_block_transposed(const uint16_t* w, int64_t bs, float* dst) {
+  for (int64_t i = 0; i < bs; ++i)
+    for (int64_t j = 0; j < bs; ++j) dst[j * bs + i] = bf16_to_float(w[i * bs + j]);
+}
+
 // Forward in outer-product form: y[t, r·bs + i] += x[t, c·bs + j] · Wᵀ_k[j, i]. Each thread packs
 // the blocks of its block-row transposed, in fp32, into a panel [Σ_k bs (j)][bs (i)] that stays in
 // L2, so a register tile's 16 outputs are contiguous and need no horizontal sums.
@@ -125,12 +162,7 @@ void forward_packed(const BsrShape& s, const T* x, const T* values, const int64_
     for (int64_t r = 0; r < s.block_rows; ++r) {
       const int64_t kb = crow[r], ke = crow[r + 1];
       panel.resize((ke - kb) * bb);
-      for (int64_t k = kb; k < ke; ++k) {
-        const T* w = values + k * bb;
-        float* dst = panel.data() + (k - kb) * bb;
-        for (int64_t i = 0; i < bs; ++i)
-          for (int64_t j = 0; j < bs; ++j) dst[j * bs + i] = to_f32(w[i * bs + j]);
-      }
+      for (int64_t k = kb; k < ke; ++k) pack_block_transposed(values + k * bb, bs, panel.data() + (k - kb) * bb);
       for (int64_t t0 = 0; t0 < n_tok; t0 += M) {
         const int64_t nt = std::min<int64_t>(M, n_tok - t0);
         const T* xrow[M];  // a tail tile repeats its last token; only nt rows are stored
@@ -144,6 +176,8 @@ void forward_packed(const BsrShape& s, const T* x, const T* values, const int64_
           for (int64_t k = kb; k < ke; ++k) {
             const T* a[M];
             for (int m = 0; m < M; ++m) a[m] = xrow[m] + col[k] * bs;
+            if (k + 1 < ke)  // x rows jump between blocks, beyond what hardware prefetchers follow
+              for (int m = 0; m < M; ++m) prefetch_row(xrow[m] + col[k + 1] * bs, bs);
             rank1_tile<M, NV>(a, 1, panel.data() + (k - kb) * bb + i0, bs, bs, acc);
           }
           for (int64_t m = 0; m < nt; ++m)
@@ -183,6 +217,8 @@ void grad_input(const BsrShape& s, const T* gy, const T* values, const int64_t* 
           const int64_t k = cv.col_block[p], r0 = cv.block_row[k] * bs;
           const T* a[M];
           for (int m = 0; m < M; ++m) a[m] = gy + std::min(t0 + m, n_tok - 1) * out + r0;
+          if (p + 1 < cv.col_ptr[c + 1])  // as in forward_packed: the next block's rows of grad_y
+            for (int m = 0; m < M; ++m) prefetch_row(a[m] - r0 + cv.block_row[cv.col_block[p + 1]] * bs, bs);
           rank1_tile<M, NV>(a, 1, values + k * bs * bs + j0, bs, bs, acc);
         }
         for (int64_t m = 0; m < nt; ++m)
@@ -192,28 +228,69 @@ void grad_input(const BsrShape& s, const T* gy, const T* values, const int64_t* 
   }
 }
 
-// grad_values[k][i, j] = Σ_t grad_y[t, row(k)·bs + i] · x[t, col(k)·bs + j]: 4 weight rows × 16
-// columns a tile, reduced over every token (the token strip of x stays in L1 across the row tiles).
+// One M × 16 tile of a block's grad_values over tc tokens of packed strips: rows i0.. of gy_strip
+// ([bs][tc]) against columns j0.. of x_strip ([tc][bs]), added to (or stored in) block_sums [bs][bs].
+template <int M>
+inline void grad_values_tile(const float* gy_strip, const float* x_strip, int64_t tc, int64_t bs, int64_t i0,
+                             int64_t j0, bool accumulate, float* block_sums) {
+  __m256 acc[M][2];
+  for (int m = 0; m < M; ++m)
+    for (int v = 0; v < 2; ++v)
+      acc[m][v] = accumulate ? _mm256_loadu_ps(block_sums + (i0 + m) * bs + j0 + 8 * v) : _mm256_setzero_ps();
+  const float* a[M];
+  for (int m = 0; m < M; ++m) a[m] = gy_strip + (i0 + m) * tc;
+  rank1_tile<M, 2>(a, 1, x_strip + j0, bs, tc, acc);
+  for (int m = 0; m < M; ++m)
+    for (int v = 0; v < 2; ++v) _mm256_storeu_ps(block_sums + (i0 + m) * bs + j0 + 8 * v, acc[m][v]);
+}
+
+// grad_values[k][i, j] = Σ_t grad_y[t, row(k)·bs + i] · x[t, col(k)·bs + j], 6 weight rows × 16 columns
+// a tile (4 or 2 rows for the rest of a block), reduced over a chunk of tokens. Both operands are
+// first copied to contiguous fp32 strips: read in place they sit a whole row apart per token, so a
+// tile's loads would touch a page per token.
+// x is packed once per chunk, all of it, as [block-column][token][bs] (every block of a column reads
+// the same strip); then a thread takes a block-row and packs its grad_y strip transposed, [bs][token].
+// Sums over chunks accumulate in fp32 (in grad_values itself for fp32, else in a scratch copy).
 template <typename T>
 void grad_values(const BsrShape& s, const T* gy, const T* x, const int64_t* crow, const int64_t* col, T* gv) {
-  constexpr int M = 4, NV = 2, W = 8 * NV;
-  const ColumnView cv = column_view(s, crow, col);
-  const int64_t bs = s.bs, out = s.block_rows * bs, ld = s.in_features, n_tok = s.tokens;
-#pragma omp parallel for num_threads(s.num_threads) schedule(dynamic, 4)
-  for (int64_t k = 0; k < s.nnz_blocks; ++k) {
-    const int64_t r0 = cv.block_row[k] * bs, c0 = col[k] * bs;
-    for (int64_t j0 = 0; j0 < bs; j0 += W)
-      for (int64_t i0 = 0; i0 < bs; i0 += M) {
-        __m256 acc[M][NV];
-        for (auto& row : acc)
-          for (auto& a : row) a = _mm256_setzero_ps();
-        const T* a[M];
-        for (int m = 0; m < M; ++m) a[m] = gy + r0 + i0 + m;
-        rank1_tile<M, NV>(a, out, x + c0 + j0, ld, n_tok, acc);
-        for (int m = 0; m < M; ++m)
-          for (int v = 0; v < NV; ++v) store8(gv + (k * bs + i0 + m) * bs + j0 + 8 * v, acc[m][v]);
+  constexpr int64_t W = 16, kTokenChunk = 512;  // columns per tile; the chunk bounds the packed copy of x
+  const int64_t bs = s.bs, bb = bs * bs, out = s.block_rows * bs, ld = s.in_features, n_tok = s.tokens;
+  const int64_t n_cols = ld / bs, chunk = std::min(n_tok, kTokenChunk);
+  std::vector<float> x_strips(chunk * ld), scratch;
+  float* sums = nullptr;  // [nnz, bs, bs] fp32
+  if constexpr (std::is_same_v<T, float>) sums = gv;
+  else sums = (scratch.resize(s.nnz_blocks * bb), scratch.data());
+  if (n_tok == 0) std::fill(sums, sums + s.nnz_blocks * bb, 0.f);
+  for (int64_t t0 = 0; t0 < n_tok; t0 += chunk) {
+    const int64_t tc = std::min(chunk, n_tok - t0);
+#pragma omp parallel num_threads(s.num_threads)
+    {
+#pragma omp for schedule(static)
+      for (int64_t c = 0; c < n_cols; ++c)
+        for (int64_t t = 0; t < tc; ++t)
+          for (int64_t j = 0; j < bs; ++j) x_strips[(c * tc + t) * bs + j] = to_f32(x[(t0 + t) * ld + c * bs + j]);
+      std::vector<float> gy_strip(bs * tc);
+#pragma omp for schedule(dynamic, 1)
+      for (int64_t r = 0; r < s.block_rows; ++r) {
+        if (crow[r] == crow[r + 1]) continue;
+        for (int64_t t = 0; t < tc; ++t)
+          for (int64_t i = 0; i < bs; ++i) gy_strip[i * tc + t] = to_f32(gy[(t0 + t) * out + r * bs + i]);
+        for (int64_t k = crow[r]; k < crow[r + 1]; ++k) {
+          const float* x_strip = x_strips.data() + col[k] * tc * bs;
+          float* block_sums = sums + k * bb;
+          for (int64_t j0 = 0; j0 < bs; j0 += W) {
+            int64_t i0 = 0;
+            const float* g = gy_strip.data();
+            for (; i0 + 6 <= bs; i0 += 6) grad_values_tile<6>(g, x_strip, tc, bs, i0, j0, t0 > 0, block_sums);
+            if (bs - i0 == 4) grad_values_tile<4>(g, x_strip, tc, bs, i0, j0, t0 > 0, block_sums);
+            if (bs - i0 == 2) grad_values_tile<2>(g, x_strip, tc, bs, i0, j0, t0 > 0, block_sums);
+          }
+        }
       }
+    }
   }
+  if constexpr (!std::is_same_v<T, float>)
+    for (int64_t e = 0; e < s.nnz_blocks * bb; e += 8) store8(gv + e, _mm256_loadu_ps(sums + e));
 }
 
 const KernelTable kTable = {forward<float>,     forward<uint16_t>,     grad_input<float>,
