@@ -7,6 +7,7 @@ loaded (if not, everything still works through the slower pure-torch path).
 
 from .bsr_format import BLOCK_SIZES, block_density, bsr_to_dense, dense_to_bsr
 from .convert import block_sparse_state_dict, convert_block_sparse, load_block_sparse_state_dict
+from .crossover import crossover_density, measure_crossover
 from .module import DENSE_CROSSOVER_DENSITY, BlockSparseLinear
 from .ops import available, bsr_linear, bsr_linear_grad_input, bsr_linear_grad_values, cpu_kernel_isa, cpu_kernel_isas
 from .reference import block_mask, bsr_linear_reference
@@ -27,6 +28,8 @@ __all__ = [
     "convert_block_sparse",
     "cpu_kernel_isa",
     "cpu_kernel_isas",
+    "crossover_density",
     "dense_to_bsr",
     "load_block_sparse_state_dict",
+    "measure_crossover",
 ]
