@@ -147,6 +147,45 @@ inline void pack_block_transposed(const uint16_t* w, int64_t bs, float* dst) {
     for (int64_t j = 0; j < bs; ++j) dst[j * bs + i] = bf16_to_float(w[i * bs + j]);
 }
 
+// Lane n of the result: the horizontal sum of a[n].
+inline __m256 hsum8(const __m256 (&a)[8]) {
+  // g0 lane n (n < 4): half of a[n]'s sum (its low 128 bits); lane 4 + n: the other half. g1: a[4..7].
+  const __m256 g0 = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
+  const __m256 g1 = _mm256_hadd_ps(_mm256_hadd_ps(a[4], a[5]), _mm256_hadd_ps(a[6], a[7]));
+  return _mm256_add_ps(_mm256_permute2f128_ps(g0, g1, 0x20), _mm256_permute2f128_ps(g0, g1, 0x31));
+}
+
+// Forward for one or two tokens, a matrix-vector product bound by reading W: each block is read
+// whole and in order (bs·bs contiguous elements, which the hardware prefetcher follows), 8 rows at
+// a time against the token's bs inputs held in registers; each group's 8 sums fold into the
+// block-row's fp32 outputs.
+template <typename T>
+void forward_gemv(const BsrShape& s, const T* x, const T* values, const int64_t* crow, const int64_t* col,
+                  const T* bias, T* y) {
+  const int64_t bs = s.bs, out = s.block_rows * bs, ld = s.in_features, nv = bs / 8;
+#pragma omp parallel for num_threads(s.num_threads) schedule(dynamic, 1)
+  for (int64_t r = 0; r < s.block_rows; ++r)
+    for (int64_t t = 0; t < s.tokens; ++t) {
+      alignas(32) float sums[64];  // the block-row's outputs for token t
+      for (int64_t i = 0; i < bs; ++i) sums[i] = bias ? to_f32(bias[r * bs + i]) : 0.f;
+      for (int64_t k = crow[r]; k < crow[r + 1]; ++k) {
+        const T* xr = x + t * ld + col[k] * bs;
+        __m256 xv[8];
+        for (int64_t v = 0; v < nv; ++v) xv[v] = load8(xr + 8 * v);
+        for (int64_t i0 = 0; i0 < bs; i0 += 8) {
+          const T* w = values + (k * bs + i0) * bs;
+          __m256 acc[8];
+          for (int n = 0; n < 8; ++n) {
+            acc[n] = _mm256_mul_ps(load8(w + n * bs), xv[0]);
+            for (int64_t v = 1; v < nv; ++v) acc[n] = _mm256_fmadd_ps(load8(w + n * bs + 8 * v), xv[v], acc[n]);
+          }
+          _mm256_store_ps(sums + i0, _mm256_add_ps(_mm256_load_ps(sums + i0), hsum8(acc)));
+        }
+      }
+      for (int64_t i = 0; i < bs; i += 8) store8(y + t * out + r * bs + i, _mm256_load_ps(sums + i));
+    }
+}
+
 // Forward in outer-product form: y[t, r·bs + i] += x[t, c·bs + j] · Wᵀ_k[j, i]. Each thread packs
 // the blocks of its block-row transposed, in fp32, into a panel [Σ_k bs (j)][bs (i)] that stays in
 // L2, so a register tile's 16 outputs are contiguous and need no horizontal sums.
@@ -195,6 +234,7 @@ template <typename T>
 void forward(const BsrShape& s, const T* x, const T* values, const int64_t* crow, const int64_t* col, const T* bias,
              T* y) {
   if (s.tokens >= kPackMinTokens) return forward_packed(s, x, values, crow, col, bias, y);
+  if (s.tokens <= 2) return forward_gemv(s, x, values, crow, col, bias, y);
   forward_dot(s, x, values, crow, col, bias, y);
 }
 

@@ -78,6 +78,17 @@ const KernelTable& table() {
   }
 }
 
+// One or two tokens make the forward a matrix-vector product bound by reading W; the AVX2 kernel
+// for it (whole blocks in order, 8-row horizontal sums) reads as fast as 512-bit code could, so
+// the AVX-512 paths use it too (every CPU with the AVX-512 paths has AVX2).
+const KernelTable& forward_table(int64_t tokens) {
+#if defined(__x86_64__) || defined(__i386__)
+  const Isa isa = active().isa;
+  if (tokens <= 2 && (isa == Isa::kAvx512 || isa == Isa::kAvx512Bf16)) return avx2::kernels();
+#endif
+  return table();
+}
+
 }  // namespace
 
 Isa active_isa() { return active().isa; }
@@ -92,11 +103,11 @@ std::vector<std::string> cpu_kernel_isas() {
 
 void bsr_forward_f32(const BsrShape& s, const float* x, const float* values, const int64_t* crow, const int64_t* col,
                      const float* bias, float* y) {
-  table().forward_f32(s, x, values, crow, col, bias, y);
+  forward_table(s.tokens).forward_f32(s, x, values, crow, col, bias, y);
 }
 void bsr_forward_bf16(const BsrShape& s, const uint16_t* x, const uint16_t* values, const int64_t* crow,
                       const int64_t* col, const uint16_t* bias, uint16_t* y) {
-  table().forward_bf16(s, x, values, crow, col, bias, y);
+  forward_table(s.tokens).forward_bf16(s, x, values, crow, col, bias, y);
 }
 void bsr_grad_input_f32(const BsrShape& s, const float* grad_y, const float* values, const int64_t* crow,
                         const int64_t* col, float* grad_x) {

@@ -13,23 +13,30 @@ inline float load(uint16_t v) { return bf16_to_float(v); }
 inline void store(float* p, float v) { *p = v; }
 inline void store(uint16_t* p, float v) { *p = float_to_bf16(v); }
 
+// Each block is read whole and in order (bs·bs contiguous elements, which hardware prefetchers
+// follow) and its row dot products fold into the block-row's fp32 outputs: with few tokens the
+// call is bound by reading W, and row-by-row across blocks would jump between them.
 template <typename T>
 void forward(const BsrShape& s, const T* x, const T* values, const int64_t* crow, const int64_t* col, const T* bias,
              T* y) {
   const int64_t bs = s.bs, out = s.block_rows * bs, ld = s.in_features;
 #pragma omp parallel for num_threads(s.num_threads) schedule(dynamic, 1)
   for (int64_t r = 0; r < s.block_rows; ++r)
-    for (int64_t t = 0; t < s.tokens; ++t)
-      for (int64_t i = 0; i < bs; ++i) {
-        float acc = bias ? load(bias[r * bs + i]) : 0.f;
-        for (int64_t k = crow[r]; k < crow[r + 1]; ++k) {
-          const T* __restrict__ xr = x + t * ld + col[k] * bs;
+    for (int64_t t = 0; t < s.tokens; ++t) {
+      float sums[64];  // the block-row's outputs for token t
+      for (int64_t i = 0; i < bs; ++i) sums[i] = bias ? load(bias[r * bs + i]) : 0.f;
+      for (int64_t k = crow[r]; k < crow[r + 1]; ++k) {
+        const T* __restrict__ xr = x + t * ld + col[k] * bs;
+        for (int64_t i = 0; i < bs; ++i) {
           const T* __restrict__ w = values + (k * bs + i) * bs;
+          float acc = 0.f;
 #pragma omp simd reduction(+ : acc)
           for (int64_t j = 0; j < bs; ++j) acc += load(xr[j]) * load(w[j]);
+          sums[i] += acc;
         }
-        store(y + t * out + r * bs + i, acc);
       }
+      for (int64_t i = 0; i < bs; ++i) store(y + t * out + r * bs + i, sums[i]);
+    }
 }
 
 template <typename T>
