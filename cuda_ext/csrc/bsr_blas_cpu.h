@@ -7,8 +7,9 @@
 
 namespace tlc_bsr {
 
-// Fewer tokens than this make each GEMM too small to beat the plain loops (measured: bench/block_sparse.py).
-constexpr int64_t kBlasMinTokens = 16;
+// Fewer tokens than this make each GEMM too small to beat the plain loops (bench/block_sparse.py --isa
+// portable: at 8 tokens the GEMMs took 0.65-0.75 of the loops' time on 1024² and 1024×256 at 50% density).
+constexpr int64_t kBlasMinTokens = 4;
 
 // True when this call should take the BLAS kernels: the portable path is active, the dtype is fp32
 // and `dense` (x or grad_y, [tokens, features]) has at least kBlasMinTokens rows.
