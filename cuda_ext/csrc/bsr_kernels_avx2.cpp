@@ -268,8 +268,8 @@ void grad_input(const BsrShape& s, const T* gy, const T* values, const int64_t* 
   }
 }
 
-// One M × 16 tile of a block's grad_values over tc tokens of packed strips: rows i0.. of gy_strip
-// ([bs][tc]) against columns j0.. of x_strip ([tc][bs]), added to (or stored in) block_sums [bs][bs].
+// One M × 16 tile of a block's grad_values over tc tokens of packed strips: columns i0.. of gy_strip
+// ([tc][bs]) against columns j0.. of x_strip ([tc][bs]), added to (or stored in) block_sums [bs][bs].
 template <int M>
 inline void grad_values_tile(const float* gy_strip, const float* x_strip, int64_t tc, int64_t bs, int64_t i0,
                              int64_t j0, bool accumulate, float* block_sums) {
@@ -278,8 +278,8 @@ inline void grad_values_tile(const float* gy_strip, const float* x_strip, int64_
     for (int v = 0; v < 2; ++v)
       acc[m][v] = accumulate ? _mm256_loadu_ps(block_sums + (i0 + m) * bs + j0 + 8 * v) : _mm256_setzero_ps();
   const float* a[M];
-  for (int m = 0; m < M; ++m) a[m] = gy_strip + (i0 + m) * tc;
-  rank1_tile<M, 2>(a, 1, x_strip + j0, bs, tc, acc);
+  for (int m = 0; m < M; ++m) a[m] = gy_strip + i0 + m;
+  rank1_tile<M, 2>(a, bs, x_strip + j0, bs, tc, acc);
   for (int m = 0; m < M; ++m)
     for (int v = 0; v < 2; ++v) _mm256_storeu_ps(block_sums + (i0 + m) * bs + j0 + 8 * v, acc[m][v]);
 }
@@ -289,7 +289,7 @@ inline void grad_values_tile(const float* gy_strip, const float* x_strip, int64_
 // first copied to contiguous fp32 strips: read in place they sit a whole row apart per token, so a
 // tile's loads would touch a page per token.
 // x is packed once per chunk, all of it, as [block-column][token][bs] (every block of a column reads
-// the same strip); then a thread takes a block-row and packs its grad_y strip transposed, [bs][token].
+// the same strip); then a thread takes a block-row and packs its grad_y strip, [token][bs].
 // Sums over chunks accumulate in fp32 (in grad_values itself for fp32, else in a scratch copy).
 template <typename T>
 void grad_values(const BsrShape& s, const T* gy, const T* x, const int64_t* crow, const int64_t* col, T* gv) {
@@ -314,7 +314,7 @@ void grad_values(const BsrShape& s, const T* gy, const T* x, const int64_t* crow
       for (int64_t r = 0; r < s.block_rows; ++r) {
         if (crow[r] == crow[r + 1]) continue;
         for (int64_t t = 0; t < tc; ++t)
-          for (int64_t i = 0; i < bs; ++i) gy_strip[i * tc + t] = to_f32(gy[(t0 + t) * out + r * bs + i]);
+          for (int64_t i = 0; i < bs; ++i) gy_strip[t * bs + i] = to_f32(gy[(t0 + t) * out + r * bs + i]);
         for (int64_t k = crow[r]; k < crow[r + 1]; ++k) {
           const float* x_strip = x_strips.data() + col[k] * tc * bs;
           float* block_sums = sums + k * bb;
