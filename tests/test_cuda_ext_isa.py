@@ -92,3 +92,17 @@ def test_bad_forced_path_is_a_clear_error(value, message):
     result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=dict(os.environ, TLC_BSR_ISA=value),
                             capture_output=True, text=True, timeout=600)
     assert result.returncode != 0 and message in result.stderr and "TLC_BSR_ISA" in result.stderr
+
+
+def test_portable_path_sources_have_no_x86_code():
+    """ARM is out of reach here: at least the portable path's files must name no x86 intrinsic or
+    header, and the x86 files must compile to nothing elsewhere (guarded by the architecture)."""
+    csrc = ROOT / "cuda_ext" / "csrc"
+    for name in ("bsr_kernels_portable.cpp", "bsr_blas_cpu.cpp", "bsr_blas_cpu.h", "bsr_kernels_cpu.h"):
+        text = (csrc / name).read_text()
+        for x86 in ("immintrin", "_mm_", "_mm256", "_mm512", "__m256", "__m512", "__builtin_cpu"):
+            assert x86 not in text, (name, x86)
+    for name in ("bsr_kernels_avx2.cpp", "bsr_kernels_avx512.cpp"):
+        text = (csrc / name).read_text()
+        guard = "#if defined(__x86_64__) || defined(__i386__)"
+        assert guard in text and text.index(guard) < text.index("#include <immintrin.h>"), name
