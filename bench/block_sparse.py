@@ -213,9 +213,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=20, help="interleaved timed repeats per row (median)")
     parser.add_argument("--backward", action="store_true", help="also time grad_input (dx) and grad_values (dw)")
     parser.add_argument("--step", action="store_true", help="also time a training step of one layer")
-    parser.add_argument("--clock", choices=["wall", "thread"], default="wall",
+    parser.add_argument("--clock", choices=["wall", "thread", "process"], default="wall",
                         help="thread: CPU time of the calling thread, immune to preemption by other processes "
-                             "on a shared machine; needs --threads 1")
+                             "on a shared machine; needs --threads 1. process: CPU time of all this process's "
+                             "threads (work split without overhead costs the same as on one thread; set "
+                             "OMP_WAIT_POLICY=passive so that waiting threads sleep instead of spinning)")
     args = parser.parse_args()
     if args.clock == "thread" and args.threads != 1:
         parser.error("--clock thread measures one thread only: add --threads 1")
@@ -242,9 +244,12 @@ def main() -> None:
           f"this CPU can run: {', '.join(cuda_ext.cpu_kernel_isas())})")
     print(f"# CPU: {model}, {os.cpu_count()} cpus; SIMD flags: {flags}")
     print(f"# BLAS: {blas_summary()}; torch {torch.__version__}")
-    print(f"# {torch.get_num_threads()} threads, {args.clock} clock, median of {args.repeats} interleaved repeats, "
-          f"{args.dtype}, warm cache (operands reused between repeats); load average {load_average()}", flush=True)
-    clock = time.thread_time if args.clock == "thread" else time.perf_counter
+    threads = torch.get_num_threads()
+    wait = f", OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}" if "OMP_WAIT_POLICY" in os.environ else ""
+    print(f"# {threads} thread{'s' if threads != 1 else ''}, {args.clock} clock{wait}, median of {args.repeats} "
+          f"interleaved repeats, {args.dtype}, warm cache (operands reused between repeats); "
+          f"load average {load_average()}", flush=True)
+    clock = {"thread": time.thread_time, "process": time.process_time, "wall": time.perf_counter}[args.clock]
     run(shapes, densities, tokens, getattr(torch, args.dtype), args.repeats, clock, args.backward, args.step)
     print(f"# load average at the end: {load_average()}")
 
