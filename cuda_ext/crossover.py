@@ -73,6 +73,10 @@ def _random_block_weight(out_features, in_features, block_size, density, dtype, 
 
 
 def _median_seconds(functions, repeats: int, device: torch.device) -> list[float]:
+    # One CPU thread: that thread's CPU time, which preemption by other processes does not inflate
+    # (on a busy machine wall-clock medians penalise the longest call, dense, the most).
+    one_thread = device.type == "cpu" and torch.get_num_threads() == 1
+    clock = time.thread_time if one_thread else time.perf_counter
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     for f in functions:  # warm-up: first-call allocations, lazy kernel builds
         f()
@@ -80,10 +84,10 @@ def _median_seconds(functions, repeats: int, device: torch.device) -> list[float
     for _ in range(repeats):
         for i, f in enumerate(functions):
             sync()
-            start = time.perf_counter()
+            start = clock()
             f()
             sync()
-            times[i].append(time.perf_counter() - start)
+            times[i].append(clock() - start)
     return [statistics.median(t) for t in times]
 
 
