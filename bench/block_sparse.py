@@ -13,6 +13,8 @@ soon as the row is measured. Ratios are speedups of the extension:
               torch having no block-sparse sampled product)
   --step      a training step of one layer: forward, backward and SGD update of BlockSparseLinear
               against nn.Linear with the same (block-pruned) weight
+  --crossover instead of the table, the dense/blocks crossover density BlockSparseLinear.from_dense
+              measures for each shape and token count (cuda_ext.measure_crossover; not cached)
 
   python bench/block_sparse.py --quick                          # 2048², 4096² at 10%, 50%, 256 tokens
   python bench/block_sparse.py --quick --threads 1 --clock thread
@@ -173,6 +175,17 @@ def run(shapes, densities, token_counts, dtype, repeats, clock, backward: bool, 
                     print_row(label, "step", layer.density, dense_step, ext_step, float("nan"), "")
 
 
+def crossovers(shapes, token_counts, dtype) -> None:
+    """The crossover density from_dense would use, measured afresh (the timings come from the measurement)."""
+    for out_features, in_features in shapes:
+        for tokens in token_counts:
+            record = cuda_ext.measure_crossover(out_features, in_features, 32, tokens=tokens, dtype=dtype, repeats=7)
+            s = record["seconds"]
+            print(f"{out_features:>5}x{in_features:<5} {tokens:>4} tokens: crossover density "
+                  f"{record['crossover_density']:.2f} | dense {s['dense'] * 1e3:.3f} ms, blocks at 25% "
+                  f"{s['bsr@0.25'] * 1e3:.3f} ms, at 100% {s['bsr@1.0'] * 1e3:.3f} ms", flush=True)
+
+
 def blas_summary() -> str:
     """The BLAS and oneDNN lines of torch.__config__.show(), shortened."""
     config = torch.__config__.show()
@@ -213,6 +226,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=20, help="interleaved timed repeats per row (median)")
     parser.add_argument("--backward", action="store_true", help="also time grad_input (dx) and grad_values (dw)")
     parser.add_argument("--step", action="store_true", help="also time a training step of one layer")
+    parser.add_argument("--crossover", action="store_true",
+                        help="print the measured dense/blocks crossover density per shape and token count instead")
     parser.add_argument("--clock", choices=["wall", "thread", "process"], default="wall",
                         help="thread: CPU time of the calling thread, immune to preemption by other processes "
                              "on a shared machine; needs --threads 1. process: CPU time of all this process's "
@@ -250,7 +265,10 @@ def main() -> None:
           f"interleaved repeats, {args.dtype}, warm cache (operands reused between repeats); "
           f"load average {load_average()}", flush=True)
     clock = {"thread": time.thread_time, "process": time.process_time, "wall": time.perf_counter}[args.clock]
-    run(shapes, densities, tokens, getattr(torch, args.dtype), args.repeats, clock, args.backward, args.step)
+    if args.crossover:
+        crossovers(shapes, tokens, getattr(torch, args.dtype))
+    else:
+        run(shapes, densities, tokens, getattr(torch, args.dtype), args.repeats, clock, args.backward, args.step)
     print(f"# load average at the end: {load_average()}")
 
 
