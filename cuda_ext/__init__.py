@@ -2,7 +2,10 @@
 kernels, the BlockSparseLinear module, a model converter and a pure-torch reference.
 
 Imports only torch. The kernels are compiled on first use; `available()` says whether they
-loaded (if not, everything still works through the slower pure-torch path).
+loaded (if not, everything still works through the slower pure-torch path). The CPU kernel path
+(AVX-512, AVX2 or portable) is chosen at run time from what the CPU reports; the environment
+variable TLC_BSR_ISA forces one and `cpu_kernel_isa()` names the one in use. Whether a layer keeps
+its blocks or goes dense is measured on the machine (`crossover_density`, cached on disk).
 """
 
 from .bsr_format import BLOCK_SIZES, block_density, bsr_to_dense, dense_to_bsr
