@@ -34,7 +34,8 @@ _memo: dict[str, dict] = {}
 
 
 def cache_path() -> Path:
-    """`$TLC_CACHE/bsr_crossover.json`, else under ~/.cache/tlc (tlc.data.cache_dir's rule; cuda_ext never imports tlc)."""
+    """`$TLC_CACHE/bsr_crossover.json`, else under ~/.cache/tlc: tlc's cache rule, restated here because
+    cuda_ext never imports tlc."""
     return Path(os.environ.get("TLC_CACHE") or Path.home() / ".cache" / "tlc") / CACHE_FILE
 
 
