@@ -1,9 +1,11 @@
 """Compile and load the tlc_bsr C++ ops on first use, or fall back to pure torch with one warning.
 
 The extension is built with torch.utils.cpp_extension.load into the default torch extensions
-directory (~/.cache/torch_extensions). Its name carries a hash of the sources, the compiler flags,
-the torch version and the CPU's feature flags, because -march=native code built on one machine
-must not be loaded on another that shares the cache.
+directory (~/.cache/torch_extensions, or $TORCH_EXTENSIONS_DIR). Its name carries a hash of the
+sources, the compiler flags, the torch version and the machine architecture. The build targets the
+architecture's baseline; the AVX2 and AVX-512 kernels are compiled for their instruction sets by
+target regions in their own files and chosen at run time (csrc/bsr_kernels_cpu.cpp), so one build
+serves every CPU of the architecture and can be shared between machines.
 """
 
 from __future__ import annotations
@@ -18,14 +20,18 @@ from pathlib import Path
 import torch
 
 CSRC = Path(__file__).parent / "csrc"
-CPU_SOURCES = ("bsr_ops.cpp", "bsr_cpu.cpp", "bsr_kernels_cpu.cpp", "bsr_autograd.cpp")
+CPU_SOURCES = ("bsr_ops.cpp", "bsr_cpu.cpp", "bsr_blas_cpu.cpp", "bsr_kernels_cpu.cpp", "bsr_kernels_portable.cpp",
+               "bsr_kernels_avx2.cpp", "bsr_kernels_avx512.cpp", "bsr_autograd.cpp")
 CUDA_SOURCES = ("cuda/bsr_kernels.cu", "cuda/bsr_cuda.cu")
-HEADERS = ("bsr_checks.h", "bsr_kernels_cpu.h", "bsr_simd_avx512.h", "cuda/bsr_kernels.h")
-CFLAGS = ("-O3", "-march=native", "-fopenmp")
+HEADERS = ("bsr_checks.h", "bsr_kernels_cpu.h", "bsr_cpu_common.h", "bsr_blas_cpu.h", "bsr_kernels_avx512.inc",
+           "bsr_simd_avx512.inc", "cuda/bsr_kernels.h")
+CFLAGS = ("-O3", "-fopenmp")  # no -march: the per-ISA files pick their own targets
 CUDA_CFLAGS = ("-O3",)
 
 DISABLE_ENV = "TLC_CUDA_EXT_DISABLE"
 """Set to 1 to skip the build and always use the pure-torch path."""
+ISA_ENV = "TLC_BSR_ISA"
+"""Forces a CPU kernel path: avx512-bf16, avx512, avx2 or portable (default: the best this CPU runs)."""
 EXTRA_CFLAGS_ENV = "TLC_CUDA_EXT_EXTRA_CFLAGS"
 """Extra compiler flags, space separated (tests pass an invalid one to simulate a failed build)."""
 
@@ -39,15 +45,6 @@ def _with_cuda() -> bool:
     return torch.version.cuda is not None and CUDA_HOME is not None
 
 
-def _cpu_fingerprint() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line for line in f if line.startswith(("flags", "Features"))), "")
-    except OSError:
-        flags = ""
-    return platform.machine() + flags
-
-
 def _build_name(sources: list[Path], cflags: list[str]) -> str:
     digest = hashlib.sha256()
     for path in sorted(sources) + [CSRC / h for h in HEADERS]:
@@ -55,7 +52,7 @@ def _build_name(sources: list[Path], cflags: list[str]) -> str:
             digest.update(path.read_bytes())
     digest.update(" ".join(cflags).encode())
     digest.update(torch.__version__.encode())
-    digest.update(_cpu_fingerprint().encode())
+    digest.update(platform.machine().encode())
     return f"tlc_bsr_{digest.hexdigest()[:16]}"
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .module import DENSE_CROSSOVER_DENSITY, BlockSparseLinear
+from .module import BlockSparseLinear
 
 
 def _dense_weight_and_bias(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None] | None:
@@ -35,13 +35,16 @@ def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
 
 
 def convert_block_sparse(model: nn.Module, block_size: int = 32, min_sparsity: float = 0.0, *,
-                         dense_above: float = DENSE_CROSSOVER_DENSITY, skip: tuple[str, ...] = ()) -> nn.Module:
+                         dense_above: float | None = None, tokens: int = 256,
+                         skip: tuple[str, ...] = ()) -> nn.Module:
     """Replace, in place, every nn.Linear / GPT-2 Conv1D whose block sparsity is at least
     `min_sparsity` with a BlockSparseLinear of the same outputs; returns the model.
 
     Skipped: layers named in `skip`, layers whose weight is tied to another module (e.g. GPT-2's
     lm_head, which shares the embedding), and layers whose dimensions are not multiples of
     `block_size`. Block sparsity = fraction of block_size × block_size blocks that are all zero.
+    `dense_above` and `tokens` go to BlockSparseLinear.from_dense: by default each layer is stored
+    densely where this machine's measured crossover says dense F.linear is faster at `tokens` tokens.
     """
     if not 0.0 <= min_sparsity <= 1.0:
         raise ValueError(f"min_sparsity must be within [0, 1], got {min_sparsity}")
@@ -58,7 +61,7 @@ def convert_block_sparse(model: nn.Module, block_size: int = 32, min_sparsity: f
         if sparsity < min_sparsity:
             continue
         new = BlockSparseLinear.from_dense(weight.detach(), None if bias is None else bias.detach(), block_size,
-                                           dense_above=dense_above)
+                                           dense_above=dense_above, tokens=tokens)
         _replace(model, name, new)
     return model
 

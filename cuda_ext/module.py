@@ -6,17 +6,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import ops
+from . import crossover, ops
 from .bsr_format import block_density, bsr_to_dense, check_block_size, check_bsr, dense_to_bsr
 
 DENSE_CROSSOVER_DENSITY = 0.75
-"""Block density above which BlockSparseLinear stores and multiplies the weight densely.
+"""A fixed crossover, as measured on a 2-core AVX-512 Xeon with the earlier kernels (BENCHMARKS.md).
 
-Measured with `python bench/block_sparse.py --shapes 1024x1024 2048x2048 1024x256 --densities
-0.6 0.7 0.8 0.9 1.0 --tokens 1 32 256 --threads 1 --clock thread` on a 2-core AVX-512 Xeon
-(BENCHMARKS.md, "Block-sparse matmul (cuda_ext)"): with 32×32 blocks the kernel is at least as
-fast as dense F.linear up to density 0.8 at 32 and 256 tokens on every shape measured (up to
-0.9 on 1024² and 2048²), and up to 0.6–0.7 for a single token, where both are bound by memory.
+No longer the default: from_dense measures this machine's crossover per shape class (crossover.py),
+because it moves with the kernel path and the dense GEMM (an AVX2 CPU's is not an AVX-512 CPU's).
+Pass it as `dense_above` to keep the old fixed rule.
 """
 
 
@@ -60,14 +58,18 @@ class BlockSparseLinear(nn.Module):
 
     @classmethod
     def from_dense(cls, weight: torch.Tensor, bias: torch.Tensor | None = None, block_size: int = 32, *,
-                   dense_above: float = DENSE_CROSSOVER_DENSITY) -> BlockSparseLinear:
+                   dense_above: float | None = None, tokens: int = 256) -> BlockSparseLinear:
         """Build from a dense [out, in] weight, keeping every block that is not all zero.
 
-        Stores the weight densely when its block density exceeds `dense_above` (pass 1.0 to always
-        store blocks).
+        Stores the weight densely when its block density exceeds `dense_above`: by default the density
+        at which dense F.linear overtakes the kernels on this machine for this shape class at `tokens`
+        tokens per call (measured once and cached, see crossover.py); pass 1.0 to always store blocks.
         """
         values, crow, col = dense_to_bsr(weight.detach(), block_size)
         out_features, in_features = weight.shape
+        if dense_above is None:
+            dense_above = crossover.crossover_density(out_features, in_features, block_size, tokens, weight.dtype,
+                                                      weight.device)
         dense = block_density(crow, in_features, block_size) > dense_above
         module = cls(in_features, out_features, block_size, crow, col, bias is not None, dense=dense,
                      device=weight.device, dtype=weight.dtype)

@@ -28,8 +28,18 @@ def available() -> bool:
 
 
 def cpu_kernel_isa() -> str | None:
-    """SIMD path of the compiled CPU kernels ("avx512-bf16", "avx512" or "portable"); None without them."""
+    """CPU kernel path in use: "avx512-bf16", "avx512", "avx2" or "portable"; None without the compiled kernels.
+
+    The best path this CPU can run, chosen at run time, unless the environment variable TLC_BSR_ISA
+    names one (read at the first kernel call); naming an unknown path or one the CPU lacks raises
+    RuntimeError here and at every kernel call.
+    """
     return torch.ops.tlc_bsr.cpu_kernel_isa() if available() else None
+
+
+def cpu_kernel_isas() -> list[str]:
+    """Every CPU kernel path this CPU can run, best first (empty without the compiled kernels)."""
+    return list(torch.ops.tlc_bsr.cpu_kernel_isas()) if available() else []
 
 
 def bsr_linear(x: torch.Tensor, values: torch.Tensor, crow_indices: torch.Tensor, col_indices: torch.Tensor,

@@ -63,6 +63,10 @@ def test_compress_writes_one_valid_row_per_variant(compressed_sweep):
         assert by_id[variant]["nonzeros"] < dense["nonzeros"]
         assert by_id[variant]["latency_kind"] in ("dense_masked", "cuda_ext_bsr")
     assert by_id["structured-s50"]["latency_kind"] == "dense"
+    block = by_id["block16-s50"]
+    if block["latency_kind"] == "cuda_ext_bsr":  # each batch size timed as cuda_ext converts for its token count
+        assert block["latency_note"].startswith("b1: cuda_ext ") and "; b32: cuda_ext " in block["latency_note"]
+        assert "layers as blocks" in block["latency_note"]
     assert by_id["block16-s50"]["block"] == 16
     assert by_id["gradual-s50"]["recovery_steps"] == 4
     # the dense row is the model training saved: same loss as training's last evaluation (fp32 run)

@@ -105,7 +105,7 @@ def test_opcheck(device):
 @needs_kernels
 def test_torch_compile_fullgraph():
     weight = torch.randn(64, 128) * torch.tensor([[1.0, 0.0], [0.0, 1.0]]).repeat_interleave(32, 0).repeat_interleave(64, 1)
-    layer = cuda_ext.BlockSparseLinear.from_dense(weight, torch.randn(64), block_size=32)
+    layer = cuda_ext.BlockSparseLinear.from_dense(weight, torch.randn(64), block_size=32, dense_above=1.0)
     compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")
     x = torch.randn(2, 5, 128, requires_grad=True)
     y = compiled(x)
@@ -170,9 +170,11 @@ def test_build_failure_falls_back_with_one_warning(monkeypatch):
 @needs_kernels
 def test_cpu_kernels_use_the_cpus_simd():
     flags = open("/proc/cpuinfo").read().split() if os.path.exists("/proc/cpuinfo") else []
-    isa = cuda_ext.cpu_kernel_isa()
-    assert isa in ("avx512-bf16", "avx512", "portable")
-    if "avx512f" in flags:
-        assert isa.startswith("avx512")
-    if "avx512_bf16" in flags:
-        assert isa == "avx512-bf16"
+    runnable = cuda_ext.cpu_kernel_isas()
+    assert set(runnable) <= {"avx512-bf16", "avx512", "avx2", "portable"} and "portable" in runnable
+    if "avx512f" in flags and "avx512bw" in flags and "avx512dq" in flags and "avx512vl" in flags:
+        assert "avx512" in runnable
+    if "avx512_bf16" in flags and "avx512" in runnable:
+        assert runnable[0] == "avx512-bf16"
+    if "avx2" in flags and "fma" in flags:
+        assert "avx2" in runnable

@@ -4,6 +4,7 @@
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
+#include "bsr_blas_cpu.h"
 #include "bsr_checks.h"
 #include "bsr_kernels_cpu.h"
 
@@ -39,6 +40,7 @@ at::Tensor bsr_linear_cpu(const at::Tensor& x, const at::Tensor& values, const a
   check_bias(bias, values, out_features);
   const at::Tensor xc = x.contiguous(), vc = values.contiguous(), cc = crow.contiguous(), lc = col.contiguous();
   const at::Tensor bc = bias.has_value() ? bias->contiguous() : at::Tensor();
+  if (use_blas_path(xc)) return blas_forward(xc, vc, cc, lc, bc);
   at::Tensor y = at::empty({x.size(0), out_features}, x.options());
   const BsrShape s = shape_of(x.size(0), x.size(1), cc, vc.size(0), bs);
   const int64_t* cr = cc.data_ptr<int64_t>();
@@ -63,6 +65,7 @@ at::Tensor bsr_linear_grad_input_cpu(const at::Tensor& grad_y, const at::Tensor&
   TORCH_CHECK(grad_y.size(1) == (crow.numel() - 1) * bs, op, ": grad_y must have out_features (",
               (crow.numel() - 1) * bs, ") columns, got ", grad_y.size(1));
   const at::Tensor gc = grad_y.contiguous(), vc = values.contiguous(), cc = crow.contiguous(), lc = col.contiguous();
+  if (use_blas_path(gc)) return blas_grad_input(gc, vc, cc, lc, in_features);
   at::Tensor gx = at::empty({grad_y.size(0), in_features}, grad_y.options());
   const BsrShape s = shape_of(grad_y.size(0), in_features, cc, vc.size(0), bs);
   if (grad_y.scalar_type() == at::kFloat) {
@@ -92,6 +95,7 @@ at::Tensor bsr_linear_grad_values_cpu(const at::Tensor& grad_y, const at::Tensor
               (crow.numel() - 1) * block_size, ") columns, got ", grad_y.size(1));
   check_bsr_indices(op, crow, col, x.size(1), block_size);
   const at::Tensor gc = grad_y.contiguous(), xc = x.contiguous(), cc = crow.contiguous(), lc = col.contiguous();
+  if (use_blas_path(gc)) return blas_grad_values(gc, xc, cc, lc, block_size);
   at::Tensor gv = at::empty({col.numel(), block_size, block_size}, x.options());
   const BsrShape s = shape_of(x.size(0), x.size(1), cc, col.numel(), block_size);
   if (x.scalar_type() == at::kFloat) {

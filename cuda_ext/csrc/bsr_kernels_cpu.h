@@ -9,6 +9,8 @@
 // bf16 tensors are passed as uint16_t bit patterns; every kernel accumulates in fp32.
 #pragma once
 #include <cstdint>
+#include <string>
+#include <vector>
 
 namespace tlc_bsr {
 
@@ -39,7 +41,12 @@ void bsr_grad_values_f32(const BsrShape& s, const float* grad_y, const float* x,
 void bsr_grad_values_bf16(const BsrShape& s, const uint16_t* grad_y, const uint16_t* x, const int64_t* crow,
                           const int64_t* col, uint16_t* grad_values);
 
-// Which SIMD path this build uses ("avx512-bf16", "avx512" or "portable"), for benchmarks and reports.
-const char* cpu_kernel_isa();
+// The kernel paths, one per instruction set. The active one is the best this CPU can run, unless the
+// environment variable TLC_BSR_ISA (auto, avx512-bf16, avx512, avx2, portable) names another; naming
+// an unknown path or one this CPU lacks throws std::runtime_error.
+enum class Isa { kPortable, kAvx2, kAvx512, kAvx512Bf16 };
+Isa active_isa();
+const char* cpu_kernel_isa();               // the active path's name
+std::vector<std::string> cpu_kernel_isas();  // every path this CPU can run, best first
 
 }  // namespace tlc_bsr

@@ -68,6 +68,8 @@ TORCH_LIBRARY(tlc_bsr, m) {
   // grad_values[k] = grad_y[:, rows of block k]ᵀ · x[:, cols of block k]
   m.def("bsr_linear_grad_values(Tensor grad_y, Tensor x, Tensor crow_indices, Tensor col_indices, "
         "int block_size) -> Tensor");
-  // Which SIMD path the CPU kernels were compiled for: "avx512-bf16", "avx512" or "portable".
+  // The CPU kernel path in use ("avx512-bf16", "avx512", "avx2" or "portable"; TLC_BSR_ISA forces one),
+  // and every path this CPU can run, best first.
   m.def("cpu_kernel_isa() -> str", [] { return std::string(tlc_bsr::cpu_kernel_isa()); });
+  m.def("cpu_kernel_isas() -> str[]", [] { return tlc_bsr::cpu_kernel_isas(); });
 }

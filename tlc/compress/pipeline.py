@@ -125,7 +125,8 @@ def make_variant(ctx: RunContext, spec: VariantSpec, settings: CompressSettings,
     """Build, save, evaluate and time one variant; returns its compress.jsonl row."""
     from tlc.compress.evaluate import disagreement, evaluate_positions, latency_ms_per_token
     from tlc.compress.store import is_saved, load_fp32, save_variant
-    from tlc.compress.variants import block_sparse_model, build_pruned, latency_kind, sparse_kind
+    from tlc.compress.variants import (block_sparse_model, block_storage_note, build_pruned, latency_kind,
+                                       sparse_kind)
 
     started = time.perf_counter()
     shape, train = ctx.config["shape"], ctx.config["train"]
@@ -158,18 +159,24 @@ def make_variant(ctx: RunContext, spec: VariantSpec, settings: CompressSettings,
         runtime, ctx.tokens, ctx.offsets, shape["context"], train["micro_batch"], ctx.device, ctx.buckets)
     _save_eval(folder, token_loss, predictions)
 
-    timed, kind, note = runtime, latency_kind(spec, ctx.int8_path), None
-    if spec.method == "block" and spec.bits == 32:
-        example = ctx.calibration[:2]
-        converted, why = block_sparse_model(model32, spec.block, example)
-        if converted is not None:
-            timed, kind = converted, why
-        else:
-            note = why
     vocab = shape["vocab_size"]
     prompt = min(settings.prompt_tokens, shape["context"])
-    b1 = latency_ms_per_token(timed, vocab, ctx.device, 1, prompt, settings.latency_repeats)
-    b32 = latency_ms_per_token(timed, vocab, ctx.device, 32, prompt, settings.latency_repeats)
+    timed = {1: runtime, 32: runtime}  # batch size -> the model timed at it
+    kind, note = latency_kind(spec, ctx.int8_path), None
+    if spec.method == "block" and spec.bits == 32:
+        # Each batch size gets the conversion a deployment at that batch would run: cuda_ext keeps a
+        # layer's blocks only below the crossover measured here for calls of batch × prompt tokens.
+        converted = {batch: block_sparse_model(model32, spec.block, ctx.calibration[:2], tokens=batch * prompt)
+                     for batch in timed}
+        failed = next((why for model, why in converted.values() if model is None), None)
+        if failed:
+            note = failed
+        else:
+            timed = {batch: model for batch, (model, _) in converted.items()}
+            kind = "cuda_ext_bsr"
+            note = "; ".join(f"b{batch}: {block_storage_note(model)}" for batch, model in timed.items())
+    b1 = latency_ms_per_token(timed[1], vocab, ctx.device, 1, prompt, settings.latency_repeats)
+    b32 = latency_ms_per_token(timed[32], vocab, ctx.device, 32, prompt, settings.latency_repeats)
     ort = {"latency_ms_b1_ort_int8": None, "latency_ms_b32_ort_int8": None}
     if settings.ort_latency and spec.bits == 8:
         from tlc.compress.store import load_fp32

@@ -142,10 +142,13 @@ def build_pruned(spec: VariantSpec, dense, calibration, recovery: dict | None):
 # Latency
 
 
-def block_sparse_model(model, block_size: int, example) -> tuple[object | None, str]:
-    """``model`` with its block-pruned layers on cuda_ext's BSR kernel, or (None, why not).
+def block_sparse_model(model, block_size: int, example, tokens: int = 256) -> tuple[object | None, str]:
+    """``model`` with its block-pruned layers as cuda_ext BlockSparseLinear, or (None, why not).
 
-    The converted model is checked against ``model`` on the ``example`` token batch first.
+    Each layer is stored as blocks or densely as cuda_ext decides for calls of ``tokens`` tokens: by
+    this machine's measured crossover for its shape (cached, see cuda_ext/crossover.py), so the
+    converted model runs the path a deployed one would. The converted model is checked against
+    ``model`` on the ``example`` token batch first.
     """
     import torch
 
@@ -156,7 +159,7 @@ def block_sparse_model(model, block_size: int, example) -> tuple[object | None, 
     try:
         if not cuda_ext.available():
             return None, "cuda_ext kernel not built"
-        converted = cuda_ext.convert_block_sparse(copy.deepcopy(model), block_size)
+        converted = cuda_ext.convert_block_sparse(copy.deepcopy(model), block_size, tokens=tokens)
         if not any(isinstance(m, cuda_ext.BlockSparseLinear) for m in converted.modules()):
             return None, "no layer sparse enough for cuda_ext"
         with torch.inference_mode():
@@ -167,6 +170,17 @@ def block_sparse_model(model, block_size: int, example) -> tuple[object | None, 
         return converted, "cuda_ext_bsr"
     except Exception as error:
         return None, f"cuda_ext failed ({type(error).__name__}: {str(error)[:80]})"
+
+
+def block_storage_note(converted) -> str:
+    """Which cuda_ext kernel path ran and how many converted layers kept their blocks, e.g.
+    "cuda_ext avx2: 6 of 8 layers as blocks, 2 dense above the measured crossover"."""
+    import cuda_ext
+
+    layers = [m for m in converted.modules() if isinstance(m, cuda_ext.BlockSparseLinear)]
+    as_blocks = sum(m.weight is None for m in layers)
+    return (f"cuda_ext {cuda_ext.cpu_kernel_isa() or 'reference'}: {as_blocks} of {len(layers)} layers as blocks, "
+            f"{len(layers) - as_blocks} dense above the measured crossover")
 
 
 def latency_kind(spec: VariantSpec, int8_path: str | None) -> str:
