@@ -31,18 +31,22 @@ def test_demo_runs_every_stage_and_resumes(tmp_path, small_corpus):
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = proc.stdout
-    for stage in ("tlc sweep", "tlc compress", "tlc fit", "tlc plan", "tlc report"):
+    for stage in ("tlc sweep", "tlc compress", "tlc fit", "tlc report"):
         assert f"== {stage}" in out
-    assert "train:   width" in out and "predicted loss" in out
+    # four tiny shapes with three branch ends each do not pin a law down: tlc fit marks both laws
+    # unidentified, and the demo says so instead of planning from them (the planner would refuse)
+    sweep_dir = runs / "mini"
+    fit = json.loads((sweep_dir / "fit.json").read_text())
+    assert {law["status"] for law in fit["laws"].values()} == {"unidentified"}
+    assert "== tlc plan" not in out and not (sweep_dir / "plan.json").exists()
+    assert "no plan: fit.json " in out and "no law the fit can defend" in out and "train.cooldowns or train.budgets" in out
     table = out[out.index("stage        wall s"):]
-    rows = {line.split()[0]: line.split() for line in table.splitlines()[2:8]}
-    assert list(rows) == ["sweep", "compress", "fit", "plan", "report", "total"]
+    rows = {line.split()[0]: line.split() for line in table.splitlines()[2:7]}
+    assert list(rows) == ["sweep", "compress", "fit", "report", "total"]
     assert all(float(row[1]) >= 0 and float(row[-1]) >= 0 for row in rows.values())
     assert float(rows["sweep"][-1]) > 1  # the trainers' CPU time is counted: they are the sweep's children
     assert "report: " in out and out.rstrip().endswith("(open it in a browser)")
-    sweep_dir = runs / "mini"
-    plan = json.loads((sweep_dir / "plan.json").read_text())
-    assert plan["recommendation"]["loss"]["mean"] > 0
+    assert "unidentified" in (sweep_dir / "report" / "report.md").read_text()
     assert all((sweep_dir / r / "compress.jsonl").exists() for r in ("w32-d1-s0", "w64-d2-s0"))
     assert (sweep_dir / "report" / "index.html").exists() and (sweep_dir / "fit.json").exists()
     rows_before = sum(len((sweep_dir / r / "compress.jsonl").read_text().splitlines())

@@ -46,6 +46,18 @@ def inference_budget(plan: dict) -> int:
     return int(plan["compute_optimal"]["inference"]["bytes"] * INFERENCE_SHARE)
 
 
+def no_defensible_law(sweep_dir: Path) -> str | None:
+    """Why the planner would refuse this sweep's fit.json (no law it can defend), or None when it can plan."""
+    from tlc.plan.law import choose_law
+
+    fit_path = sweep_dir / "fit.json"
+    try:
+        choose_law(json.loads(fit_path.read_text(encoding="utf-8")), None, "fit.json", fit_path)
+    except UserError as error:
+        return str(error)
+    return None
+
+
 def describe_plan(point: dict) -> str:
     """One line for a plan.json point: shape, tokens, compression and predicted loss."""
     c = point.get("compression") or {}
@@ -105,7 +117,8 @@ def run(args: argparse.Namespace) -> int:
 
     Stages: tlc sweep, tlc compress, tlc fit, tlc plan (a training budget equal to the largest
     run's compute, an inference budget of three fifths of the size of the best model without one)
-    and tlc report; it ends with each stage's wall and CPU time. Interrupt it at any time; running it
+    and tlc report; it ends with each stage's wall and CPU time. Where the fit identifies no law,
+    there is no plan: the demo says what the sweep lacks and still writes the report. Interrupt it at any time; running it
     again resumes where it stopped.
     """
     from tlc.cli import main
@@ -137,6 +150,15 @@ def run(args: argparse.Namespace) -> int:
     stage("compress", ["compress", str(sweep_dir), *DEMO_COMPRESS])
     stage("compress", ["compress", str(sweep_dir), *DEMO_COMPRESS_BRANCHES])
     stage("fit", ["fit", str(sweep_dir)])
+    unplannable = no_defensible_law(sweep_dir)
+    if unplannable:
+        # the planner refuses a law the fit cannot defend: say why, and still report what was measured
+        stage("report", ["report", str(sweep_dir)])
+        print("\n" + stage_table(stages))
+        print(f"\nno plan: {unplannable}")
+        print(f"report: {(sweep_dir / 'report' / 'index.html').resolve()}  (open it in a browser)")
+        sys.stdout.flush()
+        return 0
     budget = training_budget(sweep_dir)
     # first without an inference limit, to size that limit; the second call rewrites plan.json
     plan_argv = ["plan", "--runs", str(sweep_dir), "--budget", f"{budget:.3g}"]
