@@ -25,7 +25,7 @@ from pathlib import Path
 from tlc.compress.pipeline import compress_run
 from tlc.compress.variants import CompressSettings
 from tlc.config import RunConfig, load_sweep
-from tlc.io import atomic_write_json, read_jsonl
+from tlc.io import atomic_write_json
 from tlc.shapes import flops_per_token
 from tlc.train.loop import train_run
 

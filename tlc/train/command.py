@@ -130,7 +130,8 @@ def _train_config(args: argparse.Namespace):
         tokens=args.tokens, flops=args.flops, micro_batch=args.micro_batch, grad_accum=args.grad_accum,
         lr=args.lr, zero_stage=args.zero_stage, precision=args.precision, evals=args.evals,
         eval_tokens=args.eval_tokens, prune=_prune(args.prune), min_lr_ratio=args.min_lr_ratio,
-        warmup_frac=args.warmup_frac, schedule=args.schedule, cooldowns=args.cooldowns, cooldown_frac=args.cooldown_frac,
+        warmup_frac=args.warmup_frac, schedule=args.schedule, cooldowns=args.cooldowns,
+        cooldown_frac=args.cooldown_frac,
     )
     cfg = RunConfig(shape=shape, train=train, data=DataSettings(source=args.data), seed=args.seed or 0)
     return cfg, args.out or Path("runs") / "single" / cfg.run_id
