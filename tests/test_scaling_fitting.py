@@ -76,12 +76,17 @@ def test_learning_curve_recovered():
 @pytest.mark.parametrize("name", sorted(PRUNING_CANDIDATES))
 def test_pruning_forms_recovered_without_noise(name):
     form = PRUNING_CANDIDATES[name]
-    truth = form.parameters_type(c=0.08, gamma=1.5, delta=0.0 if "size_free" in name else 0.3)
+    tokens = "tokens_per_param" in form.covariates  # the D/N forms: a third covariate and exponent
+    extra = {"epsilon": 0.4} if tokens else {}
+    truth = form.parameters_type(c=0.08, gamma=1.5, delta=0.0 if "size_free" in name else 0.3, **extra)
     s = np.tile([0.2, 0.4, 0.6, 0.8, 0.9], 5)
     n = np.repeat(np.geomspace(1e5, 1e8, 5), 5)
     dense = 6.0 - 0.2 * np.log10(n)
-    loss = form.predict(truth, sparsity=s, N=n, dense_loss=dense)
-    fit = fit_law(form, {"sparsity": s, "N": n, "dense_loss": dense}, loss)
+    x = {"sparsity": s, "N": n, "dense_loss": dense}
+    if tokens:
+        x["tokens_per_param"] = np.tile([2.0, 10.0, 40.0, 120.0, 5.0], 5)[np.random.default_rng(0).permutation(25)]
+    loss = form.predict(truth, **x)
+    fit = fit_law(form, x, loss)
     assert fit.status == "converged"
     assert max(_relative_errors(fit.parameters, truth).values()) < 1e-4
 
@@ -89,10 +94,15 @@ def test_pruning_forms_recovered_without_noise(name):
 @pytest.mark.parametrize("name", sorted(INT8_CANDIDATES))
 def test_int8_forms_recovered_without_noise(name):
     form = INT8_CANDIDATES[name]
-    truth = form.parameters_type(c=0.02, delta=0.0 if name == "constant" else 0.25)
+    tokens = "tokens_per_param" in form.covariates  # the D/N form: a second covariate and exponent
+    extra = {"epsilon": 0.4} if tokens else {}
+    truth = form.parameters_type(c=0.02, delta=0.0 if name == "constant" else 0.25, **extra)
     n = np.geomspace(1e5, 1e8, 6)
     dense = 6.0 - 0.2 * np.log10(n)
-    fit = fit_law(form, {"N": n, "dense_loss": dense}, form.predict(truth, N=n, dense_loss=dense))
+    x = {"N": n, "dense_loss": dense}
+    if tokens:
+        x["tokens_per_param"] = np.array([40.0, 2.0, 120.0, 10.0, 5.0, 60.0])
+    fit = fit_law(form, x, form.predict(truth, **x))
     assert fit.status == "converged"
     assert max(_relative_errors(fit.parameters, truth).values()) < 1e-4
 

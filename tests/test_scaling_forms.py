@@ -27,7 +27,8 @@ D = np.geomspace(1e7, 1e11, 9)[::-1]
 C = 6 * N * D
 SPARSITY = np.linspace(0.1, 0.95, 9)
 DENSE = np.linspace(3.0, 5.0, 9)
-COVARIATES = {"N": N, "D": D, "C": C, "sparsity": SPARSITY, "dense_loss": DENSE}
+COVARIATES = {"N": N, "D": D, "C": C, "sparsity": SPARSITY, "dense_loss": DENSE,
+              "tokens_per_param": np.geomspace(1.0, 200.0, 9)}
 
 # (form, a point in its fitted coordinates away from any bound)
 CASES = [
@@ -36,8 +37,8 @@ CASES = [
     (KaplanForm(), np.array([31.8, 30.5, 0.076, 0.103])),
     (KaplanForm(), np.array([20.0, 25.0, 0.3, 0.2])),
     (LearningCurveForm(), np.array([0.9, 8.0, 0.2])),
-    *[(form, np.array([-2.0, 1.3, 0.4])[: len(form.fitted)]) for form in PRUNING_CANDIDATES.values()],
-    *[(form, np.array([-4.0, 0.2])[: len(form.fitted)]) for form in INT8_CANDIDATES.values()],
+    *[(form, np.array([-2.0, 1.3, 0.4, 0.3])[: len(form.fitted)]) for form in PRUNING_CANDIDATES.values()],
+    *[(form, np.array([-4.0, 0.2, 0.3])[: len(form.fitted)]) for form in INT8_CANDIDATES.values()],
 ]
 IDS = [f"{form.name}-{i}" for i, (form, _) in enumerate(CASES)]
 
