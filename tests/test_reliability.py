@@ -182,7 +182,7 @@ def test_compress_killed_while_saving_a_variant_resumes_to_the_same_rows(tmp_pat
 
 @pytest.mark.parametrize("point", ["report-figure", "report-move"])
 def test_report_killed_midway_leaves_the_old_report_or_none_and_rerunning_restores_it(tmp_path, point):
-    sweep = write_synthetic_sweep(tmp_path / "synthetic", with_fit=False)
+    sweep = write_synthetic_sweep(tmp_path / "synthetic", with_fit=False, with_plan=False)
     assert main(["report", str(sweep)]) == 0
     page, md = (sweep / "report" / "index.html").read_text(), (sweep / "report" / "report.md").read_text()
     figures = sorted(p.name for p in (sweep / "report").glob("*.png"))
