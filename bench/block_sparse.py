@@ -28,7 +28,6 @@ import argparse
 import os
 import platform
 import re
-import statistics
 import sys
 import time
 import warnings
@@ -41,6 +40,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import cuda_ext  # noqa: E402
+from cuda_ext.crossover import interleaved_medians  # noqa: E402
 
 SQUARE = [(1024, 1024), (2048, 2048), (4096, 4096)]
 FFN = [(4 * w, w) for w in (64, 128, 256)] + [(w, 4 * w) for w in (64, 128, 256)]  # tiny-sweep FFN layers
@@ -58,23 +58,11 @@ def block_pruned_weight(out_features: int, in_features: int, block_size: int, de
     return torch.randn(out_features, in_features, generator=g) * mask
 
 
-SYNC = [lambda: None]  # torch.cuda.synchronize with --device cuda: a GPU call only queues its work
-
-
 def median_times(functions, repeats: int, clock) -> list[float]:
     """Median seconds of each function over `repeats` interleaved rounds, after one warm-up call each."""
-    sync = SYNC[0]
-    for f in functions:
-        f()
-    times: list[list[float]] = [[] for _ in functions]
-    for _ in range(repeats):
-        for i, f in enumerate(functions):
-            sync()
-            start = clock()
-            f()
-            sync()
-            times[i].append(clock() - start)
-    return [statistics.median(t) for t in times]
+    # a CUDA call only queues its work: wait for the device around each timed call
+    sync = torch.cuda.synchronize if torch.cuda.is_initialized() else (lambda: None)
+    return interleaved_medians(functions, repeats, clock, sync)
 
 
 def runs(f) -> bool:
@@ -280,7 +268,6 @@ def main() -> None:
     clock = {"thread": time.thread_time, "process": time.process_time, "wall": time.perf_counter}[args.clock]
     device = torch.device(args.device)
     if device.type == "cuda":
-        SYNC[0] = lambda: torch.cuda.synchronize(device)
         print(f"# device: {torch.cuda.get_device_name(device)}, CUDA {torch.version.cuda}", flush=True)
     if args.crossover:
         crossovers(shapes, tokens, getattr(torch, args.dtype))

@@ -79,6 +79,14 @@ def _median_seconds(functions, repeats: int, device: torch.device) -> list[float
     one_thread = device.type == "cpu" and torch.get_num_threads() == 1
     clock = time.thread_time if one_thread else time.perf_counter
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    return interleaved_medians(functions, repeats, clock, sync)
+
+
+def interleaved_medians(functions, repeats: int, clock, sync=lambda: None) -> list[float]:
+    """Median seconds of each function over ``repeats`` interleaved rounds, after one warm-up call each.
+
+    ``sync`` waits for queued device work (torch.cuda.synchronize on CUDA) around each timed call.
+    """
     for f in functions:  # warm-up: first-call allocations, lazy kernel builds
         f()
     times: list[list[float]] = [[] for _ in functions]
