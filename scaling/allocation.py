@@ -35,10 +35,10 @@ class FlopsModel:
 SIX_N = FlopsModel()  # C = 6ND, as published laws count
 
 
-def flops_model(non_embedding_params, flops_per_token) -> tuple[FlopsModel, float]:
+def flops_model(params, flops_per_token) -> tuple[FlopsModel, float]:
     """Least-squares fit of log f = log k + gamma·log N over a sweep's runs; the model and its
     largest relative error on them. One size only: gamma = 1 through that point."""
-    log_n = np.log(np.asarray(non_embedding_params, dtype=float))
+    log_n = np.log(np.asarray(params, dtype=float))
     log_f = np.log(np.asarray(flops_per_token, dtype=float))
     if np.ptp(log_n) == 0:
         gamma, log_k = 1.0, float(np.mean(log_f - log_n))

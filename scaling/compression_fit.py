@@ -69,7 +69,7 @@ def compression_points(observations: SweepObservations) -> list[CompressionPoint
             CompressionPoints(
                 kind=kind,
                 method=method,
-                N=np.array([r.non_embedding_params for r in runs]),
+                N=np.array([r.params for r in runs]),
                 sparsity=np.array([v.sparsity for v in variants]),
                 dense_loss=np.array(dense),
                 loss=np.array([v.val_loss for v in variants]),

@@ -21,7 +21,7 @@ class HeldOutError:
     """How well a law fitted without the largest model size predicts that size's final loss."""
 
     held_out_runs: tuple[str, ...]  # every run of the largest size
-    non_embedding_params: float  # that size
+    params: float  # that size
     predicted_final_loss: tuple[float, ...]  # per held-out run
     observed_final_loss: tuple[float, ...]
     relative_error: float  # mean over held-out runs of |predicted / observed - 1|
@@ -37,7 +37,7 @@ def leave_largest_out(form: LawForm, observations: SweepObservations, table: Poi
     point with the most tokens). Returns None when fewer than MIN_MODEL_SIZES sizes would
     remain, too few to identify the law. ``table`` is the point set the law was fitted on.
     """
-    sizes = np.array([r.non_embedding_params for r in observations.runs])
+    sizes = np.array([r.params for r in observations.runs])
     largest = sizes.max()
     if len(np.unique(sizes[sizes < largest])) < MIN_MODEL_SIZES:
         return None
@@ -51,7 +51,7 @@ def leave_largest_out(form: LawForm, observations: SweepObservations, table: Poi
     observed = np.array([r.final_loss for r in runs])
     return HeldOutError(
         held_out_runs=tuple(r.run_id for r in runs),
-        non_embedding_params=float(largest),
+        params=float(largest),
         predicted_final_loss=tuple(float(v) for v in predicted),
         observed_final_loss=tuple(float(v) for v in observed),
         relative_error=float(np.mean(np.abs(predicted / observed - 1.0))),

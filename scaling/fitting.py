@@ -168,7 +168,7 @@ def fit_law(
 ) -> FitResult:
     """Fit ``form`` to observed losses by L-BFGS-B on the log-space Huber objective.
 
-    x: covariates by name (each (n,), e.g. {"N": non_embedding_params, "D": tokens});
+    x: covariates by name (each (n,), e.g. {"N": params, "D": tokens});
     loss: observed losses (n,), nats; weights: non-negative per-point weights (default ones).
     Starts are ``starts`` (extra points, e.g. a previous optimum) plus the ``grid_starts``
     best points of the form's grid; the run with the lowest objective is kept.

@@ -28,7 +28,7 @@ def _positive_finite(run_id: str, field: str, values: np.ndarray) -> None:
 class RunCurve:
     """One trained model's evaluations, and the finished-run points it yielded.
 
-    non_embedding_params is N in every law; tokens is D; train_flops is C. The learning curve
+    params is N in every law; tokens is D; train_flops is C. The learning curve
     (tokens, train_flops, val_loss) is every evaluation in training order, at whatever learning
     rate the schedule had reached; points at step 0 (no tokens seen) must already be dropped.
     A finished-run point is the loss of a model whose schedule ended there: the last evaluation
@@ -38,7 +38,7 @@ class RunCurve:
     """
 
     run_id: str
-    non_embedding_params: float
+    params: float
     tokens: np.ndarray  # (n,) training tokens seen at each evaluation
     train_flops: np.ndarray  # (n,) training FLOPs spent at each evaluation
     val_loss: np.ndarray  # (n,) validation loss, nats per token
@@ -57,8 +57,8 @@ class RunCurve:
                 f"run {self.run_id}: tokens, train_flops and val_loss must have equal lengths, "
                 f"got {len(self.tokens)}, {len(self.train_flops)}, {n}"
             )
-        if not (math.isfinite(self.non_embedding_params) and self.non_embedding_params > 0):
-            raise ValueError(f"run {self.run_id}: non_embedding_params must be > 0, got {self.non_embedding_params!r}")
+        if not (math.isfinite(self.params) and self.params > 0):
+            raise ValueError(f"run {self.run_id}: params must be > 0, got {self.params!r}")
         for field in ("tokens", "train_flops", "val_loss"):
             _positive_finite(self.run_id, field, getattr(self, field))
         finished = ("finished_tokens", "finished_flops", "finished_loss")
@@ -158,7 +158,7 @@ class SweepObservations:
                 loss = np.concatenate([r.val_loss, r.finished_loss[extra]])
             curves.append((i, d, c, loss))
         return PointTable(
-            N=np.concatenate([np.full(len(d), self.runs[i].non_embedding_params) for i, d, _, _ in curves]),
+            N=np.concatenate([np.full(len(d), self.runs[i].params) for i, d, _, _ in curves]),
             D=np.concatenate([d for _, d, _, _ in curves]),
             C=np.concatenate([c for _, _, c, _ in curves]),
             loss=np.concatenate([loss for _, _, _, loss in curves]),

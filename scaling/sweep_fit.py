@@ -193,7 +193,7 @@ def fit_sweep_observations(
     identification_problems [why the points cannot identify L(N, D) at all]; flops {definition,
     equation, k, gamma, max_relative_error, note}: C = k·N^gamma·D fitted to the runs' own FLOPs
     per token, used by the allocation; huber_delta; bootstrap {resamples, seed,
-    confidence, unit}; notes; runs [{run_id, non_embedding_params, n_points, final_tokens,
+    confidence, unit}; notes; runs [{run_id, params, n_points, final_tokens,
     final_train_flops, final_loss}]; laws {chinchilla, kaplan: {name, equation, source,
     covariates, parameters {name: {value, low, high}}, status, reason, optimizer_status
     (the optimiser's: converged, hit_bound, not_converged), objective, n_points, heldout
@@ -233,7 +233,7 @@ def fit_sweep_observations(
 
     final_compute = np.array([r.finished_flops.max() for r in observations.runs])
     reference_compute = float(np.exp(np.log(final_compute).mean()))
-    sizes = [r.non_embedding_params for r in observations.runs]
+    sizes = [r.params for r in observations.runs]
     per_token = [r.finished_flops.max() / r.finished_tokens.max() for r in observations.runs]
     flops, flops_error = flops_model(sizes, per_token)
 
@@ -288,7 +288,7 @@ def fit_sweep_observations(
             "runs": [
                 {
                     "run_id": r.run_id,
-                    "non_embedding_params": r.non_embedding_params,
+                    "params": r.params,
                     "n_points": len(r.val_loss),
                     "final_tokens": r.final_tokens,
                     "final_train_flops": float(r.finished_flops.max()),

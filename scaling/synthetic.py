@@ -47,7 +47,7 @@ def synthetic_sweep(
         loss = form.predict(truth, N=n, D=tokens) * np.exp(noise * rng.standard_normal(points_per_run))
         run = RunCurve(
             run_id=f"r{i:02d}-n{n:.3g}",
-            non_embedding_params=float(n),
+            params=float(n),
             tokens=tokens,
             train_flops=6.0 * n * tokens,
             val_loss=loss,

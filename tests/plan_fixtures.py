@@ -74,5 +74,5 @@ def write_trainable_sweep(runs_dir: Path, corpus: Path, timing: bool = True) -> 
         (run_dir / "compress.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
     from tlc.fit.observations import fit_sweep
 
-    atomic_write_json(runs_dir / "fit.json", fit_sweep(runs_dir, bootstrap=20, seed=0))
+    atomic_write_json(runs_dir / "fit.json", fit_sweep(runs_dir, bootstrap=20, seed=0, size="non_embedding"))  # the law's N
     return runs_dir

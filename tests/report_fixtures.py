@@ -50,7 +50,8 @@ def write_synthetic_sweep(sweep_dir: Path, with_fit: bool = True, with_compress:
     if with_fit:
         from tlc.fit.observations import fit_sweep
 
-        atomic_write_json(sweep_dir / "fit.json", fit_sweep(sweep_dir, bootstrap=20, seed=0, all_points=True))
+        atomic_write_json(sweep_dir / "fit.json", fit_sweep(sweep_dir, bootstrap=20, seed=0, all_points=True,
+                                                                size="non_embedding"))
     if with_plan:  # written by tlc plan itself, as a user's would be
         import contextlib
         import io

@@ -24,7 +24,7 @@ def sweep(branches: bool, noise: float = 0.001, seed: int = 0) -> scaling.SweepO
     for i, n in enumerate(np.geomspace(2e5, 2e7, 5)):
         D = np.array(TOKENS_PER_PARAM) * n
         loss = law.predict(TINY_TRUTH, N=n, D=D)
-        runs.append(scaling.RunCurve(run_id=f"r{i}", non_embedding_params=float(n), tokens=D, train_flops=6 * n * D,
+        runs.append(scaling.RunCurve(run_id=f"r{i}", params=float(n), tokens=D, train_flops=6 * n * D,
                                      val_loss=loss, finished_tokens=D, finished_flops=6 * n * D, finished_loss=loss))
         for d, dense in list(zip(D, loss))[(0 if branches else -1):]:
             tpp = d / n

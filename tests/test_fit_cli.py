@@ -15,6 +15,8 @@ from tlc.fit import command as fit_command
 from tlc.fit.observations import fit_sweep
 from tlc.errors import UserError
 
+NON_EMB = "non_embedding"  # write_runs's synthetic losses follow the non-embedding count
+
 
 def write_runs(
     runs_dir: Path,
@@ -40,7 +42,7 @@ def write_runs(
     for run in sweep.runs:
         run_dir = runs_dir / run.run_id
         run_dir.mkdir(parents=True)
-        n = int(run.non_embedding_params)
+        n = int(run.params)
         config = {
             "run_id": run.run_id,
             "shape": {"width": 64, "depth": 2, "heads": 2, "context": 128, "vocab_size": 2048, "arch": "gpt2"},
@@ -117,9 +119,9 @@ def test_fit_writes_valid_fit_json(tmp_path, capsys):
 
 def test_finished_points_are_fitted_by_default(tmp_path, capsys):
     write_runs(tmp_path, n_runs=10, compress=False, final="last")
-    fit = fit_sweep(tmp_path, bootstrap=0)
+    fit = fit_sweep(tmp_path, bootstrap=0, size=NON_EMB)
     assert fit["n_points"] == 10 and fit["final_only"] and fit["points"] == "finished"
-    everything = fit_sweep(tmp_path, bootstrap=0, all_points=True)
+    everything = fit_sweep(tmp_path, bootstrap=0, all_points=True, size=NON_EMB)
     assert everything["n_points"] == 10 * 12 and everything["points"] == "all"
     assert "overestimates" in everything["notes"][0]
     assert run_cli([str(tmp_path), "--bootstrap", "0", "--all-points"]) == 0
@@ -128,7 +130,7 @@ def test_finished_points_are_fitted_by_default(tmp_path, capsys):
 
 def test_runs_without_final_marks_count_their_last_evaluation(tmp_path):
     write_runs(tmp_path, n_runs=10, compress=False, final=None)
-    assert fit_sweep(tmp_path, bootstrap=0)["n_points"] == 10
+    assert fit_sweep(tmp_path, bootstrap=0, size=NON_EMB)["n_points"] == 10
 
 
 def test_branch_ends_are_finished_points_and_not_curve_points(tmp_path):
@@ -139,7 +141,7 @@ def test_branch_ends_are_finished_points_and_not_curve_points(tmp_path):
             rows.append({**row, "step": row["step"] + 3, "tokens": row["tokens"] * 1.2, "flops": row["flops"] * 1.2,
                          "val_loss": row["val_loss"] - 0.05, "final": True, "fork_step": row["step"]})
         metrics.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    fit = fit_sweep(tmp_path, bootstrap=0)
+    fit = fit_sweep(tmp_path, bootstrap=0, size=NON_EMB)
     assert fit["n_points"] == 6 * 3 and all(r["finished_points"] == 3 for r in fit["runs"])
     assert all(r["n_points"] == 12 for r in fit["runs"])  # the learning curve: trunk evaluations only
 
@@ -168,7 +170,7 @@ def test_equal_tokens_leave_the_law_unidentified_and_say_what_is_missing(tmp_pat
 
 def test_a_law_with_a_wide_exponent_interval_is_unidentified(tmp_path):
     write_runs(tmp_path, n_runs=5, points=3, noise=0.05, compress=False)  # 5% noise over a narrow design
-    fit = fit_sweep(tmp_path, bootstrap=30)
+    fit = fit_sweep(tmp_path, bootstrap=30, size=NON_EMB)
     chinchilla = fit["laws"]["chinchilla"]
     assert chinchilla["status"] == "unidentified" and chinchilla["optimizer_status"] == "converged"
     assert "alpha's 95% interval" in chinchilla["reason"] and "(more than 3x)" in chinchilla["reason"]
@@ -179,7 +181,7 @@ def test_a_law_with_a_wide_exponent_interval_is_unidentified(tmp_path):
 def test_refuses_a_single_run(tmp_path):
     write_runs(tmp_path, n_runs=1, compress=False)
     with pytest.raises(UserError, match="1 run"):
-        fit_sweep(tmp_path)
+        fit_sweep(tmp_path, size=NON_EMB)
 
 
 def test_the_allocation_uses_the_runs_own_flops_per_token(tmp_path):
@@ -193,7 +195,7 @@ def test_the_allocation_uses_the_runs_own_flops_per_token(tmp_path):
         for row in rows:
             row["flops"] *= 2.0
         metrics.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    fit = fit_sweep(tmp_path, bootstrap=0)
+    fit = fit_sweep(tmp_path, bootstrap=0, size=NON_EMB)
     assert fit["flops"]["k"] == pytest.approx(12.0, rel=1e-4) and fit["flops"]["gamma"] == pytest.approx(1.0, rel=1e-4)
     assert fit["allocation"]["flops_per_token"] == {"k": fit["flops"]["k"], "gamma": fit["flops"]["gamma"]}
     n_opt, d_opt = load_fit(fit).compute_optimal(1e18)
@@ -202,16 +204,16 @@ def test_the_allocation_uses_the_runs_own_flops_per_token(tmp_path):
 
 def test_refuses_missing_or_empty_dir(tmp_path):
     with pytest.raises(UserError, match="RUNS_DIR: .* is not a directory"):
-        fit_sweep(tmp_path / "nope")
+        fit_sweep(tmp_path / "nope", size=NON_EMB)
     with pytest.raises(UserError, match="no runs under"):
-        fit_sweep(tmp_path)
+        fit_sweep(tmp_path, size=NON_EMB)
 
 
 def test_untrained_runs_are_skipped_and_listed(tmp_path, capsys):
     write_runs(tmp_path, compress=False)
     waiting = tmp_path / "w999-d9-s0"
     waiting.mkdir()
-    (waiting / "config.json").write_text(json.dumps({"run_id": "w999-d9-s0", "params": {"non_embedding": 10**9}}))
+    (waiting / "config.json").write_text(json.dumps({"run_id": "w999-d9-s0", "params": {"total": 2 * 10**9, "non_embedding": 10**9}}))
     assert run_cli([str(tmp_path), "--bootstrap", "0"]) == 0
     fit = json.loads((tmp_path / "fit.json").read_text())
     assert fit["n_runs"] == 6 and fit["skipped_runs"] == ["w999-d9-s0: no metrics.jsonl yet"]
@@ -224,7 +226,7 @@ def test_refuses_a_sweep_with_nothing_trained(tmp_path):
     (tmp_path / "w64-d2-s0" / "metrics.jsonl").write_text(json.dumps({"step": 0, "tokens": 0, "flops": 0,
                                                                        "val_loss": 7.0}) + "\n")
     with pytest.raises(UserError, match="no run under .* has an evaluation yet .*no evaluation after step 0"):
-        fit_sweep(tmp_path)
+        fit_sweep(tmp_path, size=NON_EMB)
 
 
 def _append(path: Path, text: str) -> None:
@@ -237,7 +239,7 @@ def test_malformed_metrics_line_names_file_and_line(tmp_path):
     metrics = sorted(tmp_path.glob("*/metrics.jsonl"))[0]
     _append(metrics, "{not json\n")
     with pytest.raises(UserError, match=rf"{metrics.name}:14: not valid JSON"):
-        fit_sweep(tmp_path)
+        fit_sweep(tmp_path, size=NON_EMB)
 
 
 @pytest.mark.parametrize(
@@ -253,7 +255,7 @@ def test_bad_metric_values_are_user_errors(tmp_path, row, message):
     metrics = sorted(tmp_path.glob("*/metrics.jsonl"))[0]
     _append(metrics, json.dumps(row) + "\n")  # json writes NaN for nan; the reader must refuse it
     with pytest.raises(UserError, match=message):
-        fit_sweep(tmp_path)
+        fit_sweep(tmp_path, size=NON_EMB)
 
 
 def test_bad_compress_line_is_a_user_error(tmp_path):
@@ -261,7 +263,7 @@ def test_bad_compress_line_is_a_user_error(tmp_path):
     compress = sorted(tmp_path.glob("*/compress.jsonl"))[0]
     _append(compress, json.dumps({"method": "magnitude", "sparsity": 1.5, "bits": 32, "val_loss": 4.0}) + "\n")
     with pytest.raises(UserError, match=r"compress.jsonl:\d+: sparsity must be in \[0, 1\)"):
-        fit_sweep(tmp_path, bootstrap=0)
+        fit_sweep(tmp_path, bootstrap=0, size=NON_EMB)
 
 
 def test_missing_non_embedding_count_is_a_user_error(tmp_path):
@@ -271,7 +273,7 @@ def test_missing_non_embedding_count_is_a_user_error(tmp_path):
     del data["params"]["non_embedding"]
     config.write_text(json.dumps(data))
     with pytest.raises(UserError, match="config.json: non_embedding must be a finite number"):
-        fit_sweep(tmp_path)
+        fit_sweep(tmp_path, size=NON_EMB)
 
 
 def test_negative_bootstrap_is_a_user_error(tmp_path):
@@ -295,12 +297,12 @@ def test_tlc_fit_through_the_cli_entry_point(tmp_path, capsys):
 
 def test_warmup_evaluations_are_left_out_by_default(tmp_path, capsys):
     write_runs(tmp_path, n_runs=6, points=12, warmup=4, compress=False)
-    assert run_cli([str(tmp_path), "--bootstrap", "0"]) == 0
+    assert run_cli([str(tmp_path), "--bootstrap", "0", "--size", "non-embedding"]) == 0
     assert "24 warmup evaluations left out" in capsys.readouterr().out
     fit = json.loads((tmp_path / "fit.json").read_text())
     assert fit["n_points"] == 6 * (12 - 4) and fit["warmup_points_skipped"] == 6 * 4
     assert fit["laws"]["chinchilla"]["heldout"]["relative_error"] < 0.02
-    assert run_cli([str(tmp_path), "--bootstrap", "0", "--include-warmup"]) == 0
+    assert run_cli([str(tmp_path), "--bootstrap", "0", "--include-warmup", "--size", "non-embedding"]) == 0
     assert "warmup evaluations left out" not in capsys.readouterr().out
     kept = json.loads((tmp_path / "fit.json").read_text())
     assert kept["n_points"] == 6 * 12 and kept["warmup_points_skipped"] == 0
@@ -313,7 +315,7 @@ def test_lr_must_be_a_number(tmp_path):
     metrics = sorted(tmp_path.glob("*/metrics.jsonl"))[0]
     _append(metrics, json.dumps({"step": 999, "tokens": 1e9, "flops": 1e18, "val_loss": 3.0, "lr": "high"}) + "\n")
     with pytest.raises(UserError, match="lr must be a finite number, got 'high'"):
-        fit_sweep(tmp_path)
+        fit_sweep(tmp_path, size=NON_EMB)
 
 
 @pytest.mark.parametrize("with_dense_column", [True, False])
@@ -326,8 +328,21 @@ def test_compression_baseline_is_the_compression_stage_dense_loss(tmp_path, with
             rows = [json.loads(line) for line in path.read_text().splitlines()]
             path.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "dense_val_loss"}) + "\n"
                                     for r in rows))
-    fit = fit_sweep(tmp_path, bootstrap=0)
+    fit = fit_sweep(tmp_path, bootstrap=0, size=NON_EMB)
     magnitude = fit["compression"]["pruning"]["magnitude"]
     assert magnitude["candidate"] == "odds_power"
     for name, value in PRUNING_TRUTH.items():
         assert magnitude["parameters"][name]["value"] == pytest.approx(value, rel=1e-3), name
+
+
+def test_n_counts_every_parameter_by_default_and_fit_json_says_so(tmp_path, capsys):
+    write_runs(tmp_path, compress=False)
+    total, non_embedding = fit_sweep(tmp_path, bootstrap=0), fit_sweep(tmp_path, bootstrap=0, size=NON_EMB)
+    configs = {p.parent.name: json.loads(p.read_text())["params"] for p in tmp_path.glob("*/config.json")}
+    assert {r["run_id"]: r["params"] for r in total["runs"]} == {k: v["total"] for k, v in configs.items()}
+    assert {r["run_id"]: r["params"] for r in non_embedding["runs"]} == {k: v["non_embedding"] for k, v in configs.items()}
+    assert total["size"]["definition"] == "total" and non_embedding["size"]["definition"] == "non_embedding"
+    assert run_cli([str(tmp_path), "--size", "non-embedding", "--bootstrap", "0"]) == 0
+    assert "outside the token and position embeddings" in capsys.readouterr().out
+    with pytest.raises(UserError, match="--size: 'all' is not a parameter count; use one of total, non_embedding"):
+        fit_sweep(tmp_path, size="all")

@@ -48,7 +48,7 @@ def write_sweep(runs_dir: Path, compress: bool = True) -> None:
         run_dir.mkdir(parents=True)
         shape = {"width": width, "depth": depth, "heads": max(1, width // 64), **template}
         config = {"run_id": run.run_id, "shape": shape,
-                  "params": {"total": pc.total, "non_embedding": run.non_embedding_params}}
+                  "params": {"total": pc.total, "non_embedding": run.params}}
         (run_dir / "config.json").write_text(json.dumps(config))
         rows = [{"step": 10 * (i + 1), "tokens": float(t), "flops": float(f), "val_loss": float(loss)}
                 for i, (t, f, loss) in enumerate(zip(run.tokens, run.train_flops, run.val_loss))]
@@ -70,7 +70,8 @@ def write_sweep(runs_dir: Path, compress: bool = True) -> None:
                         "latency_ms_b32": 10 * latency, "latency_kind": "measured", "device": "cpu",
                         "val_loss": loss})
         (run_dir / "compress.jsonl").write_text("".join(json.dumps(r) + "\n" for r in out))
-    atomic_write_json(runs_dir / "fit.json", fit_sweep(runs_dir, bootstrap=20, seed=0, all_points=True))
+    atomic_write_json(runs_dir / "fit.json", fit_sweep(runs_dir, bootstrap=20, seed=0, all_points=True,
+                                                               size="non_embedding"))  # the law's N
 
 
 @pytest.fixture(scope="module")
@@ -325,3 +326,21 @@ def test_no_defensible_law_is_one_line_naming_the_design_problem(runs, capsys, a
 def test_law_form_with_a_published_law_is_refused(capsys):
     assert tlc_plan.main(["--law", "chinchilla", "--budget", "1e20", "--law-form", "kaplan"]) == 2
     assert "--law-form: chooses among the laws of a fit.json" in capsys.readouterr().err
+
+
+def test_the_planner_counts_n_as_the_fit_did(runs):
+    """A fit whose N counts every parameter is evaluated at non-embedding + embedding; an older fit.json
+    without a size counted the non-embedding parameters only."""
+    fit = json.loads((runs / "fit.json").read_text())
+    assert load_plan_law(runs, None).size == "non_embedding"  # the fixture's fit
+    fit.pop("size")
+    atomic_write_json(runs / "fit.json", fit)
+    old = load_plan_law(runs, None)
+    assert old.size == "non_embedding" and old.law_params(1e5, 3e4) == 1e5
+    fit["size"] = {"definition": "total"}
+    atomic_write_json(runs / "fit.json", fit)
+    total = load_plan_law(runs, None)
+    assert total.law_params(1e5, 3e4) == 1.3e5
+    assert total.loss(1e5, 1e8, "none", 0.0, False, 3e4) == pytest.approx(old.loss(1.3e5, 1e8, "none", 0.0, False))
+    mean, _, _ = total.interval(1e5, 1e8, "magnitude", 0.5, True, 3e4)
+    assert mean == pytest.approx(old.interval(1.3e5, 1e8, "magnitude", 0.5, True)[0])

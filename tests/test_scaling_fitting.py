@@ -158,7 +158,7 @@ def test_missing_and_misshapen_covariates_are_named():
 def test_observations_validate_their_fields():
     with pytest.raises(ValueError, match="run a: val_loss must be finite and > 0, got np.float64\\(nan\\)"):
         RunCurve("a", 1e6, [1e6, 2e6], [6e12, 1.2e13], [4.0, float("nan")])
-    with pytest.raises(ValueError, match="run a: non_embedding_params must be > 0"):
+    with pytest.raises(ValueError, match="run a: params must be > 0"):
         RunCurve("a", -5, [1e6], [6e12], [4.0])
     with pytest.raises(ValueError, match="equal lengths"):
         RunCurve("a", 1e6, [1e6, 2e6], [6e12], [4.0])

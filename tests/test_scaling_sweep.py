@@ -226,7 +226,7 @@ def test_method_measured_at_one_sparsity_predicts_only_there():
     base = synthetic_sweep(n_runs=5, points_per_run=8, noise=0.001, seed=2)
     two_four = [  # achieved sparsities differ a little from model to model
         CompressedVariant(
-            run.run_id, "2:4", 0.5 - 0.0002 * i, 32, run.final_loss + 0.05 * (run.non_embedding_params / 1e6) ** -0.2
+            run.run_id, "2:4", 0.5 - 0.0002 * i, 32, run.final_loss + 0.05 * (run.params / 1e6) ** -0.2
         )
         for i, run in enumerate(base.runs)
     ]
@@ -247,7 +247,7 @@ def test_runs_with_one_evaluation_each_still_fit():
     # Final-only style data: one point per run, each at its own token count. The envelope has
     # too few points for a frontier fit; that is reported, not raised.
     full = synthetic_sweep(n_runs=12, points_per_run=6, noise=0.0)
-    single = [RunCurve(r.run_id, r.non_embedding_params, r.tokens[-1:], r.train_flops[-1:], r.val_loss[-1:])
+    single = [RunCurve(r.run_id, r.params, r.tokens[-1:], r.train_flops[-1:], r.val_loss[-1:])
               for r in full.runs]
     fit = fit_sweep_observations(SweepObservations(runs=tuple(single)), bootstrap=3)
     assert fit["laws"]["chinchilla"]["status"] == "converged"

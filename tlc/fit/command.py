@@ -26,6 +26,7 @@ def format_table(fit: dict, path: Path) -> str:
     lines += [
         f"{fit['n_runs']} runs, {fit['n_points']} points ({points}), {fit['bootstrap']['resamples']} bootstrap "
         f"resamples over runs, {fit['bootstrap']['confidence']:.0%} intervals -> {path}",
+        *([fit["size"]["note"]] if fit.get("size") else []),
         f"{'law':<12}{'parameter':<11}{'value':>10}  interval",
     ]
     for name, law in fit["laws"].items():
@@ -92,6 +93,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--final-only", action="store_true", help=argparse.SUPPRESS)  # the default since --all-points
     parser.add_argument(
+        "--size",
+        choices=("total", "non-embedding"),
+        default="total",
+        help="what N counts in the laws: every parameter (the default, as Hoffmann et al. 2022) or those outside "
+        "the embeddings (as Kaplan et al. 2020); small models are mostly embedding, and their loss follows the total",
+    )
+    parser.add_argument(
         "--include-warmup",
         action="store_true",
         help="keep evaluations taken before the learning rate peaked (left out by default: there the "
@@ -115,6 +123,7 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         all_points=args.all_points,
         include_warmup=args.include_warmup,
+        size=args.size.replace("-", "_"),
     )
     path = Path(args.runs_dir) / "fit.json"
     atomic_write_json(path, fit)

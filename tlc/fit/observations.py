@@ -2,7 +2,8 @@
 
 Reads the run-directory contract written by ``tlc sweep`` and ``tlc compress``:
 
-- ``<run-id>/config.json``: run_id and params.non_embedding (N in every law);
+- ``<run-id>/config.json``: run_id and params (N in every law is params.total by default, or
+  params.non_embedding with ``size="non_embedding"``: see SIZES);
 - ``<run-id>/metrics.jsonl``: one evaluation per line with step, tokens (D), flops (C, the
   model's own FLOPs per token times D), val_loss and lr; lines marked ``final`` are finished-run
   points (a cosine run's end, each WSD cooldown branch's end: those carry ``fork_step``); the
@@ -29,6 +30,16 @@ from tlc.errors import UserError
 from tlc.io import list_runs
 
 DEFAULT_BOOTSTRAP = 200
+
+# What N counts in the laws. Hoffmann et al. 2022 count every parameter; Kaplan et al. 2020 leave
+# the embeddings out. At the sizes a CPU trains the embeddings are most of a model (85% of w16-d1 at
+# vocabulary 1024) and the output projection most of its compute, and the loss follows the total:
+# w32-d1 and w32-d2 (12K and 25K non-embedding, 49K and 62K in all) ended 0.004 nats apart. On
+# tiny.yaml's design the total identified Kaplan's law (held-out error 0.23%) where the
+# non-embedding count left it unidentified (BENCHMARKS.md, "Which N").
+SIZES = {"total": "every parameter, embeddings included (Hoffmann et al. 2022)",
+         "non_embedding": "parameters outside the token and position embeddings (Kaplan et al. 2020)"}
+DEFAULT_SIZE = "total"
 
 
 def _read_json_lines(path: Path) -> list[tuple[int, dict]]:
@@ -64,10 +75,10 @@ class RunNotTrained(Exception):
 
 
 def read_run(
-    run_dir: Path, include_warmup: bool = False
+    run_dir: Path, include_warmup: bool = False, size: str = DEFAULT_SIZE
 ) -> tuple[scaling.RunCurve, list[scaling.CompressedVariant], int]:
     """One run's learning curve and compressed variants, validated, from its directory, and
-    how many warmup evaluations were left out.
+    how many warmup evaluations were left out. N is the run's ``params[size]`` (see SIZES).
 
     Evaluations before the learning rate first reaches its largest logged value are warmup:
     there the loss follows the learning-rate ramp rather than N and D, and with evaluations
@@ -86,7 +97,7 @@ def read_run(
     params = config.get("params")
     if not isinstance(params, dict):
         raise UserError(f"{config_path}: params must be an object with total and non_embedding counts")
-    non_embedding = _number(config_path, "", params, "non_embedding", positive=True)
+    n_params = _number(config_path, "", params, size, positive=True)
     if not metrics_path.exists():
         raise RunNotTrained(f"{run_id}: no metrics.jsonl yet")
 
@@ -128,7 +139,7 @@ def read_run(
     ends = [finished[d] for d in sorted(finished)]
     curve = scaling.RunCurve(
         run_id=run_id,
-        non_embedding_params=non_embedding,
+        params=n_params,
         tokens=[by_step[s][0] for s in steps],
         train_flops=[by_step[s][1] for s in steps],
         val_loss=[by_step[s][2] for s in steps],
@@ -189,7 +200,8 @@ def _trained_sparse(run_dir: Path) -> bool:
     return isinstance(config, dict) and isinstance(config.get("train"), dict) and bool(config["train"].get("prune"))
 
 
-def read_sweep(runs_dir: Path, include_warmup: bool = False) -> tuple[scaling.SweepObservations, list[str], int]:
+def read_sweep(runs_dir: Path, include_warmup: bool = False,
+               size: str = DEFAULT_SIZE) -> tuple[scaling.SweepObservations, list[str], int]:
     """Every trained run under ``runs_dir`` (a subdirectory holding config.json), in name order,
     a line for each run skipped because it has no evaluation yet, and the number of warmup
     evaluations left out (see `read_run`)."""
@@ -205,7 +217,7 @@ def read_sweep(runs_dir: Path, include_warmup: bool = False) -> tuple[scaling.Sw
             skipped.append(f"{run_dir.name}: trained sparse (train.prune), left out of the dense laws")
             continue
         try:
-            curve, run_variants, run_warmup = read_run(run_dir, include_warmup)
+            curve, run_variants, run_warmup = read_run(run_dir, include_warmup, size)
         except RunNotTrained as reason:
             skipped.append(str(reason))
             continue
@@ -258,6 +270,7 @@ def fit_sweep(
     seed: int = 0,
     all_points: bool = False,
     include_warmup: bool = False,
+    size: str = DEFAULT_SIZE,
 ) -> dict:
     """Fit the sweep under ``runs_dir`` and return fit.json's content (nothing is written).
 
@@ -268,16 +281,20 @@ def fit_sweep(
     fit["design"] names what the sweep lacks. Runs with no evaluation yet (a sweep still
     training) are left out and listed under "skipped_runs"; warmup evaluations are left out
     unless ``include_warmup`` (see `read_run`) and counted under "warmup_points_skipped".
+    N counts ``size`` parameters (SIZES), named in fit["size"].
     Raises UserError for unreadable input and for a sweep with fewer than two runs.
     """
     if bootstrap < 0:
         raise UserError(f"--bootstrap: must be >= 0 resamples, got {bootstrap}")
-    observations, skipped, warmup = read_sweep(Path(runs_dir), include_warmup)
+    if size not in SIZES:
+        raise UserError(f"--size: {size!r} is not a parameter count; use one of {', '.join(SIZES)}")
+    observations, skipped, warmup = read_sweep(Path(runs_dir), include_warmup, size)
     if len(observations.runs) < 2:
         waiting = f" ({len(skipped)} more run(s) not trained yet)" if skipped else ""
         raise UserError(f"RUNS_DIR {runs_dir}: {len(observations.runs)} run(s); a scaling law needs runs of at "
                         f"least {MIN_MODEL_SIZES} sizes{waiting}")
     fit = scaling.fit_sweep_observations(observations, bootstrap=bootstrap, seed=seed, final_only=not all_points)
+    fit["size"] = {"definition": size, "note": f"N in every law counts {SIZES[size]}"}
     fit["design"] = design_message(fit, observations)
     fit["skipped_runs"] = skipped
     fit["include_warmup"] = include_warmup

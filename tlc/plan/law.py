@@ -1,6 +1,7 @@
 """The loss law the planner searches: a sweep's fit.json, a JSON file, or a published law.
 
-A `PlanLaw` predicts the loss of a model of N non-embedding parameters trained on D tokens,
+A `PlanLaw` predicts the loss of a model of N parameters trained on D tokens (N counts what the
+law was fitted on: every parameter, or those outside the embeddings; `PlanLaw.size`),
 then pruned to sparsity s with a method and/or made 8-bit: vectorised point estimates for the
 search (`loss`), and (mean, low, high) with the bootstrap interval for the answers
 (`interval`, from `scaling.FittedSweep.predict_loss`). It also knows the ranges of sizes,
@@ -60,6 +61,11 @@ class PlanLaw:
     runs_dir: Path | None = None  # where <run>/config.json and compress.jsonl live, if known
     shape_template: dict | None = None  # arch, context, vocab_size, ffn_mult of the sweep's models
     choice: dict = field(default_factory=dict)  # why this law: status, held-out error, the candidates
+    size: str = "total"  # what the law's N counts: "total" (embeddings included) or "non_embedding"
+
+    def law_params(self, N, embedding=0.0):
+        """The law's N of models with ``N`` non-embedding and ``embedding`` embedding parameters."""
+        return np.asarray(N, dtype=float) + (np.asarray(embedding, dtype=float) if self.size == "total" else 0.0)
 
     @property
     def methods(self) -> tuple[str, ...]:
@@ -77,10 +83,12 @@ class PlanLaw:
         p = self.fitted.laws[self.law].parameters
         return {name: float(getattr(p, name)) for name in p.__dataclass_fields__}
 
-    def loss(self, N, D, method: str, sparsity, int8: bool) -> np.ndarray:
+    def loss(self, N, D, method: str, sparsity, int8: bool, embedding=0.0) -> np.ndarray:
         """Point-estimate loss, vectorised over N, D and sparsity (broadcast together), nats per token.
 
-        Compression models with a tokens-per-parameter term see D/N: over-trained models compress worse."""
+        N is non-embedding parameters and ``embedding`` the rest (see `law_params`). Compression models
+        with a tokens-per-parameter term see D/N: over-trained models compress worse."""
+        N = self.law_params(N, embedding)
         N, D, sparsity = np.broadcast_arrays(*(np.atleast_1d(np.asarray(v, dtype=float)) for v in (N, D, sparsity)))
         law = self.fitted.laws[self.law]
         log_dense, _ = law.form.log_loss(law.form.to_theta(law.parameters), {"N": N, "D": D}, jacobian=False)
@@ -94,12 +102,14 @@ class PlanLaw:
             loss = loss + _added_loss(self.fitted.int8, N=N, tokens_per_param=D / N)
         return loss
 
-    def loss_draws(self, N: float, D: float, method: str, sparsity: float, int8: bool) -> np.ndarray:
+    def loss_draws(self, N: float, D: float, method: str, sparsity: float, int8: bool,
+                   embedding: float = 0.0) -> np.ndarray:
         """Loss per bootstrap draw (R,), NaN for unusable draws; empty for a law without draws.
 
         Draw k of every model was fitted to the same resample of runs, so draws of two plans can be
         subtracted draw by draw for an interval on their difference (as `predict_loss` sums them).
         """
+        N = float(self.law_params(N, embedding))
         _, log_draws = self.fitted.laws[self.law].log_loss(N=N, D=D)
         draws = np.exp(log_draws)
         if len(draws) and method != "none" and sparsity > 0:
@@ -109,8 +119,10 @@ class PlanLaw:
             draws = draws + np.expm1(self.fitted.int8.log_loss(dense_loss=1.0, N=N, tokens_per_param=D / N)[1])
         return draws
 
-    def interval(self, N: float, D: float, method: str, sparsity: float, int8: bool) -> tuple[float, float, float]:
+    def interval(self, N: float, D: float, method: str, sparsity: float, int8: bool,
+                 embedding: float = 0.0) -> tuple[float, float, float]:
         """(mean, low, high) from the bootstrap draws in fit.json; low and high are NaN without draws."""
+        N = float(self.law_params(N, embedding))
         pruning = method if (method != "none" and sparsity > 0) else None
         return self.fitted.predict_loss(N, D, pruning, sparsity if pruning else 0.0, int8, law=self.law)
 
@@ -166,7 +178,8 @@ def _parameters_file(path: Path, data: dict) -> PlanLaw:
 def _sweep_details(runs_dir: Path, fit: dict) -> tuple[MeasuredRanges, dict | None]:
     """Measured ranges (N, final tokens from fit.json's runs; sparsities from compress.jsonl) and the shape template."""
     runs = fit.get("runs") or []
-    sizes = [r["non_embedding_params"] for r in runs if r.get("non_embedding_params")]
+    sizes = [r.get("params") or r.get("non_embedding_params") for r in runs]  # the law's N (older fits: the latter)
+    sizes = [n for n in sizes if n]
     tokens = [r["final_tokens"] for r in runs if r.get("final_tokens")]
     sparsity: dict[str, list[float]] = {}
     template = None
@@ -286,6 +299,7 @@ def _fit_file(path: Path, data: dict, flag: str, law_form: str | None = None) ->
         runs_dir=runs_dir if has_runs else None,
         shape_template=template,
         choice=choice,
+        size=(data.get("size") or {}).get("definition", "non_embedding"),  # fits before --size counted the latter
     )
 
 

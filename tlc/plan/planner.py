@@ -142,8 +142,9 @@ def _pareto_front(space: PlanSpace, study) -> list[Point]:
 
 def _range_warnings(law: PlanLaw, label: str, point: Point) -> list[str]:
     r, out = law.ranges, []
-    if r.N and not (r.N[0] <= point.N <= r.N[1]):
-        out.append(f"{label}: N = {format_count(point.N)} is outside the measured sizes "
+    n = float(law.law_params(point.N, point.embedding))
+    if r.N and not (r.N[0] <= n <= r.N[1]):
+        out.append(f"{label}: N = {format_count(n)} is outside the measured sizes "
                    f"{format_count(r.N[0])}..{format_count(r.N[1])} (an extrapolation)")
     if r.D and not (r.D[0] <= point.tokens <= r.D[1]):
         out.append(f"{label}: {format_count(point.tokens)} tokens is outside the measured final tokens "
@@ -167,7 +168,7 @@ def _law_tokens(point: Point) -> float:
 def _gain_interval(law: PlanLaw, small: Point, large: Point) -> tuple[float | None, float | None]:
     """Bootstrap interval of loss(train small) - loss(recommendation), paired draw by draw."""
     def draws(p: Point) -> np.ndarray:
-        return law.loss_draws(p.N, _law_tokens(p), p.category.method, p.sparsity, p.category.int8)
+        return law.loss_draws(p.N, _law_tokens(p), p.category.method, p.sparsity, p.category.int8, p.embedding)
 
     difference = draws(small) - draws(large)
     if not len(difference) or not np.isfinite(difference).any():
@@ -235,7 +236,7 @@ def make_plan(law: PlanLaw, budgets: Budgets, args: argparse.Namespace, storage:
         if point is None:
             return None
         interval = law.interval(point.N, _law_tokens(point), point.category.method, point.sparsity,
-                                point.category.int8)
+                                point.category.int8, point.embedding)
         out = plan_json(point, interval, budgets.inference_tokens, COST_KEYS[budgets.primary])
         if recipe is not None:
             shape = {"width": point.width, "depth": point.depth, "heads": out["heads"], **space.template}

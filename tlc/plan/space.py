@@ -109,7 +109,7 @@ class Point:
 
     width: int | None
     depth: int | None
-    N: float  # non-embedding parameters, the law's N
+    N: float  # non-embedding parameters (the law's N is `PlanLaw.law_params(N, embedding)`)
     embedding: float
     tokens: float
     train_flops_per_token: float
@@ -240,7 +240,7 @@ class PlanSpace:
         if sparsity is not None:
             feasible &= self.meets(N, embedding, s, category)
         s_used = np.where(np.isfinite(s), s, self.max_sparsity)
-        loss = self.law.loss(N, effective, category.method, s_used, category.int8)
+        loss = self.law.loss(N, effective, category.method, s_used, category.int8, embedding)
         return loss, s_used, feasible
 
     def point(self, width_steps: int | None, depth: int | None, N: float | None, category: Category,
