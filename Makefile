@@ -27,8 +27,11 @@ $(VENV)/.installed-test: $(VENV)/.installed
 demo: $(VENV)/.installed
 	$(BIN)/tlc demo
 
+# One pytest worker per core (pytest-xdist), each test file on one worker so that a file's shared
+# fixtures (a trained sweep) are built once. Most tests wait on single-threaded trainer processes,
+# so two workers on two cores halve the suite's wall time (BENCHMARKS.md, "Tests").
 test: $(VENV)/.installed-test
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --dist loadfile
 
 bench: $(VENV)/.installed
 	$(BIN)/python bench/train_overhead.py

@@ -184,7 +184,7 @@ def test_tiny_sweep_spans_enough_sizes_for_the_demo():
     sweep = load_sweep(Path(__file__).resolve().parents[1] / "sweeps" / "tiny.yaml")
     sizes = [param_counts(s).non_embedding for s in sweep.shapes]
     assert len(sizes) >= 6 and max(sizes) / min(sizes) >= 8
-    assert all(s.width % 32 == 0 for s in sweep.shapes)  # the demo prunes in 32x32 blocks
+    assert all(s.width % 16 == 0 for s in sweep.shapes)  # the demo prunes in 16x16 blocks
 
 
 WSD = {"tokens": 100000, "schedule": "wsd", "cooldowns": [0.25, 0.5, 1.0]}

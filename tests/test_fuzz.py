@@ -149,7 +149,7 @@ def stop_at_work(monkeypatch):
     def stop(*args, **kwargs):
         raise ReachedWork
 
-    real_prepare = tlc.train.sweep._prepare_data
+    real_prepare = tlc.train.sweep.prepare_data
 
     def prepare(sweep):  # the embedded corpus takes seconds to read; a test corpus is quick and gets checked
         if sweep.data.source == "stdlib":
@@ -158,7 +158,7 @@ def stop_at_work(monkeypatch):
 
     monkeypatch.setattr(tlc.train.loop, "init_distributed", stop)
     monkeypatch.setattr(tlc.train.sweep, "open_study", stop)
-    monkeypatch.setattr(tlc.train.sweep, "_prepare_data", prepare)
+    monkeypatch.setattr(tlc.train.sweep, "prepare_data", prepare)
     monkeypatch.setattr(tlc.compress.command, "compress_run", stop)
     monkeypatch.setattr(tlc.plan.command, "make_plan", stop)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -39,11 +40,10 @@ def test_two_workers_train_every_run_exactly_once(tmp_path, small_corpus):
     sweep = _write_sweep(tmp_path / "grid.yaml", small_corpus, FOUR)
     runs = tmp_path / "runs"
     cmd = [sys.executable, "-m", "tlc", "sweep", str(sweep), "--runs-dir", str(runs)]
-    # the first worker makes the study; the second joins it while the first is training
-    workers = [subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)]
-    workers.append(subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-    results = [w.communicate(timeout=600) for w in workers]
-    assert all(w.returncode == 0 for w in workers), [r[1][-2000:] for r in results]
+    # --workers 2: this worker starts a helper worker, which joins the study as any other worker would
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    result = subprocess.run([*cmd, "--workers", "2"], cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
 
     started = {}
     for t in _study(runs).get_trials():
@@ -56,12 +56,21 @@ def test_two_workers_train_every_run_exactly_once(tmp_path, small_corpus):
         rows = read_jsonl(runs / "grid" / run_id / "metrics.jsonl")
         assert [r["step"] for r in rows] == [1, 3, 8]
         assert is_complete(runs / "grid" / run_id)
-    summary = results[0][0] + results[1][0]
-    assert "w32-d2-s0" in summary and "val loss" in summary
+    assert result.stdout.count("trained") == 4 and "val loss" in result.stdout  # the helper's runs too
+    assert (runs / "grid" / "worker-1.log").exists()
 
     # a finished sweep run again trains nothing
     again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and again.stdout.count("skipped") == 4
+
+
+def test_workers_must_be_positive(tmp_path, small_corpus, capsys):
+    from tlc import cli
+
+    sweep = _write_sweep(tmp_path / "grid.yaml", small_corpus, FOUR)
+    assert cli.main(["sweep", str(sweep), "--runs-dir", str(tmp_path / "runs"), "--workers", "0"]) == 2
+    assert "--workers: must be at least 1, got 0" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
 
 
 def test_a_failed_run_is_recorded_and_the_sweep_goes_on(tmp_path, small_corpus):

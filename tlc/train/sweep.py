@@ -208,7 +208,7 @@ def run_sweep(sweep_path: Path, runs_root: Path = Path("runs"), storage: str | N
     sweep = load_sweep(sweep_path)
     for run in sweep.runs():  # refuse a budget smaller than one step before anything starts
         plan_run(run, sweep.launch.nproc)
-    available = _prepare_data(sweep)
+    available = prepare_data(sweep)
     left_out = dict(sweep.skipped())
     for run in sweep.runs():
         if run.budget is None:
@@ -283,7 +283,7 @@ def run_sweep(sweep_path: Path, runs_root: Path = Path("runs"), storage: str | N
     return [outcomes[r.run_id] for r in sweep.all_runs()]
 
 
-def _prepare_data(sweep: SweepConfig) -> dict[int, int]:
+def prepare_data(sweep: SweepConfig) -> dict[int, int]:
     """Read the corpus and train the tokenizer once, before runs start in parallel processes;
     the training split's length in tokens for each vocabulary size."""
     from tlc.train.data import load_corpus, load_tokens
