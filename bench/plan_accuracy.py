@@ -2,8 +2,9 @@
 
 The procedure of issue 13, with the real commands throughout:
 
-1. `tlc sweep SWEEP`, `tlc compress` (magnitude and block at 0.5 and 0.9, int8; cooldown
-   branches with magnitude and int8), `tlc fit` — each resumes what is already there;
+1. `tlc sweep SWEEP`, `tlc compress` as `tlc demo` does (magnitude, block and gradual at 0.5 and
+   0.9, int8; cooldown branches with magnitude and int8), `tlc fit` — each resumes what is already
+   there, so a demo's runs folder is used as it is;
 2. for each budget multiple m (default 0.3, 1 and 3) of the largest run's compute C_max:
    `tlc plan --budget m*C_max` without an inference budget, then with a byte limit of 60% of
    that plan's compute-optimal dense model (--max-bytes), written to plan-<m>.json;
@@ -37,6 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from tlc.config import load_sweep  # noqa: E402
+from tlc.demo import DEMO_COMPRESS, DEMO_COMPRESS_BRANCHES  # noqa: E402
 from tlc.io import list_runs  # noqa: E402
 
 Z90 = 1.645
@@ -66,8 +68,8 @@ def main() -> None:
     sweep_dir = args.runs_dir / load_sweep(args.sweep).name
     started = time.perf_counter()
     tlc("sweep", args.sweep, "--runs-dir", args.runs_dir)
-    tlc("compress", sweep_dir, "--methods", "magnitude,block", "--sparsity", "0.5,0.9")
-    tlc("compress", sweep_dir, "--branches", "--methods", "magnitude", "--sparsity", "0.5,0.9")
+    tlc("compress", sweep_dir, *DEMO_COMPRESS)  # as `tlc demo` compresses: a demo's runs folder is reused as it is
+    tlc("compress", sweep_dir, *DEMO_COMPRESS_BRANCHES)
     tlc("fit", sweep_dir)
     c_max = largest_compute(sweep_dir)
     print(f"sweep, compress and fit: {time.perf_counter() - started:.0f} s; largest run {c_max:.3g} FLOPs")

@@ -4,7 +4,8 @@ Hagele et al. 2024 ("Scaling Laws and Compute-Optimal Training Beyond Fixed Trai
 Durations") report that a constant-rate trunk with a short cooldown matches a cosine schedule
 run to the same token count. `tlc` counts each cooldown branch's end as a finished-run point on
 that claim, so it is checked here: width 64 x depth 2 (tiny.yaml's context 128, vocabulary 1024,
-micro-batch 16, peak rate 3e-3), D = 2M tokens, seeds 0 and 1;
+micro-batch 4 (--micro-batch; 16 before tiny.yaml's redesign), peak rate 3e-3), D = 2M tokens,
+seeds 0 and 1;
 
 - cosine: `tlc train --tokens 2e6` (warmup 5%, cosine to 0.1 of the peak);
 - wsd:    `tlc train --schedule wsd --cooldowns 1.0 --cooldown-frac 0.2` on a trunk of D / 1.2
@@ -31,7 +32,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 SHAPE = ["--width", "64", "--depth", "2", "--heads", "2", "--context", "128", "--vocab-size", "1024",
-         "--micro-batch", "16", "--lr", "3e-3", "--precision", "fp32", "--zero-stage", "0", "--no-progress"]
+         "--lr", "3e-3", "--precision", "fp32", "--zero-stage", "0", "--no-progress"]
 COOLDOWN_FRAC = 0.2
 
 
@@ -50,22 +51,24 @@ def main() -> None:
     parser.add_argument("--runs-dir", type=Path, default=REPO / "runs" / "bench-wsd-cosine")
     parser.add_argument("--tokens", type=float, default=2e6)
     parser.add_argument("--seeds", default="0,1")
+    parser.add_argument("--micro-batch", type=int, default=4, help="sequences per step (default 4, as sweeps/tiny.yaml)")
     parser.add_argument("--also-cosine-to-zero", action="store_true", help="also cosine with --min-lr-ratio 0")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     print(f"# {os.cpu_count()} cpus, load average {os.getloadavg()[0]:.1f} at start", flush=True)
     results = {"cosine": [], "wsd": []} | ({"cosine0": []} if args.also_cosine_to_zero else {})
+    batch = ["--micro-batch", str(args.micro_batch)]
     for seed in seeds:
-        cosine = train(args.runs_dir / f"cosine-s{seed}", ["--tokens", str(int(args.tokens)), "--seed", str(seed)])
+        cosine = train(args.runs_dir / f"cosine-s{seed}", ["--tokens", str(int(args.tokens)), "--seed", str(seed), *batch])
         trunk = int(args.tokens / (1 + COOLDOWN_FRAC))
         wsd = train(args.runs_dir / f"wsd-s{seed}", ["--tokens", str(trunk), "--seed", str(seed), "--schedule", "wsd",
-                                                     "--cooldowns", "1.0", "--cooldown-frac", str(COOLDOWN_FRAC)])
+                                                     "--cooldowns", "1.0", "--cooldown-frac", str(COOLDOWN_FRAC), *batch])
         end = cosine["rows"][-1]
         branch = [r for r in wsd["rows"] if r.get("final")][-1]
         measured = [("cosine", end, cosine), ("wsd", branch, wsd)]
         if args.also_cosine_to_zero:
             zero = train(args.runs_dir / f"cosine0-s{seed}", ["--tokens", str(int(args.tokens)), "--seed", str(seed),
-                                                              "--min-lr-ratio", "0"])
+                                                              "--min-lr-ratio", "0", *batch])
             measured.append(("cosine0", zero["rows"][-1], zero))
         for name, row, run in measured:
             results[name].append({"seed": seed, "tokens": row["tokens"], "val_loss": row["val_loss"],

@@ -194,7 +194,7 @@ def fit_sweep_observations(
     equation, k, gamma, max_relative_error, note}: C = k·N^gamma·D fitted to the runs' own FLOPs
     per token, used by the allocation; huber_delta; bootstrap {resamples, seed,
     confidence, unit}; notes; runs [{run_id, params, n_points, final_tokens,
-    final_train_flops, final_loss}]; laws {chinchilla, kaplan: {name, equation, source,
+    final_train_flops, final_loss, finished_points, finished_tokens}]; laws {chinchilla, kaplan: {name, equation, source,
     covariates, parameters {name: {value, low, high}}, status, reason, optimizer_status
     (the optimiser's: converged, hit_bound, not_converged), objective, n_points, heldout
     (leave-largest-out, or null with heldout_reason), residuals {run_id: {n_points, mean, rms,
@@ -294,6 +294,7 @@ def fit_sweep_observations(
                     "final_train_flops": float(r.finished_flops.max()),
                     "final_loss": r.final_loss,
                     "finished_points": len(r.finished_loss),
+                    "finished_tokens": [float(d) for d in r.finished_tokens],
                 }
                 for r in observations.runs
             ],

@@ -139,3 +139,13 @@ def test_a_plan_from_a_wsd_sweep_trains_one_finished_run(runs, capsys):
 
     cfg = run_config(recipe)
     assert cfg.train.schedule == "cosine" and cfg.train.tokens == recipe["train"]["tokens"]
+
+
+def test_the_measured_tokens_span_every_finished_point(runs):
+    """A cooldown branch's end is a measured D: a plan at a branch's tokens is not an extrapolation."""
+    from tlc.plan.law import load_plan_law
+
+    fit = json.loads((runs / "fit.json").read_text())
+    finished = [d for r in fit["runs"] for d in r["finished_tokens"]]
+    assert len(finished) == sum(r["finished_points"] for r in fit["runs"]) > len(fit["runs"])
+    assert load_plan_law(runs, None).ranges.D == (min(finished), max(r["final_tokens"] for r in fit["runs"]))

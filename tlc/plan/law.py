@@ -176,11 +176,13 @@ def _parameters_file(path: Path, data: dict) -> PlanLaw:
 
 
 def _sweep_details(runs_dir: Path, fit: dict) -> tuple[MeasuredRanges, dict | None]:
-    """Measured ranges (N, final tokens from fit.json's runs; sparsities from compress.jsonl) and the shape template."""
+    """Measured ranges (N and finished-point tokens from fit.json's runs; sparsities from compress.jsonl) and the
+    shape template."""
     runs = fit.get("runs") or []
     sizes = [r.get("params") or r.get("non_embedding_params") for r in runs]  # the law's N (older fits: the latter)
     sizes = [n for n in sizes if n]
-    tokens = [r["final_tokens"] for r in runs if r.get("final_tokens")]
+    # every finished point's tokens (a WSD run's branch ends too); fits before they were listed: each run's last
+    tokens = [d for r in runs for d in (r.get("finished_tokens") or [r.get("final_tokens")]) if d]
     sparsity: dict[str, list[float]] = {}
     template = None
     for run_dir in list_runs(runs_dir):
@@ -204,7 +206,7 @@ def _sweep_details(runs_dir: Path, fit: dict) -> tuple[MeasuredRanges, dict | No
         N=(min(sizes), max(sizes)) if sizes else None,
         D=(min(tokens), max(tokens)) if tokens else None,
         sparsity={m: (min(v), max(v)) for m, v in sparsity.items()},
-        note="sizes and final tokens of the runs in fit.json; sparsities from the runs' compress.jsonl",
+        note="sizes and finished-point tokens of the runs in fit.json; sparsities from the runs' compress.jsonl",
     )
     return ranges, template
 
