@@ -219,6 +219,11 @@ def test_extrapolation_is_warned_about(runs, capsys):
         "x: sparsity 95.0% is above the highest measured magnitude sparsity 90% (an extrapolation)"]
     inside = planner.Point(**{**point.__dict__, "sparsity": 0.2})  # between dense (0) and 30%: interpolated
     assert planner._range_warnings(law, "x", inside) == []
+    assert law.ranges.aspect == (32.0, 64.0)  # SHAPES: 64/2 .. 384/6
+    wide = planner.Point(**{**inside.__dict__, "width": 256, "depth": 2})
+    assert planner._range_warnings(law, "x", wide) == [
+        "x: width/depth 256/2 = 128 is outside the sweep's shapes' 32..64; the law sees only N, not the shape "
+        "(an extrapolation)"]
 
 
 def test_unknown_method_and_missing_fit(runs, tmp_path, capsys):

@@ -47,6 +47,8 @@ class MeasuredRanges:
     D: tuple[float, float] | None = None
     sparsity: dict[str, tuple[float, float]] = field(default_factory=dict)
     note: str = ""  # where the ranges come from
+    # width / depth of the sweep's shapes: the laws see only N, so a shape of another aspect is an extrapolation
+    aspect: tuple[float, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -184,29 +186,32 @@ def _sweep_details(runs_dir: Path, fit: dict) -> tuple[MeasuredRanges, dict | No
     # every finished point's tokens (a WSD run's branch ends too); fits before they were listed: each run's last
     tokens = [d for r in runs for d in (r.get("finished_tokens") or [r.get("final_tokens")]) if d]
     sparsity: dict[str, list[float]] = {}
-    template = None
+    template, aspects = None, []
     for run_dir in list_runs(runs_dir):
         for row in read_jsonl(run_dir / "compress.jsonl"):
             s = row.get("sparsity")
             if isinstance(s, (int, float)) and s > 0 and isinstance(row.get("method"), str):
                 sparsity.setdefault(row["method"], []).append(float(s))
-        if template is None:
-            try:
-                shape = json.loads((run_dir / "config.json").read_text(encoding="utf-8")).get("shape")
-            except (OSError, json.JSONDecodeError):
-                shape = None
-            if isinstance(shape, dict) and {"context", "vocab_size"} <= shape.keys():
-                template = {
-                    "arch": shape.get("arch", "gpt2"),
-                    "context": int(shape["context"]),
-                    "vocab_size": int(shape["vocab_size"]),
-                    "ffn_mult": int(shape.get("ffn_mult", 4)),
-                }
+        try:
+            shape = json.loads((run_dir / "config.json").read_text(encoding="utf-8")).get("shape")
+        except (OSError, json.JSONDecodeError):
+            shape = None
+        if not (isinstance(shape, dict) and {"context", "vocab_size"} <= shape.keys()):
+            continue
+        if isinstance(shape.get("width"), int) and isinstance(shape.get("depth"), int) and shape["depth"] > 0:
+            aspects.append(shape["width"] / shape["depth"])
+        template = template or {
+            "arch": shape.get("arch", "gpt2"),
+            "context": int(shape["context"]),
+            "vocab_size": int(shape["vocab_size"]),
+            "ffn_mult": int(shape.get("ffn_mult", 4)),
+        }
     ranges = MeasuredRanges(
         N=(min(sizes), max(sizes)) if sizes else None,
         D=(min(tokens), max(tokens)) if tokens else None,
         sparsity={m: (min(v), max(v)) for m, v in sparsity.items()},
         note="sizes and finished-point tokens of the runs in fit.json; sparsities from the runs' compress.jsonl",
+        aspect=(min(aspects), max(aspects)) if aspects else None,
     )
     return ranges, template
 

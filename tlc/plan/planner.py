@@ -149,6 +149,10 @@ def _range_warnings(law: PlanLaw, label: str, point: Point) -> list[str]:
     if r.D and not (r.D[0] <= point.tokens <= r.D[1]):
         out.append(f"{label}: {format_count(point.tokens)} tokens is outside the measured final tokens "
                    f"{format_count(r.D[0])}..{format_count(r.D[1])} (an extrapolation)")
+    if r.aspect and point.width and point.depth and not (r.aspect[0] <= point.width / point.depth <= r.aspect[1]):
+        out.append(f"{label}: width/depth {point.width}/{point.depth} = {point.width / point.depth:.3g} is outside the "
+                   f"sweep's shapes' {r.aspect[0]:.3g}..{r.aspect[1]:.3g}; the law sees only N, not the shape "
+                   "(an extrapolation)")
     method = point.category.method
     if point.sparsity > 0:
         measured = r.sparsity.get(method)
@@ -292,6 +296,7 @@ def make_plan(law: PlanLaw, budgets: Budgets, args: argparse.Namespace, storage:
         "measured_ranges": {
             "N": list(r.N) if r.N else None, "tokens": list(r.D) if r.D else None,
             "sparsity": {m: list(v) for m, v in r.sparsity.items()}, "note": r.note,
+            "aspect": list(r.aspect) if r.aspect else None,
         },
         "warnings": warnings,
     }
