@@ -213,7 +213,8 @@ def test_untrained_runs_are_skipped_and_listed(tmp_path, capsys):
     write_runs(tmp_path, compress=False)
     waiting = tmp_path / "w999-d9-s0"
     waiting.mkdir()
-    (waiting / "config.json").write_text(json.dumps({"run_id": "w999-d9-s0", "params": {"total": 2 * 10**9, "non_embedding": 10**9}}))
+    config = {"run_id": "w999-d9-s0", "params": {"total": 2 * 10**9, "non_embedding": 10**9}}
+    (waiting / "config.json").write_text(json.dumps(config))
     assert run_cli([str(tmp_path), "--bootstrap", "0"]) == 0
     fit = json.loads((tmp_path / "fit.json").read_text())
     assert fit["n_runs"] == 6 and fit["skipped_runs"] == ["w999-d9-s0: no metrics.jsonl yet"]
@@ -340,7 +341,8 @@ def test_n_counts_every_parameter_by_default_and_fit_json_says_so(tmp_path, caps
     total, non_embedding = fit_sweep(tmp_path, bootstrap=0), fit_sweep(tmp_path, bootstrap=0, size=NON_EMB)
     configs = {p.parent.name: json.loads(p.read_text())["params"] for p in tmp_path.glob("*/config.json")}
     assert {r["run_id"]: r["params"] for r in total["runs"]} == {k: v["total"] for k, v in configs.items()}
-    assert {r["run_id"]: r["params"] for r in non_embedding["runs"]} == {k: v["non_embedding"] for k, v in configs.items()}
+    assert {r["run_id"]: r["params"] for r in non_embedding["runs"]} == {
+        k: v["non_embedding"] for k, v in configs.items()}
     assert total["size"]["definition"] == "total" and non_embedding["size"]["definition"] == "non_embedding"
     assert run_cli([str(tmp_path), "--size", "non-embedding", "--bootstrap", "0"]) == 0
     assert "outside the token and position embeddings" in capsys.readouterr().out

@@ -22,7 +22,6 @@ from tlc.fit.observations import fit_sweep
 from tlc.io import atomic_write_json
 from tlc.shapes import param_counts
 from tlc.plan.space import Category
-from tlc.plan.law import load_plan_law
 from tlc.artifact import artifact_size
 
 REPO = Path(__file__).resolve().parents[1]

@@ -138,7 +138,7 @@ EVIL = "<script>alert(1)</script>"
 def test_every_string_from_run_files_is_escaped_in_the_html_report(tmp_path):
     sweep = write_synthetic_sweep(tmp_path / f"s{EVIL[:7]}", with_fit=False, with_plan=False, run_id_prefix="<i>")
     fit = {"laws": {EVIL: {"status": f"<b onmouseover=x>{EVIL}", "heldout": {"relative_error": 0.1},
-                           "parameters": {f"<img src=x onerror=alert(2)>": {"value": 1.0, "low": 0.5, "high": 2}}}}}
+                           "parameters": {"<img src=x onerror=alert(2)>": {"value": 1.0, "low": 0.5, "high": 2}}}}}
     plan = {"budget": {EVIL: 1e17}, "recommendation": {"method": EVIL, f"k{EVIL}": "v"}, "train_small": {"x": 1},
             "gain": {"loss": 0.1}, "warnings": [EVIL, "<iframe src=//evil>"]}
     (sweep / "fit.json").write_text(json.dumps(fit))

@@ -153,7 +153,8 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"the {name} stage failed (exit {code}); fix the problem above and run tlc demo again to resume")
         return captured.getvalue()
 
-    stage("sweep", ["sweep", str(sweep_file), "--runs-dir", str(args.runs_dir), "--workers", str(DEMO_WORKERS)])
+    stage("sweep", ["sweep", str(sweep_file), "--runs-dir", str(args.runs_dir),
+                    "--workers", str(DEMO_WORKERS)])
     stage("compress", ["compress", str(sweep_dir), *DEMO_COMPRESS])
     stage("compress", ["compress", str(sweep_dir), *DEMO_COMPRESS_BRANCHES])
     stage("fit", ["fit", str(sweep_dir)])

@@ -144,8 +144,9 @@ def _range_warnings(law: PlanLaw, label: str, point: Point) -> list[str]:
     r, out = law.ranges, []
     n = float(law.law_params(point.N, point.embedding))
     if r.N and not (r.N[0] <= n <= r.N[1]):
-        out.append(f"{label}: N = {format_count(n)} is outside the measured sizes "
-                   f"{format_count(r.N[0])}..{format_count(r.N[1])} (an extrapolation)")
+        counted = "all parameters" if law.size == "total" else "non-embedding parameters"
+        out.append(f"{label}: N = {format_count(n)} ({counted}, as the law counts them) is outside the measured "
+                   f"sizes {format_count(r.N[0])}..{format_count(r.N[1])} (an extrapolation)")
     if r.D and not (r.D[0] <= point.tokens <= r.D[1]):
         out.append(f"{label}: {format_count(point.tokens)} tokens is outside the measured final tokens "
                    f"{format_count(r.D[0])}..{format_count(r.D[1])} (an extrapolation)")
