@@ -44,6 +44,20 @@ def test_row_quantization_round_trips_within_half_a_step():
     assert int(q.abs().amax(dim=1).min()) >= 126  # every row uses the full range
 
 
+def test_a_pruned_away_row_and_a_tiny_row_keep_a_finite_scale():
+    """A row pruned to zeros (block or structured pruning at 90%) once got an fp16 scale of 0 and q = 0/0."""
+    w = torch.randn(4, 16)
+    w[1] = 0.0
+    w[2] = torch.linspace(-1e-6, 1e-6, 16)  # its max / 127 underflows fp16
+    q, scale = quantize_rows(w)
+    assert bool(torch.isfinite(scale).all()) and bool((scale > 0).all())
+    assert scale.half().float().tolist() == scale.tolist()  # what is stored in fp16 is what quantized
+    assert bool((q[1] == 0).all())
+    back = dequantize_rows(q, scale)
+    assert bool(torch.isfinite(back).all())
+    assert bool(((back - w).abs() <= scale[:, None] / 2 + 1e-12).all())
+
+
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
 @pytest.mark.parametrize("path", INT8_PATHS)
 def test_int8_outputs_stay_within_the_stated_error_of_fp32(arch, path):

@@ -26,11 +26,16 @@ from tlc.compress.prune import is_conv1d, prunable_layers, set_submodule
 INT8_PATHS = ("torch_dynamic", "bitsandbytes")
 
 
+FP16_SMALLEST = 2.0 ** -24  # the smallest positive (subnormal) float16
+
+
 def quantize_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(q int8 [out, in], scale fp32 [out]) with weight ~= q * scale[:, None]."""
     w = weight.detach().float()
-    # scales are stored in fp16; quantizing with the fp16-rounded scale keeps storage and compute identical
-    scale = (w.abs().amax(dim=1).clamp_min(1e-6) / 127.0).half().float()
+    # scales are stored in fp16; quantizing with the fp16-rounded scale keeps storage and compute identical.
+    # A row of zeros (pruned away) or of values under 127 * 2^-24 would round its scale to 0 in fp16 and q to 0/0:
+    # the smallest positive fp16 keeps the scale a number, and such a row's q exact (zeros) or within 1 of it.
+    scale = (w.abs().amax(dim=1) / 127.0).half().float().clamp_min(FP16_SMALLEST)
     q = torch.round(w / scale[:, None]).clamp_(-127, 127).to(torch.int8)
     return q, scale
 
