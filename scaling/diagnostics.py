@@ -1,8 +1,10 @@
-"""Diagnostics of a fitted L(N, D) law: leave-the-largest-out extrapolation, residuals per run.
+"""Diagnostics of a fitted L(N, D) law: held-out extrapolation in N and in D, residuals per run.
 
-A law that fits every point well can still extrapolate badly, and extrapolation to larger
-models is its use. So the held-out error refits the law without the largest model size (all
-seeds of it) and reports how well it then predicts that size's final loss.
+A law that fits every point well can still extrapolate badly, and extrapolation is its use: a
+plan asks for larger models and longer runs than the sweep trained. So the held-out errors refit
+the law without the largest model size (all seeds of it) and predict that size's final loss
+(`leave_largest_out`), and refit it without every run's longest finished point and predict those
+(`leave_longest_out`), which says how the law extrapolates in D and in which direction.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import numpy as np
 
 from scaling.fitting import FitResult, fit_law
 from scaling.forms import LawForm
-from scaling.observations import MIN_MODEL_SIZES, PointTable, SweepObservations
+from scaling.observations import MIN_MODEL_SIZES, MIN_TOKEN_COUNTS, PointTable, SweepObservations
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,51 @@ def leave_largest_out(form: LawForm, observations: SweepObservations, table: Poi
         predicted_final_loss=tuple(float(v) for v in predicted),
         observed_final_loss=tuple(float(v) for v in observed),
         relative_error=float(np.mean(np.abs(predicted / observed - 1.0))),
+        fit_status=fit.status,
+    )
+
+
+@dataclass(frozen=True)
+class HeldOutTokens:
+    """How well a law fitted without each run's longest finished point predicts those points."""
+
+    held_out_tokens: tuple[float, ...]  # per run with more than one finished point, its longest D
+    tokens_ratio: float  # median over those runs of held-out D / the run's longest D kept
+    predicted_loss: tuple[float, ...]
+    observed_loss: tuple[float, ...]
+    relative_error: float  # mean |predicted / observed - 1|
+    bias: float  # mean (predicted / observed - 1): > 0, the law overestimates the loss of longer runs
+    fit_status: str  # status of the fit on the remaining points
+
+
+def leave_longest_out(form: LawForm, observations: SweepObservations, table: PointTable) -> HeldOutTokens | None:
+    """Refit ``form`` without the finished point of largest D of every run that has several, and predict them.
+
+    The refit starts from the form's grid (as `leave_largest_out` does). Returns None when no run has
+    two finished points in ``table`` or fewer than MIN_TOKEN_COUNTS distinct D would remain.
+    """
+    held = np.zeros(len(table.D), dtype=bool)
+    ratios = []
+    for i in range(len(observations.runs)):
+        mine = np.flatnonzero(table.run_index == i)
+        if len(np.unique(table.D[mine])) < 2:
+            continue
+        longest = table.D[mine].max()
+        held[mine[table.D[mine] == longest]] = True
+        ratios.append(longest / table.D[mine][table.D[mine] < longest].max())
+    if not held.any() or len(np.unique(table.D[~held])) < MIN_TOKEN_COUNTS:
+        return None
+    fit = fit_law(form, {"N": table.N, "D": table.D}, table.loss, (~held).astype(float))
+    predicted = form.predict(fit.parameters, N=table.N[held], D=table.D[held])
+    observed = table.loss[held]
+    error = predicted / observed - 1.0
+    return HeldOutTokens(
+        held_out_tokens=tuple(float(d) for d in table.D[held]),
+        tokens_ratio=float(np.median(ratios)),
+        predicted_loss=tuple(float(v) for v in predicted),
+        observed_loss=tuple(float(v) for v in observed),
+        relative_error=float(np.mean(np.abs(error))),
+        bias=float(np.mean(error)),
         fit_status=fit.status,
     )
 

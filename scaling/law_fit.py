@@ -8,7 +8,8 @@ from typing import Any
 import numpy as np
 
 from scaling.bootstrap import BootstrapFits, bootstrap_law, parameter_draws, percentile_interval
-from scaling.diagnostics import HeldOutError, RunResiduals, leave_largest_out, residuals_per_run
+from scaling.diagnostics import (HeldOutError, HeldOutTokens, RunResiduals, leave_largest_out, leave_longest_out,
+                                 residuals_per_run)
 from scaling.fitting import FitResult, bound_hits, fit_law
 from scaling.forms import LawForm
 from scaling.observations import SweepObservations
@@ -57,6 +58,7 @@ class LawFit:
     bootstrap: BootstrapFits  # refits on run resamples
     intervals: dict[str, tuple[float, float]]  # parameter name -> (low, high); NaN without draws
     heldout: HeldOutError | None  # leave-largest-out; None with fewer than 4 model sizes
+    heldout_tokens: HeldOutTokens | None  # leave-longest-out; None without several D per run
     residuals: tuple[RunResiduals, ...]  # per run, in run order
     status: str  # "converged", "unidentified" or "not_converged" (see judge_identification)
     reason: str  # why, in one sentence
@@ -94,5 +96,6 @@ def fit_sweep_law(
         bootstrap=boot,
         intervals=intervals,
         heldout=leave_largest_out(form, observations, table),
+        heldout_tokens=leave_longest_out(form, observations, table),
         residuals=tuple(residuals_per_run(form, fit, observations, table)),
     )

@@ -167,6 +167,7 @@ def _unfitted_law_json(form: LawForm, reason: str) -> dict:
         "bootstrap": None,
         "heldout": None,
         "heldout_reason": reason,
+        "heldout_tokens": None,
         "residuals": {},
     }
 
@@ -193,13 +194,14 @@ def fit_sweep_observations(
     identification_problems [why the points cannot identify L(N, D) at all]; flops {definition,
     equation, k, gamma, max_relative_error, note}: C = k·N^gamma·D fitted to the runs' own FLOPs
     per token, used by the allocation; huber_delta; bootstrap {resamples, seed,
-    confidence, unit}; notes; runs [{run_id, params, n_points, final_tokens,
-    final_train_flops, final_loss, finished_points, finished_tokens}]; laws {chinchilla, kaplan: {name, equation, source,
-    covariates, parameters {name: {value, low, high}}, status, reason, optimizer_status
+    confidence, unit}; notes; runs [{run_id, params, n_points, final_tokens, final_train_flops,
+    final_loss, finished_points, finished_tokens}]; laws {chinchilla, kaplan: {name, equation,
+    source, covariates, parameters {name: {value, low, high}}, status, reason, optimizer_status
     (the optimiser's: converged, hit_bound, not_converged), objective, n_points, heldout
-    (leave-largest-out, or null with heldout_reason), residuals {run_id: {n_points, mean, rms,
-    final}}, bootstrap {statuses, usable, draws {name: [per resample]}}}}; preferred_law {name,
-    reason}; allocation
+    (leave-largest-out, or null with heldout_reason), heldout_tokens (leave-longest-out: every
+    run's longest finished point predicted by a refit without them, with the bias's sign; or
+    null), residuals {run_id: {n_points, mean, rms, final}}, bootstrap {statuses, usable, draws
+    {name: [per resample]}}}}; preferred_law {name, reason}; allocation
     {flops_per_token {k, gamma}, chinchilla {a, b, G}, kaplan {compute, a, b}}; learning_curves {equation, runs {run_id:
     {parameters, status} or null}}; frontier {compute, loss, run_ids, fit}; compression
     {pruning {method: model}, int8: model or null, skipped {method: reason}}.
@@ -225,6 +227,7 @@ def fit_sweep_observations(
         law["status"], law["reason"] = result.status, result.reason
         law["heldout"] = dataclasses.asdict(result.heldout) if result.heldout else None
         law["heldout_reason"] = None if result.heldout else "fewer than 3 model sizes remain without the largest"
+        law["heldout_tokens"] = dataclasses.asdict(result.heldout_tokens) if result.heldout_tokens else None
         law["residuals"] = {
             r.run_id: {"n_points": r.n_points, "mean": r.mean, "rms": r.rms, "final": r.final}
             for r in result.residuals

@@ -209,6 +209,7 @@ def test_latency_errors(runs, sweep_dir, tmp_path, capsys):
 def test_extrapolation_is_warned_about(runs, capsys):
     result = plan(["--runs", runs, "--budget", "1e17", "--max-params", "300k"], capsys)
     assert "outside the measured final tokens 2M..360M" in " ".join(result["warnings"])
+    assert "refitted without each run's longest point, this law" in " ".join(result["warnings"])
     assert result["measured_ranges"]["sparsity"]["magnitude"] == [0.3, 0.9]
     law = load_plan_law(runs, None)
     point = planner.Point(width=128, depth=4, N=8e5, embedding=1.5e5, tokens=1e8, train_flops_per_token=6e6,

@@ -14,7 +14,7 @@ import pytest
 from scaling import FittedSweep, fit_sweep_observations, load_fit
 from scaling.bootstrap import resample_runs
 from scaling.compression_fit import compression_points, fit_compression_model
-from scaling.diagnostics import leave_largest_out, residuals_per_run
+from scaling.diagnostics import leave_largest_out, leave_longest_out, residuals_per_run
 from scaling.fitting import fit_law
 from scaling.forms import ChinchillaForm
 from scaling.frontier import compute_frontier, fit_frontier
@@ -81,6 +81,25 @@ def test_heldout_and_residuals_are_small(fit_json):
     assert all(abs(r["mean"]) < 0.01 for r in chinchilla["residuals"].values())
     # Kaplan's law has no irreducible loss; on Chinchilla-shaped data it fits, and extrapolates, worse.
     assert fit_json["laws"]["kaplan"]["heldout"]["relative_error"] > chinchilla["heldout"]["relative_error"]
+
+
+def test_leave_longest_out_recovers_the_true_law_and_says_which_way_it_errs(sweep, fit_json):
+    longest = fit_json["laws"]["chinchilla"]["heldout_tokens"]
+    assert len(longest["held_out_tokens"]) == len(sweep.runs)  # each run's last evaluation
+    assert longest["tokens_ratio"] == pytest.approx(1000 ** (1 / 11), rel=1e-6)  # 12 points over 1000x
+    assert longest["relative_error"] < 0.01 and abs(longest["bias"]) < 0.01
+    # Runs whose longest points came out 10% below the law: a refit without them overestimates them.
+    runs = [dataclasses.replace(r, val_loss=np.concatenate([r.val_loss[:-1], r.val_loss[-1:] * 0.9]))
+            for r in sweep.runs]
+    bent = SweepObservations(runs=tuple(runs), variants=())
+    result = leave_longest_out(ChinchillaForm(), bent, bent.points())
+    assert result.bias == pytest.approx(1 / 0.9 - 1, abs=0.01) and result.relative_error == pytest.approx(result.bias)
+
+
+def test_leave_longest_out_needs_several_token_counts_per_run(sweep):
+    single = SweepObservations(runs=tuple(RunCurve(r.run_id, r.params, r.tokens[-1:], r.train_flops[-1:],
+                                                   r.val_loss[-1:]) for r in sweep.runs), variants=())
+    assert leave_longest_out(ChinchillaForm(), single, single.points()) is None
 
 
 def test_leave_largest_out_needs_enough_sizes():

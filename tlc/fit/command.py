@@ -41,6 +41,12 @@ def format_table(fit: dict, path: Path) -> str:
         if law["bootstrap"]:
             usable = f"; {law['bootstrap']['usable']}/{fit['bootstrap']['resamples']} bootstrap refits usable"
         lines.append(f"{'':<12}status {law['status']}; leave-largest-out error {error}{usable}")
+        longest = law.get("heldout_tokens")
+        if longest:
+            direction = "over" if longest["bias"] > 0 else "under"
+            lines.append(f"{'':<12}leave-longest-out error {longest['relative_error']:.2%} at "
+                         f"{longest['tokens_ratio']:.3g}x the tokens kept ({direction}estimates the loss of longer "
+                         f"runs by {abs(longest['bias']):.2%} on average)")
         if law["status"] != "converged":
             lines.append(f"{'':<12}{law['reason']}")
     lines.append(f"preferred law: {fit['preferred_law']['name']} ({fit['preferred_law']['reason']})")

@@ -235,11 +235,14 @@ def _law_candidates(data: dict) -> list[dict]:
             continue
         heldout = entry.get("heldout") if isinstance(entry.get("heldout"), dict) else {}
         error = heldout.get("relative_error")
+        longest = entry.get("heldout_tokens")
         out.append({
             "name": name,
             "status": str(entry.get("status", "converged")),
             "reason": entry.get("reason") or _DEFAULT_REASONS.get(entry.get("status")),
             "heldout_error": float(error) if isinstance(error, (int, float)) else None,
+            "heldout_tokens": {k: longest.get(k) for k in ("tokens_ratio", "relative_error", "bias")}
+            if isinstance(longest, dict) and isinstance(longest.get("bias"), (int, float)) else None,
         })
     return out
 

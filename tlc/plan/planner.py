@@ -149,7 +149,7 @@ def _range_warnings(law: PlanLaw, label: str, point: Point) -> list[str]:
                    f"sizes {format_count(r.N[0])}..{format_count(r.N[1])} (an extrapolation)")
     if r.D and not (r.D[0] <= point.tokens <= r.D[1]):
         out.append(f"{label}: {format_count(point.tokens)} tokens is outside the measured final tokens "
-                   f"{format_count(r.D[0])}..{format_count(r.D[1])} (an extrapolation)")
+                   f"{format_count(r.D[0])}..{format_count(r.D[1])} (an extrapolation)" + _longest_out(law))
     if r.aspect and point.width and point.depth and not (r.aspect[0] <= point.width / point.depth <= r.aspect[1]):
         out.append(f"{label}: width/depth {point.width}/{point.depth} = {point.width / point.depth:.3g} is outside the "
                    f"sweep's shapes' {r.aspect[0]:.3g}..{r.aspect[1]:.3g}; the law sees only N, not the shape "
@@ -163,6 +163,16 @@ def _range_warnings(law: PlanLaw, label: str, point: Point) -> list[str]:
             out.append(f"{label}: sparsity {point.sparsity:.1%} is above the highest measured {method} sparsity "
                        f"{measured[1]:.0%} (an extrapolation)")
     return out
+
+
+def _longest_out(law: PlanLaw) -> str:
+    """How the law did at predicting longer runs than it was fitted to, as a clause ('' when not measured)."""
+    longest = law.choice.get("heldout_tokens")
+    if not longest:
+        return ""
+    direction = "over" if longest["bias"] > 0 else "under"
+    return (f"; refitted without each run's longest point, this law {direction}estimated those losses by "
+            f"{abs(longest['bias']):.1%} on average at {longest['tokens_ratio']:.3g}x the tokens")
 
 
 def _law_tokens(point: Point) -> float:
