@@ -23,9 +23,9 @@ from tlc.io import list_runs
 
 # The demo compresses with the fast one-shot methods plus gradual pruning (the method that
 # recovers), at two levels; `tlc compress` alone does every method.
-# 16x16 blocks: the tiny sweep has widths 16 and 48, which 32x32 blocks do not tile
-# No ONNX Runtime timing: the demo's plan has a byte budget, not a latency one, and exporting each
-# 8-bit variant was 2.3 s of the 3.1 s it took (BENCHMARKS.md, "Demo").
+# 16x16 blocks: the tiny sweep has widths 16 and 48, which 32x32 blocks do not tile. No ONNX Runtime
+# timing: the demo's plan has a byte budget, not a latency one, and exporting each 8-bit variant was
+# 2.3 s of the 3.1 s it took (BENCHMARKS.md, "Cold `make demo` and `make test`").
 DEMO_COMPRESS = ["--methods", "magnitude,block,gradual", "--sparsity", "0.5,0.9", "--recovery-steps", "40",
                  "--block-size", "16", "--no-ort-latency"]
 # Every cooldown branch's model too, with the cheapest methods that show how compression depends on

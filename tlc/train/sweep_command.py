@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
     from tlc.config import load_sweep
     from tlc.io import is_complete
     from tlc.train.guard import WORKER_PID_ENV, exit_with_worker
-    from tlc.train.sweep import RunOutcome, prepare_data, run_sweep, summary_table
+    from tlc.train.sweep import RunOutcome, prepare_data, prepare_sweep_dir, run_sweep, summary_table
 
     if args.max_runs is not None and args.max_runs < 1:
         raise UserError(f"--max-runs: must be at least 1, got {args.max_runs}")
@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
         cmd = [sys.executable, "-m", "tlc", "sweep", str(args.sweep), "--runs-dir", str(args.runs_dir)]
         cmd += ["--storage", args.storage] if args.storage else []
         cmd += ["--max-runs", str(args.max_runs)] if args.max_runs else []
-        sweep_dir.mkdir(parents=True, exist_ok=True)
+        prepare_sweep_dir(sweep, args.runs_dir)  # checked and made before the helpers write their logs into it
         for k in range(1, args.workers):
             with open(sweep_dir / f"worker-{k}.log", "ab") as log:  # the helper's own output; runs log to <run>.log
                 helpers.append(subprocess.Popen(cmd, stdout=log, stderr=log,
