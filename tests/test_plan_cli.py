@@ -140,20 +140,32 @@ def test_same_seed_same_plan_and_the_studies_are_stored(runs, capsys):
 
 
 def test_polish_matches_an_exhaustive_search_over_shapes(runs, capsys):
-    result = plan(["--runs", runs, "--budget", "1e14", "--max-params", "150k"], capsys)
-    rec = result["recommendation"]
     law = load_plan_law(runs, None)
     from tlc.plan.cost import build_cost_model
     from tlc.plan.space import Budgets, PlanSpace
 
     categories = [Category(m, q) for m in ("none", "block", "magnitude") for q in (False, True)]
-    space = PlanSpace(law, build_cost_model(runs, None, 1, None), Budgets(1e14, max_params=1.5e5), 0.95, categories)
-    K, D = (a.ravel() for a in np.meshgrid(np.arange(1, 33), np.arange(1, 41), indexing="ij"))
-    best = math.inf
-    for category in categories:
-        loss, _, feasible = space.evaluate(space.sizes(K, D), category)
-        best = min(best, float(np.min(np.where(feasible, loss, np.inf))))
-    assert rec["loss"]["mean"] <= best + 1e-9
+    costs = build_cost_model(runs, None, 1, None, law.shape_template)  # as the planner builds it
+    for flags, aspect in (([], None), (["--measured-shapes"], law.ranges.aspect)):
+        rec = plan(["--runs", runs, "--budget", "1e14", "--max-params", "150k", *flags], capsys)["recommendation"]
+        space = PlanSpace(law, costs, Budgets(1e14, max_params=1.5e5), 0.95, categories, aspect=aspect)
+        K, D = (a.ravel() for a in np.meshgrid(np.arange(1, 33), np.arange(1, 41), indexing="ij"))
+        best = math.inf
+        for category in categories:
+            loss, _, feasible = space.evaluate(space.sizes(K, D), category)
+            best = min(best, float(np.min(np.where(feasible & space.shape_allowed(K, D), loss, np.inf))))
+        assert rec["loss"]["mean"] <= best + 1e-9, flags
+
+
+def test_measured_shapes_keeps_plans_to_the_sweeps_width_depth_ratios(runs, capsys):
+    low, high = load_plan_law(runs, None).ranges.aspect
+    kept = plan(["--runs", runs, "--budget", "1e14", "--max-params", "150k", "--measured-shapes"], capsys)
+    free = plan(["--runs", runs, "--budget", "1e14", "--max-params", "150k"], capsys)
+    for point in ("recommendation", "train_small", "compute_optimal"):
+        assert low <= kept[point]["width"] / kept[point]["depth"] <= high, (point, kept[point]["width"])
+    shapes = [(p["width"], p["depth"]) for p in (free["recommendation"], free["train_small"], free["compute_optimal"])]
+    assert any(not low <= w / d <= high for w, d in shapes)  # this law's optimum lies outside the measured shapes
+    assert free["recommendation"]["loss"]["mean"] < kept["recommendation"]["loss"]["mean"]
 
 
 def test_pareto_front_is_sorted_non_dominated_and_does_not_beat_the_recommendation(runs, capsys):

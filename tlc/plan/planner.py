@@ -225,7 +225,8 @@ def make_plan(law: PlanLaw, budgets: Budgets, args: argparse.Namespace, storage:
         tokens_per_step = recipe.train.get("micro_batch", 1) * law.shape_template["context"]  # gradual's fine-tune
         recovery = {m: c["recovery_steps"] * tokens_per_step for m, c in recipe.compression.items()
                     if c.get("recovery_steps")}
-    space = PlanSpace(law, costs, budgets, max_sparsity, categories, fixed, data_limit, throughput, recovery)
+    aspect = law.ranges.aspect if getattr(args, "measured_shapes", False) and law.shape_template else None
+    space = PlanSpace(law, costs, budgets, max_sparsity, categories, fixed, data_limit, throughput, recovery, aspect)
     _check_feasible(space)
 
     tpe = run_tpe(space, args.trials, args.seed)

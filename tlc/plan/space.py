@@ -131,8 +131,9 @@ class PlanSpace:
     def __init__(self, law: PlanLaw, costs: CostModel, budgets: Budgets, max_sparsity: float,
                  categories: list[Category], fixed_sparsity: dict[str, float] | None = None,
                  data_limit: DataLimit | None = None, throughput: ThroughputModel | None = None,
-                 recovery_tokens: dict[str, float] | None = None):
+                 recovery_tokens: dict[str, float] | None = None, aspect: tuple[float, float] | None = None):
         self.law, self.costs, self.budgets, self.max_sparsity = law, costs, budgets, max_sparsity
+        self.aspect = aspect  # the width/depth ratios a shape may have (the sweep's measured ones); None: any
         self.categories = categories
         self.fixed_sparsity = fixed_sparsity or {}  # methods measured at one sparsity only (2:4 at 0.5)
         self.data_limit, self.throughput = data_limit, throughput
@@ -150,7 +151,7 @@ class PlanSpace:
     def with_limits(self, **limits: float | None) -> PlanSpace:
         """The same space under other inference budgets (e.g. a point of the Pareto front)."""
         return PlanSpace(self.law, self.costs, replace(self.budgets, **limits), self.max_sparsity, self.categories,
-                         self.fixed_sparsity, self.data_limit, self.throughput, self.recovery_tokens)
+                         self.fixed_sparsity, self.data_limit, self.throughput, self.recovery_tokens, self.aspect)
 
     def sparsity_range(self, method: str) -> tuple[float, float]:
         """Sparsities a method may use: (0, 0) for dense, the one measured value for a fixed method."""
@@ -164,6 +165,14 @@ class PlanSpace:
     def shape(self, width_steps: int, depth: int) -> ModelShape:
         """The model shape for a width of ``width_steps``·32 (heads of 64 channels where they divide it)."""
         return make_shape(self.template, width_steps, depth)
+
+    def shape_allowed(self, width_steps, depth) -> np.ndarray:
+        """Whether each shape's width/depth lies in ``aspect``, elementwise (all True without one)."""
+        k, d = np.asarray(width_steps, dtype=float), np.asarray(depth, dtype=float)
+        if self.aspect is None:
+            return np.ones(np.broadcast(k, d).shape, dtype=bool)
+        ratio = WIDTH_STEP * k / d
+        return (ratio >= self.aspect[0] * (1 - 1e-9)) & (ratio <= self.aspect[1] * (1 + 1e-9))
 
     def sizes(self, width_steps, depth) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(N, embedding, training FLOPs per token, inference FLOPs per token) for arrays of shapes."""
@@ -270,7 +279,8 @@ class PlanSpace:
             tokens=D,
             train_flops_per_token=train_fpt, inference_flops_per_token=inference_fpt,
             category=category if s0 > 0 else Category("none", category.int8),
-            sparsity=s0, loss=float(loss[0]), costs=costs, feasible=bool(feasible[0]),
+            sparsity=s0, loss=float(loss[0]), costs=costs,
+            feasible=bool(feasible[0]) and (not self.shapes or bool(self.shape_allowed(width_steps, depth))),
             effective_tokens=effective, epochs=epochs if self.data_limit is not None else None,
             recovery_tokens=recovery, train_seconds=seconds,
         )
@@ -291,6 +301,7 @@ class PlanSpace:
             ds = np.arange(max(1, d0 // 2), min(MAX_DEPTH, 2 * d0) + 1)
             K, Dp = (a.ravel() for a in np.meshgrid(ks, ds, indexing="ij"))
             loss, _, feasible = self.evaluate(self.sizes(K, Dp), category)
+            feasible &= self.shape_allowed(K, Dp)
             if not feasible.any():
                 return best
             i = int(np.argmin(np.where(feasible, loss, np.inf)))
