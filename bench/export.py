@@ -24,7 +24,6 @@ import copy
 import statistics
 import sys
 import tempfile
-import time
 import warnings
 from pathlib import Path
 
@@ -33,6 +32,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from tlc.compress.evaluate import median_seconds  # noqa: E402
 from tlc.compress.prune import PATTERNS, apply_masks  # noqa: E402
 from tlc.compress.quantize import apply_int8, choose_int8_path, int8_weights  # noqa: E402
 from tlc.compress.structured import shrink, structured_plan  # noqa: E402
@@ -41,16 +41,6 @@ from tlc.export.to_onnx import FP32, INT8, export_fp32, ort_logits, quantize_int
 from tlc.train.model import build_model  # noqa: E402
 
 RUNTIMES = ("torch fp32", "torch int8", "ORT fp32", "ORT int8")
-
-
-def median_seconds(fn, repeats: int) -> float:
-    times = []
-    fn()  # warm-up
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def variants(model, shape, calibration) -> dict[str, torch.nn.Module]:
@@ -114,7 +104,8 @@ def main() -> int:
     results: dict[tuple, list[float]] = {(v, r, b): [] for (v, r) in calls for b in (1, 32)}
     for _ in range(args.rounds):
         for (variant, runtime, batch), times in results.items():
-            times.append(median_seconds(lambda: calls[(variant, runtime)](batch), args.repeats))
+            run = calls[(variant, runtime)]
+            times.append(median_seconds(lambda: run(batch), cuda=False, repeats=args.repeats, warmup=1))
 
     print(f"model: tiny {shape.run_id(0)} (GPT-2, vocabulary {shape.vocab_size}), prompt 32 tokens; "
           f"{torch.get_num_threads()} threads; torch int8 path {int8_path}; {args.rounds} rounds x {args.repeats} "

@@ -19,7 +19,6 @@ import argparse
 import copy
 import statistics
 import sys
-import time
 import warnings
 from pathlib import Path
 
@@ -28,20 +27,10 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from tlc.compress.evaluate import median_seconds  # noqa: E402
 from tlc.config import load_sweep  # noqa: E402
 from tlc.train.model import build_model  # noqa: E402
 from tlc.compress.quantize import INT8_PATHS, apply_int8, int8_linear, int8_weights, quantize_rows  # noqa: E402
-
-
-def median_seconds(fn, repeats: int) -> float:
-    times = []
-    with torch.inference_mode():
-        fn()  # warm-up
-        for _ in range(repeats):
-            start = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def largest_tiny_model():
@@ -98,7 +87,8 @@ def main() -> int:
     for r in range(args.rounds):
         for name, (variants, call) in workloads.items():
             for key, module in variants.items():  # alternate fp32 and int8 inside every round
-                results[name][key].append(median_seconds(lambda: call(module), args.repeats))
+                results[name][key].append(median_seconds(lambda: call(module), cuda=False, repeats=args.repeats,
+                                                          warmup=1))
             measured = ", ".join(f"{key} {1e3 * times[-1]:.3f} ms" for key, times in results[name].items())
             print(f"round {r + 1}/{args.rounds} {name}: {measured}", flush=True)  # each figure as it is measured
 
