@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import sysconfig
+import time
 from pathlib import Path
 
 import pytest
@@ -94,3 +97,17 @@ def compressed_run(tmp_path_factory, small_corpus) -> Path:
     run_tlc("compress", run, "--methods", "magnitude,structured", "--sparsity", "0.5", "--latency-repeats", "1",
             check=True)
     return run
+
+
+def sigkill_at_checkpoint(proc: subprocess.Popen, latest: Path, min_step: int = 0, timeout: float = 600) -> int:
+    """SIGKILL a training process once ``latest`` (its tlc_latest.json) records a step >= ``min_step``; return that
+    step. The test fails if the process ends first: the run must be long enough to be caught."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if latest.exists() and json.loads(latest.read_text())["step"] >= min_step:
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run finished before it could be killed; make it longer"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return json.loads(latest.read_text())["step"]

@@ -253,13 +253,10 @@ def test_a_sparse_run_ends_exactly_sparse_and_its_resume_checks_the_mask_file(tm
 
 
 def test_gradual_pruning_resumes_after_sigkill_as_if_never_stopped(tmp_path, small_corpus):
-    import json
-    import signal
     import subprocess
     import sys
-    import time
 
-    from conftest import REPO
+    from conftest import REPO, sigkill_at_checkpoint
     from tlc.io import read_jsonl
     from tlc.train.loop import train_run
 
@@ -273,16 +270,8 @@ def test_gradual_pruning_resumes_after_sigkill_as_if_never_stopped(tmp_path, sma
             "--data", str(small_corpus), "--prune", "magnitude:0.5", "--out", str(killed), "--no-progress"]
     proc = subprocess.Popen([sys.executable, "-m", "tlc", *args], cwd=REPO, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
-    latest = killed / "checkpoint" / "tlc_latest.json"
-    deadline = time.time() + 600
-    while time.time() < deadline and proc.poll() is None:
-        if latest.exists() and json.loads(latest.read_text())["step"] >= 40:  # inside the pruning ramp (24..72)
-            break
-        time.sleep(0.02)
-    assert proc.poll() is None, "the run finished before it could be killed; make it longer"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    killed_at = json.loads(latest.read_text())["step"]
+    # inside the pruning ramp (24..72)
+    killed_at = sigkill_at_checkpoint(proc, killed / "checkpoint" / "tlc_latest.json", min_step=40, timeout=600)
     assert 24 < killed_at < 72 and not (killed / "model").exists()
     assert (killed / "checkpoint" / f"masks-step{killed_at:08d}.safetensors").exists()
 

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
-from conftest import REPO, TINY_SHAPE, run_tlc
+from conftest import REPO, TINY_SHAPE, run_tlc, sigkill_at_checkpoint
 from tlc.io import list_runs, read_jsonl
 from tlc.train.schedule import cooldown_lr, eval_schedule, get_lr, plan_branches, trunk_lr
 
@@ -112,16 +110,7 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, small_corpu
     killed = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, "-m", "tlc", *map(str, common), "--out", str(killed)], cwd=REPO,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    latest = killed / "checkpoint" / "tlc_latest.json"
-    deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None:
-        if latest.exists() and json.loads(latest.read_text())["step"] >= 20:
-            break
-        time.sleep(0.02)
-    assert proc.poll() is None, "the run finished before it could be killed; make it longer"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    killed_at = json.loads(latest.read_text())["step"]
+    killed_at = sigkill_at_checkpoint(proc, killed / "checkpoint" / "tlc_latest.json", min_step=20, timeout=240)
     assert killed_at < 160 and not (killed / "model").exists()
 
     run_tlc(*common, "--out", killed, check=True)
@@ -189,13 +178,8 @@ def test_wsd_branches_are_finished_points_and_a_kill_inside_one_resumes_inside_i
     proc = subprocess.Popen([sys.executable, "-m", "tlc", *map(str, common), "--out", str(killed)], cwd=REPO,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     inside = killed / "branches" / str(29 * tps) / "checkpoint" / "tlc_latest.json"  # the second branch's midpoint
-    deadline = time.time() + 400
-    while time.time() < deadline and proc.poll() is None and not inside.exists():
-        time.sleep(0.02)
-    assert proc.poll() is None, "the run finished before it could be killed; make it longer"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert json.loads(inside.read_text())["step"] == 26 and not (killed / "branches" / str(29 * tps) / "model").exists()
+    assert sigkill_at_checkpoint(proc, inside, timeout=400) == 26
+    assert not (killed / "branches" / str(29 * tps) / "model").exists()
 
     run_tlc(*common, "--out", killed, check=True)
     resumed = read_jsonl(killed / "metrics.jsonl")
