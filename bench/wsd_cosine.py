@@ -32,7 +32,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 SHAPE = ["--width", "64", "--depth", "2", "--heads", "2", "--context", "128", "--vocab-size", "1024",
-         "--lr", "3e-3", "--precision", "fp32", "--zero-stage", "0", "--no-progress"]
+         "--precision", "fp32", "--zero-stage", "0", "--no-progress"]
 COOLDOWN_FRAC = 0.2
 
 
@@ -52,12 +52,14 @@ def main() -> None:
     parser.add_argument("--tokens", type=float, default=2e6)
     parser.add_argument("--seeds", default="0,1")
     parser.add_argument("--micro-batch", type=int, default=4, help="sequences per step (default 4, as sweeps/tiny.yaml)")
+    parser.add_argument("--lr", type=float, default=3e-3, help="peak learning rate of both schedules (default 3e-3, "
+                        "tiny.yaml's rate for w64-d2)")
     parser.add_argument("--also-cosine-to-zero", action="store_true", help="also cosine with --min-lr-ratio 0")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     print(f"# {os.cpu_count()} cpus, load average {os.getloadavg()[0]:.1f} at start", flush=True)
     results = {"cosine": [], "wsd": []} | ({"cosine0": []} if args.also_cosine_to_zero else {})
-    batch = ["--micro-batch", str(args.micro_batch)]
+    batch = ["--micro-batch", str(args.micro_batch), "--lr", str(args.lr)]
     for seed in seeds:
         cosine = train(args.runs_dir / f"cosine-s{seed}", ["--tokens", str(int(args.tokens)), "--seed", str(seed), *batch])
         trunk = int(args.tokens / (1 + COOLDOWN_FRAC))
