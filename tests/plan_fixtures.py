@@ -34,8 +34,12 @@ def wall_seconds(tokens: float, fpt: float) -> float:
     return tokens * fpt * SECONDS_PER_FLOP * (fpt / 1e5) ** 0.1
 
 
-def write_trainable_sweep(runs_dir: Path, corpus: Path, timing: bool = True) -> Path:
-    """Six runs of SHAPES with synthetic losses, compress.jsonl (magnitude, int8) and fit.json."""
+WSD = {"schedule": "wsd", "cooldowns": [0.25, 0.5, 1.0], "cooldown_frac": 0.25}
+
+
+def write_trainable_sweep(runs_dir: Path, corpus: Path, timing: bool = True, wsd: bool = False) -> Path:
+    """Six runs of SHAPES with synthetic losses, compress.jsonl (magnitude, int8) and fit.json; with ``wsd``,
+    the runs say they trained WSD trunks with cooldown branches (the losses are the same)."""
     shapes = [ModelShape(w, d, w // 32, **TEMPLATE) for w, d in SHAPES]
     counts = [param_counts(s) for s in shapes]
     sweep = synthetic_sweep(n_runs=len(SHAPES), points_per_run=8, noise=0.002, seed=2, methods=("magnitude",),
@@ -47,7 +51,8 @@ def write_trainable_sweep(runs_dir: Path, corpus: Path, timing: bool = True) -> 
         fpt = flops_per_token(shape)
         config = {
             "run_id": run_dir.name, "shape": {**shape.__dict__},
-            "train": {**TRAIN, "tokens": int(run.tokens[-1]), "flops": None, "lr": 4.2e-3 * (32 / shape.width) ** 0.5},
+            "train": {**TRAIN, **(WSD if wsd else {}), "tokens": int(run.tokens[-1]), "flops": None,
+                      "lr": 4.2e-3 * (32 / shape.width) ** 0.5},
             "data": {"source": str(corpus), "val_percent": 5.0, "text_field": "text", "fingerprint": "synthetic",
                      "train_tokens_available": UNIQUE_TOKENS},
             "seed": 0, "params": {"total": pc.total, "non_embedding": pc.non_embedding, "embedding": pc.embedding},

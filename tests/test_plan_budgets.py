@@ -124,21 +124,32 @@ def test_the_lr_rule_is_fitted_to_the_sweep_and_stated():
     assert constant.kind == "constant" and constant.lr(4096) == 3e-3
 
 
-def test_a_plan_from_a_wsd_sweep_trains_one_finished_run(runs, capsys):
+def test_a_plan_from_a_cosine_sweep_trains_one_cosine_run(runs, capsys):
+    point = plan(["--runs", runs, "--budget", "5e9"], capsys)["recommendation"]
+    recipe = point["recipe"]
+    assert recipe["train"].get("schedule", "cosine") == "cosine" and not recipe["train"].get("cooldowns")
+    assert recipe["train"]["tokens"] == recipe["tokens"] == int(point["tokens"])
+
+
+def test_a_plan_from_a_wsd_sweep_trains_one_branch_ending_at_its_tokens(runs, capsys):
+    """The law's points are branch ends, so the planned run is a trunk whose one branch ends at D."""
     for run_dir in runs.iterdir():
         config_path = run_dir / "config.json"
         if config_path.is_file():
             config = json.loads(config_path.read_text())
-            config["train"].update(schedule="wsd", cooldowns=[0.25, 0.5, 1.0], cooldown_frac=0.2)
+            config["train"].update(schedule="wsd", cooldowns=[0.25, 0.5, 1.0], cooldown_frac=0.25)
             config_path.write_text(json.dumps(config))
-    recipe = plan(["--runs", runs, "--budget", "5e9"], capsys)["recommendation"]["recipe"]
-    assert recipe["train"]["schedule"] == "cosine" and recipe["train"]["cooldowns"] == []
+    point = plan(["--runs", runs, "--budget", "5e9"], capsys)["recommendation"]
+    recipe = point["recipe"]
+    assert recipe["train"]["schedule"] == "wsd" and recipe["train"]["cooldowns"] == [1.0]
+    assert recipe["train"]["tokens"] == round(point["tokens"] / 1.25) and recipe["tokens"] == int(point["tokens"])
     assert recipe["lr_rule"] == "power_of_width" and recipe["train"]["lr"] == pytest.approx(
         4.2e-3 * (32 / recipe["shape"]["width"]) ** 0.5)
     from tlc.plan.planfile import run_config
 
     cfg = run_config(recipe)
-    assert cfg.train.schedule == "cosine" and cfg.train.tokens == recipe["train"]["tokens"]
+    assert cfg.train.schedule == "wsd" and cfg.train.cooldowns == (1.0,) and cfg.train.cooldown_frac == 0.25
+    assert cfg.train.tokens == recipe["train"]["tokens"]
 
 
 def test_the_measured_tokens_span_every_finished_point(runs):

@@ -129,3 +129,23 @@ def test_report_of_a_plan_not_yet_validated_says_so(planned, tmp_path):
     page = (runs / "report" / "index.html").read_text()
     assert "This plan has not been carried out yet: run tlc validate" in page
     assert not (runs / "report" / "plan_came_true.png").exists()
+
+
+def test_a_plan_from_a_wsd_sweep_is_validated_at_its_one_branch(tmp_path, small_corpus):
+    """A WSD sweep's law was fitted to branch ends: the planned run is a trunk whose one cooldown branch
+    ends at the planned tokens, and that branch's model is what gets compressed and measured."""
+    runs = write_trainable_sweep(tmp_path / "runs", small_corpus, wsd=True)
+    assert tlc_main(["plan", "--runs", str(runs), "--budget", BUDGET, "--max-bytes", MAX_BYTES]) == 0
+    run_tlc("validate", runs, "--points", "recommendation", "--seeds", "0", timeout=1200, check=True)
+    point = json.loads((runs / "plan.json").read_text())["recommendation"]
+    entry = json.loads((runs / "validation.json").read_text())["validations"][0]["points"]["recommendation"]
+    run_dir = runs / entry["run_dirs"][0]
+    assert json.loads((run_dir / "config.json").read_text())["train"]["cooldowns"] == [1.0]
+    branch, = (run_dir / "branches").iterdir()
+    final = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()][-1]
+    step = 8 * 32  # tokens per optimizer step: trunk and branch each end on a whole step
+    assert final["final"] and final["tokens"] == int(branch.name) == pytest.approx(point["tokens"], abs=2 * step)
+    rows = [json.loads(line) for line in (branch / "compress.jsonl").read_text().splitlines()]
+    assert not (run_dir / "compress.jsonl").exists() and {r["tokens"] for r in rows} == {final["tokens"]}
+    assert entry["measured"]["dense_loss"] == pytest.approx(final["val_loss"])
+    assert entry["measured"]["bytes"] <= entry["predicted"]["bytes"] <= float(MAX_BYTES)

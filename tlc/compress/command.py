@@ -37,7 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "the same model at several tokens, which the compression models' D/N term is fitted to")
     parser.add_argument("--plan", type=Path, metavar="PLAN.json",
                         help="compress RUNS_DIR (one run) as a plan.json's point says: its method, sparsity, block, "
-                             "recovery steps and int8; the other compression flags are ignored")
+                             "recovery steps and int8; the other compression flags are ignored. A planned WSD run's "
+                             "model is its one cooldown branch, and its rows go to <run>/branches/<tokens>/")
     parser.add_argument("--point", default="recommendation",
                         help="with --plan: recommendation (default) or train_small")
     parser.add_argument("--latency-repeats", type=int, default=d.latency_repeats,
@@ -87,7 +88,7 @@ def check_planned_run(run_dir: Path, recipe: dict, point: str) -> None:
 
 
 def _run_planned(args: argparse.Namespace) -> int:
-    from tlc.compress.pipeline import planned_variants
+    from tlc.compress.pipeline import finished_model, planned_variants
     from tlc.plan.planfile import point_recipe, read_plan
 
     recipe = point_recipe(read_plan(args.plan), args.point)
@@ -96,10 +97,11 @@ def _run_planned(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     settings = replace(settings, latency_repeats=args.latency_repeats)
-    rows = compress_run(args.runs_dir, settings, specs=specs)
+    model = finished_model(args.runs_dir)
+    rows = compress_run(args.runs_dir, settings, specs=specs, checkpoint=model)
     final = next(r for r in rows if r["variant"] == specs[-1].id)
     print(f"{args.runs_dir.name}: planned {specs[-1].id}: loss {final['val_loss']:.4f}, {final['bytes']} bytes, "
-          f"{final['nonzeros']} non-zeros -> {args.runs_dir / ROWS}")
+          f"{final['nonzeros']} non-zeros -> {(model or args.runs_dir) / ROWS}")
     return 0
 
 

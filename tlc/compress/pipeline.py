@@ -253,6 +253,13 @@ def branch_checkpoints(run_dir: Path) -> list[Path]:
     return sorted((p for p in root.iterdir() if p.name.isdigit() and is_complete(p)), key=lambda p: int(p.name))
 
 
+def finished_model(run_dir: Path) -> Path | None:
+    """Where a run's finished model is, as ``compress_run``'s ``checkpoint``: the last cooldown branch of a
+    WSD run (a planned run's one branch ends at its planned tokens), None for the run's own model."""
+    branches = branch_checkpoints(run_dir)
+    return branches[-1] if branches else None
+
+
 def compress_run(run_dir: Path, settings: CompressSettings, log=print,
                  specs: list[VariantSpec] | None = None, checkpoint: Path | None = None) -> list[dict]:
     """Make every missing variant of one run (``specs``, default every variant ``settings`` asks for);

@@ -20,7 +20,8 @@ plan.json (format "tlc.plan/2"):
             throughput model), inference_flops,
             compression {method, sparsity, int8}, loss {mean, low, high},
             inference {nonzeros, bytes, latency_ms}, inference_cost (= inference[pareto_cost]),
-            recipe {shape, train, lr_rule, data, world_size, seed, compression {method, sparsity,
+            recipe {shape, train, tokens (seen by the finished model; a WSD recipe's train.tokens is its
+            trunk's), lr_rule, data, world_size, seed, compression {method, sparsity,
             block, recovery_steps, int8}} when the law comes from a sweep (tlc.plan.recipe)}
 
 Losses are nats per token; low/high are the bootstrap interval (null for laws without draws);

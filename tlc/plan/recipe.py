@@ -29,10 +29,20 @@ from tlc.io import list_runs, read_jsonl
 # Training settings a recipe copies from the sweep's runs; tokens, flops and lr are the plan's own, and
 # an iso-FLOP sweep's budgets are not a planned run's.
 PLAN_OWNED = ("tokens", "flops", "lr", "budgets")
-# A planned run is one finished run at its tokens: a cosine schedule, whichever the sweep used. A WSD
-# sweep's law was fitted to cooldown-branch ends, which match cosine runs at equal tokens (Hägele et
-# al. 2024; bench/wsd_cosine.py measures it here).
-FINISHED_RUN = {"schedule": "cosine", "cooldowns": []}
+# A planned run is trained the way the law's points were. A cosine sweep's points are run ends: a cosine
+# run to the planned tokens. A WSD sweep's points are cooldown-branch ends: a WSD trunk with one branch at
+# its end, so trunk plus branch are the planned tokens. The two match at a tuned peak rate, but a cosine
+# run at a WSD sweep's rates ended 1.6% higher (bench/wsd_cosine.py, BENCHMARKS.md).
+COSINE_RUN = {"schedule": "cosine", "cooldowns": []}
+WSD_RUN = {"schedule": "wsd", "cooldowns": [1.0]}
+
+
+def trunk_tokens(train: dict, tokens: float) -> int:
+    """Tokens a recipe's ``train.tokens`` must say so that the finished model has seen ``tokens``: all of
+    them for a cosine run, the trunk's share (tokens / (1 + cooldown_frac)) for a WSD run."""
+    if train.get("schedule") == "wsd":
+        return int(round(tokens / (1.0 + float(train.get("cooldown_frac", 0.2)))))
+    return int(tokens)
 
 
 @dataclass(frozen=True)
@@ -89,7 +99,8 @@ class SweepRecipe:
         lr = self.lr_rule.lr(shape["width"]) if self.lr_rule else None
         return {
             "shape": shape,
-            "train": {**self.train, "tokens": int(tokens), "lr": lr},
+            "train": {**self.train, "tokens": trunk_tokens(self.train, tokens), "lr": lr},
+            "tokens": int(tokens),  # what the finished model has seen (with a WSD recipe, trunk plus branch)
             "lr_rule": self.lr_rule.kind if self.lr_rule else None,
             "data": self.data,
             "world_size": self.world_size,
@@ -135,9 +146,10 @@ def read_sweep_recipe(runs_dir: Path) -> SweepRecipe | None:
                 compression[method] = {"block": row.get("block"), "recovery_steps": int(row.get("recovery_steps") or 0)}
     data = {k: v for k, v in (reference.get("data") or {}).items()
             if k in ("source", "val_percent", "text_field", "fingerprint")}
+    finished = WSD_RUN if reference["train"].get("schedule") == "wsd" else COSINE_RUN
     return SweepRecipe(
         train={**{k: v for k, v in reference["train"].items() if k not in PLAN_OWNED},
-               **{k: v for k, v in FINISHED_RUN.items() if k in reference["train"]}},
+               **{k: v for k, v in finished.items() if k in reference["train"]}},
         data=data,
         world_size=int(reference.get("world_size") or 1),
         lr_rule=fit_lr_rule(widths, lrs),

@@ -62,11 +62,11 @@ def compress_point(run_dir: Path, recipe: dict, latency_repeats: int, log) -> di
     """Compress a trained point as planned; returns the planned variant's compress.jsonl row."""
     from dataclasses import replace
 
-    from tlc.compress.pipeline import compress_run, planned_variants
+    from tlc.compress.pipeline import compress_run, finished_model, planned_variants
 
     settings, specs = planned_variants(recipe["compression"])
     settings = replace(settings, latency_repeats=latency_repeats)
-    rows = compress_run(run_dir, settings, log=log, specs=specs)
+    rows = compress_run(run_dir, settings, log=log, specs=specs, checkpoint=finished_model(run_dir))
     return next(r for r in rows if r["variant"] == specs[-1].id)
 
 
