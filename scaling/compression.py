@@ -15,7 +15,8 @@ Pruning candidates (s the fraction of prunable weights removed):
   Models", their L(S, N, D) with a_S(1-S)^b_S + c_S multiplying the size term), taken as the
   difference between sparse and dense at fixed N and D.
 - "odds_power_size_free": odds_power with delta = 0, for sweeps too small to measure delta.
-- "odds_power_tokens": odds_power times ((D/N)/TPP_REF)^epsilon, D the tokens the compressed
+- "odds_power_tokens" and "density_power_tokens": odds_power and density_power times
+  ((D/N)/TPP_REF)^epsilon, D the tokens the compressed
   checkpoint was trained on: over-trained models compress worse when epsilon > 0 (Frantar et
   al. 2023 find the optimal sparsity rising with data; Kumar et al. 2024, "Scaling Laws for
   Precision", find post-training quantization degrading with data). Fitted from checkpoints of
@@ -199,6 +200,34 @@ class OddsPowerTokensPruning(LawForm):
         return np.array([math.log(p.c), p.gamma, p.delta, p.epsilon])
 
 
+class DensityPowerTokensPruning(LawForm):
+    """dL = c·((1-s)^-gamma - 1)·(N/N_REF)^-delta·((D/N)/TPP_REF)^epsilon (module docstring)."""
+
+    name = "density_power_tokens"
+    equation = "L = L_dense + c * ((1-s)^-gamma - 1) * (N/1e6)^-delta * ((D/N)/20)^epsilon"
+    source = ("density_power with a tokens-per-parameter term, as Frantar et al. 2023's L(S, N, D) lets "
+              "the cost of sparsity change with data")
+    covariates = ("sparsity", "N", "dense_loss", "tokens_per_param")
+    fitted = (_LOG_C, DensityPowerPruning.fitted[1], _DELTA, _EPSILON)
+    parameters_type = TokensPruningParameters
+
+    def log_loss(self, theta, x, jacobian=True):
+        log_inverse_density = -np.log1p(-x["sparsity"])
+        log_size, log_tpp = np.log(x["N"] / N_REF), _log_tpp(x)
+        log_c, gamma, delta, epsilon = (_col(theta, i) for i in range(4))
+        gu = gamma * log_inverse_density
+        g = log_c + np.log(np.expm1(gu)) - delta * log_size + epsilon * log_tpp
+        d_gamma = log_inverse_density / -np.expm1(-gu)
+        return _log_total(x["dense_loss"], g, [np.ones_like(g), d_gamma, -log_size, log_tpp], jacobian)
+
+    def to_parameters(self, theta):
+        return TokensPruningParameters(c=math.exp(theta[0]), gamma=float(theta[1]), delta=float(theta[2]),
+                                       epsilon=float(theta[3]))
+
+    def to_theta(self, p):
+        return np.array([math.log(p.c), p.gamma, p.delta, p.epsilon])
+
+
 class SizePowerTokensInt8(LawForm):
     """dL = c·(N/N_REF)^-delta·((D/N)/TPP_REF)^epsilon for 8-bit weights (Kumar et al. 2024)."""
 
@@ -267,12 +296,13 @@ class ConstantInt8(LawForm):
 
 
 PRUNING_CANDIDATES: dict[str, LawForm] = {
-    f.name: f for f in (OddsPowerPruning(), DensityPowerPruning(), SizeFreeOddsPowerPruning(), OddsPowerTokensPruning())
+    f.name: f for f in (OddsPowerPruning(), DensityPowerPruning(), SizeFreeOddsPowerPruning(), OddsPowerTokensPruning(),
+                        DensityPowerTokensPruning())
 }
 INT8_CANDIDATES: dict[str, LawForm] = {f.name: f for f in (SizePowerInt8(), ConstantInt8(), SizePowerTokensInt8())}
 # Candidates that need checkpoints at several tokens per parameter for one model size: without
 # them D/N only restates N (every run saw the same tokens), and epsilon is not identified.
-TOKEN_CANDIDATES = ("odds_power_tokens", "size_power_tokens")
+TOKEN_CANDIDATES = ("odds_power_tokens", "density_power_tokens", "size_power_tokens")
 SIZE_FREE = {"pruning": "odds_power_size_free", "int8": "constant"}
 
 

@@ -16,7 +16,15 @@ TOKENS_PER_PARAM = (2.0, 5.0, 12.0, 30.0, 80.0)
 SPARSITIES = (0.3, 0.5, 0.7, 0.9)
 
 
-def sweep(branches: bool, noise: float = 0.001, seed: int = 0) -> scaling.SweepObservations:
+def odds_power(s: float) -> float:
+    return (s / (1 - s)) ** PRUNE["gamma"]
+
+
+def density_power(s: float) -> float:
+    return (1 - s) ** -PRUNE["gamma"] - 1
+
+
+def sweep(branches: bool, noise: float = 0.001, seed: int = 0, sparsity_term=odds_power) -> scaling.SweepObservations:
     """Five sizes; each compressed at the end of every cooldown branch (``branches``) or only at its final D."""
     rng = np.random.default_rng(seed)
     law = ChinchillaForm()
@@ -29,7 +37,7 @@ def sweep(branches: bool, noise: float = 0.001, seed: int = 0) -> scaling.SweepO
         for d, dense in list(zip(D, loss))[(0 if branches else -1):]:
             tpp = d / n
             for s in SPARSITIES:
-                added = PRUNE["c"] * (s / (1 - s)) ** PRUNE["gamma"] * (n / N_REF) ** -PRUNE["delta"] \
+                added = PRUNE["c"] * sparsity_term(s) * (n / N_REF) ** -PRUNE["delta"] \
                     * (tpp / TPP_REF) ** PRUNE["epsilon"]
                 measured = (dense + added) * np.exp(noise * rng.standard_normal())
                 variants.append(scaling.CompressedVariant(f"r{i}", "magnitude", s, 32, float(measured), float(dense),
@@ -55,9 +63,19 @@ def test_checkpoints_at_several_tokens_identify_the_tokens_term():
     assert pruned_long - dense_long > 2 * (pruned_short - dense_short)  # over-trained models compress worse
 
 
+def test_frantar_s_density_form_gets_its_data_term():
+    """density_power_tokens: Frantar et al.'s sparsity coefficient (1-s)^-gamma - 1 with a D/N term."""
+    fit = scaling.fit_sweep_observations(sweep(branches=True, sparsity_term=density_power), bootstrap=10,
+                                         final_only=True)
+    pruning = fit["compression"]["pruning"]["magnitude"]
+    assert pruning["candidate"] == "density_power_tokens"
+    for name in ("gamma", "delta", "epsilon"):
+        assert pruning["parameters"][name]["value"] == pytest.approx(PRUNE[name], abs=0.05), name
+
+
 def test_one_checkpoint_per_run_leaves_the_tokens_term_out():
     fit = scaling.fit_sweep_observations(sweep(branches=False), bootstrap=10, final_only=True)
-    assert fit["compression"]["pruning"]["magnitude"]["candidate"] != "odds_power_tokens"
+    assert fit["compression"]["pruning"]["magnitude"]["candidate"] not in ("odds_power_tokens", "density_power_tokens")
     assert fit["compression"]["int8"]["candidate"] != "size_power_tokens"
 
 
