@@ -20,6 +20,17 @@ from scaling.fitting import FitResult, fit_law
 from scaling.observations import MIN_MODEL_SIZES, SweepObservations
 
 
+# Pruning while training, as `tlc fit` names its models: "init-snip" (a mask fixed at step 0), "during-magnitude"
+# (grown on a schedule). Every other pruning method prunes a trained model ("after").
+TIMINGS = ("init", "during")
+
+
+def timing_of(method: str) -> str:
+    """When a pruning method prunes: "init", "during" or "after" training."""
+    head = method.split("-", 1)[0]
+    return head if head in TIMINGS and "-" in method else "after"
+
+
 @dataclass(frozen=True)
 class CompressionPoints:
     """Measured compressed losses for one method (or 8-bit), with covariates per point."""

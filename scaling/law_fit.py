@@ -21,18 +21,20 @@ MAX_EXPONENT_SPAN = 3.0
 EXPONENTS = {"chinchilla": ("alpha", "beta"), "kaplan": ("alpha_N", "alpha_D")}
 
 
-def judge_identification(form: LawForm, fit: FitResult, intervals: dict[str, tuple[float, float]]) -> tuple[str, str]:
+def judge_identification(form: LawForm, fit: FitResult, intervals: dict[str, tuple[float, float]],
+                         exponents: tuple[str, ...] | None = None) -> tuple[str, str]:
     """(status, reason) of a fitted law: "converged", "unidentified" or "not_converged".
 
     Unidentified: a fitted coordinate sits on its bound (the data do not constrain it, so the
-    optimiser ran to the edge), or the 95% interval of an exponent spans more than
-    MAX_EXPONENT_SPAN. Without bootstrap draws only the bounds can be judged.
+    optimiser ran to the edge), or the 95% interval of an exponent (``exponents``, by default the
+    law's in EXPONENTS) spans more than MAX_EXPONENT_SPAN. Without bootstrap draws only the
+    bounds can be judged.
     """
     if fit.status == "not_converged":
         return "not_converged", f"the optimiser stopped without meeting its tolerances ({fit.message})"
     problems = bound_hits(form, fit.theta)
     judged = []
-    for name in EXPONENTS.get(form.name, ()):
+    for name in EXPONENTS.get(form.name, ()) if exponents is None else exponents:
         low, high = intervals.get(name, (np.nan, np.nan))
         if not (np.isfinite(low) and np.isfinite(high)):
             continue

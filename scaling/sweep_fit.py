@@ -24,11 +24,12 @@ from scaling.bootstrap import (
     resample_runs,
 )
 from scaling.compression import INT8_CANDIDATES, PRUNING_CANDIDATES
-from scaling.compression_fit import CompressionModel, compression_points, fit_compression_model
+from scaling.compression_fit import (SAME_LEVEL, TIMINGS, CompressionModel, compression_points, fit_compression_model,
+                                     timing_of)
 from scaling.fitting import HUBER_DELTA, FitResult
 from scaling.forms import LAWS, LawForm
 from scaling.frontier import LEARNING_CURVE, bootstrap_frontier, compute_frontier, fit_frontier, fit_learning_curve
-from scaling.law_fit import LawFit, fit_sweep_law
+from scaling.law_fit import LawFit, fit_sweep_law, judge_identification
 from scaling.observations import SweepObservations
 
 FORMAT = "tlc.fit/1"
@@ -147,6 +148,16 @@ def _compression_json(model: CompressionModel, boot: BootstrapFits) -> dict:
         reason=model.reason,
         sparsities=model.sparsities,
     )
+    if model.kind == "pruning":
+        out["timing"] = timing_of(model.method)
+    if out.get("timing") in TIMINGS:
+        # Pruning while training is planned only from a model the sweep pins down: the laws' rule
+        # (no parameter on a bound, the sparsity exponent's interval within MAX_EXPONENT_SPAN).
+        intervals = {name: (p["low"], p["high"]) for name, p in out["parameters"].items()}
+        out["status"], out["identification"] = judge_identification(form, model.fit, intervals, ("gamma",))
+        if max(model.sparsities) - min(model.sparsities) < SAME_LEVEL:
+            out["status"] = "unidentified"
+            out["identification"] = f"trained at one sparsity ({model.sparsities[0]:g}) only, so gamma is not identified"
     return out
 
 

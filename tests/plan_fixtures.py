@@ -37,9 +37,34 @@ def wall_seconds(tokens: float, fpt: float) -> float:
 WSD = {"schedule": "wsd", "cooldowns": [0.25, 0.5, 1.0], "cooldown_frac": 0.25}
 
 
-def write_trainable_sweep(runs_dir: Path, corpus: Path, timing: bool = True, wsd: bool = False) -> Path:
+# Pruning at init with a random mask, as sparse runs of a sweep report it: dL = c·((1-s)^-gamma - 1)·(N/1e6)^-delta
+INIT_RANDOM = {"c": 0.08, "gamma": 1.2, "delta": 0.3}
+
+
+def write_sparse_twins(run_dir: Path, sparsities: tuple[float, ...]) -> list[Path]:
+    """Beside a dense run, runs trained sparse from init (train.prune random) with the same settings: each
+    finished point the dense run's loss plus INIT_RANDOM's added loss, with the sparsity the masks hold."""
+    config = json.loads((run_dir / "config.json").read_text())
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    n = config["params"]["non_embedding"]
+    out = []
+    for sparsity in sparsities:
+        twin = run_dir.parent / f"{run_dir.name}-random{round(100 * sparsity)}"
+        twin.mkdir()
+        prune = {"method": "random", "sparsity": sparsity, "start": 0.0, "end": 0.0}
+        atomic_write_json(twin / "config.json", {**config, "run_id": twin.name, "train": {**config["train"], "prune": prune}})
+        added = INIT_RANDOM["c"] * ((1 - sparsity) ** -INIT_RANDOM["gamma"] - 1) * (n / 1e6) ** -INIT_RANDOM["delta"]
+        (twin / "metrics.jsonl").write_text("".join(
+            json.dumps({**r, "val_loss": r["val_loss"] + added, "sparsity": sparsity}) + "\n" for r in rows))
+        out.append(twin)
+    return out
+
+
+def write_trainable_sweep(runs_dir: Path, corpus: Path, timing: bool = True, wsd: bool = False,
+                          sparse: dict[tuple[int, int], tuple[float, ...]] | None = None) -> Path:
     """Six runs of SHAPES with synthetic losses, compress.jsonl (magnitude, int8) and fit.json; with ``wsd``,
-    the runs say they trained WSD trunks with cooldown branches (the losses are the same)."""
+    the runs say they trained WSD trunks with cooldown branches (the losses are the same); ``sparse``:
+    {(width, depth): sparsities} of runs trained sparse from init beside those shapes (write_sparse_twins)."""
     shapes = [ModelShape(w, d, w // 32, **TEMPLATE) for w, d in SHAPES]
     counts = [param_counts(s) for s in shapes]
     sweep = synthetic_sweep(n_runs=len(SHAPES), points_per_run=8, noise=0.002, seed=2, methods=("magnitude",),
@@ -77,6 +102,8 @@ def write_trainable_sweep(runs_dir: Path, corpus: Path, timing: bool = True, wsd
             line.update(nonzeros=nonzeros, bytes=nonzeros * (1 if line["bits"] == 8 else 4) + bitmask,
                         latency_ms_b1=1e-3 * (pc.total / 1e4) ** 0.7, device="cpu")
         (run_dir / "compress.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+        if sparse and (shape.width, shape.depth) in sparse:
+            write_sparse_twins(run_dir, sparse[(shape.width, shape.depth)])
     from tlc.fit.observations import fit_sweep
 
     atomic_write_json(runs_dir / "fit.json", fit_sweep(runs_dir, bootstrap=20, seed=0, size="non_embedding"))  # the law's N

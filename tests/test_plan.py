@@ -75,7 +75,7 @@ def test_published_law_without_inference_budget_is_the_closed_form_allocation(la
     assert rec["non_embedding_params"] == pytest.approx(n_opt, rel=0.05)
     assert rec["tokens"] == pytest.approx(d_opt, rel=0.05)
     assert rec["train_flops"] == pytest.approx(compute, rel=1e-9)
-    assert rec["compression"] == {"method": "none", "sparsity": 0.0, "int8": False}
+    assert rec["compression"] == {"method": "none", "sparsity": 0.0, "int8": False, "timing": "dense"}
     assert result["gain"]["loss"] == pytest.approx(0.0, abs=1e-9)
 
 

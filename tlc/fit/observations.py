@@ -12,7 +12,11 @@ Reads the run-directory contract written by ``tlc sweep`` and ``tlc compress``:
   are skipped, and so are warmup points (before the learning rate peaks) unless --include-warmup;
 - ``<run-id>/compress.jsonl`` (optional): one compressed variant per line with method,
   sparsity, bits and val_loss; the dense baseline is the line's dense_val_loss, else the
-  file's dense row (method none, 32 bits, sparsity 0), else the run's last evaluation.
+  file's dense row (method none, 32 bits, sparsity 0), else the run's last evaluation;
+- a run trained sparse (config.json ``train.prune``) is not a point of the dense laws: each of its
+  finished points is a variant of its dense twin at the same tokens, method ``init-<method>`` or
+  ``during-<method>`` (`timing_variants`), so pruning at initialization and during training get
+  compression models as after-training methods do.
 
 and writes ``RUNS_DIR/fit.json`` atomically (layout in `scaling.sweep_fit`). All fitting is in
 `scaling`; this module only reads files, reports and turns input problems into UserError.
@@ -27,7 +31,7 @@ from pathlib import Path
 import scaling
 from scaling.observations import MIN_MODEL_SIZES, MIN_POINTS, MIN_TOKEN_COUNTS
 from tlc.errors import UserError
-from tlc.io import list_runs
+from tlc.io import list_runs, read_jsonl
 
 DEFAULT_BOOTSTRAP = 200
 
@@ -191,13 +195,72 @@ def read_run(
     return curve, variants, warmup
 
 
-def _trained_sparse(run_dir: Path) -> bool:
-    """Whether the run pruned while it trained (config.json train.prune set)."""
+def _config(run_dir: Path) -> dict:
     try:
         config = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return False  # read_run names the problem
-    return isinstance(config, dict) and isinstance(config.get("train"), dict) and bool(config["train"].get("prune"))
+        return {}  # read_run names the problem
+    return config if isinstance(config, dict) else {}
+
+
+def _trained_sparse(config: dict) -> bool:
+    """Whether the run pruned while it trained (config.json train.prune set)."""
+    return isinstance(config.get("train"), dict) and bool(config["train"].get("prune"))
+
+
+def timing_method(prune: dict) -> str:
+    """The compression-model name of a way of pruning while training: ``init-<method>`` for a mask fixed at
+    step 0 (start = end = 0), ``during-<method>`` for one grown on a schedule; after-training methods keep
+    their own names (magnitude, gradual, ...)."""
+    at_init = not prune.get("start") and not prune.get("end")
+    return f"{'init' if at_init else 'during'}-{prune.get('method')}"
+
+
+# A sparse run's finished point counts only once its masks reach the target sparsity (a branch forked
+# before a gradual ramp ends is a partly pruned model no planned run ends as).
+SPARSITY_REACHED = 0.01
+
+
+def _dense_key(config: dict) -> str:
+    """What a sparse run and its dense twin share: shape, seed, data and every training setting but prune."""
+    train = {k: v for k, v in (config.get("train") or {}).items() if k != "prune"}
+    return json.dumps([config.get("shape"), config.get("seed"), (config.get("data") or {}).get("fingerprint"), train],
+                      sort_keys=True)
+
+
+def timing_variants(sparse: list[tuple[Path, dict]], dense: dict[str, scaling.RunCurve],
+                    dense_configs: dict[str, dict]) -> tuple[list[scaling.CompressedVariant], list[str]]:
+    """Each finished point of a run trained sparse (train.prune) as a compressed variant of its dense twin
+    (the run with the same shape, seed, data and training settings) at the same tokens: what pruning at
+    initialization or during training adds to the loss, fitted per timing like an after-training method.
+    Returns the variants and a line for each sparse run or point left out."""
+    twins = {_dense_key(c): run_id for run_id, c in dense_configs.items()}
+    variants, skipped = [], []
+    for run_dir, config in sparse:
+        prune = config["train"]["prune"]
+        method = timing_method(prune)
+        twin = twins.get(_dense_key(config))
+        if twin is None:
+            skipped.append(f"{run_dir.name}: trained sparse ({method}) with no dense run of the same shape, seed "
+                           "and settings to compare with; left out")
+            continue
+        curve = dense[twin]
+        dense_at = {round(d): loss for d, loss in zip(curve.finished_tokens, curve.finished_loss)}
+        target = float(prune.get("sparsity") or 0.0)
+        used = 0
+        for row in read_jsonl(run_dir / "metrics.jsonl"):
+            if row.get("final") is not True or round(float(row.get("tokens", 0))) not in dense_at:
+                continue
+            achieved = float(row.get("sparsity", target))
+            if achieved < target - SPARSITY_REACHED or not 0 < achieved < 1:
+                continue
+            variants.append(scaling.CompressedVariant(twin, method, achieved, 32, float(row["val_loss"]),
+                                                      dense_at[round(float(row["tokens"]))], float(row["tokens"])))
+            used += 1
+        if not used:
+            skipped.append(f"{run_dir.name}: trained sparse ({method}), but no finished point at its target "
+                           f"sparsity matches a finished point of {twin}; left out")
+    return variants, skipped
 
 
 def read_sweep(runs_dir: Path, include_warmup: bool = False,
@@ -212,9 +275,11 @@ def read_sweep(runs_dir: Path, include_warmup: bool = False,
     if not run_dirs:
         raise UserError(f"RUNS_DIR: no runs under {runs_dir} (expected <run-id>/config.json); run tlc sweep first")
     curves, variants, skipped, warmup = [], [], [], 0
+    sparse, dense_configs = [], {}
     for run_dir in run_dirs:
-        if _trained_sparse(run_dir):  # a train.prune run: not a point of the dense laws
-            skipped.append(f"{run_dir.name}: trained sparse (train.prune), left out of the dense laws")
+        config = _config(run_dir)
+        if _trained_sparse(config):  # a train.prune run: not a point of the dense laws, but of its timing's model
+            sparse.append((run_dir, config))
             continue
         try:
             curve, run_variants, run_warmup = read_run(run_dir, include_warmup, size)
@@ -222,8 +287,12 @@ def read_sweep(runs_dir: Path, include_warmup: bool = False,
             skipped.append(str(reason))
             continue
         curves.append(curve)
+        dense_configs[curve.run_id] = config
         variants.extend(run_variants)
         warmup += run_warmup
+    timed, left_out = timing_variants(sparse, {c.run_id: c for c in curves}, dense_configs)
+    variants.extend(timed)
+    skipped.extend(left_out)
     if not curves:
         raise UserError(f"RUNS_DIR: no run under {runs_dir} has an evaluation yet ({'; '.join(skipped)}); train first")
     try:

@@ -36,11 +36,22 @@ from pathlib import Path
 
 import numpy as np
 
+from scaling.compression_fit import TIMINGS, timing_of
 from tlc.errors import UserError
 from tlc.io import list_runs, read_jsonl
 
 VALUE_BYTES = {False: 4.0, True: 1.0}  # fp32 weights (compress.jsonl's dense rows are 32-bit), 8-bit weights
 LATENCY_BATCHES = (1, 32)
+
+
+# A model trained sparse (pruning at init or during training) is stored as it is: global magnitude pruning
+# at its sparsity finds exactly the zeros its masks left (tlc.plan.recipe), so it is priced as that method.
+STORE_SPARSE = "magnitude-global"
+
+
+def stored_method(method: str) -> str:
+    """The compression method whose encoding stores a model pruned with ``method``."""
+    return STORE_SPARSE if timing_of(method) in TIMINGS else method
 
 
 def default_overhead(method: str) -> float:
@@ -213,6 +224,7 @@ class CostModel:
         from tlc.config import ModelShape
 
         width, depth = shape_of(self.template, N, embedding)
+        method = stored_method(method)
         block = self.blocks.get(method)
         data, nonzeros = sizes(self.template, width, depth, method, sparsity, int8, block)
         t = self.template
@@ -229,6 +241,7 @@ class CostModel:
 
     def bytes_coefficients(self, method: str, int8: bool) -> tuple[float, float]:
         """(v_g, m_g) for a group: fitted, else the documented defaults."""
+        method = stored_method(method)
         fitted = self.bytes_fits.get((method, int8))
         return fitted if fitted is not None else (VALUE_BYTES[int8], default_overhead(method))
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 import scaling
+from scaling.compression_fit import TIMINGS, timing_of
 from scaling.fitted import FittedLaw, FittedSweep
 from scaling.sweep_fit import FORMAT as FIT_FORMAT
 from scaling.forms import LAWS, PUBLISHED_BESIROGLU, PUBLISHED_CHINCHILLA, ChinchillaParameters
@@ -64,6 +65,8 @@ class PlanLaw:
     shape_template: dict | None = None  # arch, context, vocab_size, ffn_mult of the sweep's models
     choice: dict = field(default_factory=dict)  # why this law: status, held-out error, the candidates
     size: str = "total"  # what the law's N counts: "total" (embeddings included) or "non_embedding"
+    # pruning-while-training models fit.json marks unidentified: {method: why}; never planned with
+    withheld: dict[str, str] = field(default_factory=dict)
 
     def law_params(self, N, embedding=0.0):
         """The law's N of models with ``N`` non-embedding and ``embedding`` embedding parameters."""
@@ -71,8 +74,9 @@ class PlanLaw:
 
     @property
     def methods(self) -> tuple[str, ...]:
-        """Pruning methods with a fitted model of the loss they add."""
-        return self.fitted.methods
+        """Pruning methods with a fitted model of the loss they add that the planner may use: after-training
+        methods, and pruning at init or during training where its model is identified (`withheld`)."""
+        return tuple(m for m in self.fitted.methods if m not in self.withheld)
 
     @property
     def has_int8(self) -> bool:
@@ -186,6 +190,9 @@ def _sweep_details(runs_dir: Path, fit: dict) -> tuple[MeasuredRanges, dict | No
     # every finished point's tokens (a WSD run's branch ends too); fits before they were listed: each run's last
     tokens = [d for r in runs for d in (r.get("finished_tokens") or [r.get("final_tokens")]) if d]
     sparsity: dict[str, list[float]] = {}
+    for method, entry in ((fit.get("compression") or {}).get("pruning") or {}).items():
+        if timing_of(method) in TIMINGS and isinstance(entry, dict) and entry.get("sparsities"):
+            sparsity[method] = [float(v) for v in entry["sparsities"]]  # sparse runs: no compress.jsonl rows
     template, aspects = None, []
     for run_dir in list_runs(runs_dir):
         for row in read_jsonl(run_dir / "compress.jsonl"):
@@ -210,7 +217,8 @@ def _sweep_details(runs_dir: Path, fit: dict) -> tuple[MeasuredRanges, dict | No
         N=(min(sizes), max(sizes)) if sizes else None,
         D=(min(tokens), max(tokens)) if tokens else None,
         sparsity={m: (min(v), max(v)) for m, v in sparsity.items()},
-        note="sizes and finished-point tokens of the runs in fit.json; sparsities from the runs' compress.jsonl",
+        note="sizes and finished-point tokens of the runs in fit.json; sparsities from the runs' compress.jsonl "
+             "(pruning at init or during training: from fit.json)",
         aspect=(min(aspects), max(aspects)) if aspects else None,
     )
     return ranges, template
@@ -299,6 +307,11 @@ def _fit_file(path: Path, data: dict, flag: str, law_form: str | None = None) ->
         raise UserError(f"{flag} {path}: law {law} could not be read back; rerun `tlc fit`")
     runs_dir = path.parent
     ranges, template = _sweep_details(runs_dir, data)
+    withheld = {
+        method: f"{entry.get('status')}: {entry.get('identification') or entry.get('reason')}"
+        for method, entry in ((data.get("compression") or {}).get("pruning") or {}).items()
+        if timing_of(method) in TIMINGS and isinstance(entry, dict) and entry.get("status") in UNDEFENDED
+    }
     has_runs = bool(list_runs(runs_dir))
     return PlanLaw(
         source=str(path),
@@ -310,6 +323,7 @@ def _fit_file(path: Path, data: dict, flag: str, law_form: str | None = None) ->
         shape_template=template,
         choice=choice,
         size=(data.get("size") or {}).get("definition", "non_embedding"),  # fits before --size counted the latter
+        withheld=withheld,
     )
 
 

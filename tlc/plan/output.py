@@ -18,11 +18,13 @@ plan.json (format "tlc.plan/2"):
             discounted), epochs (null without a corpus size), recovery_tokens, train_flops
             (training and recovery fine-tune), train_seconds (predicted, null without a
             throughput model), inference_flops,
-            compression {method, sparsity, int8}, loss {mean, low, high},
+            compression {method, sparsity, int8, timing (WHEN: dense, train dense then compress, train
+            sparse from the start, prune while training)}, loss {mean, low, high},
             inference {nonzeros, bytes, latency_ms}, inference_cost (= inference[pareto_cost]),
-            recipe {shape, train, tokens (seen by the finished model; a WSD recipe's train.tokens is its
-            trunk's), lr_rule, data, world_size, seed, compression {method, sparsity,
-            block, recovery_steps, int8}} when the law comes from a sweep (tlc.plan.recipe)}
+            recipe {shape, train (train.prune set when pruning at init or during training), tokens
+            (seen by the finished model; a WSD recipe's train.tokens is its trunk's), timing, lr_rule,
+            data, world_size, seed, compression {method, sparsity, block, recovery_steps, int8}} when
+            the law comes from a sweep (tlc.plan.recipe)}
 
 Losses are nats per token; low/high are the bootstrap interval (null for laws without draws);
 the gain is train_small's mean loss minus the recommendation's (positive: compressing wins), with
@@ -33,6 +35,7 @@ from __future__ import annotations
 
 import math
 
+from scaling.compression_fit import timing_of
 from tlc.plan.space import Point, heads_for_width
 from tlc.units import format_bytes, format_count
 
@@ -41,6 +44,12 @@ FORMAT = "tlc.plan/2"
 
 def _finite(value: float | None) -> float | None:
     return float(value) if value is not None and math.isfinite(value) else None
+
+
+# When a plan prunes, in words (plan.json compression.timing; the training compute is the same for all three:
+# sparse training runs on dense kernels and is counted dense, an after-training fine-tune is charged to the budget).
+WHEN = {"none": "dense", "after": "train dense, then compress", "init": "train sparse from the start",
+        "during": "prune while training"}
 
 
 def plan_json(point: Point, interval: tuple[float, float, float], inference_tokens: float, cost_key: str) -> dict:
@@ -66,7 +75,8 @@ def plan_json(point: Point, interval: tuple[float, float, float], inference_toke
         "train_flops": (point.tokens + point.recovery_tokens) * point.train_flops_per_token,
         "train_seconds": point.train_seconds,
         "inference_flops": inference_tokens * point.inference_flops_per_token,
-        "compression": {"method": point.category.method, "sparsity": point.sparsity, "int8": point.category.int8},
+        "compression": {"method": point.category.method, "sparsity": point.sparsity, "int8": point.category.int8,
+                        "timing": WHEN[timing_of(point.category.method) if point.sparsity > 0 else "none"]},
         "loss": {"mean": _finite(mean), "low": _finite(low), "high": _finite(high)},
         "inference": inference,
         "inference_cost": inference[cost_key],
@@ -121,6 +131,9 @@ def format_table(plan: dict, path: str | None) -> str:
         f"{'non-zeros':>9}{'bytes':>11}{'ms/token':>11}",
         _row("recommended", plan["recommendation"]),
     ]
+    timing = plan["recommendation"]["compression"].get("timing")
+    if timing in (WHEN["init"], WHEN["during"]):
+        lines.append(f"{'':<16}when to prune: {timing} (train.prune in the recipe; counted as dense training FLOPs)")
     if plan["train_small"]:
         lines.append(_row("train small", plan["train_small"]))
     if plan["compute_optimal"]:

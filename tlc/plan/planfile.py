@@ -8,7 +8,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from tlc.config import DataSettings, ModelShape, RunConfig, TrainSettings, validate_run
+from tlc.config import DataSettings, ModelShape, RunConfig, TrainSettings, parse_prune, validate_run
 from tlc.errors import UserError
 from tlc.plan.output import FORMAT
 
@@ -64,7 +64,9 @@ def run_config(recipe: dict, seed: int | None = None, flag: str = "--plan") -> R
     """The training run of a recipe (seed: the recipe's, or another for a repeat)."""
     try:
         shape = ModelShape(**recipe["shape"])
-        train = TrainSettings(**{k: tuple(v) if isinstance(v, list) else v for k, v in recipe["train"].items()})
+        settings = {k: tuple(v) if isinstance(v, list) else v for k, v in recipe["train"].items()}
+        settings["prune"] = parse_prune(settings.get("prune"), f"{flag}: recipe train.prune")  # pruning while training
+        train = TrainSettings(**settings)
         data = DataSettings(**{k: v for k, v in recipe["data"].items() if k != "fingerprint"})
         cfg = RunConfig(shape=shape, train=train, data=data, seed=int(recipe["seed"] if seed is None else seed))
     except (KeyError, TypeError, ValueError) as error:

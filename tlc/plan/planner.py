@@ -49,6 +49,10 @@ def _categories(law: PlanLaw, args: argparse.Namespace, latency_groups: set | No
     methods = list(law.methods)
     if args.methods is not None:
         asked = [m.strip() for m in args.methods.split(",") if m.strip()]
+        withheld = [m for m in asked if m in law.withheld]
+        if withheld:
+            raise UserError(f"--methods: {withheld[0]}'s model is {law.withheld[withheld[0]]}; the sweep cannot defend "
+                            f"it (train more shapes or sparsities with it), so the planner does not use it")
         unknown = [m for m in asked if m != "none" and m not in law.methods]
         if unknown:
             raise UserError(f"--methods: no pruning model for {', '.join(unknown)} in {law.source}; "
@@ -266,7 +270,8 @@ def make_plan(law: PlanLaw, budgets: Budgets, args: argparse.Namespace, storage:
         difference = small["loss"]["mean"] - rec["loss"]["mean"]
         low, high = _gain_interval(law, train_small, recommendation)
         gain = {"loss": difference, "relative": difference / small["loss"]["mean"], "low": low, "high": high}
-    warnings = _range_warnings(law, "recommended", recommendation)
+    warnings = [f"{method}: not planned with, its model is {why}" for method, why in law.withheld.items()]
+    warnings += _range_warnings(law, "recommended", recommendation)
     if train_small is not None:
         warnings += _range_warnings(law, "train small", train_small)
     r = law.ranges

@@ -24,11 +24,14 @@ from pathlib import Path
 
 import numpy as np
 
+from scaling.compression_fit import TIMINGS, timing_of
+from tlc.config import PRUNE_DURING_DEFAULT
 from tlc.io import list_runs, read_jsonl
+from tlc.plan.cost import STORE_SPARSE
 
-# Training settings a recipe copies from the sweep's runs; tokens, flops and lr are the plan's own, and
-# an iso-FLOP sweep's budgets are not a planned run's.
-PLAN_OWNED = ("tokens", "flops", "lr", "budgets")
+# Training settings a recipe copies from the sweep's runs; tokens, flops, lr and prune are the plan's own,
+# and an iso-FLOP sweep's budgets are not a planned run's.
+PLAN_OWNED = ("tokens", "flops", "lr", "budgets", "prune")
 # A planned run is trained the way the law's points were. A cosine sweep's points are run ends: a cosine
 # run to the planned tokens. A WSD sweep's points are cooldown-branch ends: a WSD trunk with one branch at
 # its end, so trunk plus branch are the planned tokens. The two match at a tuned peak rate, but a cosine
@@ -94,12 +97,24 @@ class SweepRecipe:
     reference_run: str
 
     def point(self, shape: dict, tokens: float, method: str, sparsity: float, int8: bool) -> dict:
-        """plan.json's recipe for one point: everything `tlc train --plan` and `tlc compress --plan` need."""
+        """plan.json's recipe for one point: everything `tlc train --plan` and `tlc compress --plan` need.
+
+        Pruning at init or during training (`timing_of`) is a training setting, ``train.prune``, as the
+        sweep's sparse runs were trained; the trained model is then stored as it is, its zeros found by
+        global magnitude pruning at the same sparsity (the weights the masks removed are exactly zero,
+        so nothing else goes) with no fine-tune, so its bytes are those of the bitmask encoding."""
+        timing = timing_of(method) if sparsity > 0 else "after"
+        prune = None
+        if timing in TIMINGS:
+            start, end = (0.0, 0.0) if timing == "init" else PRUNE_DURING_DEFAULT
+            prune = {"method": method.split("-", 1)[1], "sparsity": sparsity, "start": start, "end": end}
+            method = STORE_SPARSE
         measured = self.compression.get(method, {})
         lr = self.lr_rule.lr(shape["width"]) if self.lr_rule else None
         return {
             "shape": shape,
-            "train": {**self.train, "tokens": trunk_tokens(self.train, tokens), "lr": lr},
+            "train": {**self.train, "tokens": trunk_tokens(self.train, tokens), "lr": lr, "prune": prune},
+            "timing": timing,
             "tokens": int(tokens),  # what the finished model has seen (with a WSD recipe, trunk plus branch)
             "lr_rule": self.lr_rule.kind if self.lr_rule else None,
             "data": self.data,
@@ -109,7 +124,7 @@ class SweepRecipe:
                 "method": method if sparsity > 0 else "none",
                 "sparsity": sparsity,
                 "block": measured.get("block") if method == "block" else None,
-                "recovery_steps": measured.get("recovery_steps", 0) if sparsity > 0 else 0,
+                "recovery_steps": measured.get("recovery_steps", 0) if sparsity > 0 and prune is None else 0,
                 "int8": int8,
             },
         }
