@@ -87,3 +87,20 @@ def test_a_plan_to_train_sparse_from_the_start_is_trained_sparse_and_stored_spar
     # stored as trained: the masks' zeros are what global magnitude removes, so the loss does not move
     assert entry["measured"]["loss"] == pytest.approx(entry["measured"]["dense_loss"], abs=1e-3)
     assert entry["measured"]["bytes"] <= entry["predicted"]["bytes"] <= 250000
+
+
+@pytest.mark.parametrize("method, prune", [("init-snip", ("snip", 0.0, 0.0)),
+                                           ("during-magnitude", ("magnitude", 0.25, 0.75))])
+def test_a_timing_s_recipe_trains_with_train_prune(timed, method, prune):
+    from tlc.config import PruneSettings
+    from tlc.plan.planfile import run_config
+    from tlc.plan.recipe import read_sweep_recipe
+
+    recipe = read_sweep_recipe(timed).point({"width": 64, "depth": 2, "heads": 2, "context": 32, "vocab_size": 300,
+                                             "arch": "gpt2", "ffn_mult": 4}, 30000, method, 0.6, True)
+    cfg = run_config(recipe)
+    assert cfg.train.prune == PruneSettings(prune[0], 0.6, prune[1], prune[2])
+    assert recipe["compression"] == {"method": "magnitude-global", "sparsity": 0.6, "block": None,
+                                     "recovery_steps": 0, "int8": True}
+    dense = read_sweep_recipe(timed).point(recipe["shape"], 30000, "magnitude", 0.6, False)
+    assert dense["train"]["prune"] is None and run_config(dense).train.prune is None and dense["timing"] == "after"
