@@ -67,9 +67,10 @@ def test_a_timing_the_sweep_cannot_defend_is_never_planned(tmp_path, small_corpu
     assert "error: --methods: init-random's model is unidentified" in err and err.count("\n") == 1
 
 
-def test_a_plan_to_train_sparse_from_the_start_is_trained_sparse_and_stored_sparse(timed):
+def test_a_plan_to_train_sparse_from_the_start_is_trained_sparse_and_stored_sparse(timed, capsys):
     assert tlc_main(["plan", "--runs", str(timed), "--budget", BUDGET, "--max-bytes", "250000",
                      "--methods", "init-random", "--no-int8"]) == 0
+    assert "when to prune: train sparse from the start" in capsys.readouterr().out
     plan = json.loads((timed / "plan.json").read_text())
     point = plan["recommendation"]
     assert point["compression"]["method"] == "init-random" and point["compression"]["sparsity"] > 0
