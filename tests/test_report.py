@@ -101,11 +101,15 @@ def test_when_to_prune_figure_is_drawn_where_the_comparison_was_run(tmp_path):
     from tlc.io import atomic_write_json
 
     sweep = write_synthetic_sweep(tmp_path / "synthetic")
-    rows = [{"shape": "w32-d2-s0", "timing": "dense", "method": "none", "sparsity": 0.0, "val_loss": 4.0}]
-    for timing, method, base in (("init", "snip", 4.3), ("init", "snip-shuffle", 4.32), ("init", "random", 4.35),
-                                 ("during", "magnitude", 4.1), ("after", "gradual", 4.2)):
-        rows += [{"shape": "w32-d2-s0", "timing": timing, "method": method, "sparsity": s, "val_loss": base + s / 4}
-                 for s in (0.5, 0.8)]
+    rows = []
+    for shape, flops, dense in (("w32-d2-s0", 1e12, 4.0), ("w16-d1-s0", 3e11, 4.4)):  # not in FLOPs order
+        rows.append({"shape": shape, "timing": "dense", "method": "none", "sparsity": 0.0, "val_loss": dense,
+                     "train_flops": flops})
+        for timing, method, base in (("init", "snip", 0.3), ("init", "snip-shuffle", 0.32), ("init", "random", 0.35),
+                                     ("during", "magnitude", 0.1), ("after", "gradual", 0.2)):
+            rows += [{"shape": shape, "timing": timing, "method": method, "sparsity": s, "val_loss": dense + base + s / 4,
+                      "train_flops": flops} for s in (0.5, 0.8)]
+    rows.append({"shape": "w64-d2-s0", "timing": "init", "method": "snip", "sparsity": 0.5, "val_loss": 3.0})  # no dense
     atomic_write_json(sweep / "when_to_prune.json", {"rows": rows})
     assert main(["report", str(sweep)]) == 0
     assert (sweep / "report" / "when_to_prune.png").exists()

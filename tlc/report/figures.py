@@ -214,26 +214,34 @@ METHOD_MARKER = {"snip": "o", "snip-shuffle": "o", "synflow": "s", "synflow-shuf
 
 
 def when_to_prune(data: SweepData):
-    """Final validation loss against sparsity for each pruning timing and method, at equal training FLOPs."""
+    """Each timing's and method's loss minus the dense run's, at equal training FLOPs: a panel per sparsity,
+    the shapes along x (in the order of their dense runs' FLOPs), zero the dense model."""
     rows = (data.when_to_prune or {}).get("rows") or []
-    if not any(r.get("timing") != "dense" for r in rows):
+    dense = {r["shape"]: r for r in rows if r.get("timing") == "dense"}
+    rows = [r for r in rows if r.get("timing") != "dense" and r["shape"] in dense]
+    if not rows:
         return None
-    fig, ax = plt.subplots(figsize=(7.5, 4.5))
-    for shape in sorted({r["shape"] for r in rows}):
-        for r in rows:
-            if r["shape"] == shape and r["timing"] == "dense":
-                ax.axhline(r["val_loss"], color="k", lw=1, label=f"{shape} dense")
-        for method in sorted({r["method"] for r in rows if r["shape"] == shape and r["timing"] != "dense"}):
-            pts = sorted((r["sparsity"], r["val_loss"], r["timing"]) for r in rows
-                         if r["shape"] == shape and r["method"] == method)
-            color, style = TIMING_STYLE[pts[0][2]]
+    shapes = sorted(dense, key=lambda shape: (dense[shape].get("train_flops") or 0, shape))
+    sparsities = sorted({round(r["sparsity"], 2) for r in rows})
+    fig, axes = plt.subplots(1, len(sparsities), figsize=(4.5 * len(sparsities) + 1, 4.5), sharey=True, squeeze=False)
+    for ax, sparsity in zip(axes[0], sparsities):
+        ax.axhline(0.0, color="k", lw=1, label="dense (same FLOPs)")
+        for method in sorted({r["method"] for r in rows}):
+            pts = [r for r in rows if r["method"] == method and round(r["sparsity"], 2) == sparsity]
+            if not pts:
+                continue
+            pts.sort(key=lambda r: shapes.index(r["shape"]))
+            color, style = TIMING_STYLE[pts[0]["timing"]]
             hollow = method.endswith("-shuffle")
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], style, marker=METHOD_MARKER.get(method, "o"),
-                    color="tab:gray" if hollow or method == "random" else color,
-                    mfc="none" if hollow else None, label=f"{shape} {pts[0][2]}: {method}")
-    ax.set(xlabel="sparsity of the block matrices", ylabel="final validation loss (nats/token)")
-    ax.legend(fontsize=7)
-    ax.grid(True, alpha=0.3)
+            ax.plot([shapes.index(r["shape"]) for r in pts], [r["val_loss"] - dense[r["shape"]]["val_loss"] for r in pts],
+                    style, marker=METHOD_MARKER.get(method, "o"), color="tab:gray" if hollow or method == "random" else color,
+                    mfc="none" if hollow else None, label=f"{pts[0]['timing']}: {method}")
+        ax.set_xticks(range(len(shapes)), [shape.rsplit("-s", 1)[0] for shape in shapes], rotation=45, fontsize=8)
+        ax.set(title=f"sparsity {sparsity:g}", xlabel="shape")
+        ax.grid(True, alpha=0.3)
+    axes[0][0].set_ylabel("loss minus dense (nats/token)")
+    axes[0][-1].legend(fontsize=7)
+    fig.tight_layout()
     return fig
 
 
@@ -300,9 +308,10 @@ FIGURES = [
                "Compression usually costs rare tokens (left) more than frequent ones (right); a gap that widens to the "
                "left means the average loss hides damage to the long tail.", frequency_buckets),
     FigureSpec("when_to_prune.png", "When to prune",
-               "Final validation loss at equal training FLOPs when the same sparsity is reached at initialization "
-               "(blue dotted; grey: random and layer-wise shuffled controls), by gradual magnitude pruning during "
-               "training (green), or after training by compress's gradual method, whose fine-tune is taken out of the "
-               "dense run's tokens (red). Sparse runs' FLOPs are counted dense: they run on dense kernels.",
+               "Final validation loss minus the dense model's, at equal training FLOPs, per shape, when the same "
+               "sparsity is reached at initialization (blue dotted; grey: random and layer-wise shuffled controls), by "
+               "gradual magnitude pruning during training (green), or after training by compress's gradual method, "
+               "whose fine-tune is taken out of the dense run's tokens (red). Below zero, the sparse model beat the "
+               "dense one. Sparse runs' FLOPs are counted dense: they run on dense kernels.",
                when_to_prune),
 ]
