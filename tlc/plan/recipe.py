@@ -103,7 +103,7 @@ class SweepRecipe:
         sweep's sparse runs were trained; the trained model is then stored as it is, its zeros found by
         global magnitude pruning at the same sparsity (the weights the masks removed are exactly zero,
         so nothing else goes) with no fine-tune, so its bytes are those of the bitmask encoding."""
-        timing = timing_of(method) if sparsity > 0 else "after"
+        timing = timing_of(method) if sparsity > 0 else "none"
         prune = None
         if timing in TIMINGS:
             start, end = (0.0, 0.0) if timing == "init" else PRUNE_DURING_DEFAULT
