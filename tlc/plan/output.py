@@ -22,10 +22,9 @@ plan.json (format "tlc.plan/2"):
             sparse from the start, prune while training)}, loss {mean, low, high},
             inference {nonzeros, bytes, latency_ms}, inference_cost (= inference[pareto_cost]),
             recipe {shape, train (train.prune set when pruning at init or during training), tokens
-            (seen by the finished model; a WSD recipe's train.tokens is its trunk's), timing (none, after,
-            init or during), lr_rule,
-            data, world_size, seed, compression {method, sparsity, block, recovery_steps, int8}} when
-            the law comes from a sweep (tlc.plan.recipe)}
+            (seen by the finished model; a WSD recipe's train.tokens is its trunk's), timing (none,
+            after, init or during), lr_rule, data, world_size, seed, compression {method, sparsity,
+            block, recovery_steps, int8}} when the law comes from a sweep (tlc.plan.recipe)}
 
 Losses are nats per token; low/high are the bootstrap interval (null for laws without draws);
 the gain is train_small's mean loss minus the recommendation's (positive: compressing wins), with
