@@ -105,3 +105,18 @@ def test_a_timing_s_recipe_trains_with_train_prune(timed, method, prune):
                                      "recovery_steps": 0, "int8": True}
     dense = read_sweep_recipe(timed).point(recipe["shape"], 30000, "magnitude", 0.6, False)
     assert dense["train"]["prune"] is None and run_config(dense).train.prune is None and dense["timing"] == "after"
+
+
+def test_under_a_latency_budget_a_model_trained_sparse_is_priced_as_magnitude_pruning(timed):
+    """Unstructured zeros run on dense kernels whatever made them: the latency of init-random is the
+    measured magnitude group's, so a latency budget does not drop the timing."""
+    assert tlc_main(["plan", "--runs", str(timed), "--budget", BUDGET, "--max-latency-ms", "1",
+                     "--device", "cpu", "--methods", "init-random", "--no-int8",
+                     "--out", str(timed / "plan-latency.json")]) == 0
+    plan = json.loads((timed / "plan-latency.json").read_text())
+    assert "init-random" in plan["search"]["categories"]
+    from tlc.plan.cost import build_cost_model
+
+    costs = build_cost_model(timed, "cpu", 1, "--max-latency-ms", None)
+    assert costs.latency_group("init-random", False) == ("magnitude", False)
+    assert costs.latency_ms(5e4, 2e4, 0.5, "init-random", False) == costs.latency_ms(5e4, 2e4, 0.5, "magnitude", False)

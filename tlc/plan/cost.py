@@ -252,11 +252,19 @@ class CostModel:
         v, m = self.bytes_coefficients(method, int8)
         return v * self.nonzeros(N, embedding, sparsity) + m * (np.asarray(embedding) + np.asarray(N))
 
+    def latency_group(self, method: str, int8: bool) -> tuple[str, bool]:
+        """The measured (method, int8) group whose latency a category has: its own, and for a model trained
+        sparse its storage method's, else that of magnitude pruning (both run as dense matrices with zeros)."""
+        if timing_of(method) not in TIMINGS:
+            return method, int8
+        measured = self.latency.offsets if self.latency is not None else {}
+        return next((g for g in ((STORE_SPARSE, int8), ("magnitude", int8)) if g in measured), (STORE_SPARSE, int8))
+
     def latency_ms(self, N, embedding, sparsity, method: str, int8: bool) -> np.ndarray:
         """Predicted latency in ms on the fitted device (NaN when no latency model)."""
         if self.latency is None:
             return np.full(np.shape(np.asarray(N) + np.asarray(sparsity)), np.nan)
-        return self.latency.predict(np.asarray(embedding) + np.asarray(N), sparsity, (method, int8))
+        return self.latency.predict(np.asarray(embedding) + np.asarray(N), sparsity, self.latency_group(method, int8))
 
     def describe(self) -> dict:
         """JSON-ready summary for plan.json."""

@@ -16,7 +16,7 @@ import numpy as np
 
 from scaling.bootstrap import percentile_interval
 from tlc.errors import UserError
-from tlc.plan.cost import build_cost_model
+from tlc.plan.cost import CostModel, build_cost_model
 from tlc.plan.law import PlanLaw
 from tlc.plan.output import FORMAT, plan_json
 from tlc.plan.planfile import fit_sha256
@@ -36,7 +36,7 @@ def _format_cost(name: str, value: float) -> str:
     return {"params": format_count, "bytes": format_bytes}.get(name, lambda v: f"{v:.3g} ms per token")(value)
 
 
-def _categories(law: PlanLaw, args: argparse.Namespace, latency_groups: set | None) -> list[Category]:
+def _categories(law: PlanLaw, args: argparse.Namespace, latency_groups: set | None, costs: CostModel) -> list[Category]:
     """Compression choices: dense, then each fitted pruning method, each with and without int8."""
     compression_flags = [f for f, given in (("--methods", args.methods is not None),
                                              ("--max-sparsity", args.max_sparsity is not None),
@@ -61,7 +61,7 @@ def _categories(law: PlanLaw, args: argparse.Namespace, latency_groups: set | No
     int8_options = [False, True] if law.has_int8 and not args.no_int8 else [False]
     categories = [Category(m, q) for m in ["none", *methods] for q in int8_options]
     if latency_groups is not None:
-        categories = [c for c in categories if (c.method, c.int8) in latency_groups]
+        categories = [c for c in categories if costs.latency_group(c.method, c.int8) in latency_groups]
         if not categories:
             raise UserError("--device: no compression variant measured there is also in the fit's models")
     return categories
@@ -207,7 +207,7 @@ def make_plan(law: PlanLaw, budgets: Budgets, args: argparse.Namespace, storage:
     costs = build_cost_model(law.runs_dir, args.device, args.latency_batch, latency_flag, law.shape_template)
     # Under a latency budget only measured (method, int8) groups can be priced; --device alone just reports latency.
     groups = set(costs.latency.offsets) if costs.latency and budgets.max_latency_ms is not None else None
-    categories = _categories(law, args, groups)
+    categories = _categories(law, args, groups, costs)
     max_sparsity = args.max_sparsity if args.max_sparsity is not None else DEFAULT_MAX_SPARSITY
     # A method measured at one sparsity (2:4 at 0.5; achieved sparsities may differ in the last digits) stays there.
     fixed = {m: low for m, (low, high) in law.ranges.sparsity.items() if high - low < 0.01 and m in law.methods}
