@@ -115,6 +115,16 @@ def list_runs(runs_dir: Path) -> list[Path]:
     return sorted(p for p in runs_dir.iterdir() if p.is_dir() and (p / "config.json").is_file())
 
 
+def read_run_config(run_dir: Path) -> dict | None:
+    """A run's ``config.json`` as a dict; None when it is missing, unreadable or not a JSON object (callers
+    that must name the problem read it themselves)."""
+    try:
+        config = json.loads((Path(run_dir) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # ValueError: not JSON, or not UTF-8
+        return None
+    return config if isinstance(config, dict) else None
+
+
 def is_complete(run_dir: Path) -> bool:
     """A run is complete once its final model folder is in place (it is moved there whole)."""
     return (Path(run_dir) / "model" / "config.json").exists()

@@ -30,8 +30,9 @@ from pathlib import Path
 
 import scaling
 from scaling.observations import MIN_MODEL_SIZES, MIN_POINTS, MIN_TOKEN_COUNTS
+from tlc.config import PRUNE_AT_INIT
 from tlc.errors import UserError
-from tlc.io import list_runs, read_jsonl
+from tlc.io import list_runs, read_jsonl, read_run_config
 
 DEFAULT_BOOTSTRAP = 200
 
@@ -195,14 +196,6 @@ def read_run(
     return curve, variants, warmup
 
 
-def _config(run_dir: Path) -> dict:
-    try:
-        config = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}  # read_run names the problem
-    return config if isinstance(config, dict) else {}
-
-
 def _trained_sparse(config: dict) -> bool:
     """Whether the run pruned while it trained (config.json train.prune set)."""
     return isinstance(config.get("train"), dict) and bool(config["train"].get("prune"))
@@ -210,10 +203,9 @@ def _trained_sparse(config: dict) -> bool:
 
 def timing_method(prune: dict) -> str:
     """The compression-model name of a way of pruning while training: ``init-<method>`` for a mask fixed at
-    step 0 (start = end = 0), ``during-<method>`` for one grown on a schedule; after-training methods keep
-    their own names (magnitude, gradual, ...)."""
-    at_init = not prune.get("start") and not prune.get("end")
-    return f"{'init' if at_init else 'during'}-{prune.get('method')}"
+    step 0 (tlc.config.PRUNE_AT_INIT), ``during-<method>`` for one grown on a schedule; after-training
+    methods keep their own names (magnitude, gradual, ...)."""
+    return f"{'init' if prune.get('method') in PRUNE_AT_INIT else 'during'}-{prune.get('method')}"
 
 
 # A sparse run's finished point counts only once its masks reach the target sparsity (a branch forked
@@ -277,7 +269,7 @@ def read_sweep(runs_dir: Path, include_warmup: bool = False,
     curves, variants, skipped, warmup = [], [], [], 0
     sparse, dense_configs = [], {}
     for run_dir in run_dirs:
-        config = _config(run_dir)
+        config = read_run_config(run_dir) or {}  # read_run names a problem with it
         if _trained_sparse(config):  # a train.prune run: not a point of the dense laws, but of its timing's model
             sparse.append((run_dir, config))
             continue

@@ -17,7 +17,6 @@ Nothing here imports torch.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +25,7 @@ import numpy as np
 
 from scaling.compression_fit import TIMINGS, timing_of
 from tlc.config import PRUNE_DURING_DEFAULT
-from tlc.io import list_runs, read_jsonl
+from tlc.io import list_runs, read_jsonl, read_run_config
 from tlc.plan.cost import STORE_SPARSE
 
 # Training settings a recipe copies from the sweep's runs; tokens, flops, lr and prune are the plan's own,
@@ -130,17 +129,9 @@ class SweepRecipe:
         }
 
 
-def _config(run_dir: Path) -> dict | None:
-    try:
-        config = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
-        return None
-    return config if isinstance(config, dict) else None
-
-
 def read_sweep_recipe(runs_dir: Path) -> SweepRecipe | None:
     """The recipe of the sweep under ``runs_dir``; None when no run records its training settings."""
-    configs = [(p, c) for p in list_runs(runs_dir) if (c := _config(p)) and isinstance(c.get("train"), dict)
+    configs = [(p, c) for p in list_runs(runs_dir) if (c := read_run_config(p)) and isinstance(c.get("train"), dict)
                and isinstance(c.get("shape"), dict)]
     if not configs:
         return None
