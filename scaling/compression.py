@@ -175,22 +175,11 @@ def _log_tpp(x) -> np.ndarray:
     return np.log(x["tokens_per_param"] / TPP_REF)
 
 
-class OddsPowerTokensPruning(LawForm):
-    """dL = c·(s/(1-s))^gamma·(N/N_REF)^-delta·((D/N)/TPP_REF)^epsilon (module docstring)."""
+class _TokensPruningForm(LawForm):
+    """A pruning form with a tokens-per-parameter term: fitted (log c, gamma, delta, epsilon)."""
 
-    name = "odds_power_tokens"
-    equation = "L = L_dense + c * (s/(1-s))^gamma * (N/1e6)^-delta * ((D/N)/20)^epsilon"
-    source = "odds_power with a tokens-per-parameter term (Frantar et al. 2023: sparsity costs more with more data)"
     covariates = ("sparsity", "N", "dense_loss", "tokens_per_param")
-    fitted = (_LOG_C, ParameterSpec("gamma", 0.0, 10.0, (0.5, 1.0, 2.0, 4.0)), _DELTA, _EPSILON)
     parameters_type = TokensPruningParameters
-
-    def log_loss(self, theta, x, jacobian=True):
-        log_odds = np.log(x["sparsity"]) - np.log1p(-x["sparsity"])
-        log_size, log_tpp = np.log(x["N"] / N_REF), _log_tpp(x)
-        log_c, gamma, delta, epsilon = (_col(theta, i) for i in range(4))
-        g = log_c + gamma * log_odds - delta * log_size + epsilon * log_tpp
-        return _log_total(x["dense_loss"], g, [np.ones_like(g), log_odds, -log_size, log_tpp], jacobian)
 
     def to_parameters(self, theta):
         return TokensPruningParameters(c=math.exp(theta[0]), gamma=float(theta[1]), delta=float(theta[2]),
@@ -200,16 +189,30 @@ class OddsPowerTokensPruning(LawForm):
         return np.array([math.log(p.c), p.gamma, p.delta, p.epsilon])
 
 
-class DensityPowerTokensPruning(LawForm):
+class OddsPowerTokensPruning(_TokensPruningForm):
+    """dL = c·(s/(1-s))^gamma·(N/N_REF)^-delta·((D/N)/TPP_REF)^epsilon (module docstring)."""
+
+    name = "odds_power_tokens"
+    equation = "L = L_dense + c * (s/(1-s))^gamma * (N/1e6)^-delta * ((D/N)/20)^epsilon"
+    source = "odds_power with a tokens-per-parameter term (Frantar et al. 2023: sparsity costs more with more data)"
+    fitted = (_LOG_C, ParameterSpec("gamma", 0.0, 10.0, (0.5, 1.0, 2.0, 4.0)), _DELTA, _EPSILON)
+
+    def log_loss(self, theta, x, jacobian=True):
+        log_odds = np.log(x["sparsity"]) - np.log1p(-x["sparsity"])
+        log_size, log_tpp = np.log(x["N"] / N_REF), _log_tpp(x)
+        log_c, gamma, delta, epsilon = (_col(theta, i) for i in range(4))
+        g = log_c + gamma * log_odds - delta * log_size + epsilon * log_tpp
+        return _log_total(x["dense_loss"], g, [np.ones_like(g), log_odds, -log_size, log_tpp], jacobian)
+
+
+class DensityPowerTokensPruning(_TokensPruningForm):
     """dL = c·((1-s)^-gamma - 1)·(N/N_REF)^-delta·((D/N)/TPP_REF)^epsilon (module docstring)."""
 
     name = "density_power_tokens"
     equation = "L = L_dense + c * ((1-s)^-gamma - 1) * (N/1e6)^-delta * ((D/N)/20)^epsilon"
     source = ("density_power with a tokens-per-parameter term, as Frantar et al. 2023's L(S, N, D) lets "
               "the cost of sparsity change with data")
-    covariates = ("sparsity", "N", "dense_loss", "tokens_per_param")
     fitted = (_LOG_C, DensityPowerPruning.fitted[1], _DELTA, _EPSILON)
-    parameters_type = TokensPruningParameters
 
     def log_loss(self, theta, x, jacobian=True):
         log_inverse_density = -np.log1p(-x["sparsity"])
@@ -219,13 +222,6 @@ class DensityPowerTokensPruning(LawForm):
         g = log_c + np.log(np.expm1(gu)) - delta * log_size + epsilon * log_tpp
         d_gamma = log_inverse_density / -np.expm1(-gu)
         return _log_total(x["dense_loss"], g, [np.ones_like(g), d_gamma, -log_size, log_tpp], jacobian)
-
-    def to_parameters(self, theta):
-        return TokensPruningParameters(c=math.exp(theta[0]), gamma=float(theta[1]), delta=float(theta[2]),
-                                       epsilon=float(theta[3]))
-
-    def to_theta(self, p):
-        return np.array([math.log(p.c), p.gamma, p.delta, p.epsilon])
 
 
 class SizePowerTokensInt8(LawForm):
