@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from reliability_figures import record
@@ -67,6 +67,7 @@ def test_junk_in_run_files_gives_report_and_fit_one_line_errors(pristine):
 
     @RUN_FILES
     @given(target=st.sampled_from(TARGETS), value=json_values, command=st.sampled_from(["report", "fit"]))
+    @example(target=("plan.json", "pareto_front"), value=True, command="report")  # found once: the report crashed
     def check(target, value, command):
         COUNTS["malformed_run_files"] += 1
         sweep = Path(tempfile.mkdtemp(prefix="tlc-runfiles-")) / "s"

@@ -89,7 +89,8 @@ def _check_run(run_dir: Path, config, metrics: list, compress: list) -> None:
 
 
 def _check_fit_and_plan(sweep_dir: Path, fit, plan) -> None:
-    """fit.json and plan.json must be objects, with the laws and frontier the report reads in their shapes."""
+    """fit.json and plan.json must be objects, with the laws, frontier and Pareto front the report reads in their
+    shapes."""
     for name, doc in (("fit.json", fit), ("plan.json", plan)):
         if doc is not None and not isinstance(doc, dict):
             raise UserError(f"RUNS_DIR: {str(sweep_dir / name)!r} must hold a JSON object; run its stage again")
@@ -100,6 +101,10 @@ def _check_fit_and_plan(sweep_dir: Path, fit, plan) -> None:
     if not ok:
         raise UserError(f"RUNS_DIR: {str(sweep_dir / 'fit.json')!r} does not hold laws and frontier as tlc fit writes "
                         "them; run tlc fit again")
+    front = (plan or {}).get("pareto_front")
+    if front is not None and not isinstance(front, list):
+        raise UserError(f"RUNS_DIR: {str(sweep_dir / 'plan.json')!r}: pareto_front must be a list of plans as tlc plan "
+                        f"writes it, got {type(front).__name__}; run tlc plan again")
 
 
 def _validations(sweep_dir: Path) -> list[dict]:
