@@ -178,6 +178,33 @@ def test_a_shape_may_set_its_own_learning_rate(tmp_path):
         parse_sweep(_sweep(shapes=[{"width": 32, "depth": 2, "heads": 2, "lr": 0}]))
 
 
+def test_a_shape_may_train_longer_with_its_own_warmup_and_forks():
+    from tlc.config import sweep_to_dict
+
+    long = {"width": 32, "depth": 2, "heads": 2, "tokens": 400000, "warmup_frac": 0.0125,
+            "cooldowns": [0.03125, 0.0625, 0.125, 0.25, 0.5, 1.0]}
+    doc = _sweep(shapes=[long, {"width": 64, "depth": 2, "heads": 2}],
+                 train={"tokens": 100000, "schedule": "wsd", "cooldowns": [0.125, 0.25, 0.5, 1.0], "evals": 8})
+    sweep = parse_sweep(doc, where="s.yaml")
+    runs = sweep.runs()
+    assert [r.train.tokens for r in runs] == [400000, 100000]
+    assert [r.train.warmup_frac for r in runs] == [0.0125, 0.05]
+    assert runs[0].train.cooldowns == (0.03125, 0.0625, 0.125, 0.25, 0.5, 1.0)
+    assert runs[1].train.cooldowns == (0.125, 0.25, 0.5, 1.0)
+    again = parse_sweep(sweep_to_dict(sweep), where="again")  # the resolved copy keeps every override
+    assert [r.train for r in again.runs()] == [r.train for r in runs]
+    # a shape's own settings are checked as its runs will use them, and the error names the shape
+    with pytest.raises(UserError, match=r"s.yaml.shapes\[0\].cooldowns: the first fork \(0.03125\) must come after "
+                                        r"the warmup \(s.yaml.shapes\[0\].warmup_frac 0.05\)"):
+        parse_sweep(_sweep(shapes=[{**long, "warmup_frac": 0.05}], train=doc["train"]), where="s.yaml")
+    with pytest.raises(UserError, match=r"s.yaml.shapes\[0\].evals: 4 evaluations are too few for 6"):
+        parse_sweep(_sweep(shapes=[long], train={**doc["train"], "evals": 4}), where="s.yaml")
+    with pytest.raises(UserError, match=r"shapes\[0\].tokens: an iso-FLOP sweep \(train.budgets\)"):
+        parse_sweep(_sweep(shapes=[{"width": 32, "depth": 2, "heads": 2, "tokens": 1000}], train={"budgets": [1e12]}))
+    with pytest.raises(UserError, match=r"shapes\[0\].tokens: must be positive"):
+        parse_sweep(_sweep(shapes=[{"width": 32, "depth": 2, "heads": 2, "tokens": -5}]))
+
+
 def test_tiny_sweep_spans_enough_sizes_for_the_demo():
     from tlc.shapes import param_counts
 

@@ -200,17 +200,19 @@ class SweepConfig:
     train: TrainSettings
     data: DataSettings
     launch: LaunchSettings = field(default_factory=LaunchSettings)
-    shape_lrs: tuple[float | None, ...] = ()  # per-shape peak learning rate overriding train.lr (None: train.lr)
+    # per shape, the training settings its entry in `shapes` overrides (SHAPE_TRAIN_KEYS: lr, tokens, warmup,
+    # forks); () when no shape overrides any
+    shape_train: tuple[dict, ...] = ()
     prunes: tuple[PruneSettings | None, ...] = ()  # train.prune as a list: one run per entry (None: dense)
 
     def all_runs(self) -> list[RunConfig]:
         """Every run the grid names, usable or not, in a stable order (shapes as listed, budgets, pruning
         settings, seeds)."""
-        lrs = self.shape_lrs or (None,) * len(self.shapes)
+        overrides = self.shape_train or ({},) * len(self.shapes)
         prunes = self.prunes or (self.train.prune,)
         runs = []
-        for shape, lr in zip(self.shapes, lrs):
-            train = self.train if lr is None else dataclasses.replace(self.train, lr=lr)
+        for shape, override in zip(self.shapes, overrides):
+            train = dataclasses.replace(self.train, **override, **({"flops": None} if "tokens" in override else {}))
             for budget in self.train.budgets or (None,):
                 run_train = train if budget is None else dataclasses.replace(train, budgets=(), flops=budget)
                 for prune in prunes:
@@ -415,6 +417,10 @@ def validate_run(cfg: RunConfig) -> None:
 
 SWEEP_KEYS = ("name", "model", "shapes", "seeds", "train", "data", "launch")
 SHAPE_DEFAULT_KEYS = ("context", "vocab_size", "arch", "ffn_mult")
+# Training settings one entry of `shapes` may set for its own runs: a peak learning rate per width, and (for
+# a sweep whose small shapes should see more tokens than its large ones) the trunk's tokens, with the warmup
+# and the forks that go with them.
+SHAPE_TRAIN_KEYS = ("lr", "tokens", "warmup_frac", "cooldowns")
 
 
 def parse_sweep(doc: Any, where: str = "sweep") -> SweepConfig:
@@ -434,7 +440,8 @@ def parse_sweep(doc: Any, where: str = "sweep") -> SweepConfig:
     raw_shapes = doc.get("shapes")
     if not isinstance(raw_shapes, list) or not raw_shapes:
         raise UserError(f"{where}.shapes: expected a non-empty list of {{width, depth, heads}} mappings")
-    shapes, shape_lrs = [], []
+    raw_train = doc.get("train")
+    shapes, shape_train = [], []
     for i, raw in enumerate(raw_shapes):
         if not isinstance(raw, Mapping):
             raise UserError(f"{where}.shapes[{i}]: expected a mapping like {{width: 64, depth: 2, heads: 2}}")
@@ -442,20 +449,17 @@ def parse_sweep(doc: Any, where: str = "sweep") -> SweepConfig:
         if missing:
             raise UserError(f"{where}.shapes[{i}]: missing {', '.join(missing)}")
         raw = dict(raw)
-        lr = _number(raw.pop("lr"), f"{where}.shapes[{i}].lr", float) if "lr" in raw else None
-        if lr is not None and not lr > 0:
-            raise UserError(f"{where}.shapes[{i}].lr: must be positive, got {lr}")
+        override = {k: raw.pop(k) for k in SHAPE_TRAIN_KEYS if k in raw}
         shape = _from_mapping(ModelShape, {**model_defaults, **raw}, f"{where}.shapes[{i}]")
         validate_shape(shape, f"{where}.shapes[{i}]")
         shapes.append(shape)
-        shape_lrs.append(lr)
+        shape_train.append(_shape_train(override, f"{where}.shapes[{i}]"))
     seeds_raw = doc.get("seeds", [0])
     if not isinstance(seeds_raw, list) or not seeds_raw:
         raise UserError(f"{where}.seeds: expected a non-empty list of integers, e.g. [0, 1]")
     seeds = tuple(_number(s, f"{where}.seeds", int) for s in seeds_raw)
     if any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
         raise UserError(f"{where}.seeds: seeds must be distinct integers >= 0, got {list(seeds)}")
-    raw_train = doc.get("train")
     prunes: tuple[PruneSettings | None, ...] = ()
     if isinstance(raw_train, Mapping) and "prune" in raw_train:
         raw_train = dict(raw_train)
@@ -468,13 +472,20 @@ def parse_sweep(doc: Any, where: str = "sweep") -> SweepConfig:
             prunes = (parse_prune(raw_prune, f"{where}.train.prune"),)
     train = _from_mapping(TrainSettings, raw_train, f"{where}.train")
     validate_train(train, f"{where}.train")
+    for i, override in enumerate(shape_train):  # each shape's runs must be valid runs too
+        if override.get("tokens") is not None and train.budgets:
+            raise UserError(f"{where}.shapes[{i}].tokens: an iso-FLOP sweep (train.budgets) sets every run's tokens "
+                            "from its budget; drop the shape's tokens or the budgets")
+        if override:
+            own = {**override, **({"flops": None} if "tokens" in override else {})}
+            validate_train(dataclasses.replace(train, **own), f"{where}.shapes[{i}]")
     data = _from_mapping(DataSettings, doc.get("data"), f"{where}.data")
     validate_data(data, f"{where}.data")
     launch = _from_mapping(LaunchSettings, doc.get("launch"), f"{where}.launch")
     if launch.nproc < 1 or launch.retries < 0:
         raise UserError(f"{where}.launch: nproc must be >= 1 and retries >= 0")
     sweep = SweepConfig(name=name, shapes=tuple(shapes), seeds=seeds, train=train, data=data, launch=launch,
-                        shape_lrs=tuple(shape_lrs) if any(lr is not None for lr in shape_lrs) else (), prunes=prunes)
+                        shape_train=tuple(shape_train) if any(shape_train) else (), prunes=prunes)
     ids = [r.run_id for r in sweep.all_runs()]
     dupes = sorted({i for i in ids if ids.count(i) > 1})
     if dupes:
@@ -486,6 +497,12 @@ def parse_sweep(doc: Any, where: str = "sweep") -> SweepConfig:
                         f"(best: {best.run_id}, {sweep.budget_steps(best)} steps); raise the largest budget to "
                         f"at least {need:.2g} FLOPs")
     return sweep
+
+
+def _shape_train(override: dict, where: str) -> dict:
+    """The training settings a shape entry overrides (SHAPE_TRAIN_KEYS), typed as TrainSettings holds them."""
+    typed = dataclasses.asdict(_from_mapping(TrainSettings, override, where))
+    return {k: tuple(typed[k]) if isinstance(typed[k], list) else typed[k] for k in override}
 
 
 def load_sweep(path: Path) -> SweepConfig:
@@ -520,8 +537,8 @@ def sweep_to_dict(sweep: SweepConfig) -> dict:
     return {
         "name": sweep.name,
         "shapes": [
-            {**dataclasses.asdict(s), **({"lr": lr} if lr is not None else {})}
-            for s, lr in zip(sweep.shapes, sweep.shape_lrs or (None,) * len(sweep.shapes))
+            {**dataclasses.asdict(s), **{k: list(v) if isinstance(v, tuple) else v for k, v in override.items()}}
+            for s, override in zip(sweep.shapes, sweep.shape_train or ({},) * len(sweep.shapes))
         ],
         "seeds": list(sweep.seeds),
         "train": {**train_to_dict(sweep.train),
