@@ -212,7 +212,7 @@ class SweepConfig:
         prunes = self.prunes or (self.train.prune,)
         runs = []
         for shape, override in zip(self.shapes, overrides):
-            train = dataclasses.replace(self.train, **override, **({"flops": None} if "tokens" in override else {}))
+            train = _overridden(self.train, override)
             for budget in self.train.budgets or (None,):
                 run_train = train if budget is None else dataclasses.replace(train, budgets=(), flops=budget)
                 for prune in prunes:
@@ -440,7 +440,6 @@ def parse_sweep(doc: Any, where: str = "sweep") -> SweepConfig:
     raw_shapes = doc.get("shapes")
     if not isinstance(raw_shapes, list) or not raw_shapes:
         raise UserError(f"{where}.shapes: expected a non-empty list of {{width, depth, heads}} mappings")
-    raw_train = doc.get("train")
     shapes, shape_train = [], []
     for i, raw in enumerate(raw_shapes):
         if not isinstance(raw, Mapping):
@@ -460,6 +459,7 @@ def parse_sweep(doc: Any, where: str = "sweep") -> SweepConfig:
     seeds = tuple(_number(s, f"{where}.seeds", int) for s in seeds_raw)
     if any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
         raise UserError(f"{where}.seeds: seeds must be distinct integers >= 0, got {list(seeds)}")
+    raw_train = doc.get("train")
     prunes: tuple[PruneSettings | None, ...] = ()
     if isinstance(raw_train, Mapping) and "prune" in raw_train:
         raw_train = dict(raw_train)
@@ -477,8 +477,7 @@ def parse_sweep(doc: Any, where: str = "sweep") -> SweepConfig:
             raise UserError(f"{where}.shapes[{i}].tokens: an iso-FLOP sweep (train.budgets) sets every run's tokens "
                             "from its budget; drop the shape's tokens or the budgets")
         if override:
-            own = {**override, **({"flops": None} if "tokens" in override else {})}
-            validate_train(dataclasses.replace(train, **own), f"{where}.shapes[{i}]")
+            validate_train(_overridden(train, override), f"{where}.shapes[{i}]")
     data = _from_mapping(DataSettings, doc.get("data"), f"{where}.data")
     validate_data(data, f"{where}.data")
     launch = _from_mapping(LaunchSettings, doc.get("launch"), f"{where}.launch")
@@ -501,8 +500,13 @@ def parse_sweep(doc: Any, where: str = "sweep") -> SweepConfig:
 
 def _shape_train(override: dict, where: str) -> dict:
     """The training settings a shape entry overrides (SHAPE_TRAIN_KEYS), typed as TrainSettings holds them."""
-    typed = dataclasses.asdict(_from_mapping(TrainSettings, override, where))
-    return {k: tuple(typed[k]) if isinstance(typed[k], list) else typed[k] for k in override}
+    settings = _from_mapping(TrainSettings, override, where)
+    return {k: getattr(settings, k) for k in override}
+
+
+def _overridden(train: TrainSettings, override: dict) -> TrainSettings:
+    """A shape's training settings: the sweep's, with its own in place (its tokens replace a flops budget)."""
+    return dataclasses.replace(train, **override, **({"flops": None} if "tokens" in override else {}))
 
 
 def load_sweep(path: Path) -> SweepConfig:
