@@ -146,9 +146,9 @@ def test_polish_matches_an_exhaustive_search_over_shapes(runs, capsys):
 
     categories = [Category(m, q) for m in ("none", "block", "magnitude") for q in (False, True)]
     costs = build_cost_model(runs, None, 1, None, law.shape_template)  # as the planner builds it
-    for flags, aspect in (([], None), (["--measured-shapes"], law.ranges.aspect)):
+    for flags, aspect, depths in (([], None, None), (["--measured-shapes"], law.ranges.aspect, law.ranges.depth)):
         rec = plan(["--runs", runs, "--budget", "1e14", "--max-params", "150k", *flags], capsys)["recommendation"]
-        space = PlanSpace(law, costs, Budgets(1e14, max_params=1.5e5), 0.95, categories, aspect=aspect)
+        space = PlanSpace(law, costs, Budgets(1e14, max_params=1.5e5), 0.95, categories, aspect=aspect, depths=depths)
         K, D = (a.ravel() for a in np.meshgrid(np.arange(1, 33), np.arange(1, 41), indexing="ij"))
         best = math.inf
         for category in categories:
@@ -157,12 +157,18 @@ def test_polish_matches_an_exhaustive_search_over_shapes(runs, capsys):
         assert rec["loss"]["mean"] <= best + 1e-9, flags
 
 
-def test_measured_shapes_keeps_plans_to_the_sweeps_width_depth_ratios(runs, capsys):
-    low, high = load_plan_law(runs, None).ranges.aspect
+def test_measured_shapes_keeps_plans_to_the_sweeps_width_depth_ratios_and_depths(runs, capsys):
+    ranges = load_plan_law(runs, None).ranges
+    (low, high), (shallowest, deepest) = ranges.aspect, ranges.depth
+    assert (shallowest, deepest) == (2, 6)  # SHAPES
     kept = plan(["--runs", runs, "--budget", "1e14", "--max-params", "150k", "--measured-shapes"], capsys)
     free = plan(["--runs", runs, "--budget", "1e14", "--max-params", "150k"], capsys)
-    for point in ("recommendation", "train_small", "compute_optimal"):
+    assert kept["measured_ranges"]["depth"] == [2, 6]
+    # no dense model of a measured shape fits 150k parameters here (the smallest, 64/2, has more): no train-small
+    assert kept["train_small"] is None and free["train_small"] is not None
+    for point in ("recommendation", "compute_optimal"):
         assert low <= kept[point]["width"] / kept[point]["depth"] <= high, (point, kept[point]["width"])
+        assert shallowest <= kept[point]["depth"] <= deepest, (point, kept[point]["depth"])
     shapes = [(p["width"], p["depth"]) for p in (free["recommendation"], free["train_small"], free["compute_optimal"])]
     assert any(not low <= w / d <= high for w, d in shapes)  # this law's optimum lies outside the measured shapes
     assert free["recommendation"]["loss"]["mean"] < kept["recommendation"]["loss"]["mean"]
@@ -236,6 +242,9 @@ def test_extrapolation_is_warned_about(runs, capsys):
     assert planner._range_warnings(law, "x", wide) == [
         "x: width/depth 256/2 = 128 is outside the sweep's shapes' 32..64; the law sees only N, not the shape "
         "(an extrapolation)"]
+    deep = planner.Point(**{**inside.__dict__, "width": 512, "depth": 8})  # width/depth 64: inside; depth 8: not
+    assert planner._range_warnings(law, "x", deep) == [
+        "x: depth 8 is outside the sweep's depths 2..6; the law sees only N, not the shape (an extrapolation)"]
 
 
 def test_unknown_method_and_missing_fit(runs, tmp_path, capsys):

@@ -47,9 +47,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--max-sparsity", type=float, help=f"highest sparsity searched (default {DEFAULT_MAX_SPARSITY})")
     g.add_argument("--no-int8", action="store_true", help="never recommend 8-bit weights")
     g.add_argument("--measured-shapes", action="store_true",
-                   help="keep to the width/depth ratios of the sweep's shapes (the laws see only the parameter "
-                   "count, so other ratios are an extrapolation that tlc plan warns about); on the tiny sweep this "
-                   "made the recommendation's prediction come true (+0.1%%) but the unconstrained plan's model won")
+                   help="keep to the width/depth ratios and the depths of the sweep's shapes (the laws see only "
+                   "the parameter count, so other shapes are an extrapolation that tlc plan warns about)")
     g = parser.add_argument_group("search and output")
     g.add_argument("--trials", type=int, default=DEFAULT_TPE_TRIALS, help=f"TPE trials (default {DEFAULT_TPE_TRIALS})")
     g.add_argument("--pareto-trials", type=int, default=DEFAULT_PARETO_TRIALS,

@@ -48,8 +48,10 @@ class MeasuredRanges:
     D: tuple[float, float] | None = None
     sparsity: dict[str, tuple[float, float]] = field(default_factory=dict)
     note: str = ""  # where the ranges come from
-    # width / depth of the sweep's shapes: the laws see only N, so a shape of another aspect is an extrapolation
+    # width / depth and depth of the sweep's shapes: the laws see only N, so a shape of another aspect or depth
+    # is an extrapolation
     aspect: tuple[float, float] | None = None
+    depth: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -193,7 +195,7 @@ def _sweep_details(runs_dir: Path, fit: dict) -> tuple[MeasuredRanges, dict | No
     for method, entry in ((fit.get("compression") or {}).get("pruning") or {}).items():
         if timing_of(method) in TIMINGS and isinstance(entry, dict) and entry.get("sparsities"):
             sparsity[method] = [float(v) for v in entry["sparsities"]]  # sparse runs: no compress.jsonl rows
-    template, aspects = None, []
+    template, aspects, depths = None, [], []
     for run_dir in list_runs(runs_dir):
         for row in read_jsonl(run_dir / "compress.jsonl"):
             s = row.get("sparsity")
@@ -207,6 +209,7 @@ def _sweep_details(runs_dir: Path, fit: dict) -> tuple[MeasuredRanges, dict | No
             continue
         if isinstance(shape.get("width"), int) and isinstance(shape.get("depth"), int) and shape["depth"] > 0:
             aspects.append(shape["width"] / shape["depth"])
+            depths.append(shape["depth"])
         template = template or {
             "arch": shape.get("arch", "gpt2"),
             "context": int(shape["context"]),
@@ -220,6 +223,7 @@ def _sweep_details(runs_dir: Path, fit: dict) -> tuple[MeasuredRanges, dict | No
         note="sizes and finished-point tokens of the runs in fit.json; sparsities from the runs' compress.jsonl "
              "(pruning at init or during training: from fit.json)",
         aspect=(min(aspects), max(aspects)) if aspects else None,
+        depth=(min(depths), max(depths)) if depths else None,
     )
     return ranges, template
 

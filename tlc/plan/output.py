@@ -11,7 +11,8 @@ plan.json (format "tlc.plan/2"):
     gain {loss, relative, low, high} or null, compute_optimal PLAN or null (the best dense model
     with no inference budget), pareto_cost ("nonzeros", "bytes" or "latency_ms": the key of
     PLAN.inference on the front's axis), pareto_front [PLAN, ...] by increasing cost,
-    measured_ranges {N, tokens, sparsity {method: [low, high]}, note, aspect [low, high] width/depth}, warnings [str]
+    measured_ranges {N, tokens, sparsity {method: [low, high]}, note, aspect [low, high] width/depth,
+    depth [low, high]}, warnings [str]
 
     PLAN = {width, depth, heads (null for a continuous N), non_embedding_params,
             embedding_params, params_total, tokens, effective_tokens (the law's D, repeats

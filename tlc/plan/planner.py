@@ -158,6 +158,9 @@ def _range_warnings(law: PlanLaw, label: str, point: Point) -> list[str]:
         out.append(f"{label}: width/depth {point.width}/{point.depth} = {point.width / point.depth:.3g} is outside the "
                    f"sweep's shapes' {r.aspect[0]:.3g}..{r.aspect[1]:.3g}; the law sees only N, not the shape "
                    "(an extrapolation)")
+    if r.depth and point.depth and not (r.depth[0] <= point.depth <= r.depth[1]):
+        out.append(f"{label}: depth {point.depth} is outside the sweep's depths {r.depth[0]}..{r.depth[1]}; the law "
+                   "sees only N, not the shape (an extrapolation)")
     method = point.category.method
     if point.sparsity > 0:
         measured = r.sparsity.get(method)
@@ -229,8 +232,10 @@ def make_plan(law: PlanLaw, budgets: Budgets, args: argparse.Namespace, storage:
         tokens_per_step = recipe.train.get("micro_batch", 1) * law.shape_template["context"]  # gradual's fine-tune
         recovery = {m: c["recovery_steps"] * tokens_per_step for m, c in recipe.compression.items()
                     if c.get("recovery_steps")}
-    aspect = law.ranges.aspect if getattr(args, "measured_shapes", False) and law.shape_template else None
-    space = PlanSpace(law, costs, budgets, max_sparsity, categories, fixed, data_limit, throughput, recovery, aspect)
+    measured = getattr(args, "measured_shapes", False) and law.shape_template
+    aspect, depths = (law.ranges.aspect, law.ranges.depth) if measured else (None, None)
+    space = PlanSpace(law, costs, budgets, max_sparsity, categories, fixed, data_limit, throughput, recovery, aspect,
+                      depths)
     _check_feasible(space)
 
     tpe = run_tpe(space, args.trials, args.seed)
@@ -313,7 +318,7 @@ def make_plan(law: PlanLaw, budgets: Budgets, args: argparse.Namespace, storage:
         "measured_ranges": {
             "N": list(r.N) if r.N else None, "tokens": list(r.D) if r.D else None,
             "sparsity": {m: list(v) for m, v in r.sparsity.items()}, "note": r.note,
-            "aspect": list(r.aspect) if r.aspect else None,
+            "aspect": list(r.aspect) if r.aspect else None, "depth": list(r.depth) if r.depth else None,
         },
         "warnings": warnings,
     }

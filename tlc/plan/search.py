@@ -42,6 +42,8 @@ def study_key(space: PlanSpace, seed: int, trials: int, pareto_trials: int) -> s
         parts.append(f"on-{space.costs.latency.device}-b{space.costs.latency.batch}")
     if space.aspect is not None:
         parts.append(f"wd{space.aspect[0]:.6g}-{space.aspect[1]:.6g}")
+    if space.depths is not None:
+        parts.append(f"d{space.depths[0]}-{space.depths[1]}")
     parts += [f"s{space.max_sparsity:g}", f"law-{law}", f"seed{seed}", f"n{trials}-{pareto_trials}"]
     return "-".join(parts)
 
@@ -64,7 +66,7 @@ def _set_constraints(space: PlanSpace, trial, point: Point, skip: str | None = N
         if name != skip:
             trial.set_constraint(name, point.costs[name] / limit - 1.0)
     trial.set_constraint("train_tokens", 1.0 - point.tokens)  # at least one token of training
-    if space.shapes:  # a width/depth ratio the sweep measured (PlanSpace.aspect)
+    if space.shapes:  # a width/depth ratio and depth the sweep measured (PlanSpace.aspect, .depths)
         trial.set_constraint("shape", 0.0 if space.shape_allowed(point.width // WIDTH_STEP, point.depth) else 1.0)
     if space.data_limit is not None and point.epochs is not None:
         trial.set_constraint("epochs", point.epochs / space.data_limit.max_epochs - 1.0)

@@ -131,9 +131,11 @@ class PlanSpace:
     def __init__(self, law: PlanLaw, costs: CostModel, budgets: Budgets, max_sparsity: float,
                  categories: list[Category], fixed_sparsity: dict[str, float] | None = None,
                  data_limit: DataLimit | None = None, throughput: ThroughputModel | None = None,
-                 recovery_tokens: dict[str, float] | None = None, aspect: tuple[float, float] | None = None):
+                 recovery_tokens: dict[str, float] | None = None, aspect: tuple[float, float] | None = None,
+                 depths: tuple[int, int] | None = None):
         self.law, self.costs, self.budgets, self.max_sparsity = law, costs, budgets, max_sparsity
         self.aspect = aspect  # the width/depth ratios a shape may have (the sweep's measured ones); None: any
+        self.depths = depths  # the depths a shape may have (the sweep's measured range); None: any
         self.categories = categories
         self.fixed_sparsity = fixed_sparsity or {}  # methods measured at one sparsity only (2:4 at 0.5)
         self.data_limit, self.throughput = data_limit, throughput
@@ -151,7 +153,8 @@ class PlanSpace:
     def with_limits(self, **limits: float | None) -> PlanSpace:
         """The same space under other inference budgets (e.g. a point of the Pareto front)."""
         return PlanSpace(self.law, self.costs, replace(self.budgets, **limits), self.max_sparsity, self.categories,
-                         self.fixed_sparsity, self.data_limit, self.throughput, self.recovery_tokens, self.aspect)
+                         self.fixed_sparsity, self.data_limit, self.throughput, self.recovery_tokens, self.aspect,
+                         self.depths)
 
     def sparsity_range(self, method: str) -> tuple[float, float]:
         """Sparsities a method may use: (0, 0) for dense, the one measured value for a fixed method."""
@@ -167,12 +170,16 @@ class PlanSpace:
         return make_shape(self.template, width_steps, depth)
 
     def shape_allowed(self, width_steps, depth) -> np.ndarray:
-        """Whether each shape's width/depth lies in ``aspect``, elementwise (all True without one)."""
+        """Whether each shape's width/depth lies in ``aspect`` and its depth in ``depths``, elementwise (all True
+        without either)."""
         k, d = np.asarray(width_steps, dtype=float), np.asarray(depth, dtype=float)
-        if self.aspect is None:
-            return np.ones(np.broadcast(k, d).shape, dtype=bool)
-        ratio = WIDTH_STEP * k / d
-        return (ratio >= self.aspect[0] * (1 - 1e-9)) & (ratio <= self.aspect[1] * (1 + 1e-9))
+        allowed = np.ones(np.broadcast(k, d).shape, dtype=bool)
+        if self.aspect is not None:
+            ratio = WIDTH_STEP * k / d
+            allowed &= (ratio >= self.aspect[0] * (1 - 1e-9)) & (ratio <= self.aspect[1] * (1 + 1e-9))
+        if self.depths is not None:
+            allowed &= (d >= self.depths[0]) & (d <= self.depths[1])
+        return allowed
 
     def sizes(self, width_steps, depth) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(N, embedding, training FLOPs per token, inference FLOPs per token) for arrays of shapes."""
