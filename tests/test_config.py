@@ -214,6 +214,20 @@ def test_tiny_sweep_spans_enough_sizes_for_the_demo():
     assert all(s.width % 16 == 0 for s in sweep.shapes)  # the demo prunes in 16x16 blocks
 
 
+def test_tiny_long_sweep_warms_up_and_forks_alike_for_every_shape():
+    sweep = load_sweep(Path(__file__).resolve().parents[1] / "sweeps" / "tiny_long.yaml")
+    tiny = load_sweep(Path(__file__).resolve().parents[1] / "sweeps" / "tiny.yaml")
+    assert [(s.width, s.depth) for s in sweep.shapes] == [(s.width, s.depth) for s in tiny.shapes]
+    tokens = []
+    for run in sweep.runs():
+        t = run.train
+        assert t.tokens * t.warmup_frac == pytest.approx(52428.8)  # the same 102 warmup steps as tiny.yaml's 1M-token trunks
+        assert t.tokens * t.cooldowns[0] == 131072 and t.cooldowns[-1] == 1.0  # forks from 131K tokens on
+        assert all(b == 2 * a for a, b in zip(t.cooldowns, t.cooldowns[1:]))  # at powers of two
+        tokens.append(t.tokens)
+    assert tokens == sorted(tokens, reverse=True) and max(tokens) == 8 * 2**20  # small shapes train longest
+
+
 WSD = {"tokens": 100000, "schedule": "wsd", "cooldowns": [0.25, 0.5, 1.0]}
 
 
