@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import math
 import shutil
@@ -245,6 +247,13 @@ def test_extrapolation_is_warned_about(runs, capsys):
     deep = planner.Point(**{**inside.__dict__, "width": 512, "depth": 8})  # width/depth 64: inside; depth 8: not
     assert planner._range_warnings(law, "x", deep) == [
         "x: depth 8 is outside the sweep's depths 2..6; the law sees only N, not the shape (an extrapolation)"]
+    # inside the sweep's tokens, but past what any run of this size reached: the long runs were smaller models
+    short_large = dataclasses.replace(law, ranges=dataclasses.replace(law.ranges, reach=((1e5, 3e8), (2e6, 5e6))),
+                                      choice={})
+    assert planner._range_warnings(short_large, "x", inside) == [
+        "x: 100M tokens is more than any run of at least its size (N = 800k) was trained on, 5M (an extrapolation "
+        "for its size)"]
+    assert planner._range_warnings(short_large, "x", planner.Point(**{**inside.__dict__, "tokens": 4e6})) == []
 
 
 def test_unknown_method_and_missing_fit(runs, tmp_path, capsys):

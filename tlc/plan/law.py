@@ -52,6 +52,8 @@ class MeasuredRanges:
     # is an extrapolation
     aspect: tuple[float, float] | None = None
     depth: tuple[int, int] | None = None
+    # (N, longest finished-point tokens) of each run: which D the sweep reached at which size
+    reach: tuple[tuple[float, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -191,6 +193,9 @@ def _sweep_details(runs_dir: Path, fit: dict) -> tuple[MeasuredRanges, dict | No
     sizes = [n for n in sizes if n]
     # every finished point's tokens (a WSD run's branch ends too); fits before they were listed: each run's last
     tokens = [d for r in runs for d in (r.get("finished_tokens") or [r.get("final_tokens")]) if d]
+    reach = [(n, max(ds)) for r in runs
+             if (n := r.get("params") or r.get("non_embedding_params"))
+             and (ds := [d for d in (r.get("finished_tokens") or [r.get("final_tokens")]) if d])]
     sparsity: dict[str, list[float]] = {}
     for method, entry in ((fit.get("compression") or {}).get("pruning") or {}).items():
         if timing_of(method) in TIMINGS and isinstance(entry, dict) and entry.get("sparsities"):
@@ -224,6 +229,7 @@ def _sweep_details(runs_dir: Path, fit: dict) -> tuple[MeasuredRanges, dict | No
              "(pruning at init or during training: from fit.json)",
         aspect=(min(aspects), max(aspects)) if aspects else None,
         depth=(min(depths), max(depths)) if depths else None,
+        reach=tuple(reach),
     )
     return ranges, template
 
