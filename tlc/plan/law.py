@@ -189,13 +189,13 @@ def _sweep_details(runs_dir: Path, fit: dict) -> tuple[MeasuredRanges, dict | No
     """Measured ranges (N and finished-point tokens from fit.json's runs; sparsities from compress.jsonl) and the
     shape template."""
     runs = fit.get("runs") or []
-    sizes = [r.get("params") or r.get("non_embedding_params") for r in runs]  # the law's N (older fits: the latter)
-    sizes = [n for n in sizes if n]
-    # every finished point's tokens (a WSD run's branch ends too); fits before they were listed: each run's last
-    tokens = [d for r in runs for d in (r.get("finished_tokens") or [r.get("final_tokens")]) if d]
-    reach = [(n, max(ds)) for r in runs
-             if (n := r.get("params") or r.get("non_embedding_params"))
-             and (ds := [d for d in (r.get("finished_tokens") or [r.get("final_tokens")]) if d])]
+    # per run: the law's N (older fits: non_embedding_params) and every finished point's tokens (a WSD run's
+    # branch ends too; fits before they were listed: the run's last)
+    measured = [(r.get("params") or r.get("non_embedding_params"),
+                 [d for d in (r.get("finished_tokens") or [r.get("final_tokens")]) if d]) for r in runs]
+    sizes = [n for n, _ in measured if n]
+    tokens = [d for _, ds in measured for d in ds]
+    reach = [(n, max(ds)) for n, ds in measured if n and ds]
     sparsity: dict[str, list[float]] = {}
     for method, entry in ((fit.get("compression") or {}).get("pruning") or {}).items():
         if timing_of(method) in TIMINGS and isinstance(entry, dict) and entry.get("sparsities"):

@@ -154,11 +154,11 @@ def _range_warnings(law: PlanLaw, label: str, point: Point) -> list[str]:
     if r.D and not (r.D[0] <= point.tokens <= r.D[1]):
         out.append(f"{label}: {format_count(point.tokens)} tokens is outside the measured final tokens "
                    f"{format_count(r.D[0])}..{format_count(r.D[1])} (an extrapolation)" + _longest_out(law))
-    elif reach := [d for size, d in r.reach if size >= n]:  # the sweep's long runs may all be of smaller models
-        if point.tokens > max(reach):
-            out.append(f"{label}: {format_count(point.tokens)} tokens is more than any run of at least its size "
-                       f"(N = {format_count(n)}) was trained on, {format_count(max(reach))} (an extrapolation for "
-                       "its size)" + _longest_out(law))
+    elif point.tokens > (longest := max((d for size, d in r.reach if size >= n), default=math.inf)):
+        # inside the sweep's tokens, but its long runs may all be of smaller models
+        out.append(f"{label}: {format_count(point.tokens)} tokens is more than any run of at least its size "
+                   f"(N = {format_count(n)}) was trained on, {format_count(longest)} (an extrapolation for its size)"
+                   + _longest_out(law))
     if r.aspect and point.width and point.depth and not (r.aspect[0] <= point.width / point.depth <= r.aspect[1]):
         out.append(f"{label}: width/depth {point.width}/{point.depth} = {point.width / point.depth:.3g} is outside the "
                    f"sweep's shapes' {r.aspect[0]:.3g}..{r.aspect[1]:.3g}; the law sees only N, not the shape "
