@@ -209,19 +209,24 @@ def test_tiny_sweep_spans_enough_sizes_for_the_demo():
     from tlc.shapes import param_counts
 
     sweep = load_sweep(Path(__file__).resolve().parents[1] / "sweeps" / "tiny.yaml")
-    sizes = [param_counts(s).non_embedding for s in sweep.shapes]
-    assert len(sizes) >= 6 and max(sizes) / min(sizes) >= 8
+    sizes = [param_counts(s).total for s in sweep.shapes]
+    assert len(sizes) >= 5 and max(sizes) / min(sizes) >= 8 and len(sweep.seeds) >= 2
     assert all(s.width % 16 == 0 for s in sweep.shapes)  # the demo prunes in 16x16 blocks
+    assert {s.depth for s in sweep.shapes} == {2}  # one depth: the laws have no depth term
+    for run in sweep.runs():  # every trunk warms up alike and forks from 262K tokens on, at powers of two
+        t = run.train
+        assert t.tokens * t.warmup_frac == pytest.approx(52428.8)
+        assert t.tokens * t.cooldowns[0] == 262144 and t.cooldowns[-1] == 1.0
+        assert all(b == 2 * a for a, b in zip(t.cooldowns, t.cooldowns[1:]))
 
 
 def test_tiny_long_sweep_warms_up_and_forks_alike_for_every_shape():
     sweep = load_sweep(Path(__file__).resolve().parents[1] / "sweeps" / "tiny_long.yaml")
-    tiny = load_sweep(Path(__file__).resolve().parents[1] / "sweeps" / "tiny.yaml")
-    assert [(s.width, s.depth) for s in sweep.shapes] == [(s.width, s.depth) for s in tiny.shapes]
+    assert [(s.width, s.depth) for s in sweep.shapes] == [(16, 1), (32, 1), (32, 2), (48, 2), (64, 2), (96, 2), (128, 2)]
     tokens = []
     for run in sweep.runs():
         t = run.train
-        assert t.tokens * t.warmup_frac == pytest.approx(52428.8)  # the same 102 warmup steps as tiny.yaml's 1M-token trunks
+        assert t.tokens * t.warmup_frac == pytest.approx(52428.8)  # 102 warmup steps whatever the trunk
         assert t.tokens * t.cooldowns[0] == 131072 and t.cooldowns[-1] == 1.0  # forks from 131K tokens on
         assert all(b == 2 * a for a, b in zip(t.cooldowns, t.cooldowns[1:]))  # at powers of two
         tokens.append(t.tokens)

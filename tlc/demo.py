@@ -168,8 +168,10 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.flush()
         return 0
     budget = training_budget(sweep_dir)
-    # first without an inference limit, to size that limit; the second call rewrites plan.json
-    plan_argv = ["plan", "--runs", str(sweep_dir), "--budget", f"{budget:.3g}"]
+    # first without an inference limit, to size that limit; the second call rewrites plan.json.
+    # Within the shapes the sweep measured: the tiny sweep has one depth, and its law, which has no
+    # depth term, missed depth-1 and depth-4 models by 4-10% (BENCHMARKS.md, "Planner calibration").
+    plan_argv = ["plan", "--runs", str(sweep_dir), "--budget", f"{budget:.3g}", "--measured-shapes"]
     max_bytes = inference_budget(json.loads(stage("plan", plan_argv + ["--json"], quiet=True)))
     stage("plan", plan_argv + ["--max-bytes", str(max_bytes)])
     stage("report", ["report", str(sweep_dir)])
