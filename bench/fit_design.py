@@ -1,8 +1,9 @@
 """Which sweep design pins the scaling law down: the same training compute spent three ways.
 
-The tiny sweep's six shapes (and their learning rates, from sweeps/tiny.yaml) are trained by
-the real `tlc sweep`, then fitted by the real `tlc fit` code (finished-run points, 200
-bootstrap resamples over runs), under three designs of about equal total training FLOPs:
+The tiny sweep's shapes, learning rates and seeds (from sweeps/tiny.yaml; each shape's own
+training length is left out) are trained by the real `tlc sweep`, then fitted by the real
+`tlc fit` code (finished-run points, 200 bootstrap resamples over runs), under three designs of
+about equal total training FLOPs:
 
 - equal:   every shape on the same tokens under a cosine schedule (tiny.yaml's design before
            issue 12: 600K tokens each); one finished point per run, all at one D.
@@ -48,9 +49,11 @@ ISOFLOP_RATIOS = (1, 2, 4)
 
 
 def _base(name: str, tiny: dict) -> dict:
+    """The sweep's model, shapes (with their learning rates, without their own training lengths), seeds and data."""
     train = {k: v for k, v in tiny["train"].items() if k not in ("tokens", "flops", "budgets", "schedule",
                                                                    "cooldowns", "cooldown_frac")}
-    return {"name": name, "model": tiny["model"], "shapes": tiny["shapes"], "seeds": tiny.get("seeds", [0]),
+    shapes = [{k: v for k, v in shape.items() if k not in ("tokens", "warmup_frac", "cooldowns")} for shape in tiny["shapes"]]
+    return {"name": name, "model": tiny["model"], "shapes": shapes, "seeds": tiny.get("seeds", [0]),
             "train": train, "data": tiny["data"]}
 
 

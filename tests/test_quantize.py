@@ -21,7 +21,7 @@ warnings.filterwarnings("ignore", message=".*MatMul8bitLt.*")
 
 
 def smallest_tiny_shape():
-    """The smallest shape of sweeps/tiny.yaml (w64-d2, context 128, vocabulary 1024)."""
+    """A tiny-sweep shape: w64-d2, context 128, vocabulary 1024."""
     return build_model(ModelShape(64, 2, 2, 128, 1024, "gpt2"), seed=5).eval()
 
 

@@ -39,9 +39,9 @@ DEFAULT_BOOTSTRAP = 200
 # What N counts in the laws. Hoffmann et al. 2022 count every parameter; Kaplan et al. 2020 leave
 # the embeddings out. At the sizes a CPU trains the embeddings are most of a model (85% of w16-d1 at
 # vocabulary 1024) and the output projection most of its compute, and the loss follows the total:
-# w32-d1 and w32-d2 (12K and 25K non-embedding, 49K and 62K in all) ended 0.004 nats apart. On
-# tiny.yaml's sweep Kaplan's law predicts the largest shape within 0.20% counting the total and
-# 1.48% counting the rest (BENCHMARKS.md, "Which N").
+# w32-d1 and w32-d2 (12K and 25K non-embedding, 49K and 62K in all) ended 0.004 nats apart at 1.26M
+# tokens. On the seven-shape tiny sweep of depths 1 and 2, Kaplan's law predicted the largest shape
+# within 0.20% counting the total and 1.48% counting the rest (BENCHMARKS.md, "Which N").
 SIZES = {"total": "every parameter, embeddings included (Hoffmann et al. 2022)",
          "non_embedding": "parameters outside the token and position embeddings (Kaplan et al. 2020)"}
 DEFAULT_SIZE = "total"
