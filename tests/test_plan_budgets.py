@@ -152,6 +152,35 @@ def test_a_plan_from_a_wsd_sweep_trains_one_branch_ending_at_its_tokens(runs, ca
     assert cfg.train.tokens == recipe["train"]["tokens"]
 
 
+def test_the_warmup_follows_the_rule_the_sweep_states():
+    from tlc.plan.recipe import warmup_rule
+
+    same_share = warmup_rule([(0.05, 1e6), (0.05, 4e6)])
+    assert same_share.kind == "fraction" and same_share.frac(10**7) == 0.05
+    same_tokens = warmup_rule([(0.05, 1_048_576), (0.0125, 4_194_304), (0.00625, 8_388_608)])  # sweeps/tiny.yaml
+    assert same_tokens.kind == "tokens" and same_tokens.value == pytest.approx(52428.8)
+    assert same_tokens.frac(5_242_880) == pytest.approx(0.01) and same_tokens.frac(60_000) == 0.5
+    neither = warmup_rule([(0.05, 1e6), (0.02, 4e6)])
+    assert neither.kind == "reference_run" and neither.frac(10**7) == 0.05
+
+
+def test_a_plan_warms_up_over_the_tokens_every_run_warmed_up_over(runs, capsys):
+    """Runs that set their own warmup_frac to warm up over one number of tokens: the planned run does too."""
+    warmup = 2000.0
+    for run_dir in runs.iterdir():
+        config_path = run_dir / "config.json"
+        if config_path.is_file():
+            config = json.loads(config_path.read_text())
+            config["train"]["warmup_frac"] = warmup / config["train"]["tokens"]
+            config_path.write_text(json.dumps(config))
+    recipe = plan(["--runs", runs, "--budget", "5e9"], capsys)["recommendation"]["recipe"]
+    assert recipe["warmup_rule"] == "tokens"
+    assert recipe["train"]["warmup_frac"] * recipe["train"]["tokens"] == pytest.approx(warmup)
+    from tlc.plan.planfile import run_config
+
+    assert run_config(recipe).train.warmup_frac == recipe["train"]["warmup_frac"]
+
+
 def test_the_measured_tokens_span_every_finished_point(runs):
     """A cooldown branch's end is a measured D: a plan at a branch's tokens is not an extrapolation."""
     from tlc.plan.law import load_plan_law

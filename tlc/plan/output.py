@@ -24,7 +24,8 @@ plan.json (format "tlc.plan/2"):
             inference {nonzeros, bytes, latency_ms}, inference_cost (= inference[pareto_cost]),
             recipe {shape, train (train.prune set when pruning at init or during training), tokens
             (seen by the finished model; a WSD recipe's train.tokens is its trunk's), timing (none,
-            after, init or during), lr_rule, data, world_size, seed, compression {method, sparsity,
+            after, init or during), lr_rule, warmup_rule (fraction, tokens or reference_run: how
+            train.warmup_frac was set, tlc.plan.recipe), data, world_size, seed, compression {method, sparsity,
             block, recovery_steps, int8}} when the law comes from a sweep (tlc.plan.recipe)}
 
 Losses are nats per token; low/high are the bootstrap interval (null for laws without draws);

@@ -10,6 +10,11 @@ learning rate from a rule the sweep states:
   ("power_of_width", with the fit's RMS error in log lr), which reproduces tiny.yaml's
   1/sqrt(width) rule and extends it to planned widths the sweep never trained.
 
+The warmup follows the rule the sweep's runs share: one fraction of the trunk for every run
+("fraction", a sweep with one train.warmup_frac), or one number of tokens whatever the trunk
+("tokens", as sweeps/tiny.yaml gives each shape the same 52K tokens of warmup through its own
+warmup_frac); runs that share neither give the reference run's fraction ("reference_run").
+
 The compression half of a recipe takes the block size and recovery fine-tune steps of the
 variants `tlc compress` measured for that method, so the plan compresses as the law was fitted.
 Nothing here imports torch.
@@ -45,6 +50,39 @@ def trunk_tokens(train: dict, tokens: float) -> int:
     if train.get("schedule") == "wsd":
         return int(round(tokens / (1.0 + float(train.get("cooldown_frac", 0.2)))))
     return int(tokens)
+
+
+WARMUP_AGREEMENT = 0.01  # runs warm up alike when their fractions (or warmup tokens) differ by at most 1%
+MAX_WARMUP_FRAC = 0.5  # a planned trunk shorter than twice the sweep's warmup warms up for half its steps
+
+
+@dataclass(frozen=True)
+class WarmupRule:
+    """How long a planned run warms up (module docstring): a share of its trunk, or a number of tokens."""
+
+    kind: str  # "fraction", "tokens" or "reference_run"
+    value: float  # the share of the trunk's steps, or the tokens
+
+    def frac(self, trunk: int) -> float:
+        """``train.warmup_frac`` for a trunk of ``trunk`` tokens."""
+        if self.kind == "tokens":
+            return min(self.value / max(trunk, 1), MAX_WARMUP_FRAC)
+        return self.value
+
+
+def warmup_rule(runs: list[tuple[float, float]]) -> WarmupRule:
+    """The rule the runs' (warmup_frac, trunk tokens) pairs share; the first pair is the reference run's."""
+    fracs = [f for f, _ in runs]
+    tokens = [f * t for f, t in runs]
+
+    def agree(values: list[float]) -> bool:
+        return max(values) <= (1 + WARMUP_AGREEMENT) * min(values)
+
+    if min(fracs) <= 0 or agree(fracs):
+        return WarmupRule("fraction", fracs[0])
+    if agree(tokens):
+        return WarmupRule("tokens", float(np.median(tokens)))
+    return WarmupRule("reference_run", fracs[0])
 
 
 @dataclass(frozen=True)
@@ -91,6 +129,7 @@ class SweepRecipe:
     data: dict  # source, val_percent, text_field (and the fingerprint the runs saw)
     world_size: int
     lr_rule: LrRule | None
+    warmup: WarmupRule | None  # None when no run records its warmup and trunk: the reference run's settings stand
     unique_tokens: float | None  # tokens in the training split (config.json data.train_tokens_available)
     compression: dict  # {method: {"block": int | None, "recovery_steps": int}} as compress.jsonl measured it
     reference_run: str
@@ -110,12 +149,17 @@ class SweepRecipe:
             method = STORE_SPARSE
         measured = self.compression.get(method, {})
         lr = self.lr_rule.lr(shape["width"]) if self.lr_rule else None
+        trunk = trunk_tokens(self.train, tokens)
+        train = {**self.train, "tokens": trunk, "lr": lr, "prune": prune}
+        if self.warmup is not None:
+            train["warmup_frac"] = self.warmup.frac(trunk)
         return {
             "shape": shape,
-            "train": {**self.train, "tokens": trunk_tokens(self.train, tokens), "lr": lr, "prune": prune},
+            "train": train,
             "timing": timing,
             "tokens": int(tokens),  # what the finished model has seen (with a WSD recipe, trunk plus branch)
             "lr_rule": self.lr_rule.kind if self.lr_rule else None,
+            "warmup_rule": self.warmup.kind if self.warmup else None,
             "data": self.data,
             "world_size": self.world_size,
             "seed": 0,
@@ -136,8 +180,11 @@ def read_sweep_recipe(runs_dir: Path) -> SweepRecipe | None:
     if not configs:
         return None
     reference_dir, reference = configs[0]
-    widths, lrs = [], []
+    widths, lrs, warmups = [], [], []
     for _, c in configs:
+        frac, trunk = c["train"].get("warmup_frac"), c["train"].get("tokens")
+        if isinstance(frac, (int, float)) and isinstance(trunk, (int, float)) and trunk > 0:
+            warmups.append((float(frac), float(trunk)))
         lr, width = c["train"].get("lr"), c["shape"].get("width")
         if isinstance(lr, (int, float)) and lr > 0 and isinstance(width, int) and width > 0:
             widths.append(width)
@@ -159,6 +206,7 @@ def read_sweep_recipe(runs_dir: Path) -> SweepRecipe | None:
         data=data,
         world_size=int(reference.get("world_size") or 1),
         lr_rule=fit_lr_rule(widths, lrs),
+        warmup=warmup_rule(warmups) if warmups else None,
         unique_tokens=min(available) if available else None,
         compression=compression,
         reference_run=reference_dir.name,
