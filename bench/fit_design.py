@@ -52,7 +52,8 @@ def _base(name: str, tiny: dict) -> dict:
     """The sweep's model, shapes (with their learning rates, without their own training lengths), seeds and data."""
     train = {k: v for k, v in tiny["train"].items() if k not in ("tokens", "flops", "budgets", "schedule",
                                                                    "cooldowns", "cooldown_frac")}
-    shapes = [{k: v for k, v in shape.items() if k not in ("tokens", "warmup_frac", "cooldowns")} for shape in tiny["shapes"]]
+    own_length = ("tokens", "warmup_frac", "cooldowns")
+    shapes = [{k: v for k, v in shape.items() if k not in own_length} for shape in tiny["shapes"]]
     return {"name": name, "model": tiny["model"], "shapes": shapes, "seeds": tiny.get("seeds", [0]),
             "train": train, "data": tiny["data"]}
 
