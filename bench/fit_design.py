@@ -39,7 +39,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tlc.config import MIN_BUDGET_STEPS, load_sweep  # noqa: E402
+from tlc.config import MIN_BUDGET_STEPS, SHAPE_TRAIN_KEYS, load_sweep  # noqa: E402
 from tlc.shapes import flops_per_token  # noqa: E402
 
 EQUAL_TOKENS = 600_000  # tiny.yaml's tokens per run before issue 12
@@ -52,7 +52,7 @@ def _base(name: str, tiny: dict) -> dict:
     """The sweep's model, shapes (with their learning rates, without their own training lengths), seeds and data."""
     train = {k: v for k, v in tiny["train"].items() if k not in ("tokens", "flops", "budgets", "schedule",
                                                                    "cooldowns", "cooldown_frac")}
-    own_length = ("tokens", "warmup_frac", "cooldowns")
+    own_length = [k for k in SHAPE_TRAIN_KEYS if k != "lr"]  # what a shape may set besides its rate
     shapes = [{k: v for k, v in shape.items() if k not in own_length} for shape in tiny["shapes"]]
     return {"name": name, "model": tiny["model"], "shapes": shapes, "seeds": tiny.get("seeds", [0]),
             "train": train, "data": tiny["data"]}
