@@ -121,3 +121,33 @@ def test_iso_flop_budgets_train_named_runs_and_leave_out_what_they_cannot_train(
                           text=True, timeout=600)
     assert proc.returncode == 2 and "train.budgets: no shape can use any budget" in proc.stderr
     assert proc.stderr.strip().count("\n") == 0 and not (runs / "none").exists()
+
+
+def test_a_run_that_would_see_the_corpus_twice_is_left_out_unless_data_max_epochs_allows_it(tmp_path, small_corpus):
+    # the test corpus holds under a million training tokens at vocabulary 300: 4K tokens fit, 2.1M do not
+    doc = {"name": "epochs", "model": {"context": 32, "vocab_size": 300},
+           "shapes": [{"width": 16, "depth": 1, "heads": 2},
+                      {"width": 32, "depth": 1, "heads": 2, "tokens": 8192 * 8 * 32}],
+           "seeds": [0], "train": {"tokens": 16 * 8 * 32, "micro_batch": 8, "evals": 2, "precision": "fp32"},
+           "data": {"source": str(small_corpus)}, "launch": {"retries": 0}}
+    (tmp_path / "epochs.yaml").write_text(yaml.safe_dump(doc))
+    runs = tmp_path / "runs"
+    cmd = [sys.executable, "-m", "tlc", "sweep", str(tmp_path / "epochs.yaml"), "--runs-dir", str(runs)]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert is_complete(runs / "epochs" / "w16-d1-s0") and not (runs / "epochs" / "w32-d1-s0").exists()
+    line = next(line for line in proc.stdout.splitlines() if line.startswith("w32-d1-s0"))
+    assert "left out" in line and "more than the corpus's" in line and "lower train.tokens" in line
+
+    doc["name"], doc["shapes"] = "none", doc["shapes"][1:]  # no run fits: refused before training, naming the field
+    (tmp_path / "none.yaml").write_text(yaml.safe_dump(doc))
+    proc = subprocess.run([*cmd[:4], str(tmp_path / "none.yaml"), *cmd[5:]], cwd=REPO, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 2 and "train.tokens: no run fits in the corpus" in proc.stderr
+    assert proc.stderr.strip().count("\n") == 0 and not (runs / "none").exists()
+
+    doc["data"]["max_epochs"] = 0  # refused as a setting, before the corpus is read
+    (tmp_path / "none.yaml").write_text(yaml.safe_dump(doc))
+    proc = subprocess.run([*cmd[:4], str(tmp_path / "none.yaml"), *cmd[5:]], cwd=REPO, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 2 and "data.max_epochs: must be a number > 0" in proc.stderr

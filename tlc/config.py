@@ -150,6 +150,9 @@ class DataSettings:
     source: str = "stdlib"  # "stdlib", a text file, a folder, a glob, or a .jsonl file with a "text" field
     val_percent: float = 5.0  # share of documents (by path hash) held out for validation
     text_field: str = "text"  # field read from JSONL records
+    # the most times a sweep's longest model may go through the training split; a law's D counts tokens seen
+    # once, so a sweep leaves out runs beyond it (default 1)
+    max_epochs: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -399,6 +402,8 @@ def validate_data(data: DataSettings, where: str = "data") -> None:
         raise UserError(f"{where}.val_percent: must be in (0, 50), got {data.val_percent}")
     if not data.source:
         raise UserError(f"{where}.source: must not be empty; use 'stdlib' for the embedded corpus")
+    if not (math.isfinite(data.max_epochs) and data.max_epochs > 0):
+        raise UserError(f"{where}.max_epochs: must be a number > 0 (1: every token seen once), got {data.max_epochs}")
 
 
 def validate_run(cfg: RunConfig) -> None:

@@ -211,15 +211,20 @@ def run_sweep(sweep_path: Path, runs_root: Path = Path("runs"), storage: str | N
     available = prepare_data(sweep)
     left_out = dict(sweep.skipped())
     for run in sweep.runs():
-        if run.budget is None:
-            continue
+        # a law's D counts tokens seen once: a model that would see the corpus more than once is left out
         plan = plan_run(run, sweep.launch.nproc)
-        tokens, corpus = plan.steps_spent * plan.tokens_per_step, available[run.shape.vocab_size]
-        if tokens > corpus:
-            left_out[run.run_id] = (f"{tokens:.3g} training tokens at {run.budget:.3g} FLOPs, more than the corpus's "
-                                    f"{corpus:.3g}; lower train.budgets or give more data")
-    if sweep.train.budgets and len(left_out) == len(sweep.all_runs()):
-        raise UserError(f"SWEEP: train.budgets: no shape can use any budget ({'; '.join(left_out.values())})")
+        tokens, corpus = plan.final_steps * plan.tokens_per_step, available[run.shape.vocab_size]
+        if tokens > corpus * sweep.data.max_epochs:
+            spent = f"at {run.budget:.3g} FLOPs" if run.budget is not None else "for its longest model"
+            field = "train.budgets" if run.budget is not None else "train.tokens"
+            times = "" if sweep.data.max_epochs == 1 else f" x data.max_epochs {sweep.data.max_epochs:g}"
+            left_out[run.run_id] = (f"{tokens:.3g} training tokens {spent}, more than the corpus's {corpus:.3g}"
+                                    f"{times}; lower {field} or give more data (data.source)")
+    if len(left_out) == len(sweep.all_runs()):
+        if sweep.train.budgets:
+            raise UserError(f"SWEEP: train.budgets: no shape can use any budget ({'; '.join(left_out.values())})")
+        raise UserError(f"SWEEP: train.tokens: no run fits in the corpus of {sweep.data.source!r} "
+                        f"({'; '.join(f'{r}: {why}' for r, why in left_out.items())})")
     sweep_dir = prepare_sweep_dir(sweep, runs_root)
     ids = [r.run_id for r in sweep.runs() if r.run_id not in left_out]
     study, study_storage = open_study(sweep, sweep_dir, storage, ids)
