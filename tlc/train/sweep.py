@@ -297,6 +297,22 @@ def prepare_data(sweep: SweepConfig) -> dict[int, int]:
     return {vocab: len(load_tokens(corpus, vocab).train) for vocab in sorted({s.vocab_size for s in sweep.shapes})}
 
 
+def design_runs(sweep: SweepConfig, size: str = "total") -> list:
+    """The sweep's design for `scaling.design`: each run's N (its ``size`` parameter count, as
+    `tlc fit --size` counts it) and the tokens and FLOPs of every finished-run point it will yield."""
+    from scaling.design import DesignRun
+    from tlc.shapes import param_counts
+
+    design = []
+    for run in sweep.runs():
+        plan = plan_run(run, sweep.launch.nproc)
+        steps = [b.end_step for b in plan.branches] or [plan.total_steps]
+        tokens = tuple(float(k * plan.tokens_per_step) for k in steps)
+        design.append(DesignRun(run.run_id, float(getattr(param_counts(run.shape), size)), tokens,
+                                tuple(d * plan.flops_per_token for d in tokens)))
+    return design
+
+
 def _final_loss(run_dir: Path) -> float:
     rows = read_jsonl(run_dir / "metrics.jsonl")
     return float(rows[-1]["val_loss"]) if rows else float("nan")
