@@ -151,3 +151,9 @@ def test_a_run_that_would_see_the_corpus_twice_is_left_out_unless_data_max_epoch
     proc = subprocess.run([*cmd[:4], str(tmp_path / "none.yaml"), *cmd[5:]], cwd=REPO, capture_output=True,
                           text=True, timeout=600)
     assert proc.returncode == 2 and "data.max_epochs: must be a number > 0" in proc.stderr
+
+    doc["data"] = {"source": str(tmp_path / "no-such-corpus")}  # a sweep file names its field, not tlc train's flag
+    (tmp_path / "none.yaml").write_text(yaml.safe_dump(doc))
+    proc = subprocess.run([*cmd[:4], str(tmp_path / "none.yaml"), *cmd[5:]], cwd=REPO, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 2 and "error: data.source: no such file or folder" in proc.stderr

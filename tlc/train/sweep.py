@@ -293,7 +293,10 @@ def prepare_data(sweep: SweepConfig) -> dict[int, int]:
     the training split's length in tokens for each vocabulary size."""
     from tlc.train.data import load_corpus, load_tokens
 
-    corpus = load_corpus(sweep.data.source, sweep.data.val_percent, sweep.data.text_field)
+    try:
+        corpus = load_corpus(sweep.data.source, sweep.data.val_percent, sweep.data.text_field)
+    except UserError as error:  # the corpus reader names tlc train's flag; a sweep file names the field
+        raise UserError(str(error).replace("--data:", "data.source:", 1)) from None
     return {vocab: len(load_tokens(corpus, vocab).train) for vocab in sorted({s.vocab_size for s in sweep.shapes})}
 
 
