@@ -218,6 +218,62 @@ class KaplanForm(LawForm):
         return np.array([math.log(p.N_c), math.log(p.D_c), p.alpha_N, p.alpha_D])
 
 
+# --- Kaplan's law with a free data exponent -------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PowerSumParameters:
+    """L(N, D) = (A / N^alpha + B / D^beta)^gamma."""
+
+    A: float  # model-size coefficient
+    B: float  # data coefficient
+    alpha: float  # model-size exponent inside the sum (the loss falls as N^-(alpha gamma) once data suffice)
+    beta: float  # data exponent inside the sum (the loss falls as D^-(beta gamma) once the model suffices)
+    gamma: float  # outer exponent
+
+
+class PowerSumForm(LawForm):
+    """Kaplan et al.'s joint law with its data exponent set free, so that the two limits interact.
+
+    Kaplan et al. 2020's eq. 1.5 is this form with beta = 1 (alpha = alpha_N / alpha_D, gamma =
+    alpha_D). Unlike Chinchilla's sum, a larger model gains more from more data, which is what
+    small models trained past their size limit show. It has no irreducible term: it suits models
+    far above the data's entropy. In log space log L = gamma · LSE(a - alpha·log N, b - beta·log D)
+    with a = log A, b = log B.
+    """
+
+    name = "power_sum"
+    equation = "L(N, D) = (A / N^alpha + B / D^beta)^gamma"
+    source = "Kaplan et al. 2020, eq. 1.5, with the data exponent beta free (Kaplan's law is beta = 1)"
+    covariates = ("N", "D")
+    fitted = (
+        ParameterSpec("a", -10.0, 60.0, (2.0, 8.0, 15.0)),
+        ParameterSpec("b", -10.0, 60.0, (2.0, 8.0, 15.0)),
+        ParameterSpec("alpha", 1e-3, 3.0, (0.2, 0.6, 1.2)),
+        ParameterSpec("beta", 1e-3, 3.0, (0.2, 0.6, 1.2)),
+        ParameterSpec("gamma", 1e-3, 3.0, (0.1, 0.3, 0.8)),
+    )
+    parameters_type = PowerSumParameters
+
+    def log_loss(self, theta, x, jacobian=True):
+        log_n, log_d = np.log(x["N"]), np.log(x["D"])
+        a, b, alpha, beta, gamma = (_col(theta, i) for i in range(5))
+        lse, (w_n, w_d) = _softmax_lse([a - alpha * log_n, b - beta * log_d])
+        log_loss = gamma * lse
+        if not jacobian:
+            return log_loss, None
+        jac = np.stack([gamma * w_n, gamma * w_d, -gamma * w_n * log_n, -gamma * w_d * log_d,
+                        np.broadcast_arrays(lse, log_loss)[0]], axis=-1)
+        return log_loss, jac
+
+    def to_parameters(self, theta):
+        a, b, alpha, beta, gamma = (float(v) for v in theta)
+        return PowerSumParameters(A=math.exp(a), B=math.exp(b), alpha=alpha, beta=beta, gamma=gamma)
+
+    def to_theta(self, p):
+        return np.array([math.log(p.A), math.log(p.B), p.alpha, p.beta, p.gamma])
+
+
 # --- Per-run learning curve -----------------------------------------------------------------
 
 
@@ -285,5 +341,5 @@ def learning_curve_loss(C, p: LearningCurveParameters) -> np.ndarray:
     return p.E + p.A * np.asarray(C, dtype=float) ** -p.alpha
 
 
-LAWS: dict[str, LawForm] = {form.name: form for form in (ChinchillaForm(), KaplanForm())}
+LAWS: dict[str, LawForm] = {form.name: form for form in (ChinchillaForm(), KaplanForm(), PowerSumForm())}
 """The joint L(N, D) laws fitted to every sweep, by name."""

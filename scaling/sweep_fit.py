@@ -183,14 +183,25 @@ def _unfitted_law_json(form: LawForm, reason: str) -> dict:
     }
 
 
+def extrapolation_error(law: dict) -> float | None:
+    """A fitted law's held-out error, for choosing between laws: the larger of its leave-largest-out
+    and leave-longest-out errors, since a plan reaches past the sweep in N, in D or in both; None
+    without either."""
+    errors = [held["relative_error"] for held in (law.get("heldout"), law.get("heldout_tokens"))
+              if isinstance(held, dict) and isinstance(held.get("relative_error"), (int, float))]
+    return float(max(errors)) if errors else None
+
+
 def preferred_law(laws_json: dict[str, dict]) -> dict:
-    """The law to predict with: the lowest leave-largest-out error among converged laws, else
-    the first converged law (Chinchilla's form comes first), else none, with the reason."""
+    """The law to predict with: the lowest held-out error (`extrapolation_error`) among converged
+    laws, else the first converged law (Chinchilla's form comes first), else none, with the reason."""
     converged = [name for name, law in laws_json.items() if law["status"] == "converged"]
-    scored = {name: laws_json[name]["heldout"]["relative_error"] for name in converged if laws_json[name]["heldout"]}
+    scored = {name: extrapolation_error(laws_json[name]) for name in converged}
+    scored = {name: error for name, error in scored.items() if error is not None}
     if scored:
         name = min(scored, key=scored.get)
-        return {"name": name, "reason": f"lowest leave-largest-out error ({scored[name]:.4f}) of the converged laws"}
+        return {"name": name, "reason": f"lowest held-out error ({scored[name]:.4f}, the larger of leave-largest-out "
+                                        "and leave-longest-out) of the converged laws"}
     if converged:
         return {"name": converged[0], "reason": "converged; too few model sizes for a held-out comparison"}
     return {"name": None, "reason": "no law converged; see each law's status"}

@@ -333,11 +333,15 @@ def _mark(runs: Path, **statuses: tuple[str, str]) -> None:
 def test_planner_uses_the_best_defensible_law_and_says_why(runs, capsys):
     fit = json.loads((runs / "fit.json").read_text())
     errors = {n: law["heldout"]["relative_error"] for n, law in fit["laws"].items()}
+    worst = {n: max(law["heldout"]["relative_error"], law["heldout_tokens"]["relative_error"])
+             for n, law in fit["laws"].items()}
     result = plan(["--runs", runs, "--budget", "1e15", "--max-params", "200k"], capsys)
-    assert result["law"]["form"] == min(errors, key=errors.get)
+    assert result["law"]["form"] == min(worst, key=worst.get)
     assert result["law"]["status"] == "converged" and "leave-largest-out" in result["law"]["why"]
+    assert "leave-longest-out" in result["law"]["why"]
     assert {c["name"] for c in result["law"]["candidates"]} == set(errors)
-    _mark(runs, chinchilla=("unidentified", "every run has the same tokens, so D is not identified"))
+    _mark(runs, chinchilla=("unidentified", "every run has the same tokens, so D is not identified"),
+          power_sum=("unidentified", "alpha's 95% interval spans 4x"))
     result = plan(["--runs", runs, "--budget", "1e15", "--max-params", "200k"], capsys)
     assert result["law"]["form"] == "kaplan" and result["law"]["heldout_error"] == pytest.approx(errors["kaplan"])
     forced = plan(["--runs", runs, "--budget", "1e15", "--max-params", "200k", "--law-form", "kaplan"], capsys)
@@ -352,7 +356,7 @@ def test_planner_uses_the_best_defensible_law_and_says_why(runs, capsys):
 ])
 def test_no_defensible_law_is_one_line_naming_the_design_problem(runs, capsys, argv, expected):
     _mark(runs, chinchilla=("unidentified", "every run has the same tokens, so D is not identified"),
-          kaplan=("hit_bound", None))
+          kaplan=("hit_bound", None), power_sum=("unidentified", "alpha's 95% interval spans 4x"))
     assert tlc_plan.main(["--runs", str(runs), "--budget", "1e15", *argv]) == 2
     err = capsys.readouterr().err
     assert expected in err and err.count("\n") == 1

@@ -15,6 +15,8 @@ from scaling.forms import (
     KaplanParameters,
     LearningCurveForm,
     LearningCurveParameters,
+    PowerSumForm,
+    PowerSumParameters,
 )
 from scaling.observations import CompressedVariant, RunCurve, SweepObservations
 from scaling.synthetic import TINY_TRUTH, synthetic_sweep
@@ -62,6 +64,21 @@ def test_kaplan_recovered_within_2_percent_with_noise():
     fit = fit_law(form, {"N": n, "D": d}, loss)
     errors = _relative_errors(fit.parameters, truth)
     assert fit.status == "converged" and max(errors.values()) < 0.02, errors
+
+
+def test_power_sum_recovered_without_noise_and_within_2_percent_with_it():
+    # the law the tiny sweep's depth-2 runs fitted: the outer exponent trades against the inner two
+    truth = PowerSumParameters(A=3.4e5, B=6.6e5, alpha=0.73, beta=0.62, gamma=0.26)
+    n = np.repeat(np.geomspace(5e4, 5e6, 8), 12)
+    d = np.tile(np.geomspace(2e5, 5e7, 12), 8)
+    form = PowerSumForm()
+    exact = form.predict(truth, N=n, D=d)
+    fit = fit_law(form, {"N": n, "D": d}, exact)
+    assert fit.status == "converged" and max(_relative_errors(fit.parameters, truth).values()) < 1e-3
+    noisy = exact * np.exp(0.001 * np.random.default_rng(0).standard_normal(n.size))
+    fit = fit_law(form, {"N": n, "D": d}, noisy)
+    predicted = form.predict(fit.parameters, N=n, D=d)
+    assert fit.status == "converged" and np.max(np.abs(predicted / exact - 1)) < 0.02
 
 
 def test_learning_curve_recovered():

@@ -16,6 +16,8 @@ from scaling.forms import (
     KaplanParameters,
     LearningCurveForm,
     LearningCurveParameters,
+    PowerSumForm,
+    PowerSumParameters,
     chinchilla_loss,
     kaplan_loss,
     learning_curve_loss,
@@ -36,6 +38,8 @@ CASES = [
     (ChinchillaForm(), np.array([3.0, 9.0, -0.2, 0.2, 0.5])),
     (KaplanForm(), np.array([31.8, 30.5, 0.076, 0.103])),
     (KaplanForm(), np.array([20.0, 25.0, 0.3, 0.2])),
+    (PowerSumForm(), np.array([12.2, 12.9, 0.69, 0.60, 0.27])),
+    (PowerSumForm(), np.array([5.0, 9.0, 0.3, 0.5, 0.8])),
     (LearningCurveForm(), np.array([0.9, 8.0, 0.2])),
     *[(form, np.array([-2.0, 1.3, 0.4, 0.3])[: len(form.fitted)]) for form in PRUNING_CANDIDATES.values()],
     *[(form, np.array([-4.0, 0.2, 0.3])[: len(form.fitted)]) for form in INT8_CANDIDATES.values()],
@@ -99,6 +103,16 @@ def test_huber_objective_gradient(form, theta):
             - huber_objective(form, down, x, log_observed, weights, gradient=False)[0]
         ) / (2 * step)
         assert grad[p] == pytest.approx(numeric, rel=1e-4, abs=1e-5), form.fitted[p].name
+
+
+def test_power_sum_matches_its_equation_and_is_kaplans_law_at_beta_one():
+    p = PowerSumParameters(A=3.4e5, B=6.6e5, alpha=0.73, beta=0.62, gamma=0.26)
+    expected = (p.A / N**p.alpha + p.B / D**p.beta) ** p.gamma
+    np.testing.assert_allclose(PowerSumForm().predict(p, N=N, D=D), expected, rtol=1e-12)
+    k = KaplanParameters(N_c=8.8e13, D_c=5.4e13, alpha_N=0.076, alpha_D=0.095)
+    ratio = k.alpha_N / k.alpha_D
+    as_sum = PowerSumParameters(A=k.N_c**ratio, B=k.D_c, alpha=ratio, beta=1.0, gamma=k.alpha_D)
+    np.testing.assert_allclose(PowerSumForm().predict(as_sum, N=N, D=D), kaplan_loss(N, D, k), rtol=1e-10)
 
 
 def test_chinchilla_matches_its_equation():

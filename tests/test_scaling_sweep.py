@@ -288,3 +288,7 @@ def test_preferred_law_is_the_best_converged_extrapolator():
     unscored = {"chinchilla": law("converged", None), "kaplan": law("converged", None)}
     assert preferred_law(unscored)["name"] == "chinchilla"
     assert preferred_law({"chinchilla": law("not_converged", 0.01)})["name"] is None
+    # a law that extrapolates well in N but badly in D loses to one that does both fairly well
+    in_n_only = {**law("converged", 0.002), "heldout_tokens": {"relative_error": 0.025}}
+    both_ways = {**law("converged", 0.003), "heldout_tokens": {"relative_error": 0.011}}
+    assert preferred_law({"chinchilla": in_n_only, "power_sum": both_ways})["name"] == "power_sum"

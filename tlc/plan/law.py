@@ -23,7 +23,7 @@ import numpy as np
 import scaling
 from scaling.compression_fit import TIMINGS, timing_of
 from scaling.fitted import FittedLaw, FittedSweep
-from scaling.sweep_fit import FORMAT as FIT_FORMAT
+from scaling.sweep_fit import FORMAT as FIT_FORMAT, extrapolation_error
 from scaling.forms import LAWS, PUBLISHED_BESIROGLU, PUBLISHED_CHINCHILLA, ChinchillaParameters
 from tlc.errors import UserError
 from tlc.io import list_runs, read_jsonl
@@ -259,6 +259,7 @@ def _law_candidates(data: dict) -> list[dict]:
             "status": str(entry.get("status", "converged")),
             "reason": entry.get("reason") or _DEFAULT_REASONS.get(entry.get("status")),
             "heldout_error": float(error) if isinstance(error, (int, float)) else None,
+            "extrapolation_error": extrapolation_error(entry),
             "heldout_tokens": {k: longest.get(k) for k in ("tokens_ratio", "relative_error", "bias")}
             if isinstance(longest, dict) and isinstance(longest.get("bias"), (int, float)) else None,
         })
@@ -268,8 +269,9 @@ def _law_candidates(data: dict) -> list[dict]:
 def choose_law(data: dict, law_form: str | None, flag: str, path: Path) -> dict:
     """The L(N, D) law to plan with and why (plan.json's law.choice); UserError when none is defensible.
 
-    Among laws fit.json does not mark unidentified (`UNDEFENDED`), the lowest leave-largest-out
-    error wins; without held-out errors, the first such law (Chinchilla's form comes first).
+    Among laws fit.json does not mark unidentified (`UNDEFENDED`), the lowest held-out error wins (the
+    larger of leave-largest-out and leave-longest-out: `scaling.sweep_fit.extrapolation_error`);
+    without held-out errors, the first such law (Chinchilla's form comes first).
     ``law_form`` (--law-form) picks one by name, which must itself be defensible.
     """
     candidates = _law_candidates(data)
@@ -293,10 +295,14 @@ def choose_law(data: dict, law_form: str | None, flag: str, path: Path) -> dict:
         raise UserError(f"{flag} {path}: no law the fit can defend: {problems}; change the sweep's design as "
                         "tlc fit says (more D per size: train.cooldowns or train.budgets; a loss floor: longer runs or "
                         f"larger shapes) and refit, or plan with --law {'|'.join(PUBLISHED_LAWS)}")
-    scored = [c for c in usable if c["heldout_error"] is not None]
+    scored = [c for c in usable if c["extrapolation_error"] is not None]
     if scored:
-        best = min(scored, key=lambda c: c["heldout_error"])
-        why = f"lowest leave-largest-out error ({best['heldout_error']:.4f}) of the laws the fit does not mark unidentified"
+        best = min(scored, key=lambda c: c["extrapolation_error"])
+        longest = (best["heldout_tokens"] or {}).get("relative_error")
+        parts = [f"leave-largest-out {best['heldout_error']:.4f}" if best["heldout_error"] is not None else None,
+                 f"leave-longest-out {longest:.4f}" if isinstance(longest, (int, float)) else None]
+        why = (f"lowest held-out error ({best['extrapolation_error']:.4f}: the larger of "
+               f"{' and '.join(p for p in parts if p)}) of the laws the fit does not mark unidentified")
     else:
         best = usable[0]
         why = "the first law the fit does not mark unidentified (no held-out errors: too few model sizes)"
