@@ -157,3 +157,20 @@ def test_a_run_that_would_see_the_corpus_twice_is_left_out_unless_data_max_epoch
     proc = subprocess.run([*cmd[:4], str(tmp_path / "none.yaml"), *cmd[5:]], cwd=REPO, capture_output=True,
                           text=True, timeout=600)
     assert proc.returncode == 2 and "error: data.source: no such file or folder" in proc.stderr
+
+
+def test_a_sweep_folder_written_before_a_setting_existed_resumes_and_a_changed_sweep_is_refused(tmp_path):
+    import pytest
+
+    from tlc.config import parse_sweep
+    from tlc.errors import UserError
+    from tlc.train.sweep import prepare_sweep_dir
+
+    doc = yaml.safe_load(_write_sweep(tmp_path / "grid.yaml", tmp_path, FOUR).read_text())
+    sweep_dir = prepare_sweep_dir(parse_sweep(doc), tmp_path / "runs")
+    written = yaml.safe_load((sweep_dir / "sweep.yaml").read_text())
+    del written["data"]["max_epochs"], written["train"]["cooldown_frac"]  # as tlc wrote it before these existed
+    (sweep_dir / "sweep.yaml").write_text(yaml.safe_dump(written))
+    prepare_sweep_dir(parse_sweep(doc), tmp_path / "runs")
+    with pytest.raises(UserError, match="different 'seeds'"):
+        prepare_sweep_dir(parse_sweep({**doc, "seeds": [0, 1]}), tmp_path / "runs")

@@ -473,7 +473,7 @@ def parse_sweep(doc: Any, where: str = "sweep") -> SweepConfig:
             if not raw_prune:
                 raise UserError(f"{where}.train.prune: expected a setting or a non-empty list of settings")
             prunes = tuple(parse_prune(p, f"{where}.train.prune[{i}]") for i, p in enumerate(raw_prune))
-        else:
+        elif raw_prune is not None:  # null, as the resolved sweep.yaml writes a dense sweep, is no setting
             prunes = (parse_prune(raw_prune, f"{where}.train.prune"),)
     train = _from_mapping(TrainSettings, raw_train, f"{where}.train")
     validate_train(train, f"{where}.train")

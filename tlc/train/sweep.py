@@ -23,7 +23,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from tlc.config import SweepConfig, load_sweep, sweep_to_dict
+from tlc.config import SweepConfig, load_sweep, parse_sweep, sweep_to_dict
 from tlc.errors import UserError
 from tlc.io import atomic_write_text, is_complete, read_jsonl
 from tlc.train.guard import WORKER_PID_ENV, held_by_another
@@ -65,6 +65,10 @@ def prepare_sweep_dir(sweep: SweepConfig, runs_root: Path) -> Path:
     path = sweep_dir / "sweep.yaml"
     if path.exists():
         old = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        try:  # resolved again, so that a setting added since it was written compares as its default
+            old = sweep_to_dict(parse_sweep(old, str(path)))
+        except UserError:
+            pass
         for key in ("shapes", "seeds", "train", "data"):
             if old.get(key) != resolved[key]:
                 raise UserError(
