@@ -112,6 +112,9 @@ def test_fit_writes_valid_fit_json(tmp_path, capsys):
     assert fit["compression"]["int8"] is not None
     out = capsys.readouterr().out
     assert "chinchilla" in out and "alpha" in out and "leave-largest-out" in out
+    assert set(fit["laws"]) == {"chinchilla", "kaplan", "power_sum"} and "power_sum" in out
+    fit["preferred_law"]["name"] = "power_sum"  # a law without a closed-form optimum gets its local exponents
+    assert "compute-optimal (power_sum, the preferred law; local exponents at" in fit_command.format_table(fit, tmp_path)
     mean, low, high = load_fit(fit).predict_loss(1e7, 2e8, method="magnitude", sparsity=0.5, int8=True)
     assert low <= mean <= high
     assert not list(tmp_path.glob(".fit.json*"))  # the temporary file was renamed into place

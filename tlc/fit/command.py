@@ -60,6 +60,13 @@ def format_table(fit: dict, path: Path) -> str:
         )
     elif "error" in chinchilla:
         lines.append(f"compute-optimal (chinchilla): not available, {chinchilla['error']}")
+    preferred = fit["allocation"].get(fit["preferred_law"]["name"] or "chinchilla", {})
+    if preferred.get("method") == "numeric":
+        lines.append(
+            f"compute-optimal ({fit['preferred_law']['name']}, the preferred law; local exponents at "
+            f"{preferred['compute']:.3g} FLOPs): N_opt ~ C^a, a = {_interval(preferred['a']).strip()}; "
+            f"D_opt ~ C^b, b = {_interval(preferred['b']).strip()}"
+        )
     frontier = fit["frontier"]["fit"]
     if frontier["parameters"]:
         alpha = _interval(frontier["parameters"]["alpha"]).strip()
