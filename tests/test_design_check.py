@@ -85,3 +85,5 @@ def test_check_design_takes_a_fit_as_the_truth_and_refuses_bad_flags(tmp_path, c
         assert main(["sweep", str(sweep), "--check-design", *flags]) == 2
         err = capsys.readouterr().err
         assert err.startswith(f"tlc sweep: error: {field}:") and err.strip().count("\n") == 0
+    assert main(["sweep", str(sweep), "--draws", "3"]) == 2  # a check's flag without the check: refused
+    assert capsys.readouterr().err.startswith("tlc sweep: error: --draws: only with --check-design")

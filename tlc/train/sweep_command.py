@@ -47,6 +47,10 @@ def run(args: argparse.Namespace) -> int:
 
     if args.check_design:
         return check_design_command(args)
+    given = [flag for flag, value, default in (("--truth", args.truth, "published"), ("--noise", args.noise, None),
+                                               ("--draws", args.draws, 5)) if value != default]
+    if given:
+        raise UserError(f"{given[0]}: only with --check-design, which trains nothing; drop it to train the sweep")
     if args.max_runs is not None and args.max_runs < 1:
         raise UserError(f"--max-runs: must be at least 1, got {args.max_runs}")
     if args.workers < 1:
@@ -142,8 +146,9 @@ def check_design_command(args: argparse.Namespace) -> int:
         low, high = d.intervals.get("E", (float("nan"),) * 2)
         held = held_out_text(d)
         missed = ", ".join(n for n, inside in d.truth_inside.items() if not inside) or "none"
-        print(f"{k:>4}  {d.status:<13} {d.span('alpha'):>9.3g}x {d.span('beta'):>8.3g}x  "
-              f"[{low:.3g}, {high:.3g}]{'':<{max(0, 16 - len(f'{low:.3g}, {high:.3g}'))}} {held:>8}  {missed}")
+        e_interval = f"[{low:.3g}, {high:.3g}]"
+        print(f"{k:>4}  {d.status:<13} {d.span('alpha'):>9.3g}x {d.span('beta'):>8.3g}x  {e_interval:<18} "
+              f"{held:>8}  {missed}")
     good = sum(d.identified for d in draws)
     print(f"identified in {good} of {len(draws)} draws (converged: no parameter on a bound, alpha's and beta's "
           f"95% intervals under 3x; and a leave-largest-out error of at most {100 * MAX_HELDOUT_ERROR:g}%)")
