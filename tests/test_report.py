@@ -114,3 +114,31 @@ def test_when_to_prune_figure_is_drawn_where_the_comparison_was_run(tmp_path):
     assert main(["report", str(sweep)]) == 0
     assert (sweep / "report" / "when_to_prune.png").exists()
     assert "## When to prune" in (sweep / "report" / "report.md").read_text()
+
+
+def test_the_fitted_curves_are_the_preferred_law_at_each_run_s_n_as_the_fit_counted_it(tmp_path):
+    import json
+
+    import numpy as np
+
+    from scaling import load_fit
+    from test_fit_cli import write_runs
+    from tlc.fit.observations import fit_sweep
+    from tlc.report.data import RunData, fitted_curve
+
+    write_runs(tmp_path, n_runs=5, points=8, compress=False)
+    fit = fit_sweep(tmp_path, bootstrap=10, size="non_embedding")
+    fit["preferred_law"]["name"] = "kaplan"  # whichever law the fit prefers is the one drawn
+    name, loss = fitted_curve(fit)
+    run_dir = next(p for p in sorted(tmp_path.iterdir()) if (p / "config.json").exists())
+    run = RunData(run_dir.name, json.loads((run_dir / "config.json").read_text()), [], [])
+    n = run.config["params"]["non_embedding"]
+    tokens = np.array([1e6, 1e8])
+    expected = [load_fit(fit).predict_loss(n, d, law="kaplan")[0] for d in tokens]
+    assert name == "kaplan" and np.allclose(loss(run, tokens), expected, rtol=1e-9)
+    fit["size"] = {"definition": "total"}  # a fit that counted every parameter is drawn at the total count
+    _, loss = fitted_curve(fit)
+    total = run.config["params"]["total"]
+    assert total > n and np.allclose(loss(run, tokens), [load_fit(fit).predict_loss(total, d, law="kaplan")[0]
+                                                         for d in tokens], rtol=1e-9)
+    assert fitted_curve({"format": "nonsense"}) is None

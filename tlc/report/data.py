@@ -161,14 +161,26 @@ def collect(sweep_dir: Path) -> SweepData:
     return data
 
 
-def chinchilla_parameters(fit: dict | None) -> dict | None:
-    """{E, A, B, alpha, beta} from fit.json, or None when the law is absent or did not converge."""
+def fitted_curve(fit: dict | None):
+    """(law name, loss(run, tokens)) for the L(N, D) law fit.json prefers, with each run's N counted as
+    the fit counted it (every parameter, or the non-embedding ones); None without a usable law."""
+    import scaling
+
     try:
-        law = fit["laws"]["chinchilla"]
-        params = {name: float(v["value"]) for name, v in law["parameters"].items()}
-    except (TypeError, KeyError, ValueError, AttributeError):  # AttributeError: an unidentified law, not fitted
+        fitted = scaling.load_fit(fit)
+    except (ValueError, TypeError, KeyError, AttributeError):
         return None
-    return params if {"E", "A", "B", "alpha", "beta"} <= set(params) else None
+    name = fitted.preferred_law
+    if name not in fitted.laws:
+        return None
+    law = fitted.laws[name]
+    size = ((fit or {}).get("size") or {}).get("definition", "non_embedding")  # older fits counted non-embedding
+
+    def loss(run: RunData, tokens):
+        n = float((run.config.get("params") or {}).get(size) or 0)
+        return law.form.predict(law.parameters, N=n, D=tokens) if n > 0 else None
+
+    return name, loss
 
 
 def dense_row(run: RunData) -> dict | None:

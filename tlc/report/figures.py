@@ -15,7 +15,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from tlc.report.data import SweepData, chinchilla_parameters, dense_row, variant_label  # noqa: E402
+from tlc.report.data import SweepData, dense_row, fitted_curve, variant_label  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -53,16 +53,19 @@ def _curves(data: SweepData, x, y, size=(7.5, 4.5)):
 
 def loss_vs_flops(data: SweepData):
     fig, ax, colors = _curves(data, lambda m: m["flops"], lambda m: m["val_loss"], size=(7.5, 5))
-    law = chinchilla_parameters(data.fit)
-    if law:
+    curve = fitted_curve(data.fit)
+    if curve:
+        name, law_loss = curve
         for run in data.runs:
-            fpt, n = run.config.get("flops_per_token"), run.non_embedding
-            if not fpt or not n:
-                continue
-            tokens = np.geomspace(run.metrics[0]["tokens"], run.metrics[-1]["tokens"], 50)
-            loss = law["E"] + law["A"] / n ** law["alpha"] + law["B"] / tokens ** law["beta"]
-            ax.plot(tokens * fpt, loss, "--", lw=1, color=colors[run.run_id])
-        ax.plot([], [], "k--", lw=1, label="fitted L(N, D) (Chinchilla form)")
+            fpt = run.config.get("flops_per_token")
+            # the law is fitted to finished-run points (the diamonds), so it is drawn over their tokens
+            ends = [m["tokens"] for m in run.metrics if m.get("final")] or [run.metrics[0]["tokens"],
+                                                                          run.metrics[-1]["tokens"]]
+            tokens = np.geomspace(min(ends), max(ends), 50)
+            loss = law_loss(run, tokens) if fpt else None
+            if loss is not None:
+                ax.plot(tokens * fpt, loss, "--", lw=1, color=colors[run.run_id])
+        ax.plot([], [], "k--", lw=1, label=f"fitted L(N, D) ({name}, the preferred law)")
     frontier = (data.fit or {}).get("frontier") or {}
     if frontier.get("compute") and frontier.get("loss"):
         ax.plot(frontier["compute"], frontier["loss"], "-", color="crimson", lw=2.5, alpha=0.6, label="compute-optimal frontier")
