@@ -25,6 +25,7 @@ from scaling.observations import RunCurve, SweepObservations
 
 MAX_HELDOUT_ERROR = 0.015  # a leave-largest-out error above this fails the check (the issue-12 target)
 SEED_NOISE = 0.005  # log-loss noise per finished point: 0.49% between the two seeds of sweeps/tiny.yaml
+DRAWS = 5  # noisy draws fitted by default
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,7 @@ def simulate(design: list[DesignRun], truth: ChinchillaParameters, noise: float,
 
 
 def check_design(design: list[DesignRun], truth: ChinchillaParameters, noise: float = SEED_NOISE,
-                 draws: int = 5, bootstrap: int = 200, seed: int = 0) -> list[DesignDraw]:
+                 draws: int = DRAWS, bootstrap: int = 200, seed: int = 0) -> list[DesignDraw]:
     """Fit Chinchilla's law to ``draws`` noisy draws of the design (see the module docstring)."""
     if not design:
         raise ValueError("design: no runs")

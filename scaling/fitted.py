@@ -84,6 +84,7 @@ class FittedSweep:
     preferred_law: str | None = None  # fit.json's choice (best held-out error); None for a bare law
     flops: FlopsModel = SIX_N  # training FLOPs per token against N: the sweep's own, or 6N for a published law
     flops_definition: str = "C = 6ND, as published laws count it"  # what C means in compute_optimal
+    size: str = "total"  # what N counts: "total" (every parameter) or "non_embedding"
 
     @property
     def methods(self) -> tuple[str, ...]:
@@ -209,6 +210,7 @@ def load_fit(data: dict) -> FittedSweep:
         pruning_sparsities=sparsities,
         preferred_law=preferred if preferred in laws else None,
         flops=flops,
+        size=(data.get("size") or {}).get("definition", "non_embedding"),  # fits before --size counted the latter
         flops_definition=(f"C = {flops.k:.4g} N^{flops.gamma:.4g} D: the sweep's own training FLOPs per token"
                           if flops_entry else "C = 6ND (a fit.json from before the FLOPs definition was recorded)"),
     )

@@ -90,6 +90,13 @@ def test_a_failed_run_is_recorded_and_the_sweep_goes_on(tmp_path, small_corpus):
     assert "failed" in proc.stdout and "is unreadable" in proc.stdout
 
 
+def _sweep_cli(tmp_path, doc, runs):
+    """`tlc sweep` on ``doc``, written to <tmp_path>/<name>.yaml, as a user runs it."""
+    (tmp_path / f"{doc['name']}.yaml").write_text(yaml.safe_dump(doc))
+    cmd = [sys.executable, "-m", "tlc", "sweep", str(tmp_path / f"{doc['name']}.yaml"), "--runs-dir", str(runs)]
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+
+
 def test_iso_flop_budgets_train_named_runs_and_leave_out_what_they_cannot_train(tmp_path, small_corpus):
     from tlc.config import ModelShape, budget_label
     from tlc.shapes import flops_per_token
@@ -101,10 +108,8 @@ def test_iso_flop_budgets_train_named_runs_and_leave_out_what_they_cannot_train(
            "shapes": [{"width": 16, "depth": 1, "heads": 2}, {"width": 32, "depth": 2, "heads": 2}],
            "seeds": [0], "train": {"budgets": [fits, huge], "micro_batch": 1, "evals": 2, "precision": "fp32"},
            "data": {"source": str(small_corpus)}, "launch": {"retries": 0}}
-    (tmp_path / "iso.yaml").write_text(yaml.safe_dump(doc))
     runs = tmp_path / "runs"
-    cmd = [sys.executable, "-m", "tlc", "sweep", str(tmp_path / "iso.yaml"), "--runs-dir", str(runs)]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    proc = _sweep_cli(tmp_path, doc, runs)
     assert proc.returncode == 0, proc.stderr[-3000:]
     trained = f"w16-d1-c{budget_label(fits)}-s0"
     assert is_complete(runs / "iso" / trained) and sorted(p.name for p in (runs / "iso").iterdir()
@@ -116,9 +121,7 @@ def test_iso_flop_budgets_train_named_runs_and_leave_out_what_they_cannot_train(
     assert "more than the corpus's" in lines[f"w16-d1-c{budget_label(huge)}-s0"]
 
     doc["name"], doc["train"]["budgets"] = "none", [huge]  # no shape can use any budget: refused before training
-    (tmp_path / "none.yaml").write_text(yaml.safe_dump(doc))
-    proc = subprocess.run([*cmd[:4], str(tmp_path / "none.yaml"), *cmd[5:]], cwd=REPO, capture_output=True,
-                          text=True, timeout=600)
+    proc = _sweep_cli(tmp_path, doc, runs)
     assert proc.returncode == 2 and "train.budgets: no shape can use any budget" in proc.stderr
     assert proc.stderr.strip().count("\n") == 0 and not (runs / "none").exists()
 
@@ -130,32 +133,24 @@ def test_a_run_that_would_see_the_corpus_twice_is_left_out_unless_data_max_epoch
                       {"width": 32, "depth": 1, "heads": 2, "tokens": 8192 * 8 * 32}],
            "seeds": [0], "train": {"tokens": 16 * 8 * 32, "micro_batch": 8, "evals": 2, "precision": "fp32"},
            "data": {"source": str(small_corpus)}, "launch": {"retries": 0}}
-    (tmp_path / "epochs.yaml").write_text(yaml.safe_dump(doc))
     runs = tmp_path / "runs"
-    cmd = [sys.executable, "-m", "tlc", "sweep", str(tmp_path / "epochs.yaml"), "--runs-dir", str(runs)]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    proc = _sweep_cli(tmp_path, doc, runs)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert is_complete(runs / "epochs" / "w16-d1-s0") and not (runs / "epochs" / "w32-d1-s0").exists()
     line = next(line for line in proc.stdout.splitlines() if line.startswith("w32-d1-s0"))
     assert "left out" in line and "more than the corpus's" in line and "lower train.tokens" in line
 
     doc["name"], doc["shapes"] = "none", doc["shapes"][1:]  # no run fits: refused before training, naming the field
-    (tmp_path / "none.yaml").write_text(yaml.safe_dump(doc))
-    proc = subprocess.run([*cmd[:4], str(tmp_path / "none.yaml"), *cmd[5:]], cwd=REPO, capture_output=True,
-                          text=True, timeout=600)
+    proc = _sweep_cli(tmp_path, doc, runs)
     assert proc.returncode == 2 and "train.tokens: no run fits in the corpus" in proc.stderr
     assert proc.stderr.strip().count("\n") == 0 and not (runs / "none").exists()
 
     doc["data"]["max_epochs"] = 0  # refused as a setting, before the corpus is read
-    (tmp_path / "none.yaml").write_text(yaml.safe_dump(doc))
-    proc = subprocess.run([*cmd[:4], str(tmp_path / "none.yaml"), *cmd[5:]], cwd=REPO, capture_output=True,
-                          text=True, timeout=600)
+    proc = _sweep_cli(tmp_path, doc, runs)
     assert proc.returncode == 2 and "data.max_epochs: must be a number > 0" in proc.stderr
 
     doc["data"] = {"source": str(tmp_path / "no-such-corpus")}  # a sweep file names its field, not tlc train's flag
-    (tmp_path / "none.yaml").write_text(yaml.safe_dump(doc))
-    proc = subprocess.run([*cmd[:4], str(tmp_path / "none.yaml"), *cmd[5:]], cwd=REPO, capture_output=True,
-                          text=True, timeout=600)
+    proc = _sweep_cli(tmp_path, doc, runs)
     assert proc.returncode == 2 and "error: data.source: no such file or folder" in proc.stderr
 
 

@@ -338,7 +338,7 @@ def _fit_file(path: Path, data: dict, flag: str, law_form: str | None = None) ->
         runs_dir=runs_dir if has_runs else None,
         shape_template=template,
         choice=choice,
-        size=(data.get("size") or {}).get("definition", "non_embedding"),  # fits before --size counted the latter
+        size=fitted.size,
         withheld=withheld,
     )
 

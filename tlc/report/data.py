@@ -174,10 +174,9 @@ def fitted_curve(fit: dict | None):
     if name not in fitted.laws:
         return None
     law = fitted.laws[name]
-    size = ((fit or {}).get("size") or {}).get("definition", "non_embedding")  # older fits counted non-embedding
 
     def loss(run: RunData, tokens):
-        n = float((run.config.get("params") or {}).get(size) or 0)
+        n = float((run.config.get("params") or {}).get(fitted.size) or 0)
         return law.form.predict(law.parameters, N=n, D=tokens) if n > 0 else None
 
     return name, loss

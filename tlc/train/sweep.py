@@ -210,13 +210,12 @@ def run_sweep(sweep_path: Path, runs_root: Path = Path("runs"), storage: str | N
     from optuna.trial import TrialState
 
     sweep = load_sweep(sweep_path)
-    for run in sweep.runs():  # refuse a budget smaller than one step before anything starts
-        plan_run(run, sweep.launch.nproc)
+    # refuses a budget smaller than one step before anything starts
+    plans = [(run, plan_run(run, sweep.launch.nproc)) for run in sweep.runs()]
     available = prepare_data(sweep)
     left_out = dict(sweep.skipped())
-    for run in sweep.runs():
+    for run, plan in plans:
         # a law's D counts tokens seen once: a model that would see the corpus more than once is left out
-        plan = plan_run(run, sweep.launch.nproc)
         tokens, corpus = plan.final_steps * plan.tokens_per_step, available[run.shape.vocab_size]
         if tokens > corpus * sweep.data.max_epochs:
             spent = f"at {run.budget:.3g} FLOPs" if run.budget is not None else "for its longest model"

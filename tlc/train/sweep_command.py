@@ -26,13 +26,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="train nothing: draw the losses the sweep's finished-run points would have under a known "
                    "Chinchilla law (--truth) with seed noise (--noise), fit them as tlc fit does, and say whether "
                    "the law comes out identified; exit 1 unless every draw does")
-    p.add_argument("--truth", default="published",
+    p.add_argument("--truth",
                    help="with --check-design: 'published' (Hoffmann et al. 2022's law, the default) or a fit.json "
                    "whose chinchilla law stands in for the truth")
     p.add_argument("--noise", type=float, default=None,
                    help="with --check-design: log-loss noise per finished point (default 0.005, the seed-to-seed "
                    "scatter of sweeps/tiny.yaml)")
-    p.add_argument("--draws", type=int, default=5, help="with --check-design: noisy draws to fit (default 5)")
+    p.add_argument("--draws", type=int, help="with --check-design: noisy draws to fit (default 5)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -47,8 +47,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.check_design:
         return check_design_command(args)
-    given = [flag for flag, value, default in (("--truth", args.truth, "published"), ("--noise", args.noise, None),
-                                               ("--draws", args.draws, 5)) if value != default]
+    given = [flag for flag, value in (("--truth", args.truth), ("--noise", args.noise), ("--draws", args.draws))
+             if value is not None]
     if given:
         raise UserError(f"{given[0]}: only with --check-design, which trains nothing; drop it to train the sweep")
     if args.max_runs is not None and args.max_runs < 1:
@@ -102,31 +102,31 @@ def _truth(spec: str):
         return PUBLISHED_CHINCHILLA, "total", "Hoffmann et al. 2022's law"
     path = Path(spec)
     try:
-        data = json.loads(path.read_text())
-        law = load_fit(data).laws["chinchilla"]
+        fitted = load_fit(json.loads(path.read_text()))
+        law = fitted.laws["chinchilla"]
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
         raise UserError(f"--truth: {spec!r} is neither 'published' nor a readable fit.json with a fitted chinchilla "
                         f"law ({error})") from None
-    size = (data.get("size") or {}).get("definition", "total")
-    return law.parameters, size, f"{path}'s chinchilla law ({law.status})"
+    return law.parameters, fitted.size, f"{path}'s chinchilla law ({law.status})"
 
 
-def held_out_text(draw) -> str:
+def _held_out_text(draw) -> str:
     return "-" if draw.heldout_error is None else f"{100 * draw.heldout_error:.2f}%"
 
 
 def check_design_command(args: argparse.Namespace) -> int:
     """--check-design: whether the sweep's design identifies Chinchilla's law, before anything trains."""
-    from scaling.design import MAX_HELDOUT_ERROR, SEED_NOISE, check_design
+    from scaling.design import DRAWS, MAX_HELDOUT_ERROR, SEED_NOISE, check_design
     from tlc.config import load_sweep
     from tlc.train.sweep import design_runs
 
     noise = SEED_NOISE if args.noise is None else args.noise
+    n_draws = DRAWS if args.draws is None else args.draws
     if not noise >= 0:
         raise UserError(f"--noise: must be >= 0 (a log-loss standard deviation, e.g. 0.005), got {args.noise}")
-    if args.draws < 1:
+    if n_draws < 1:
         raise UserError(f"--draws: must be at least 1, got {args.draws}")
-    truth, size, described = _truth(args.truth)
+    truth, size, described = _truth(args.truth or "published")
     sweep = load_sweep(args.sweep)
     design = design_runs(sweep, size)
     sizes = sorted({r.params for r in design})
@@ -135,16 +135,16 @@ def check_design_command(args: argparse.Namespace) -> int:
           f"N ({size}) {sizes[0]:.3g} to {sizes[-1]:.3g} ({sizes[-1] / sizes[0]:.3g}x), "
           f"D {tokens[0]:.3g} to {tokens[-1]:.3g} ({tokens[-1] / tokens[0]:.3g}x)")
     print(f"truth: {described}: E {truth.E:.4g}, A {truth.A:.4g}, B {truth.B:.4g}, alpha {truth.alpha:.4g}, "
-          f"beta {truth.beta:.4g}; noise {100 * noise:.2f}% per point; {args.draws} draws")
+          f"beta {truth.beta:.4g}; noise {100 * noise:.2f}% per point; {n_draws} draws")
     try:
-        draws = check_design(design, truth, noise, args.draws)
+        draws = check_design(design, truth, noise, n_draws)
     except ValueError as error:
         raise UserError(f"SWEEP: {error}") from None
     print(f"{'draw':>4}  {'status':<13} {'alpha span':>10} {'beta span':>9}  {'E 95% interval':<18} "
           f"{'held-out':>8}  truth outside its interval")
     for k, d in enumerate(draws, 1):
         low, high = d.intervals.get("E", (float("nan"),) * 2)
-        held = held_out_text(d)
+        held = _held_out_text(d)
         missed = ", ".join(n for n, inside in d.truth_inside.items() if not inside) or "none"
         e_interval = f"[{low:.3g}, {high:.3g}]"
         print(f"{k:>4}  {d.status:<13} {d.span('alpha'):>9.3g}x {d.span('beta'):>8.3g}x  {e_interval:<18} "
@@ -156,7 +156,7 @@ def check_design_command(args: argparse.Namespace) -> int:
         if d.status != "converged":
             print(f"draw {k}: {d.reason}")
         elif not d.identified:
-            print(f"draw {k}: leave-largest-out error {held_out_text(d)}, more than {100 * MAX_HELDOUT_ERROR:g}%")
+            print(f"draw {k}: leave-largest-out error {_held_out_text(d)}, more than {100 * MAX_HELDOUT_ERROR:g}%")
     print("This checks the design's spread of N and D against noise only; whether the losses follow the law at "
           "all shows only in trained runs (tlc fit).")
     return 0 if good == len(draws) else 1
