@@ -13,7 +13,21 @@ from conftest import REPO, TINY_SHAPE, run_tlc, sigkill_at_checkpoint
 from tlc.io import list_runs, read_jsonl
 from tlc.train.schedule import cooldown_lr, eval_schedule, get_lr, plan_branches, trunk_lr
 
-METRIC_FIELDS = {"step", "tokens", "flops", "wall_s", "train_loss", "val_loss", "val_bpb", "val_acc", "lr", "final"}
+METRIC_FIELDS = {"step", "tokens", "flops", "wall_s", "train_loss", "val_loss", "val_bpb", "val_acc", "val_loss_repeat",
+                 "val_loss_novel", "val_repeat_share", "lr", "final"}
+
+
+def test_repeated_targets_marks_tokens_seen_earlier_in_their_window():
+    import torch
+
+    from tlc.train.evaluation import repeated_targets
+
+    window = torch.tensor([[5, 7, 5, 9, 7, 7], [1, 2, 3, 4, 0, 2]])
+    # targets are tokens 1..5; a target counts when it occurred among the tokens before it
+    assert repeated_targets(window).tolist() == [[False, True, False, True, True], [False, False, False, False, True]]
+    windows = torch.randint(0, 9, (4, 40), generator=torch.Generator().manual_seed(0))
+    brute = [[bool((w[: t + 1] == w[t + 1]).any()) for t in range(len(w) - 1)] for w in windows]
+    assert repeated_targets(windows).tolist() == brute
 
 
 def test_lr_schedule_warms_up_then_decays_to_the_floor():
@@ -62,6 +76,10 @@ def test_run_writes_the_run_directory_contract(tmp_path, small_corpus):
     assert rows[-1]["val_loss"] < rows[0]["val_loss"] - 0.5
     assert rows[-1]["val_bpb"] == pytest.approx(rows[-1]["val_loss"] / 0.6931471805599453 / config["data"]["val_bytes_per_token"])
     assert 0 < rows[-1]["val_acc"] < 1
+    last = rows[-1]  # the loss split by target: seen earlier in the window, or not
+    assert 0 < last["val_repeat_share"] < 1
+    assert last["val_loss"] == pytest.approx(last["val_repeat_share"] * last["val_loss_repeat"]
+                                             + (1 - last["val_repeat_share"]) * last["val_loss_novel"])
     assert (out / "checkpoint" / "tlc_latest.json").exists()
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

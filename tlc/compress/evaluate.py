@@ -49,7 +49,8 @@ def evaluate_positions(model, tokens: TokenData, offsets: np.ndarray, context: i
     losses, preds, targets_all = [], [], []
     model.eval()
     with torch.inference_mode():
-        for logits, targets in val_batches(model, tokens, offsets, context, batch_size, device):
+        for logits, window in val_batches(model, tokens, offsets, context, batch_size, device):
+            targets = window[:, 1:]
             loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), reduction="none")
             losses.append(loss.cpu().numpy())
             preds.append(logits.argmax(-1).reshape(-1).cpu().numpy().astype(np.int32))

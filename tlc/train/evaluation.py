@@ -2,7 +2,11 @@
 
 Validation runs over fixed windows of the validation stream (``tlc.train.data.val_offsets``), so
 every model of a sweep, dense or compressed, is scored on the same tokens. Metrics: loss in nats
-per token, bits per byte (comparable across tokenizers) and next-token accuracy.
+per token, bits per byte (comparable across tokenizers) and next-token accuracy, and the loss split
+by target: tokens that already occurred earlier in their window, which a model can copy from its
+context, and the rest. The two parts scale differently: a model that learns to copy (Olsson et al.
+2022's induction heads) drops the first part abruptly, and no smooth law of N and D sees it coming
+(BENCHMARKS.md, "Where the plans past 1x missed").
 """
 
 from __future__ import annotations
@@ -27,7 +31,8 @@ def lm_loss(model, batch):
 
 def val_batches(model, tokens: TokenData, offsets: np.ndarray, context: int, batch_size: int,
                 device) -> Iterator[tuple]:
-    """(logits float32 (B, T, V), targets (B, T)) for the validation windows at ``offsets``, in order.
+    """(logits float32 (B, T, V), windows (B, T+1)) for the validation windows at ``offsets``, in order;
+    the targets are ``windows[:, 1:]``.
 
     Gradient mode is the caller's to set (``torch.no_grad`` or ``torch.inference_mode``).
     """
@@ -35,7 +40,19 @@ def val_batches(model, tokens: TokenData, offsets: np.ndarray, context: int, bat
 
     for start in range(0, len(offsets), batch_size):
         batch = torch.from_numpy(windows(tokens.val, offsets[start : start + batch_size], context)).to(device)
-        yield model(input_ids=batch[:, :-1]).logits.float(), batch[:, 1:]
+        yield model(input_ids=batch[:, :-1]).logits.float(), batch
+
+
+def repeated_targets(window):
+    """(B, T) bool for a (B, T+1) window batch: whether each target (token t+1) already occurred among
+    tokens 0..t of its window. O(B·(T + V)) via each token's first position in its window."""
+    import torch
+
+    positions = torch.arange(window.size(1), device=window.device).expand_as(window)
+    vocab = int(window.max()) + 1
+    first = torch.full((window.size(0), vocab), window.size(1), dtype=positions.dtype, device=window.device)
+    first.scatter_reduce_(1, window, positions, reduce="amin")
+    return (first.gather(1, window) < positions)[:, 1:]
 
 
 def bits_per_byte(val_loss: float, tokens: TokenData) -> float:
@@ -44,7 +61,9 @@ def bits_per_byte(val_loss: float, tokens: TokenData) -> float:
 
 
 def evaluate(model, tokens: TokenData, offsets: np.ndarray, context: int, batch_size: int, device, rank=0, world=1):
-    """Validation loss (nats/token), bits per byte and next-token accuracy over fixed windows.
+    """Validation loss (nats/token), bits per byte and next-token accuracy over fixed windows, and the
+    loss on targets that occurred earlier in their window (``val_loss_repeat``; None without any),
+    on the others (``val_loss_novel``) and the share of the first (``val_repeat_share``).
 
     Windows are shared out over processes and the sums reduced, so the result does not depend
     on the world size.
@@ -54,16 +73,26 @@ def evaluate(model, tokens: TokenData, offsets: np.ndarray, context: int, batch_
 
     was_training = model.training
     model.eval()
-    sums = torch.zeros(3, dtype=torch.float64)  # loss sum, correct predictions, predictions
+    # loss sum, correct predictions, predictions, loss sum on repeated targets, repeated targets
+    sums = torch.zeros(5, dtype=torch.float64)
     with torch.no_grad():
-        for logits, targets in val_batches(model, tokens, offsets[rank::world], context, batch_size, device):
-            sums[0] += F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), reduction="sum").item()
+        for logits, window in val_batches(model, tokens, offsets[rank::world], context, batch_size, device):
+            targets = window[:, 1:]
+            losses = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), reduction="none")
+            repeated = repeated_targets(window).reshape(-1)
+            sums[0] += losses.sum().item()
             sums[1] += (logits.argmax(-1) == targets).sum().item()
             sums[2] += targets.numel()
+            sums[3] += losses[repeated].sum().item()
+            sums[4] += repeated.sum().item()
     if world > 1:
         import torch.distributed as dist
 
         dist.all_reduce(sums)
     model.train(was_training)
     val_loss = float(sums[0] / sums[2])
-    return {"val_loss": val_loss, "val_bpb": bits_per_byte(val_loss, tokens), "val_acc": float(sums[1] / sums[2])}
+    repeated, novel = float(sums[4]), float(sums[2] - sums[4])
+    return {"val_loss": val_loss, "val_bpb": bits_per_byte(val_loss, tokens), "val_acc": float(sums[1] / sums[2]),
+            "val_loss_repeat": float(sums[3] / repeated) if repeated else None,
+            "val_loss_novel": float((sums[0] - sums[3]) / novel) if novel else None,
+            "val_repeat_share": repeated / float(sums[2])}
