@@ -23,6 +23,7 @@ from scaling.bootstrap import CONFIDENCE, percentile_interval
 from scaling.compression import INT8_CANDIDATES, PRUNING_CANDIDATES
 from scaling.compression_fit import SAME_LEVEL
 from scaling.forms import LAWS, PUBLISHED_CHINCHILLA, LawForm
+from scaling.loss_split import PARTS
 from scaling.sweep_fit import FORMAT
 
 
@@ -85,6 +86,8 @@ class FittedSweep:
     flops: FlopsModel = SIX_N  # training FLOPs per token against N: the sweep's own, or 6N for a published law
     flops_definition: str = "C = 6ND, as published laws count it"  # what C means in compute_optimal
     size: str = "total"  # what N counts: "total" (every parameter) or "non_embedding"
+    # fit.json's loss_split (scaling.loss_split): the law refitted to each part of the loss; None without
+    loss_split: dict | None = None
 
     @property
     def methods(self) -> tuple[str, ...]:
@@ -161,6 +164,17 @@ class FittedSweep:
         return cls(laws={"chinchilla": law}, pruning={}, int8=None)
 
 
+def _loss_split(entry) -> dict | None:
+    """fit.json's loss_split when it is usable (its form is a known law with every part's parameters)."""
+    if not isinstance(entry, dict) or entry.get("form") not in LAWS:
+        return None
+    parts = entry.get("parts")
+    fields = set(LAWS[entry["form"]].parameter_names)
+    if not isinstance(parts, dict) or any(set((parts.get(p) or {}).get("parameters") or {}) != fields for p in PARTS):
+        return None
+    return entry
+
+
 def load_fit(data: dict) -> FittedSweep:
     """Read the content of fit.json (as written by `tlc fit`) into a FittedSweep.
 
@@ -211,6 +225,7 @@ def load_fit(data: dict) -> FittedSweep:
         preferred_law=preferred if preferred in laws else None,
         flops=flops,
         size=(data.get("size") or {}).get("definition", "non_embedding"),  # fits before --size counted the latter
+        loss_split=_loss_split(data.get("loss_split")),
         flops_definition=(f"C = {flops.k:.4g} N^{flops.gamma:.4g} D: the sweep's own training FLOPs per token"
                           if flops_entry else "C = 6ND (a fit.json from before the FLOPs definition was recorded)"),
     )

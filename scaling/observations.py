@@ -45,6 +45,9 @@ class RunCurve:
     finished_tokens: np.ndarray | None = None  # (m,) D of each finished-run point, increasing
     finished_flops: np.ndarray | None = None  # (m,) training FLOPs behind each (a branch's include the trunk's)
     finished_loss: np.ndarray | None = None  # (m,)
+    # (m, 2) the finished points' loss on targets seen earlier in their window and on the rest
+    # (tlc.train.evaluation), or None when any point lacks it (runs trained before it was recorded)
+    finished_split: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         for field in ("tokens", "train_flops", "val_loss"):
@@ -75,6 +78,12 @@ class RunCurve:
                              "non-zero lengths")
         for field in finished:
             _positive_finite(self.run_id, field, getattr(self, field))
+        if self.finished_split is not None:
+            split = np.asarray(self.finished_split, dtype=float).reshape(-1, 2)
+            if len(split) != len(self.finished_loss):
+                raise ValueError(f"run {self.run_id}: finished_split needs one (repeat, novel) pair per finished point")
+            _positive_finite(self.run_id, "finished_split", split.ravel())
+            object.__setattr__(self, "finished_split", split)
 
     @property
     def final_loss(self) -> float:

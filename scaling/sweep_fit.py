@@ -30,6 +30,7 @@ from scaling.fitting import HUBER_DELTA, FitResult
 from scaling.forms import LAWS, LawForm
 from scaling.frontier import LEARNING_CURVE, bootstrap_frontier, compute_frontier, fit_frontier, fit_learning_curve
 from scaling.law_fit import LawFit, fit_sweep_law, judge_identification
+from scaling.loss_split import fit_loss_split
 from scaling.observations import SweepObservations
 
 FORMAT = "tlc.fit/1"
@@ -225,7 +226,9 @@ def fit_sweep_observations(
     null), residuals {run_id: {n_points, mean, rms, final}}, bootstrap {statuses, usable, draws
     {name: [per resample]}}}}; preferred_law {name, reason}; allocation
     {flops_per_token {k, gamma}, chinchilla {a, b, G}, kaplan {compute, a, b}}; learning_curves {equation, runs {run_id:
-    {parameters, status} or null}}; frontier {compute, loss, run_ids, fit}; compression
+    {parameters, status} or null}}; loss_split (the preferred law fitted to the loss on targets seen
+    earlier in their window and on the rest, scaling.loss_split; null for runs trained before the
+    split was recorded); frontier {compute, loss, run_ids, fit}; compression
     {pruning {method: model}, int8: model or null, skipped {method: reason}}.
 
     Each law's status is "converged", "unidentified" (a parameter on a bound, an exponent's
@@ -256,6 +259,7 @@ def fit_sweep_observations(
         }
         laws_json[name] = law
 
+    preferred = preferred_law(laws_json)
     final_compute = np.array([r.finished_flops.max() for r in observations.runs])
     reference_compute = float(np.exp(np.log(final_compute).mean()))
     sizes = [r.params for r in observations.runs]
@@ -324,7 +328,8 @@ def fit_sweep_observations(
                 for r in observations.runs
             ],
             "laws": laws_json,
-            "preferred_law": preferred_law(laws_json),
+            "preferred_law": preferred,
+            "loss_split": fit_loss_split(LAWS[preferred["name"]], observations) if preferred["name"] else None,
             "allocation": _allocation_json(fitted, reference_compute, flops),
             "learning_curves": {"equation": LEARNING_CURVE.equation, "source": LEARNING_CURVE.source, "runs": curves},
             "frontier": {

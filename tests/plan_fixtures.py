@@ -88,6 +88,8 @@ def write_trainable_sweep(runs_dir: Path, corpus: Path, timing: bool = True, wsd
         (run_dir / "model" / "config.json").write_text("{}")
         rows = [{"step": i + 1, "tokens": float(t), "flops": float(t * fpt), "val_loss": float(loss),
                  "val_bpb": float(loss) / 2.08, "val_acc": 0.1,
+                 # half the targets seen earlier in their window, at 0.8 of the loss; the rest at 1.2
+                 "val_loss_repeat": 0.8 * float(loss), "val_loss_novel": 1.2 * float(loss), "val_repeat_share": 0.5,
                  "final": i >= len(run.tokens) - 4,  # the law's own losses: finished-run points, as branch ends are
                  **({"wall_s": wall_seconds(t, fpt)} if timing else {})}
                 for i, (t, loss) in enumerate(zip(run.tokens, run.val_loss))]

@@ -27,6 +27,7 @@ def write_runs(
     warmup: int = 0,
     compress_offset: float | None = None,
     final: str | None = "all",
+    split: bool = False,
 ) -> None:
     """A sweep in the run-directory contract, from the synthetic truth in `scaling.synthetic`.
 
@@ -37,7 +38,9 @@ def write_runs(
     The first ``warmup`` evaluations of each run are logged with a rising learning rate, and
     with a loss 1 nat above the law's (warmup points do not follow it). With
     ``compress_offset``, the compression stage's evaluation reads that much higher than
-    training's, for the dense row and every variant alike, and rows carry dense_val_loss."""
+    training's, for the dense row and every variant alike, and rows carry dense_val_loss. With
+    ``split``, rows carry the loss by target: a quarter of the targets seen earlier in their window
+    at 0.6 of the loss, the rest at 1 + 0.4/3 of it."""
     sweep = synthetic_sweep(n_runs=n_runs, points_per_run=points, noise=noise, seed=1, max_params=3e7)
     for run in sweep.runs:
         run_dir = runs_dir / run.run_id
@@ -59,6 +62,8 @@ def write_runs(
             rows.append({"step": step * 10, "tokens": float(tokens), "flops": float(flops), "wall_s": step * 1.0,
                          "train_loss": loss * 0.98, "val_loss": loss, "val_bpb": loss / 2.4,
                          "val_acc": 0.3, "lr": lr})
+            if split:
+                rows[-1].update(val_loss_repeat=0.6 * loss, val_loss_novel=(1 + 0.4 / 3) * loss, val_repeat_share=0.25)
             if final is not None:
                 rows[-1]["final"] = final == "all" or step == len(run.tokens)
         (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -118,6 +123,22 @@ def test_fit_writes_valid_fit_json(tmp_path, capsys):
     mean, low, high = load_fit(fit).predict_loss(1e7, 2e8, method="magnitude", sparsity=0.5, int8=True)
     assert low <= mean <= high
     assert not list(tmp_path.glob(".fit.json*"))  # the temporary file was renamed into place
+    assert fit["loss_split"] is None and "loss on new targets" not in out  # runs without the split of the loss
+
+
+def test_fit_refits_the_preferred_law_to_each_part_of_the_loss(tmp_path, capsys):
+    write_runs(tmp_path, compress=False, split=True)
+    assert run_cli([str(tmp_path), "--bootstrap", "0"]) == 0
+    fit = json.loads((tmp_path / "fit.json").read_text())
+    split = fit["loss_split"]
+    assert split["form"] == fit["preferred_law"]["name"] and split["share"] == pytest.approx(0.25)
+    assert split["parts"]["repeat"]["rms"] < 0.01 and split["parts"]["novel"]["rms"] < 0.01
+    assert not split["copying_under_way"]  # both parts follow the law: nothing sets in at the runs' ends
+    out = capsys.readouterr().out
+    assert "loss on targets seen earlier in their window (25% of targets)" in out
+    assert "loss on new targets (75% of targets)" in out and "learning to copy" not in out
+    repeat = load_fit(fit).loss_split["parts"]["repeat"]["parameters"]
+    assert repeat == split["parts"]["repeat"]["parameters"]
 
 
 def test_finished_points_are_fitted_by_default(tmp_path, capsys):

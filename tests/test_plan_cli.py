@@ -254,6 +254,14 @@ def test_extrapolation_is_warned_about(runs, capsys):
         "x: 100M tokens is more than any run of at least its size (N = 800k) was trained on, 5M (an extrapolation "
         "for its size)"]
     assert planner._range_warnings(short_large, "x", planner.Point(**{**inside.__dict__, "tokens": 4e6})) == []
+    # a fit whose loss on repeated targets fell faster at the runs' ends than a refit on shorter runs predicts
+    split = {"copying_under_way": True, "parts": {"repeat": {"heldout_tokens": {"bias": 0.021}}}}
+    copying = dataclasses.replace(short_large, fitted=dataclasses.replace(law.fitted, loss_split=split))
+    warning, = planner._range_warnings(copying, "x", inside)
+    assert warning.endswith("(an extrapolation for its size); the sweep's models were still learning to copy from "
+                            "their context where it stopped (the loss on targets seen earlier in their window fell "
+                            "2.1% below a refit on shorter runs), so this loss will likely come out lower than "
+                            "predicted")
 
 
 def test_unknown_method_and_missing_fit(runs, tmp_path, capsys):

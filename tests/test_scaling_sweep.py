@@ -54,6 +54,7 @@ def test_resample_counts():
 
 
 def test_fit_json_layout(fit_json):
+    assert fit_json["loss_split"] is None  # synthetic runs carry no split of the loss
     assert fit_json["format"] == "tlc.fit/1" and fit_json["n_runs"] == 8 and fit_json["n_points"] == 96
     for law in fit_json["laws"].values():
         assert law["status"] in ("converged", "hit_bound", "not_converged")
@@ -292,3 +293,41 @@ def test_preferred_law_is_the_best_converged_extrapolator():
     in_n_only = {**law("converged", 0.002), "heldout_tokens": {"relative_error": 0.025}}
     both_ways = {**law("converged", 0.003), "heldout_tokens": {"relative_error": 0.011}}
     assert preferred_law({"chinchilla": in_n_only, "power_sum": both_ways})["name"] == "power_sum"
+
+
+def _split_sweep(copying: bool) -> SweepObservations:
+    """Six sizes, four finished points each; the novel part follows TINY_TRUTH, the repeat part 0.7 of it
+    (and, with ``copying``, 8% lower again at each run's longest point, as when copying sets in)."""
+    form, runs = ChinchillaForm(), []
+    for i, n in enumerate(np.geomspace(1e5, 3e6, 6)):
+        tokens = np.array([1.0, 2.0, 4.0, 8.0]) * 20 * n
+        novel = form.predict(TINY_TRUTH, N=n, D=tokens)
+        repeat = 0.7 * novel * np.where(copying & (tokens == tokens.max()), 0.92, 1.0)
+        loss = 0.4 * repeat + 0.6 * novel
+        runs.append(RunCurve(run_id=f"r{i}", params=float(n), tokens=tokens, train_flops=6 * n * tokens, val_loss=loss,
+                             finished_tokens=tokens, finished_flops=6 * n * tokens, finished_loss=loss,
+                             finished_split=np.stack([repeat, novel], axis=1)))
+    return SweepObservations(runs=tuple(runs))
+
+
+def test_loss_split_refits_each_part_and_flags_copying_that_sets_in_at_the_longest_points():
+    from scaling.loss_split import fit_loss_split, predict_split
+
+    form = ChinchillaForm()
+    steady = fit_loss_split(form, _split_sweep(copying=False))
+    assert steady["share"] == pytest.approx(0.4) and not steady["copying_under_way"]
+    assert steady["parts"]["novel"]["rms"] < 1e-3 and steady["parts"]["repeat"]["rms"] < 1e-3
+    predicted = predict_split(steady, {"chinchilla": form}, N=1e6, D=4e7)
+    truth = float(form.predict(TINY_TRUTH, N=1e6, D=4e7))
+    assert predicted == pytest.approx({"repeat": 0.7 * truth, "novel": truth}, rel=1e-3)
+
+    copying = fit_loss_split(form, _split_sweep(copying=True))
+    assert copying["copying_under_way"]
+    assert copying["parts"]["repeat"]["heldout_tokens"]["bias"] > 0.05  # the refit misses the drop
+    assert abs(copying["parts"]["novel"]["heldout_tokens"]["bias"]) < 1e-3
+
+
+def test_loss_split_needs_the_split_at_every_run(sweep):
+    from scaling.loss_split import fit_loss_split
+
+    assert fit_loss_split(ChinchillaForm(), sweep) is None  # synthetic runs carry no split

@@ -46,6 +46,13 @@ def test_validation_carries_the_plan_out_within_its_budgets(validated):
         recipe = plan[name]["recipe"]
         assert config["shape"]["width"] == plan[name]["width"] and config["train"]["lr"] == recipe["train"]["lr"]
         assert config["train_tokens"] >= plan[name]["tokens"] * 0.9
+        # the loss by target, predicted from the fit's refits of each part and measured on the trained model
+        assert predicted["dense_loss_split"] == plan[name]["dense_loss_split"]
+        assert predicted["dense_loss_split"]["repeat"] < predicted["dense_loss_split"]["novel"]
+        assert set(measured["dense_loss_split"]) == {"repeat", "novel"}
+        assert point["checks"]["dense_split_error_relative"]["novel"] == pytest.approx(
+            1 - predicted["dense_loss_split"]["novel"] / measured["dense_loss_split"]["novel"])
+        assert f"{name} trained, before compression: on new targets" in printed
     verdict = entry["verdict"]
     assert verdict["predicted_gain"] == pytest.approx(plan["gain"]["loss"])
     assert verdict["measured_gain"] == pytest.approx(entry["points"]["train_small"]["measured"]["loss"]

@@ -50,6 +50,7 @@ def format_table(fit: dict, path: Path) -> str:
         if law["status"] != "converged":
             lines.append(f"{'':<12}{law['reason']}")
     lines.append(f"preferred law: {fit['preferred_law']['name']} ({fit['preferred_law']['reason']})")
+    lines += _split_lines(fit.get("loss_split"))
     chinchilla = fit["allocation"].get("chinchilla", {})
     flops = fit["flops"]
     if "a" in chinchilla:
@@ -85,6 +86,32 @@ def format_table(fit: dict, path: Path) -> str:
     if fit.get("design"):
         lines.append(fit["design"])
     return "\n".join(lines)
+
+
+SPLIT_LABELS = {"repeat": "targets seen earlier in their window", "novel": "new targets"}
+
+
+def _split_lines(split: dict | None) -> list[str]:
+    """The preferred law refitted to each part of the loss (scaling.loss_split), and what it says."""
+    if not split:
+        return []
+    lines = []
+    for part, label in SPLIT_LABELS.items():
+        entry = split["parts"][part]
+        share = split["share"] if part == "repeat" else 1 - split["share"] if split["share"] is not None else None
+        text = f"loss on {label}{f' ({share:.0%} of targets)' if share is not None else ''}: {split['form']} " \
+               f"refitted, rms error {entry['rms']:.2%}"
+        longest = entry["heldout_tokens"]
+        if longest:
+            direction = "over" if longest["bias"] > 0 else "under"
+            text += (f", leave-longest-out {longest['relative_error']:.2%} ({direction}estimates by "
+                     f"{abs(longest['bias']):.2%})")
+        lines.append(text)
+    if split["copying_under_way"]:
+        lines.append("the loss on targets seen earlier in their window fell faster at the runs' longest points than a "
+                     "refit on the shorter ones predicts: the models were still learning to copy from their context "
+                     "where the sweep stopped, so past its tokens losses will likely come out lower than predicted")
+    return lines
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

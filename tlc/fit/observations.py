@@ -108,6 +108,7 @@ def read_run(
 
     by_step: dict[float, tuple[float, float, float, float]] = {}  # the learning curve (trunk)
     finished: dict[float, tuple[float, float, float, float]] = {}  # by tokens: (step, tokens, flops, loss)
+    split: dict[float, tuple[float, float] | None] = {}  # by tokens: loss on repeated and on novel targets
     marked = False
     for number, row in _read_json_lines(metrics_path):
         where = f":{number}"
@@ -126,6 +127,9 @@ def read_run(
         lr = _number(metrics_path, where, row, "lr") if "lr" in row else math.nan
         if final:
             finished[tokens] = (step, tokens, flops, val_loss)  # logged twice (a resumed run): the last counts
+            parts = row.get("val_loss_repeat"), row.get("val_loss_novel")
+            split[tokens] = (None if not all(isinstance(v, (int, float)) and math.isfinite(v) and v > 0 for v in parts)
+                             else (float(parts[0]), float(parts[1])))
         if "fork_step" not in row:
             by_step[step] = (tokens, flops, val_loss, lr)
     if not by_step:
@@ -151,6 +155,7 @@ def read_run(
         finished_tokens=[p[1] for p in ends],
         finished_flops=[p[2] for p in ends],
         finished_loss=[p[3] for p in ends],
+        finished_split=None if any(split.get(d) is None for d in finished) else [split[d] for d in sorted(finished)],
     )
 
     variants = []

@@ -26,7 +26,10 @@ plan.json (format "tlc.plan/2"):
             (seen by the finished model; a WSD recipe's train.tokens is its trunk's), timing (none,
             after, init or during), lr_rule, warmup_rule (fraction, tokens or reference_run: how
             train.warmup_frac was set, tlc.plan.recipe), data, world_size, seed, compression {method, sparsity,
-            block, recovery_steps, int8}} when the law comes from a sweep (tlc.plan.recipe)}
+            block, recovery_steps, int8}} when the law comes from a sweep (tlc.plan.recipe),
+            dense_loss_split {repeat, novel} or null: the trained model's loss before compression on
+            targets seen earlier in their window and on the rest, from fit.json's loss_split
+            (recommendation, train_small and compute_optimal only)}
 
 Losses are nats per token; low/high are the bootstrap interval (null for laws without draws);
 the gain is train_small's mean loss minus the recommendation's (positive: compressing wins), with

@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from scaling.bootstrap import percentile_interval
+from scaling.forms import LAWS
+from scaling.loss_split import predict_split
 from tlc.errors import UserError
 from tlc.plan.cost import CostModel, build_cost_model
 from tlc.plan.law import PlanLaw
@@ -153,12 +155,13 @@ def _range_warnings(law: PlanLaw, label: str, point: Point) -> list[str]:
                    f"sizes {format_count(r.N[0])}..{format_count(r.N[1])} (an extrapolation)")
     if r.D and not (r.D[0] <= point.tokens <= r.D[1]):
         out.append(f"{label}: {format_count(point.tokens)} tokens is outside the measured final tokens "
-                   f"{format_count(r.D[0])}..{format_count(r.D[1])} (an extrapolation)" + _longest_out(law))
+                   f"{format_count(r.D[0])}..{format_count(r.D[1])} (an extrapolation)" + _longest_out(law)
+                   + _copying(law))
     elif point.tokens > (longest := max((d for size, d in r.reach if size >= n), default=math.inf)):
         # inside the sweep's tokens, but its long runs may all be of smaller models
         out.append(f"{label}: {format_count(point.tokens)} tokens is more than any run of at least its size "
                    f"(N = {format_count(n)}) was trained on, {format_count(longest)} (an extrapolation for its size)"
-                   + _longest_out(law))
+                   + _longest_out(law) + _copying(law))
     if r.aspect and point.width and point.depth and not (r.aspect[0] <= point.width / point.depth <= r.aspect[1]):
         out.append(f"{label}: width/depth {point.width}/{point.depth} = {point.width / point.depth:.3g} is outside the "
                    f"sweep's shapes' {r.aspect[0]:.3g}..{r.aspect[1]:.3g}; the law sees only N, not the shape "
@@ -175,6 +178,17 @@ def _range_warnings(law: PlanLaw, label: str, point: Point) -> list[str]:
             out.append(f"{label}: sparsity {point.sparsity:.1%} is above the highest measured {method} sparsity "
                        f"{measured[1]:.0%} (an extrapolation)")
     return out
+
+
+def _copying(law: PlanLaw) -> str:
+    """A clause when the fit saw the loss on repeated targets still falling faster at the runs' ends ('' else)."""
+    split = law.fitted.loss_split
+    if not split or not split.get("copying_under_way"):
+        return ""
+    bias = split["parts"]["repeat"]["heldout_tokens"]["bias"]
+    return ("; the sweep's models were still learning to copy from their context where it stopped (the loss on "
+            f"targets seen earlier in their window fell {bias:.1%} below a refit on shorter runs), so this loss will "
+            "likely come out lower than predicted")
 
 
 def _longest_out(law: PlanLaw) -> str:
@@ -268,6 +282,8 @@ def make_plan(law: PlanLaw, budgets: Budgets, args: argparse.Namespace, storage:
         interval = law.interval(point.N, _law_tokens(point), point.category.method, point.sparsity,
                                 point.category.int8, point.embedding)
         out = plan_json(point, interval, budgets.inference_tokens, COST_KEYS[budgets.primary])
+        out["dense_loss_split"] = predict_split(law.fitted.loss_split, LAWS, law.law_params(point.N, point.embedding),
+                                                _law_tokens(point))
         if recipe is not None:
             shape = {"width": point.width, "depth": point.depth, "heads": out["heads"], **space.template}
             out["recipe"] = recipe.point(shape, point.tokens, point.category.method, point.sparsity,

@@ -13,11 +13,19 @@ validation.json (format "tlc.validation/1") accumulates one entry per plan valid
                   predicted_gain_high, measured_gain, compress_won_as_predicted, gain_inside_interval,
                   sentence}}]
 
-    POINT = {run_dirs, compression, predicted {loss {mean, low, high}, nonzeros, bytes, latency_ms},
+    POINT = {run_dirs, compression, predicted {loss {mean, low, high}, nonzeros, bytes, latency_ms,
+                                               dense_loss_split},
              measured {loss (mean over seeds), loss_per_seed, dense_loss, nonzeros, bytes, latency_ms,
-                       latency_batch, train_wall_s, compress_wall_s},
+                       latency_batch, train_wall_s, compress_wall_s, dense_loss_split},
              budget {max_params, max_bytes, max_latency_ms}, checks {loss_inside_interval,
-             loss_error_relative, nonzeros_within_budget, bytes_within_budget, latency_within_budget}}
+             loss_error_relative, nonzeros_within_budget, bytes_within_budget, latency_within_budget,
+             dense_split_error_relative}}
+
+    dense_loss_split = {repeat, novel} or null: the trained model's loss before compression on
+    targets seen earlier in their window and on the rest (predicted by plan.json's point, measured
+    as the mean over seeds of the run's last evaluation); null where the plan or the runs lack it.
+    Where a plan missed, it says on which part: a miss on "repeat" alone is copying from context
+    that set in past the sweep's tokens (scaling.loss_split).
 
 Nothing here prints: progress goes through the ``log`` callback.
 """
@@ -32,6 +40,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from scaling.loss_split import PARTS
 from tlc.errors import UserError
 from tlc.io import atomic_write_json, is_complete, read_jsonl
 from tlc.plan.planfile import point_recipe, run_config, validation_run_dir
@@ -83,7 +92,7 @@ def measure_point(plan: dict, plan_path: Path, runs_dir: Path, point: str, seeds
     planned = plan[point]
     budget = plan["budget"]
     batch = int(budget.get("latency_batch") or 1)
-    losses, dense_losses, rows, train_wall, run_dirs = [], [], [], [], []
+    losses, dense_losses, rows, train_wall, run_dirs, splits = [], [], [], [], [], []
     for seed in seeds:
         cfg = run_config(recipe, seed)
         run_dir = validation_run_dir(runs_dir, recipe, point, cfg.seed)
@@ -92,6 +101,7 @@ def measure_point(plan: dict, plan_path: Path, runs_dir: Path, point: str, seeds
         row = compress_point(run_dir, recipe, latency_repeats, log)
         losses.append(float(row["val_loss"]))
         dense_losses.append(float(metrics[-1]["val_loss"]))
+        splits.append({part: metrics[-1].get(f"val_loss_{part}") for part in PARTS})
         train_wall.append(float(metrics[-1]["wall_s"]))
         rows.append(row)
         run_dirs.append(str(run_dir.relative_to(runs_dir)))
@@ -100,12 +110,17 @@ def measure_point(plan: dict, plan_path: Path, runs_dir: Path, point: str, seeds
     latency = statistics.median(latency) if all(isinstance(v, (int, float)) for v in latency) else None
     predicted_loss = planned["loss"]
     low, high = predicted_loss.get("low"), predicted_loss.get("high")
+    measured_split = None
+    if all(isinstance(v, (int, float)) for split in splits for v in split.values()):
+        measured_split = {part: statistics.fmean(split[part] for split in splits) for part in PARTS}
+    predicted_split = planned.get("dense_loss_split")
     measured = {
         "loss": loss, "loss_per_seed": losses, "dense_loss": statistics.fmean(dense_losses),
         "nonzeros": max(r["nonzeros"] for r in rows), "bytes": max(r["bytes"] for r in rows),
         "latency_ms": latency, "latency_batch": batch, "latency_repeats": latency_repeats,
         "latency_device": rows[0].get("device"),
         "train_wall_s": statistics.fmean(train_wall),
+        "dense_loss_split": measured_split,
         "compress_wall_s": statistics.fmean(float(r.get("wall_s") or 0.0) for r in rows),
     }
     limits = {"max_params": budget.get("max_params"), "max_bytes": budget.get("max_bytes"),
@@ -114,7 +129,7 @@ def measure_point(plan: dict, plan_path: Path, runs_dir: Path, point: str, seeds
         "run_dirs": run_dirs,
         "seeds": seeds,
         "compression": recipe["compression"],
-        "predicted": {"loss": predicted_loss, **planned["inference"]},
+        "predicted": {"loss": predicted_loss, **planned["inference"], "dense_loss_split": predicted_split},
         "measured": measured,
         "budget": limits,
         "checks": {
@@ -123,6 +138,8 @@ def measure_point(plan: dict, plan_path: Path, runs_dir: Path, point: str, seeds
             "nonzeros_within_budget": _within(measured["nonzeros"], limits["max_params"]),
             "bytes_within_budget": _within(measured["bytes"], limits["max_bytes"]),
             "latency_within_budget": _within(latency, limits["max_latency_ms"]),
+            "dense_split_error_relative": None if not (measured_split and predicted_split) else {
+                part: (measured_split[part] - predicted_split[part]) / measured_split[part] for part in PARTS},
         },
     }
 
