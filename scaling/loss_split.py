@@ -19,7 +19,7 @@ import numpy as np
 
 from scaling.diagnostics import leave_longest_out
 from scaling.fitting import fit_law
-from scaling.forms import LawForm
+from scaling.forms import LAWS, LawForm
 from scaling.observations import SweepObservations
 
 PARTS = ("repeat", "novel")  # the columns of RunCurve.finished_split
@@ -38,10 +38,9 @@ def fit_loss_split(form: LawForm, observations: SweepObservations) -> dict | Non
     table = observations.points(final_only=True)
     split = np.concatenate([r.finished_split for r in runs])
     repeat, novel = split[:, 0], split[:, 1]
-    # loss = share * repeat + (1 - share) * novel at each point
-    usable = np.abs(novel - repeat) > 1e-9
-    share = float(np.mean((novel[usable] - table.loss[usable]) / (novel[usable] - repeat[usable]))) if usable.any() \
-        else None
+    # each point's loss is share * repeat + (1 - share) * novel: the share follows from the three
+    apart = np.abs(novel - repeat) > 1e-9
+    share = float(np.mean((novel - table.loss)[apart] / (novel - repeat)[apart])) if apart.any() else None
     parts = {}
     for j, part in enumerate(PARTS):
         part_table = dataclasses.replace(table, loss=split[:, j])
@@ -68,11 +67,11 @@ def fit_loss_split(form: LawForm, observations: SweepObservations) -> dict | Non
     }
 
 
-def predict_split(loss_split: dict, forms: dict[str, LawForm], N: float, D: float) -> dict[str, float] | None:
+def predict_split(loss_split: dict | None, N: float, D: float) -> dict[str, float] | None:
     """Each part's predicted loss at (N, D) from fit.json's ``loss_split`` (None without one)."""
     if not loss_split:
         return None
-    form = forms[loss_split["form"]]
+    form = LAWS[loss_split["form"]]
     out = {}
     for part in PARTS:
         params = form.parameters_type(**loss_split["parts"][part]["parameters"])

@@ -317,7 +317,7 @@ def test_loss_split_refits_each_part_and_flags_copying_that_sets_in_at_the_longe
     steady = fit_loss_split(form, _split_sweep(copying=False))
     assert steady["share"] == pytest.approx(0.4) and not steady["copying_under_way"]
     assert steady["parts"]["novel"]["rms"] < 1e-3 and steady["parts"]["repeat"]["rms"] < 1e-3
-    predicted = predict_split(steady, {"chinchilla": form}, N=1e6, D=4e7)
+    predicted = predict_split(steady, N=1e6, D=4e7)
     truth = float(form.predict(TINY_TRUTH, N=1e6, D=4e7))
     assert predicted == pytest.approx({"repeat": 0.7 * truth, "novel": truth}, rel=1e-3)
 

@@ -95,12 +95,12 @@ def _split_lines(split: dict | None) -> list[str]:
     """The preferred law refitted to each part of the loss (scaling.loss_split), and what it says."""
     if not split:
         return []
-    lines = []
+    lines, share = [], split["share"]
+    shares = {"repeat": share, "novel": None if share is None else 1 - share}
     for part, label in SPLIT_LABELS.items():
         entry = split["parts"][part]
-        share = split["share"] if part == "repeat" else 1 - split["share"] if split["share"] is not None else None
-        text = f"loss on {label}{f' ({share:.0%} of targets)' if share is not None else ''}: {split['form']} " \
-               f"refitted, rms error {entry['rms']:.2%}"
+        of_targets = "" if shares[part] is None else f" ({shares[part]:.0%} of targets)"
+        text = f"loss on {label}{of_targets}: {split['form']} refitted, rms error {entry['rms']:.2%}"
         longest = entry["heldout_tokens"]
         if longest:
             direction = "over" if longest["bias"] > 0 else "under"

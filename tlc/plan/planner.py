@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 
 from scaling.bootstrap import percentile_interval
-from scaling.forms import LAWS
 from scaling.loss_split import predict_split
 from tlc.errors import UserError
 from tlc.plan.cost import CostModel, build_cost_model
@@ -282,7 +281,7 @@ def make_plan(law: PlanLaw, budgets: Budgets, args: argparse.Namespace, storage:
         interval = law.interval(point.N, _law_tokens(point), point.category.method, point.sparsity,
                                 point.category.int8, point.embedding)
         out = plan_json(point, interval, budgets.inference_tokens, COST_KEYS[budgets.primary])
-        out["dense_loss_split"] = predict_split(law.fitted.loss_split, LAWS, law.law_params(point.N, point.embedding),
+        out["dense_loss_split"] = predict_split(law.fitted.loss_split, law.law_params(point.N, point.embedding),
                                                 _law_tokens(point))
         if recipe is not None:
             shape = {"width": point.width, "depth": point.depth, "heads": out["heads"], **space.template}
