@@ -85,6 +85,13 @@ def validation_sentences(plan: dict, validations: list[dict], plan_sha256: str |
         out.append(f"Measured {name.replace('_', '-')}: loss {m['loss']:.3f} against a predicted {_loss(p['loss'])} "
                    f"({inside} the interval, error {c['loss_error_relative']:+.1%}), {format_bytes(m['bytes'])} "
                    f"against {format_bytes(p['bytes'])} predicted, {m['train_wall_s']:.0f} s of training.")
+        split = c.get("dense_split_error_relative")
+        if split:
+            measured, predicted = m["dense_loss_split"], p["dense_loss_split"]
+            out.append(f"Trained, before compression, its loss on new targets was {measured['novel']:.3f} against "
+                       f"{predicted['novel']:.3f} predicted ({split['novel']:+.1%}), and on targets seen earlier in "
+                       f"their window {measured['repeat']:.3f} against {predicted['repeat']:.3f} "
+                       f"({split['repeat']:+.1%}).")
     verdict = (entry.get("verdict") or {}).get("sentence")
     if verdict:
         out.append(f"Verdict: {verdict}.")
