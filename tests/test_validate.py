@@ -126,7 +126,7 @@ def test_report_leads_with_the_answer_and_the_validation(validated):
     measured = entry["points"]["recommendation"]["measured"]["loss"]
     assert f"Measured recommendation: loss {measured:.3f}" in answer and "Verdict: " in answer
     novel = entry["points"]["recommendation"]["measured"]["dense_loss_split"]["novel"]
-    assert f"Trained, before compression, its loss on new targets was {novel:.3f}" in answer
+    assert f"Its loss by target, trained and before compression: on new targets {novel:.3f} against" in answer
     assert (runs / "report" / "plan_came_true.png").is_file() and "Did the plan come true?" in md
     assert md.index("## The answer") < md.index("## Did the plan come true?")
 

@@ -10,6 +10,7 @@ has carried the plan out, what was measured and whether the plan came true.
 from __future__ import annotations
 
 from tlc.units import format_bytes, format_count
+from tlc.validate.validation import split_summary
 
 
 def _budget(plan: dict) -> str:
@@ -85,13 +86,9 @@ def validation_sentences(plan: dict, validations: list[dict], plan_sha256: str |
         out.append(f"Measured {name.replace('_', '-')}: loss {m['loss']:.3f} against a predicted {_loss(p['loss'])} "
                    f"({inside} the interval, error {c['loss_error_relative']:+.1%}), {format_bytes(m['bytes'])} "
                    f"against {format_bytes(p['bytes'])} predicted, {m['train_wall_s']:.0f} s of training.")
-        split = c.get("dense_split_error_relative")
+        split = split_summary(point)
         if split:
-            measured, predicted = m["dense_loss_split"], p["dense_loss_split"]
-            out.append(f"Trained, before compression, its loss on new targets was {measured['novel']:.3f} against "
-                       f"{predicted['novel']:.3f} predicted ({split['novel']:+.1%}), and on targets seen earlier in "
-                       f"their window {measured['repeat']:.3f} against {predicted['repeat']:.3f} "
-                       f"({split['repeat']:+.1%}).")
+            out.append(f"Its loss by target, trained and before compression: {split}.")
     verdict = (entry.get("verdict") or {}).get("sentence")
     if verdict:
         out.append(f"Verdict: {verdict}.")

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from tlc.errors import UserError
 from tlc.units import format_bytes, format_count
+from tlc.validate.validation import split_summary
 
 MIN_LATENCY_REPEATS = 7  # latency on a shared machine is a median of at least this many passes
 
@@ -54,13 +55,9 @@ def format_table(entry: dict) -> str:
         lines.append(f"{name:<16}{_loss(p['loss']):<24}{m['loss']:>9.3f}{_check(c['loss_inside_interval']):>8}"
                      f"{c['loss_error_relative']:>+8.1%}{format_bytes(p['bytes']):>12}{format_bytes(m['bytes']):>11}"
                      f"{budget:>10}{format_count(m['nonzeros']):>11}{latency:>10}{m['train_wall_s']:>9.0f}")
-        split_error = c.get("dense_split_error_relative")
-        if split_error:
-            predicted, measured = p["dense_loss_split"], m["dense_loss_split"]
-            lines.append(f"  {name} trained, before compression: on new targets {measured['novel']:.3f} against "
-                         f"{predicted['novel']:.3f} predicted ({split_error['novel']:+.1%}); on targets seen earlier "
-                         f"in their window {measured['repeat']:.3f} against {predicted['repeat']:.3f} "
-                         f"({split_error['repeat']:+.1%})")
+        split = split_summary(point)
+        if split:
+            lines.append(f"  {name} trained, before compression: {split}")
         over = [k for k in ("nonzeros", "bytes", "latency") if c[f"{k}_within_budget"] is False]
         if over:
             lines.append(f"  {name} broke its budget: {', '.join(over)}")

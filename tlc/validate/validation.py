@@ -144,6 +144,17 @@ def measure_point(plan: dict, plan_path: Path, runs_dir: Path, point: str, seeds
     }
 
 
+def split_summary(point: dict) -> str | None:
+    """A point's loss by target before compression, measured against predicted, as a clause; None without."""
+    error = point["checks"].get("dense_split_error_relative")
+    if not error:
+        return None
+    measured, predicted = point["measured"]["dense_loss_split"], point["predicted"]["dense_loss_split"]
+    return (f"on new targets {measured['novel']:.3f} against {predicted['novel']:.3f} predicted "
+            f"({error['novel']:+.1%}), on targets seen earlier in their window {measured['repeat']:.3f} against "
+            f"{predicted['repeat']:.3f} ({error['repeat']:+.1%})")
+
+
 def verdict(plan: dict, points: dict) -> dict:
     """Did "train large, then compress" win as the plan said? (Needs both points.)"""
     gain = plan.get("gain") or {}
