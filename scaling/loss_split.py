@@ -8,7 +8,7 @@ Fitted apart, the novel part follows the law closely; a repeat part that falls f
 run's longest points than a refit on the shorter ones predicts (leave-longest-out bias above
 zero) says the models were still learning to copy where the sweep stopped, so losses past its
 tokens will likely come out lower than the joint law predicts. On the summed loss the two biases
-cancel and hide this (BENCHMARKS.md, "Where the plans past 1x missed").
+cancel and hide this (BENCHMARKS.md, "Where the plans past 1× missed").
 """
 
 from __future__ import annotations

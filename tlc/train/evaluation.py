@@ -6,7 +6,7 @@ per token, bits per byte (comparable across tokenizers) and next-token accuracy,
 by target: tokens that already occurred earlier in their window, which a model can copy from its
 context, and the rest. The two parts scale differently: a model that learns to copy (Olsson et al.
 2022's induction heads) drops the first part abruptly, and no smooth law of N and D sees it coming
-(BENCHMARKS.md, "Where the plans past 1x missed").
+(BENCHMARKS.md, "Where the plans past 1× missed").
 """
 
 from __future__ import annotations
