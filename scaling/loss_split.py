@@ -63,7 +63,7 @@ def fit_loss_split(form: LawForm, observations: SweepObservations) -> dict | Non
         "copying_under_way": copying,
         "note": ("the preferred law's form fitted to each part of the loss at the finished-run points: 'repeat' "
                  "targets occurred earlier in their window, 'novel' ones did not; copying_under_way: the repeat "
-                 f"part's leave-longest-out bias is above {COPYING_BIAS:.0%} and the novel part's"),
+                 f"part's leave-longest-out bias is above {COPYING_BIAS:.0%} and above the novel part's"),
     }
 
 
