@@ -142,3 +142,16 @@ def test_the_fitted_curves_are_the_preferred_law_at_each_run_s_n_as_the_fit_coun
     assert total > n and np.allclose(loss(run, tokens), [load_fit(fit).predict_loss(total, d, law="kaplan")[0]
                                                          for d in tokens], rtol=1e-9)
     assert fitted_curve({"format": "nonsense"}) is None
+
+
+def test_the_answer_says_when_the_sweep_was_still_learning_to_copy():
+    from tlc.report.summary import plan_sentences
+
+    point = {"width": 64, "depth": 2, "tokens": 5e6, "compression": {"method": "none", "int8": True},
+             "loss": {"mean": 3.2, "low": 3.1, "high": 3.3}}
+    plan = {"recommendation": point, "law": {"form": "power_sum", "status": "converged", "copying_under_way": False}}
+    assert not any("learning to copy" in s for s in plan_sentences(plan))
+    plan["law"]["copying_under_way"] = True
+    assert plan_sentences(plan)[-1] == (
+        "The sweep's models were still learning to copy from their context where it stopped: where this plan "
+        "reaches past the measured tokens (see its warnings), its losses will likely come out lower than predicted.")

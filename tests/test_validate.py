@@ -53,6 +53,7 @@ def test_validation_carries_the_plan_out_within_its_budgets(validated):
         assert point["checks"]["dense_split_error_relative"]["novel"] == pytest.approx(
             1 - predicted["dense_loss_split"]["novel"] / measured["dense_loss_split"]["novel"])
         assert f"{name} trained, before compression: on new targets" in printed
+    assert plan["law"]["copying_under_way"] is False  # both parts of the fixture's loss follow the law
     verdict = entry["verdict"]
     assert verdict["predicted_gain"] == pytest.approx(plan["gain"]["loss"])
     assert verdict["measured_gain"] == pytest.approx(entry["points"]["train_small"]["measured"]["loss"]

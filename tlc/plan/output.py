@@ -4,7 +4,8 @@ plan.json (format "tlc.plan/2"):
 
     format, throughput (tlc.plan.training_cost) or null, data {unique_tokens, max_epochs, r_star}
     or null, sweep {runs_dir, name, fit_sha256} or null (a published law), lr_rule (see
-    tlc.plan.recipe) or null, law {source, description, form, parameters, shapes, flops}, budget {train_flops,
+    tlc.plan.recipe) or null, law {source, description, form, parameters, status, why,
+    copying_under_way (fit.json's loss_split flag, or null), shapes, flops}, budget {train_flops,
     inference_tokens, max_params, max_bytes, max_latency_ms, device, latency_batch},
     cost_model {...}, search {seed, tpe_trials, pareto_trials, max_sparsity, fixed_sparsity,
     categories, storage, studies {tpe, nsga2}}, recommendation PLAN, train_small PLAN or null,

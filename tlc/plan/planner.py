@@ -307,6 +307,7 @@ def make_plan(law: PlanLaw, budgets: Budgets, args: argparse.Namespace, storage:
         "law": {
             "source": law.source, "description": law.description, "form": law.law, "parameters": law.parameters,
             "status": law.choice.get("status"), "why": law.choice.get("why"),
+            "copying_under_way": (law.fitted.loss_split or {}).get("copying_under_way"),
             "heldout_error": law.choice.get("heldout_error"), "candidates": law.choice.get("candidates", []),
             "shapes": (f"{law.shape_template['arch']} shapes, context {law.shape_template['context']}, "
                        f"vocab {law.shape_template['vocab_size']}") if space.shapes else "continuous N",

@@ -69,6 +69,10 @@ def plan_sentences(plan: dict) -> list[str]:
         status = f" ({law['status']})" if law.get("status") else ""
         why = f", chosen as the {law['why']}" if law.get("why") else ""
         out.append(f"Law: {law['form']}{status}{why}.")
+    if law.get("copying_under_way"):
+        out.append("The sweep's models were still learning to copy from their context where it stopped: where this "
+                   "plan reaches past the measured tokens (see its warnings), its losses will likely come out lower "
+                   "than predicted.")
     return out
 
 
