@@ -59,17 +59,23 @@ def test_two_workers_train_every_run_exactly_once(tmp_path, small_corpus):
     assert result.stdout.count("trained") == 4 and "val loss" in result.stdout  # the helper's runs too
     assert (runs / "grid" / "worker-1.log").exists()
 
-    # a finished sweep run again trains nothing
-    again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    # a finished sweep run again trains nothing, and starts no helper for it
+    helper_log = (runs / "grid" / "worker-1.log").read_bytes()
+    again = subprocess.run([*cmd, "--workers", "2"], cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
     assert again.returncode == 0 and again.stdout.count("skipped") == 4
+    assert (runs / "grid" / "worker-1.log").read_bytes() == helper_log
 
 
-def test_workers_must_be_positive(tmp_path, small_corpus, capsys):
+def test_workers_must_be_positive_and_at_most_one_per_core(tmp_path, small_corpus, capsys):
     from tlc import cli
 
     sweep = _write_sweep(tmp_path / "grid.yaml", small_corpus, FOUR)
     assert cli.main(["sweep", str(sweep), "--runs-dir", str(tmp_path / "runs"), "--workers", "0"]) == 2
     assert "--workers: must be at least 1, got 0" in capsys.readouterr().err
+    # a worker per core at most: each trains on a share of them (a fuzzed --workers 1082 started 1081 processes)
+    too_many = str((os.cpu_count() or 1) + 1)
+    assert cli.main(["sweep", str(sweep), "--runs-dir", str(tmp_path / "runs"), "--workers", too_many]) == 2
+    assert f"--workers: at most {os.cpu_count()}, this machine's CPU count; got {too_many}" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
 
 

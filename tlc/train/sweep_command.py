@@ -20,8 +20,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-runs", type=int, help="stop this worker after training this many runs")
     p.add_argument("--workers", type=int, default=1,
                    help="train this many runs at once on this machine, each trainer with an equal share of the "
-                   "CPU cores as its threads unless OMP_NUM_THREADS is set (default 1); small models train "
-                   "faster side by side than one at a time on several threads")
+                   "CPU cores as its threads unless OMP_NUM_THREADS is set (default 1; at most the CPU count); small "
+                   "models train faster side by side than one at a time on several threads")
     p.add_argument("--check-design", action="store_true",
                    help="train nothing: draw the losses the sweep's finished-run points would have under a known "
                    "Chinchilla law (--truth) with seed noise (--noise), fit them as tlc fit does, and say whether "
@@ -55,20 +55,23 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--max-runs: must be at least 1, got {args.max_runs}")
     if args.workers < 1:
         raise UserError(f"--workers: must be at least 1, got {args.workers}")
+    if args.workers > (cores := os.cpu_count() or 1):  # each worker trains on a share of this machine's cores
+        raise UserError(f"--workers: at most {cores}, this machine's CPU count; got {args.workers}")
     exit_with_worker()  # a helper worker started by --workers ends with the worker that started it
     sweep = load_sweep(args.sweep)
     sweep_dir = args.runs_dir / sweep.name
     helpers, threads = [], os.environ.get("OMP_NUM_THREADS")
     done_before = {r.run_id for r in sweep.all_runs() if is_complete(sweep_dir / r.run_id)}
-    if args.workers > 1:
+    workers = min(args.workers, max(1, len(sweep.all_runs()) - len(done_before)))  # no helper without a run to train
+    if workers > 1:
         prepare_data(sweep)  # the tokenizer is trained once, here, not by every worker at once
         # this worker's trainers read it from the environment too; restored below (tlc demo runs this in-process)
-        os.environ["OMP_NUM_THREADS"] = threads or str(max(1, (os.cpu_count() or 1) // args.workers))
+        os.environ["OMP_NUM_THREADS"] = threads or str(max(1, (os.cpu_count() or 1) // workers))
         cmd = [sys.executable, "-m", "tlc", "sweep", str(args.sweep), "--runs-dir", str(args.runs_dir)]
         cmd += ["--storage", args.storage] if args.storage else []
         cmd += ["--max-runs", str(args.max_runs)] if args.max_runs else []
         prepare_sweep_dir(sweep, args.runs_dir)  # checked and made before the helpers write their logs into it
-        for k in range(1, args.workers):
+        for k in range(1, workers):
             with open(sweep_dir / f"worker-{k}.log", "ab") as log:  # the helper's own output; runs log to <run>.log
                 helpers.append(subprocess.Popen(cmd, stdout=log, stderr=log,
                                                 env={**os.environ, WORKER_PID_ENV: str(os.getpid())}))
