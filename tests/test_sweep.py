@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import optuna
+import pytest
 import yaml
 
 from conftest import REPO
@@ -36,6 +37,7 @@ def _study(runs):
     return optuna.load_study(study_name="grid", storage=f"sqlite:///{runs / 'grid' / 'study.db'}")
 
 
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="--workers 2 needs two CPU cores")
 def test_two_workers_train_every_run_exactly_once(tmp_path, small_corpus):
     sweep = _write_sweep(tmp_path / "grid.yaml", small_corpus, FOUR)
     runs = tmp_path / "runs"
