@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModelForCausalLM
 
+from tlc.io import list_runs, read_jsonl
 from tlc.train.data import load_corpus, load_tokens, val_offsets
 from tlc.train.evaluation import evaluate
 
@@ -38,29 +39,21 @@ FIRST_TOKEN = 10  # leave out the low ids (byte-level specials and the end-of-te
 
 
 def models(runs_dir: Path) -> list[tuple[str, int, int, Path, float, dict]]:
-    """(run, parameters, tokens, model folder, final validation loss, run config) of every model under
-    ``runs_dir``."""
+    """(run, parameters, tokens, model folder, final validation loss, run config) of every finished-run
+    point under ``runs_dir`` whose model was kept: a cosine run's end and each cooldown branch's end."""
     found = []
-    for config_path in sorted(runs_dir.glob("*/config.json")) + sorted(runs_dir.glob("validation/*/config.json")):
-        run = config_path.parent
-        config = json.loads(config_path.read_text())
-        rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
-        evaluated = {row["tokens"]: row["val_loss"] for row in rows if "val_loss" in row}
-        name = run.name if run.parent == runs_dir else f"validation/{run.name}"
-        for branch in config.get("branches") or []:
-            folder = run / "branches" / branch["dir"]
-            metrics = folder / "metrics.jsonl"
-            if metrics.exists():  # a fork's own evaluations; the last branch's end is the trunk's last evaluation
-                branch_rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
-                loss = [row["val_loss"] for row in branch_rows if "val_loss" in row][-1]
-            else:
-                loss = evaluated.get(branch["tokens"])
-            model = folder / "model" if (folder / "model").is_dir() else run / "model"
-            if loss is not None and model.is_dir():
-                found.append((name, config["params"]["total"], branch["tokens"], model, loss, config))
-        if not config.get("branches") and (run / "model").is_dir() and evaluated:
-            found.append((name, config["params"]["total"], max(evaluated), run / "model", evaluated[max(evaluated)],
-                          config))
+    for run in list_runs(runs_dir) + list_runs(runs_dir / "validation"):
+        config = json.loads((run / "config.json").read_text())
+        rows = read_jsonl(run / "metrics.jsonl")
+        # by tokens, so that a point logged twice (a resumed run) counts once; runs from before points were
+        # marked final have their last evaluation as the one
+        finished = {row["tokens"]: row for row in [r for r in rows if r.get("final")] or rows[-1:]}
+        for tokens, row in sorted(finished.items()):
+            branch = run / "branches" / str(tokens) / "model"
+            model = branch if branch.is_dir() else run / "model"
+            if model.is_dir():
+                found.append((str(run.relative_to(runs_dir)), config["params"]["total"], tokens, model,
+                              row["val_loss"], config))
     return found
 
 
