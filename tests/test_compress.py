@@ -25,8 +25,8 @@ EXPECTED_VARIANTS = {"dense", "none-int8", "magnitude-s50", "magnitude-s50-int8"
                      "gradual-s50-int8"}
 REQUIRED = {"variant": str, "method": str, "sparsity": float, "bits": int, "nonzeros": int, "bytes": int,
             "latency_ms_b1": float, "latency_ms_b32": float, "latency_kind": str, "device": str, "val_loss": float,
-            "val_bpb": float, "val_acc": float, "loss_by_freq_bucket": list, "disagreement": dict,
-            "dense_val_loss": float}
+            "val_bpb": float, "val_acc": float, "val_loss_repeat": float, "val_loss_novel": float,
+            "val_repeat_share": float, "loss_by_freq_bucket": list, "disagreement": dict, "dense_val_loss": float}
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +50,9 @@ def test_compress_writes_one_valid_row_per_variant(compressed_sweep):
         assert row["bits"] in (8, 32) and 0 <= row["sparsity"] < 1
         assert len(row["loss_by_freq_bucket"]) == 5 and sum(row["freq_bucket_tokens"]) > 0
         assert row["dense_val_loss"] == dense["val_loss"]
+        share = row["val_repeat_share"]
+        assert 0 < share < 1 and row["val_loss"] == pytest.approx(
+            share * row["val_loss_repeat"] + (1 - share) * row["val_loss_novel"], rel=1e-9)
         assert row["disagreement"]["kind"] == "disagreement_not_cie"
         assert row["latency_ms_b1"] > 0 and row["latency_ms_b32"] > 0
         assert (sweep / "w32-d2-s0" / row["artifact"] / "model.safetensors").stat().st_size == row["bytes"]
@@ -73,6 +76,8 @@ def test_compress_writes_one_valid_row_per_variant(compressed_sweep):
     last = read_jsonl(sweep / "w32-d2-s0" / "metrics.jsonl")[-1]
     assert dense["val_loss"] == pytest.approx(last["val_loss"], rel=1e-5)
     assert dense["val_acc"] == pytest.approx(last["val_acc"], abs=1e-6)
+    for part in ("val_loss_repeat", "val_loss_novel", "val_repeat_share"):
+        assert dense[part] == pytest.approx(last[part], rel=1e-5)
     assert by_id["magnitude-s50"]["disagreement"]["count"] > 0
 
 

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from tlc.train.data import TokenData
-from tlc.train.evaluation import bits_per_byte, val_batches
+from tlc.train.evaluation import bits_per_byte, loss_by_target, repeated_targets, val_batches
 
 N_BUCKETS = 5
 
@@ -44,9 +44,10 @@ def evaluate_positions(model, tokens: TokenData, offsets: np.ndarray, context: i
     """Metrics of ``model`` on the validation windows, with per-position loss and predictions.
 
     Returns (metrics, token_loss float32 [positions], predictions int32 [positions]); metrics has
-    val_loss, val_bpb, val_acc (as tlc.train.evaluation.evaluate), loss_by_freq_bucket and freq_bucket_tokens.
+    val_loss, val_bpb, val_acc, val_loss_repeat, val_loss_novel and val_repeat_share (as
+    tlc.train.evaluation.evaluate), loss_by_freq_bucket and freq_bucket_tokens.
     """
-    losses, preds, targets_all = [], [], []
+    losses, preds, targets_all, repeats = [], [], [], []
     model.eval()
     with torch.inference_mode():
         for logits, window in val_batches(model, tokens, offsets, context, batch_size, device):
@@ -55,10 +56,13 @@ def evaluate_positions(model, tokens: TokenData, offsets: np.ndarray, context: i
             losses.append(loss.cpu().numpy())
             preds.append(logits.argmax(-1).reshape(-1).cpu().numpy().astype(np.int32))
             targets_all.append(targets.reshape(-1).cpu().numpy())
+            repeats.append(repeated_targets(window).reshape(-1).cpu().numpy())
     token_loss = np.concatenate(losses).astype(np.float32)
     predictions = np.concatenate(preds)
     targets = np.concatenate(targets_all)
-    val_loss = float(token_loss.astype(np.float64).mean())
+    repeated = np.concatenate(repeats)
+    loss64 = token_loss.astype(np.float64)
+    val_loss = float(loss64.mean())
     target_bucket = buckets[targets]
     by_bucket, counts = [], []
     for b in range(N_BUCKETS):
@@ -69,6 +73,7 @@ def evaluate_positions(model, tokens: TokenData, offsets: np.ndarray, context: i
         "val_loss": val_loss,
         "val_bpb": bits_per_byte(val_loss, tokens),
         "val_acc": float((predictions == targets).mean()),
+        **loss_by_target(float(loss64.sum()), float(loss64.size), float(loss64[repeated].sum()), float(repeated.sum())),
         "loss_by_freq_bucket": by_bucket,
         "freq_bucket_tokens": counts,
     }

@@ -91,8 +91,14 @@ def evaluate(model, tokens: TokenData, offsets: np.ndarray, context: int, batch_
         dist.all_reduce(sums)
     model.train(was_training)
     val_loss = float(sums[0] / sums[2])
-    repeated, novel = float(sums[4]), float(sums[2] - sums[4])
     return {"val_loss": val_loss, "val_bpb": bits_per_byte(val_loss, tokens), "val_acc": float(sums[1] / sums[2]),
-            "val_loss_repeat": float(sums[3] / repeated) if repeated else None,
-            "val_loss_novel": float((sums[0] - sums[3]) / novel) if novel else None,
-            "val_repeat_share": repeated / float(sums[2])}
+            **loss_by_target(float(sums[0]), float(sums[2]), float(sums[3]), float(sums[4]))}
+
+
+def loss_by_target(loss_sum: float, targets: float, repeat_loss_sum: float, repeats: float) -> dict:
+    """``val_loss_repeat`` and ``val_loss_novel`` (mean loss on targets seen / not seen earlier in their
+    window; None where there are none) and ``val_repeat_share``, from loss sums and target counts."""
+    novel = targets - repeats
+    return {"val_loss_repeat": repeat_loss_sum / repeats if repeats else None,
+            "val_loss_novel": (loss_sum - repeat_loss_sum) / novel if novel else None,
+            "val_repeat_share": repeats / targets}
