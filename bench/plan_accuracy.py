@@ -2,8 +2,8 @@
 
 The procedure of issue 13, with the real commands throughout:
 
-1. `tlc sweep SWEEP`, `tlc compress` as `tlc demo` does (magnitude, block and gradual at 0.5 and
-   0.9, int8; cooldown branches with magnitude and int8), `tlc fit` — each resumes what is already
+1. `tlc sweep SWEEP`, `tlc compress` as `tlc demo` does (magnitude, block and gradual at 0.3,
+   0.5, 0.7 and 0.9, int8; cooldown branches with magnitude and int8), `tlc fit` — each resumes what is already
    there, so a demo's runs folder is used as it is;
 2. for each budget multiple m (default 0.3, 1 and 3) of the largest run's compute C_max:
    `tlc plan --budget m*C_max` without an inference budget, then with a byte limit of 60% of

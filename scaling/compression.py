@@ -21,12 +21,21 @@ Pruning candidates (s the fraction of prunable weights removed):
   al. 2023 find the optimal sparsity rising with data; Kumar et al. 2024, "Scaling Laws for
   Precision", find post-training quantization degrading with data). Fitted from checkpoints of
   one model at several D: cooldown-branch ends of a WSD sweep, or an iso-FLOP sweep's models.
+- "odds_curved" and "odds_curved_tokens": odds_power and odds_power_tokens with the slope of log dL
+  in the log-odds x falling as sparsity rises, log dL = log c + gamma·x - kappa·x²/2 + ..., held at
+  its peak past x = gamma/kappa. One-shot pruning measured so: on the demo's sweep the slope fell
+  from about 3 between sparsities 0.2 and 0.3 to about 0.5 between 0.9 and 0.95, and a power of the
+  odds through 0.5 and 0.9 put the added loss at 0.7 some 30% low (BENCHMARKS.md, "Pruning between
+  the measured sparsities"). Their curvature needs three sparsity levels or more.
 8-bit candidates: "size_power": dL = c·(N/N_REF)^-delta, "size_power_tokens": size_power times
 ((D/N)/TPP_REF)^epsilon, and "constant": dL = c.
 
 Choice: the candidate with the lowest error predicting the *largest* model's compressed
 losses from a fit on the smaller models (leave-largest-out), because extrapolating to larger
-models is what the planner asks of it; in-sample error would favour the most flexible form.
+models is what the planner asks of it; in-sample error would favour the most flexible form. Where
+three or more sparsity levels were measured, the error is the larger of that and the
+leave-one-sparsity-out error (each level between the lowest and the highest predicted from a fit
+without it), because the planner also asks for sparsities between those measured.
 A candidate whose fit on all points then hits a bound (say, a size exponent when the added
 loss is within the noise) is passed over for the next one that converges. With fewer than
 three model sizes there is nothing to extrapolate from two, so the N-free candidate
@@ -291,14 +300,102 @@ class ConstantInt8(LawForm):
         return np.array([math.log(p.c)])
 
 
+@dataclass(frozen=True)
+class CurvedPruningParameters:
+    """dL(s, N) whose growth with the pruning odds slows as sparsity rises."""
+
+    c: float  # added loss at s = 0.5 and N = N_REF, nats
+    gamma: float  # log-odds slope at s = 0.5
+    delta: float  # model-size exponent
+    kappa: float  # how fast the slope falls per unit of log-odds (0: odds_power)
+
+
+@dataclass(frozen=True)
+class CurvedTokensPruningParameters:
+    """CurvedPruningParameters with the tokens-per-parameter exponent."""
+
+    c: float
+    gamma: float
+    delta: float
+    epsilon: float
+    kappa: float
+
+
+_KAPPA = ParameterSpec("kappa", 0.0, 5.0, (0.0, 0.3, 1.0))
+
+
+def _curved_odds(sparsity: np.ndarray, gamma: np.ndarray, kappa: np.ndarray):
+    """gamma·x - kappa·x²/2 at x = log(s/(1-s)), held at its peak past x = gamma/kappa so that the added
+    loss never falls as sparsity rises; returns the term and its derivatives by gamma and kappa."""
+    x = np.log(sparsity) - np.log1p(-sparsity)
+    peak = np.divide(gamma, kappa, out=np.full(np.broadcast_shapes(np.shape(gamma), np.shape(kappa)), np.inf),
+                     where=kappa > 0)
+    x = np.minimum(x, peak)  # at the peak the derivative of the term by x is 0, so the chain rule adds nothing
+    return gamma * x - 0.5 * kappa * x**2, x, -0.5 * x**2
+
+
+class OddsCurvedPruning(LawForm):
+    """log dL = log c + gamma·x - kappa·x²/2 - delta·log(N/N_REF), x the log pruning odds (module docstring)."""
+
+    name = "odds_curved"
+    equation = "L = L_dense + c * exp(gamma x - kappa x^2 / 2) * (N/1e6)^-delta, x = log(s/(1-s)) up to gamma/kappa"
+    source = "odds_power with a log-odds slope that falls as sparsity rises (measured: one-shot pruning saturates)"
+    covariates = ("sparsity", "N", "dense_loss")
+    fitted = (_LOG_C, ParameterSpec("gamma", 0.0, 10.0, (0.5, 1.0, 2.0, 4.0)), _DELTA, _KAPPA)
+    parameters_type = CurvedPruningParameters
+
+    def log_loss(self, theta, x, jacobian=True):
+        log_size = np.log(x["N"] / N_REF)
+        log_c, gamma, delta, kappa = (_col(theta, i) for i in range(4))
+        term, d_gamma, d_kappa = _curved_odds(x["sparsity"], gamma, kappa)
+        g = log_c + term - delta * log_size
+        return _log_total(x["dense_loss"], g, [np.ones_like(g), d_gamma, -log_size, d_kappa], jacobian)
+
+    def to_parameters(self, theta):
+        return CurvedPruningParameters(c=math.exp(theta[0]), gamma=float(theta[1]), delta=float(theta[2]),
+                                       kappa=float(theta[3]))
+
+    def to_theta(self, p):
+        return np.array([math.log(p.c), p.gamma, p.delta, p.kappa])
+
+
+class OddsCurvedTokensPruning(LawForm):
+    """odds_curved times ((D/N)/TPP_REF)^epsilon (module docstring)."""
+
+    name = "odds_curved_tokens"
+    equation = ("L = L_dense + c * exp(gamma x - kappa x^2 / 2) * (N/1e6)^-delta * ((D/N)/20)^epsilon, "
+                "x = log(s/(1-s)) up to gamma/kappa")
+    source = "odds_curved with a tokens-per-parameter term, as odds_power_tokens"
+    covariates = ("sparsity", "N", "dense_loss", "tokens_per_param")
+    fitted = (_LOG_C, OddsCurvedPruning.fitted[1], _DELTA, _EPSILON, _KAPPA)
+    parameters_type = CurvedTokensPruningParameters
+
+    def log_loss(self, theta, x, jacobian=True):
+        log_size, log_tpp = np.log(x["N"] / N_REF), _log_tpp(x)
+        log_c, gamma, delta, epsilon, kappa = (_col(theta, i) for i in range(5))
+        term, d_gamma, d_kappa = _curved_odds(x["sparsity"], gamma, kappa)
+        g = log_c + term - delta * log_size + epsilon * log_tpp
+        return _log_total(x["dense_loss"], g, [np.ones_like(g), d_gamma, -log_size, log_tpp, d_kappa], jacobian)
+
+    def to_parameters(self, theta):
+        return CurvedTokensPruningParameters(c=math.exp(theta[0]), gamma=float(theta[1]), delta=float(theta[2]),
+                                             epsilon=float(theta[3]), kappa=float(theta[4]))
+
+    def to_theta(self, p):
+        return np.array([math.log(p.c), p.gamma, p.delta, p.epsilon, p.kappa])
+
+
 PRUNING_CANDIDATES: dict[str, LawForm] = {
     f.name: f for f in (OddsPowerPruning(), DensityPowerPruning(), SizeFreeOddsPowerPruning(), OddsPowerTokensPruning(),
-                        DensityPowerTokensPruning())
+                        DensityPowerTokensPruning(), OddsCurvedPruning(), OddsCurvedTokensPruning())
 }
 INT8_CANDIDATES: dict[str, LawForm] = {f.name: f for f in (SizePowerInt8(), ConstantInt8(), SizePowerTokensInt8())}
 # Candidates that need checkpoints at several tokens per parameter for one model size: without
 # them D/N only restates N (every run saw the same tokens), and epsilon is not identified.
-TOKEN_CANDIDATES = ("odds_power_tokens", "density_power_tokens", "size_power_tokens")
+TOKEN_CANDIDATES = ("odds_power_tokens", "density_power_tokens", "size_power_tokens", "odds_curved_tokens")
+# Candidates whose curvature needs three or more sparsity levels: through two, any curvature fits.
+CURVED_CANDIDATES = ("odds_curved", "odds_curved_tokens")
+MIN_CURVED_LEVELS = 3
 SIZE_FREE = {"pruning": "odds_power_size_free", "int8": "constant"}
 
 

@@ -11,14 +11,21 @@ How a candidate is chosen is explained in `scaling.compression`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from scaling.compression import INT8_CANDIDATES, PRUNING_CANDIDATES, SIZE_FREE, TOKEN_CANDIDATES
+from scaling.compression import (
+    CURVED_CANDIDATES,
+    INT8_CANDIDATES,
+    MIN_CURVED_LEVELS,
+    PRUNING_CANDIDATES,
+    SIZE_FREE,
+    TOKEN_CANDIDATES,
+)
 from scaling.fitting import FitResult, fit_law
 from scaling.observations import MIN_MODEL_SIZES, SweepObservations
-
 
 # Pruning while training, as `tlc fit` names its models: "init-snip" (a mask fixed at step 0), "during-magnitude"
 # (grown on a schedule). Every other pruning method prunes a trained model ("after").
@@ -99,25 +106,53 @@ class CompressionModel:
     method: str
     candidate: str  # name of the chosen form
     fit: FitResult  # fitted on every point of the method
-    heldout_errors: dict[str, float | None]  # candidate -> mean |pred/obs - 1| on the largest N
+    # candidate -> the error the choice ranks by: mean |pred/obs - 1| on the largest N, or where three or more
+    # sparsity levels were measured the larger of that and sparsity_heldout_errors
+    heldout_errors: dict[str, float | None]
     reason: str
     n_points: int
     sparsities: tuple[float, ...]  # distinct sparsities measured (to 0.001); one level: gamma not identified
+    # candidate -> mean |pred/obs - 1| on each level between the lowest and highest sparsity measured, from
+    # a fit without that level, averaged over those levels (None with fewer than three levels)
+    sparsity_heldout_errors: dict[str, float | None] = field(default_factory=dict)
 
 
-def _heldout_error(form, points: CompressionPoints) -> float | None:
-    """Mean relative error predicting the largest model's points from a fit on the others."""
-    largest = points.N.max()
-    train = points.N < largest
+def _error_on(form, points: CompressionPoints, test: np.ndarray) -> float | None:
+    """Mean relative error on the ``test`` points from a fit on the others (None: too few others)."""
+    train = ~test
     if train.sum() < len(form.fitted) + 1:
         return None
     fit = fit_law(form, points.covariates, points.loss, train.astype(float), grid_starts=6)
-    test = ~train
     predicted = form.predict(fit.parameters, **{k: v[test] for k, v in points.covariates.items()})
     return float(np.mean(np.abs(predicted / points.loss[test] - 1.0)))
 
 
+def _heldout_error(form, points: CompressionPoints) -> float | None:
+    """Mean relative error predicting the largest model's points from a fit on the others."""
+    return _error_on(form, points, points.N == points.N.max())
+
+
+def _sparsity_heldout_error(form, points: CompressionPoints) -> float | None:
+    """Mean relative error on each interior sparsity level from a fit without it, averaged over those
+    levels: how well the form interpolates between the sparsities measured, which the planner relies on."""
+    levels = sparsity_levels(points.sparsity)
+    errors = [_error_on(form, points, levels == level) for level in range(1, levels.max())]
+    return None if not errors or None in errors else float(np.mean(errors))
+
+
 SAME_LEVEL = 0.01  # sparsities closer than this are one level (achieved sparsities vary a little by model)
+
+
+def sparsity_levels(sparsity: np.ndarray, apart: float = 0.05) -> np.ndarray:
+    """Each point's sparsity level (0 the lowest), levels starting at least ``apart`` from one another:
+    block pruning to 0.9 achieves 0.875-0.901 by model, one level."""
+    labels = np.empty(len(sparsity), dtype=int)
+    level, start = -1, -math.inf
+    for i in np.argsort(sparsity, kind="stable"):
+        if sparsity[i] - start >= apart:
+            level, start = level + 1, sparsity[i]
+        labels[i] = level
+    return labels
 
 
 def _one_level(points: CompressionPoints) -> str:
@@ -138,13 +173,19 @@ def fit_compression_model(points: CompressionPoints) -> CompressionModel | str:
     candidates = PRUNING_CANDIDATES if points.kind == "pruning" else INT8_CANDIDATES
     if not points.tokens_identified:  # D/N would only restate N: the tokens term cannot be fitted
         candidates = {k: v for k, v in candidates.items() if k not in TOKEN_CANDIDATES}
+    sparsities = tuple(sorted({round(float(s), 3) for s in points.sparsity}))
+    n_levels = int(sparsity_levels(points.sparsity).max()) + 1 if points.kind == "pruning" else 0
+    if n_levels < MIN_CURVED_LEVELS:  # the curvature is not identified through fewer levels
+        candidates = {k: v for k, v in candidates.items() if k not in CURVED_CANDIDATES}
     size_free = candidates[SIZE_FREE[points.kind]]
     n = len(points.loss)
     if n < len(size_free.fitted) + 1:
         return f"{n} variant(s); need at least {len(size_free.fitted) + 1} to fit {size_free.name}"
     n_sizes = len(np.unique(points.N))
-    sparsities = tuple(sorted({round(float(s), 3) for s in points.sparsity}))
     errors: dict[str, float | None] = {name: None for name in candidates}
+    level_errors: dict[str, float | None] = {}
+    criterion = ("held-out error (the larger of leave-largest-out and leave-one-sparsity-out)"
+                 if n_levels >= MIN_CURVED_LEVELS else "leave-largest-out error")
     if n_sizes < MIN_MODEL_SIZES:
         chosen = size_free
         reason = (
@@ -154,6 +195,9 @@ def fit_compression_model(points: CompressionPoints) -> CompressionModel | str:
     else:
         for name, form in candidates.items():
             errors[name] = _heldout_error(form, points)
+            if n_levels >= MIN_CURVED_LEVELS:
+                between = level_errors[name] = _sparsity_heldout_error(form, points)
+                errors[name] = None if errors[name] is None or between is None else max(errors[name], between)
         scored = {name: e for name, e in errors.items() if e is not None}
         if not scored:
             chosen, reason = size_free, "too few points below the largest model size to compare candidates"
@@ -171,12 +215,11 @@ def fit_compression_model(points: CompressionPoints) -> CompressionModel | str:
             chosen = candidates[best]
             passed = ranked[: ranked.index(best)]
             passed_over = ", ".join(f"{name}: {fits[name].status}" for name in passed)
-            reason = f"lowest leave-largest-out error ({scored[best]:.4f}) among {ranked}" + (
+            reason = f"lowest {criterion}, {scored[best]:.4f}, among {ranked}" + (
                 f" whose fit converged ({passed_over})" if passed else ""
             )
-            return CompressionModel(
-                points.kind, points.method, best, fits[best], errors, reason + _one_level(points), n, sparsities
-            )
+            return CompressionModel(points.kind, points.method, best, fits[best], errors, reason + _one_level(points), n,
+                                    sparsities, level_errors)
     fit = fit_law(chosen, points.covariates, points.loss, grid_starts=8)
     return CompressionModel(
         kind=points.kind,
@@ -187,4 +230,5 @@ def fit_compression_model(points: CompressionPoints) -> CompressionModel | str:
         reason=reason + _one_level(points),
         n_points=n,
         sparsities=sparsities,
+        sparsity_heldout_errors=level_errors,
     )

@@ -146,6 +146,7 @@ def _compression_json(model: CompressionModel, boot: BootstrapFits) -> dict:
         method=model.method,
         candidate=model.candidate,
         heldout_errors=model.heldout_errors,
+        sparsity_heldout_errors=model.sparsity_heldout_errors,
         reason=model.reason,
         sparsities=model.sparsities,
     )

@@ -95,6 +95,8 @@ def test_pruning_forms_recovered_without_noise(name):
     form = PRUNING_CANDIDATES[name]
     tokens = "tokens_per_param" in form.covariates  # the D/N forms: a third covariate and exponent
     extra = {"epsilon": 0.4} if tokens else {}
+    if "curved" in name:
+        extra["kappa"] = 0.3
     truth = form.parameters_type(c=0.08, gamma=1.5, delta=0.0 if "size_free" in name else 0.3, **extra)
     s = np.tile([0.2, 0.4, 0.6, 0.8, 0.9], 5)
     n = np.repeat(np.geomspace(1e5, 1e8, 5), 5)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 import pytest
@@ -41,7 +42,7 @@ CASES = [
     (PowerSumForm(), np.array([12.2, 12.9, 0.69, 0.60, 0.27])),
     (PowerSumForm(), np.array([5.0, 9.0, 0.3, 0.5, 0.8])),
     (LearningCurveForm(), np.array([0.9, 8.0, 0.2])),
-    *[(form, np.array([-2.0, 1.3, 0.4, 0.3])[: len(form.fitted)]) for form in PRUNING_CANDIDATES.values()],
+    *[(form, np.array([-2.0, 1.3, 0.4, 0.3, 0.2])[: len(form.fitted)]) for form in PRUNING_CANDIDATES.values()],
     *[(form, np.array([-4.0, 0.2, 0.3])[: len(form.fitted)]) for form in INT8_CANDIDATES.values()],
 ]
 IDS = [f"{form.name}-{i}" for i, (form, _) in enumerate(CASES)]
@@ -143,3 +144,21 @@ def test_compression_forms_add_to_the_dense_loss():
     density = PRUNING_CANDIDATES["density_power"]
     loss = density.predict(p, sparsity=0.75, N=1e8, dense_loss=3.0)
     assert loss == pytest.approx(3.0 + 0.1 * (0.25**-1.5 - 1) * 100.0**-0.3, rel=1e-12)
+
+
+def test_curved_pruning_matches_its_equation_and_never_falls_with_sparsity():
+    curved = PRUNING_CANDIDATES["odds_curved"]
+    p = curved.parameters_type(c=0.1, gamma=1.5, delta=0.3, kappa=0.6)
+    x = math.log(3.0)  # sparsity 0.75
+    loss = curved.predict(p, sparsity=0.75, N=1e8, dense_loss=3.0)
+    assert loss == pytest.approx(3.0 + 0.1 * math.exp(1.5 * x - 0.3 * x**2) * 100.0**-0.3, rel=1e-12)
+    # the slope of log dL in the log-odds falls to 0 at x = gamma/kappa = 2.5 (s = 0.924) and stays there
+    s = np.linspace(0.05, 0.999, 400)
+    added = curved.predict(p, sparsity=s, N=np.full_like(s, 1e8), dense_loss=np.full_like(s, 3.0)) - 3.0
+    assert (np.diff(added) >= 0).all()
+    peak = 0.1 * math.exp(1.5**2 / 1.2) * 100.0**-0.3
+    assert added[-1] == pytest.approx(peak, rel=1e-12) and added[s < 0.92].max() < peak
+    tokens = PRUNING_CANDIDATES["odds_curved_tokens"]
+    q = tokens.parameters_type(c=0.1, gamma=1.5, delta=0.3, epsilon=0.5, kappa=0.6)
+    loss = tokens.predict(q, sparsity=0.75, N=1e8, dense_loss=3.0, tokens_per_param=80.0)
+    assert loss == pytest.approx(3.0 + 0.1 * math.exp(1.5 * x - 0.3 * x**2) * 100.0**-0.3 * 4.0**0.5, rel=1e-12)

@@ -135,12 +135,18 @@ def test_frontier_skips_gaps_between_runs():
 
 def test_compression_model_choice(fit_json):
     magnitude = fit_json["compression"]["pruning"]["magnitude"]
-    assert magnitude["candidate"] in ("odds_power", "density_power")  # a size-dependent form
+    # a size-dependent form; odds_curved nests the truth (odds_power) at kappa = 0
+    assert magnitude["candidate"] in ("odds_power", "density_power", "odds_curved")
     assert magnitude["heldout_errors"]["odds_power"] < magnitude["heldout_errors"]["odds_power_size_free"]
-    if magnitude["candidate"] == "odds_power":
+    # five sparsity levels: the curved candidates compete, ranked by the larger of the two held-out errors
+    assert set(magnitude["sparsity_heldout_errors"]) == set(magnitude["heldout_errors"])
+    assert "leave-one-sparsity-out" in magnitude["reason"]
+    if magnitude["candidate"] != "density_power":
         for name, value in PRUNING_TRUTH.items():
             entry = magnitude["parameters"][name]
             assert entry["value"] == pytest.approx(value, rel=0.15), name
+    if magnitude["candidate"] == "odds_curved":
+        assert magnitude["parameters"]["kappa"]["value"] < 0.05
 
 
 def test_size_free_model_with_two_sizes():
@@ -148,6 +154,42 @@ def test_size_free_model_with_two_sizes():
     pruning = [p for p in compression_points(sweep) if p.kind == "pruning"][0]
     model = fit_compression_model(pruning)
     assert model.candidate == "odds_power_size_free" and "2 model size(s)" in model.reason
+
+
+def _with_pruning(sweep, sparsities, added):
+    """The sweep's runs with magnitude variants at ``sparsities``, dL = added(s, N), no noise."""
+    variants = [CompressedVariant(r.run_id, "magnitude", s, 32, float(r.final_loss + added(s, r.params)))
+                for r in sweep.runs for s in sparsities]
+    return dataclasses.replace(sweep, variants=tuple(variants))
+
+
+def test_curved_pruning_chosen_when_the_cost_saturates_and_only_with_three_levels():
+    def curved(s, n):  # log dL = log 0.2 + 2x - 0.5 x²/2 - 0.3 log(N/1e6), x the log-odds (peak at x = 4)
+        x = np.log(s / (1 - s))
+        return 0.2 * np.exp(2.0 * x - 0.25 * x**2) * (n / 1e6) ** -0.3
+
+    sweep = synthetic_sweep(n_runs=5, points_per_run=4, noise=0.0, methods=())
+    levels = (0.3, 0.5, 0.7, 0.9)
+    model = fit_compression_model(compression_points(_with_pruning(sweep, levels, curved))[0])
+    assert model.candidate == "odds_curved" and "leave-one-sparsity-out" in model.reason
+    assert model.fit.parameters.kappa == pytest.approx(0.5, rel=1e-3)
+    # a power of the odds misses the level it did not see by far more than the curved form
+    assert model.sparsity_heldout_errors["odds_power"] > 10 * model.sparsity_heldout_errors["odds_curved"]
+    # through two levels any curvature fits: the curved forms are not candidates, the reason is the old one
+    model = fit_compression_model(compression_points(_with_pruning(sweep, (0.5, 0.9), curved))[0])
+    assert "odds_curved" not in model.heldout_errors and not model.sparsity_heldout_errors
+    assert "leave-one-sparsity-out" not in model.reason
+    # block pruning to 0.9 achieves 0.875-0.901 by model: one level, not four
+    blocky = (0.5, 0.875, 0.889, 0.9, 0.901)
+    model = fit_compression_model(compression_points(_with_pruning(sweep, blocky, curved))[0])
+    assert "odds_curved" not in model.heldout_errors
+
+
+def test_sparsity_levels_group_achieved_sparsities():
+    from scaling.compression_fit import sparsity_levels
+
+    levels = sparsity_levels(np.array([0.9, 0.5, 0.875, 0.3, 0.901, 0.52, 0.7]))
+    assert levels.tolist() == [3, 1, 3, 0, 3, 1, 2]
 
 
 def test_too_few_variants_are_skipped():
