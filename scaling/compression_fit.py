@@ -218,8 +218,8 @@ def fit_compression_model(points: CompressionPoints) -> CompressionModel | str:
             reason = f"lowest {criterion}, {scored[best]:.4f}, among {ranked}" + (
                 f" whose fit converged ({passed_over})" if passed else ""
             )
-            return CompressionModel(points.kind, points.method, best, fits[best], errors, reason + _one_level(points), n,
-                                    sparsities, level_errors)
+            return CompressionModel(points.kind, points.method, best, fits[best], errors,
+                                    reason + _one_level(points), n, sparsities, level_errors)
     fit = fit_law(chosen, points.covariates, points.loss, grid_starts=8)
     return CompressionModel(
         kind=points.kind,
