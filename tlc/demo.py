@@ -22,18 +22,15 @@ from tlc.errors import UserError
 from tlc.io import list_runs
 
 # The demo compresses with the fast one-shot methods plus gradual pruning (the method that
-# recovers), at two levels; `tlc compress` alone does every method.
+# recovers), at tlc compress's four default sparsities; `tlc compress` alone does every method.
 # 16x16 blocks: the tiny sweep has widths 16 and 48, which 32x32 blocks do not tile. No ONNX Runtime
 # timing: the demo's plan has a byte budget, not a latency one, and exporting each 8-bit variant was
 # 2.3 s of the 3.1 s it took (BENCHMARKS.md, "Cold `make demo` and `make test`").
-# Four sparsity levels: the curved pruning models and the leave-one-sparsity-out check need three or
-# more, and a power of the odds through 0.5 and 0.9 alone put magnitude pruning's cost at 0.7 some 30%
-# low (BENCHMARKS.md, "Pruning between the measured sparsities").
-DEMO_COMPRESS = ["--methods", "magnitude,block,gradual", "--sparsity", "0.3,0.5,0.7,0.9", "--recovery-steps", "40",
-                 "--block-size", "16", "--no-ort-latency"]
+DEMO_COMPRESS = ["--methods", "magnitude,block,gradual", "--recovery-steps", "40", "--block-size", "16",
+                 "--no-ort-latency"]
 # Every cooldown branch's model too, with the cheapest methods that show how compression depends on
 # training length (one-shot magnitude pruning and int8): the compression models' D/N term needs them.
-DEMO_COMPRESS_BRANCHES = ["--branches", "--methods", "magnitude", "--sparsity", "0.3,0.5,0.7,0.9", "--no-ort-latency"]
+DEMO_COMPRESS_BRANCHES = ["--branches", "--methods", "magnitude", "--no-ort-latency"]
 # Runs train side by side, one per core (up to 4): the tiny shapes gain little from a second thread.
 DEMO_WORKERS = max(1, min(os.cpu_count() or 1, 4))
 INFERENCE_SHARE = 0.6  # the inference budget as a share of the unconstrained optimum's size

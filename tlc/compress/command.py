@@ -25,7 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="comma-separated pruning methods (default %(default)s): "
                              + "; ".join(f"{k}: {v}" for k, v in METHOD_HELP.items()))
     parser.add_argument("--sparsity", default=",".join(map(str, DEFAULT_SPARSITIES)),
-                        help="comma-separated sparsity levels in [0, 1) (default %(default)s)")
+                        help="comma-separated sparsity levels in [0, 1) (default %(default)s; the fit needs three "
+                             "or more to model how the cost of pruning bends between them)")
     parser.add_argument("--int8", action=argparse.BooleanOptionalAction, default=d.int8,
                         help="also 8-bit weights, alone and on top of every pruned variant (default on)")
     parser.add_argument("--recovery-steps", type=int, default=d.recovery_steps,

@@ -14,7 +14,10 @@ from tlc.errors import UserError
 
 METHODS = ("magnitude", "magnitude-global", "block", "structured", "2:4", "gradual", "movement")
 DEFAULT_METHODS = ("magnitude", "block", "structured", "2:4", "gradual")
-DEFAULT_SPARSITIES = (0.5, 0.9)
+# Four levels: the fit bends the pruning models and checks how they interpolate only with three or more,
+# and the planner asks for sparsities between those measured (BENCHMARKS.md, "Pruning between the
+# measured sparsities").
+DEFAULT_SPARSITIES = (0.3, 0.5, 0.7, 0.9)
 RECOVERING = ("gradual", "movement")  # methods that fine-tune while they prune
 METHOD_HELP = {
     "magnitude": "unstructured |w|, the same sparsity in every layer",
