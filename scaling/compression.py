@@ -44,6 +44,7 @@ three model sizes there is nothing to extrapolate from two, so the N-free candid
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -84,7 +85,18 @@ _LOG_C = ParameterSpec("log_c", -30.0, 5.0, (-6.0, -4.0, -2.0, 0.0))
 _DELTA = ParameterSpec("delta", -1.0, 3.0, (0.0, 0.25, 0.5, 1.0))
 
 
-class OddsPowerPruning(LawForm):
+class _LogCoefficientForm(LawForm):
+    """A compression form fitted as (log c, then its parameters' other fields in order)."""
+
+    def to_parameters(self, theta):
+        return self.parameters_type(math.exp(theta[0]), *(float(v) for v in theta[1:]))
+
+    def to_theta(self, p):
+        values = dataclasses.astuple(p)
+        return np.array([math.log(values[0]), *values[1:]])
+
+
+class OddsPowerPruning(_LogCoefficientForm):
     """dL = c·(s/(1-s))^gamma·(N/N_REF)^-delta added to the dense loss (this module's docstring)."""
 
     name = "odds_power"
@@ -100,12 +112,6 @@ class OddsPowerPruning(LawForm):
         log_c, gamma, delta = (_col(theta, i) for i in range(3))
         g = log_c + gamma * log_odds - delta * log_size
         return _log_total(x["dense_loss"], g, [np.ones_like(g), log_odds, -log_size], jacobian)
-
-    def to_parameters(self, theta):
-        return PruningParameters(c=math.exp(theta[0]), gamma=float(theta[1]), delta=float(theta[2]))
-
-    def to_theta(self, p):
-        return np.array([math.log(p.c), p.gamma, p.delta])
 
 
 class SizeFreeOddsPowerPruning(LawForm):
@@ -131,7 +137,7 @@ class SizeFreeOddsPowerPruning(LawForm):
         return np.array([math.log(p.c), p.gamma])
 
 
-class DensityPowerPruning(LawForm):
+class DensityPowerPruning(_LogCoefficientForm):
     """dL = c·((1-s)^-gamma - 1)·(N/N_REF)^-delta, after Frantar et al. 2023 (module docstring)."""
 
     name = "density_power"
@@ -150,12 +156,6 @@ class DensityPowerPruning(LawForm):
         # d/dgamma log(exp(gamma u) - 1) = u / (1 - exp(-gamma u))
         d_gamma = log_inverse_density / -np.expm1(-gu)
         return _log_total(x["dense_loss"], g, [np.ones_like(g), d_gamma, -log_size], jacobian)
-
-    def to_parameters(self, theta):
-        return PruningParameters(c=math.exp(theta[0]), gamma=float(theta[1]), delta=float(theta[2]))
-
-    def to_theta(self, p):
-        return np.array([math.log(p.c), p.gamma, p.delta])
 
 
 @dataclass(frozen=True)
@@ -184,18 +184,11 @@ def _log_tpp(x) -> np.ndarray:
     return np.log(x["tokens_per_param"] / TPP_REF)
 
 
-class _TokensPruningForm(LawForm):
+class _TokensPruningForm(_LogCoefficientForm):
     """A pruning form with a tokens-per-parameter term: fitted (log c, gamma, delta, epsilon)."""
 
     covariates = ("sparsity", "N", "dense_loss", "tokens_per_param")
     parameters_type = TokensPruningParameters
-
-    def to_parameters(self, theta):
-        return TokensPruningParameters(c=math.exp(theta[0]), gamma=float(theta[1]), delta=float(theta[2]),
-                                       epsilon=float(theta[3]))
-
-    def to_theta(self, p):
-        return np.array([math.log(p.c), p.gamma, p.delta, p.epsilon])
 
 
 class OddsPowerTokensPruning(_TokensPruningForm):
@@ -233,7 +226,7 @@ class DensityPowerTokensPruning(_TokensPruningForm):
         return _log_total(x["dense_loss"], g, [np.ones_like(g), d_gamma, -log_size, log_tpp], jacobian)
 
 
-class SizePowerTokensInt8(LawForm):
+class SizePowerTokensInt8(_LogCoefficientForm):
     """dL = c·(N/N_REF)^-delta·((D/N)/TPP_REF)^epsilon for 8-bit weights (Kumar et al. 2024)."""
 
     name = "size_power_tokens"
@@ -249,14 +242,8 @@ class SizePowerTokensInt8(LawForm):
         g = log_c - delta * log_size + epsilon * log_tpp
         return _log_total(x["dense_loss"], g, [np.ones_like(g), -log_size, log_tpp], jacobian)
 
-    def to_parameters(self, theta):
-        return TokensInt8Parameters(c=math.exp(theta[0]), delta=float(theta[1]), epsilon=float(theta[2]))
 
-    def to_theta(self, p):
-        return np.array([math.log(p.c), p.delta, p.epsilon])
-
-
-class SizePowerInt8(LawForm):
+class SizePowerInt8(_LogCoefficientForm):
     """dL = c·(N/N_REF)^-delta for 8-bit weights."""
 
     name = "size_power"
@@ -271,12 +258,6 @@ class SizePowerInt8(LawForm):
         log_c, delta = (_col(theta, i) for i in range(2))
         g = log_c - delta * log_size
         return _log_total(x["dense_loss"], g, [np.ones_like(g), -log_size], jacobian)
-
-    def to_parameters(self, theta):
-        return Int8Parameters(c=math.exp(theta[0]), delta=float(theta[1]))
-
-    def to_theta(self, p):
-        return np.array([math.log(p.c), p.delta])
 
 
 class ConstantInt8(LawForm):
@@ -334,7 +315,7 @@ def _curved_odds(sparsity: np.ndarray, gamma: np.ndarray, kappa: np.ndarray):
     return gamma * x - 0.5 * kappa * x**2, x, -0.5 * x**2
 
 
-class OddsCurvedPruning(LawForm):
+class OddsCurvedPruning(_LogCoefficientForm):
     """log dL = log c + gamma·x - kappa·x²/2 - delta·log(N/N_REF), x the log pruning odds (module docstring)."""
 
     name = "odds_curved"
@@ -351,15 +332,8 @@ class OddsCurvedPruning(LawForm):
         g = log_c + term - delta * log_size
         return _log_total(x["dense_loss"], g, [np.ones_like(g), d_gamma, -log_size, d_kappa], jacobian)
 
-    def to_parameters(self, theta):
-        return CurvedPruningParameters(c=math.exp(theta[0]), gamma=float(theta[1]), delta=float(theta[2]),
-                                       kappa=float(theta[3]))
 
-    def to_theta(self, p):
-        return np.array([math.log(p.c), p.gamma, p.delta, p.kappa])
-
-
-class OddsCurvedTokensPruning(LawForm):
+class OddsCurvedTokensPruning(_LogCoefficientForm):
     """odds_curved times ((D/N)/TPP_REF)^epsilon (module docstring)."""
 
     name = "odds_curved_tokens"
@@ -376,13 +350,6 @@ class OddsCurvedTokensPruning(LawForm):
         term, d_gamma, d_kappa = _curved_odds(x["sparsity"], gamma, kappa)
         g = log_c + term - delta * log_size + epsilon * log_tpp
         return _log_total(x["dense_loss"], g, [np.ones_like(g), d_gamma, -log_size, log_tpp, d_kappa], jacobian)
-
-    def to_parameters(self, theta):
-        return CurvedTokensPruningParameters(c=math.exp(theta[0]), gamma=float(theta[1]), delta=float(theta[2]),
-                                             epsilon=float(theta[3]), kappa=float(theta[4]))
-
-    def to_theta(self, p):
-        return np.array([math.log(p.c), p.gamma, p.delta, p.epsilon, p.kappa])
 
 
 PRUNING_CANDIDATES: dict[str, LawForm] = {
