@@ -155,3 +155,34 @@ def test_the_answer_says_when_the_sweep_was_still_learning_to_copy():
     assert plan_sentences(plan)[-1] == (
         "The sweep's models were still learning to copy from their context where it stopped: where this plan "
         "reaches past the measured tokens (see its warnings), its losses will likely come out lower than predicted.")
+
+
+def test_the_sparsity_figure_draws_each_method_s_fitted_compression_model(tmp_path):
+    import json
+
+    import numpy as np
+
+    from scaling import load_fit
+    from tlc.report.data import collect, fitted_pruning
+    from tlc.report.figures import loss_vs_sparsity
+
+    sweep = write_synthetic_sweep(tmp_path / "s", with_plan=False)
+    fit = json.loads((sweep / "fit.json").read_text())
+    models = fitted_pruning(fit)
+    assert set(models) == {"magnitude", "block", "gradual"}
+    run = next(r for r in collect(sweep).runs if r.run_id == "w64-d2-s0")
+    n, d = run.config["params"]["non_embedding"], run.final["tokens"]  # the fixture's fit counts non-embedding
+    name, added = models["magnitude"]
+    expected = load_fit(fit).predict_loss(n, d, method="magnitude", sparsity=0.7, law="chinchilla")[0] \
+        - load_fit(fit).predict_loss(n, d, law="chinchilla")[0]
+    assert name == fit["compression"]["pruning"]["magnitude"]["candidate"]
+    assert np.allclose(added(run, np.array([0.7])), expected, rtol=1e-9)
+    data = collect(sweep)
+    with_models = loss_vs_sparsity(data)
+    data.fit = None
+    without = loss_vs_sparsity(data)
+    dashed = [line for ax in with_models.axes for line in ax.lines if line.get_linestyle() == "--"]
+    assert len(dashed) == 3 * len(data.runs) and not any(
+        line.get_linestyle() == "--" for ax in without.axes for line in ax.lines)
+    assert "(fitted: " in with_models.axes[0].get_title() and "fitted" not in without.axes[0].get_title()
+    assert fitted_pruning({"format": "nonsense"}) == {}

@@ -182,6 +182,33 @@ def fitted_curve(fit: dict | None):
     return name, loss
 
 
+def fitted_pruning(fit: dict | None) -> dict:
+    """{method: (form name, added(run, sparsity) -> dL)} for each pruning model fit.json chose: the loss
+    pruning to ``sparsity`` adds to the run's model, at its N as the fit counted it and its tokens per
+    parameter; {} without a usable fit."""
+    import scaling
+    from scaling.compression import added_loss
+
+    try:
+        fitted = scaling.load_fit(fit)
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return {}
+
+    def curve(model):
+        def added(run: RunData, sparsity):
+            n = float((run.config.get("params") or {}).get(fitted.size) or 0)
+            tokens = float(run.final.get("tokens") or 0)
+            if n <= 0 or tokens <= 0:
+                return None
+            covariates = {"sparsity": sparsity, "N": n, "tokens_per_param": tokens / n}
+            return added_loss(model.form, model.parameters, 1.0,
+                              **{k: v for k, v in covariates.items() if k in model.form.covariates})
+
+        return model.form.name, added
+
+    return {method: curve(model) for method, model in fitted.pruning.items()}
+
+
 def dense_row(run: RunData) -> dict | None:
     """The compression stage's row for the unmodified model, when it wrote one."""
     for row in run.compress:

@@ -15,7 +15,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from tlc.report.data import SweepData, dense_row, fitted_curve, variant_label  # noqa: E402
+from tlc.report.data import SweepData, dense_row, fitted_curve, fitted_pruning, variant_label  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -95,9 +95,18 @@ def loss_vs_sparsity(data: SweepData):
         return None
     fig, axes = plt.subplots(1, len(methods), figsize=(3.6 * len(methods), 4), sharey=True, squeeze=False)
     colors = _size_colors(data)
+    models = fitted_pruning(data.fit)
     for ax, method in zip(axes[0], methods):
+        form, added = models.get(method, (None, None))
         for run in runs:
             base = run.final.get("val_loss")
+            measured = [r["sparsity"] for r in run.compress if r.get("method") == method]
+            if added is not None and base is not None and measured:
+                grid = np.linspace(0.0, max(measured), 60)[1:]
+                fitted = added(run, grid)
+                if fitted is not None:
+                    ax.plot(np.r_[0.0, grid], base + np.r_[0.0, fitted], ls="--", lw=0.8, alpha=0.6,
+                            color=colors[run.run_id])
             for bits, marker, fill in ((32, "o", "full"), (8, "s", "none")):
                 rows = sorted((r for r in run.compress if r.get("method") == method and int(r.get("bits", 32)) == bits),
                               key=lambda r: r["sparsity"])
@@ -106,11 +115,12 @@ def loss_vs_sparsity(data: SweepData):
                 xs, ys = [0.0] + [r["sparsity"] for r in rows], [base] + [r["val_loss"] for r in rows]
                 ax.plot(xs, ys, marker=marker, fillstyle=fill, ls="-" if bits == 32 else ":", color=colors[run.run_id],
                         label=f"{run.run_id}{' int8' if bits == 8 else ''}")
-        ax.set(title=method, xlabel="sparsity (share of weights removed)")
+        ax.set_title(method if form is None else f"{method} (fitted: {form})", fontsize=9)
+        ax.set(xlabel="sparsity (share of weights removed)")
         ax.grid(True, alpha=0.3)
     axes[0][0].set_ylabel("validation loss (nats/token)")
     axes[0][-1].legend(fontsize=6)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.95))  # room for the report's title above the panels' own
     return fig
 
 
@@ -298,7 +308,10 @@ FIGURES = [
                "small shapes use the hardware poorly.", loss_vs_wall),
     FigureSpec("loss_vs_sparsity.png", "Loss against sparsity, per pruning method",
                "Flatter lines mean a method removes weights more cheaply; hollow squares on dotted lines add 8-bit "
-               "quantization, and larger models (yellow) should tolerate more sparsity than small ones (purple).",
+               "quantization, and larger models (yellow) should tolerate more sparsity than small ones (purple). "
+               "Thin dashed lines are the compression model tlc fit chose for the method (named over each panel), "
+               "drawn at each model's size and tokens: where they leave the measured points, plans that prune "
+               "between those sparsities will miss.",
                loss_vs_sparsity),
     FigureSpec("equal_inference_cost.png", "Loss at equal inference cost",
                "Points below the black line of dense models are compressed large models that beat every small model "
