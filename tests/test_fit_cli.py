@@ -118,6 +118,14 @@ def test_fit_writes_valid_fit_json(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "chinchilla" in out and "alpha" in out and "leave-largest-out" in out
     assert set(fit["laws"]) == {"chinchilla", "kaplan", "power_sum"} and "power_sum" in out
+    # each compression model's line ends with the held-out error its choice was ranked by
+    magnitude = fit["compression"]["pruning"]["magnitude"]
+    line = next(row for row in out.splitlines() if row.startswith("pruning magnitude ("))
+    error = magnitude["heldout_errors"][magnitude["candidate"]]
+    between = magnitude["sparsity_heldout_errors"][magnitude["candidate"]]
+    assert line.endswith(f"; held-out error {error:.2%} (the larger of leave-largest-out and "
+                         f"leave-one-sparsity-out, {between:.2%})") and between <= error
+    assert next(row for row in out.splitlines() if row.startswith("int8 (")).endswith("(leave-largest-out)")
     fit["preferred_law"]["name"] = "power_sum"  # a law without a closed-form optimum gets its local exponents
     assert "compute-optimal (power_sum, the preferred law; local exponents at" in fit_command.format_table(fit, tmp_path)
     mean, low, high = load_fit(fit).predict_loss(1e7, 2e8, method="magnitude", sparsity=0.5, int8=True)

@@ -80,12 +80,24 @@ def format_table(fit: dict, path: Path) -> str:
         models.append(("int8", compression["int8"]))
     for label, entry in models:
         parameters = ", ".join(f"{p} = {_interval(v).strip()}" for p, v in entry["parameters"].items())
-        lines.append(f"{label} ({entry['candidate']}): {parameters}; status {entry['status']}")
+        lines.append(f"{label} ({entry['candidate']}): {parameters}; status {entry['status']}"
+                     + _heldout_text(entry))
     for method, reason in compression["skipped"].items():
         lines.append(f"pruning {method}: not fitted, {reason}")
     if fit.get("design"):
         lines.append(fit["design"])
     return "\n".join(lines)
+
+
+def _heldout_text(entry: dict) -> str:
+    """The chosen compression model's held-out error, and between the sparsities where that was checked."""
+    error = (entry.get("heldout_errors") or {}).get(entry["candidate"])
+    if error is None:
+        return ""
+    between = (entry.get("sparsity_heldout_errors") or {}).get(entry["candidate"])
+    text = f"; held-out error {error:.2%}"
+    return text + (f" (the larger of leave-largest-out and leave-one-sparsity-out, {between:.2%})"
+                   if between is not None else " (leave-largest-out)")
 
 
 SPLIT_LABELS = {"repeat": "targets seen earlier in their window", "novel": "new targets"}
