@@ -264,6 +264,26 @@ def test_extrapolation_is_warned_about(runs, capsys):
                             "predicted")
 
 
+def test_pruning_models_that_missed_or_were_not_checked_between_levels_are_warned_about(runs):
+    law = load_plan_law(runs, None)
+    magnitude = law.pruning_checks["magnitude"]  # the fixture's sweep: five levels, a small held-out error
+    assert magnitude["levels"] == 5 and magnitude["error"] < 0.05
+    point = planner.Point(width=128, depth=4, N=8e5, embedding=1.5e5, tokens=1e7, train_flops_per_token=6e6,
+                          inference_flops_per_token=2e6, category=Category("magnitude", False), sparsity=0.6,
+                          loss=4.0, costs={}, feasible=True)
+    assert planner._range_warnings(law, "x", point) == []
+    missed = dataclasses.replace(law, pruning_checks={"magnitude": {**magnitude, "error": 0.206}})
+    assert planner._range_warnings(missed, "x", point) == [
+        f"x: the magnitude pruning model ({magnitude['candidate']}) missed held-out measurements by 20.6% on "
+        "average, so the loss pruning adds here is less certain than its interval says"]
+    # measured at two levels only: between them nothing checks the curve; at a level itself, nothing to say
+    two = dataclasses.replace(law, pruning_checks={"magnitude": {**magnitude, "levels": 2}})
+    assert planner._range_warnings(two, "x", point) == [
+        "x: magnitude was measured at two sparsities, 30% and 90%; between them nothing checks the fitted curve "
+        "(compress at three or more, as tlc compress does by default)"]
+    assert planner._range_warnings(two, "x", dataclasses.replace(point, sparsity=0.9)) == []
+
+
 def test_unknown_method_and_missing_fit(runs, tmp_path, capsys):
     assert tlc_plan.main(["--runs", str(runs), "--budget", "1e15", "--methods", "movement"]) == 2
     assert "valid: 2:4, block, magnitude" in capsys.readouterr().err

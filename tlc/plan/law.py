@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 import scaling
-from scaling.compression_fit import TIMINGS, timing_of
+from scaling.compression_fit import TIMINGS, sparsity_levels, timing_of
 from scaling.fitted import FittedLaw, FittedSweep
 from scaling.sweep_fit import FORMAT as FIT_FORMAT, extrapolation_error
 from scaling.forms import LAWS, PUBLISHED_BESIROGLU, PUBLISHED_CHINCHILLA, ChinchillaParameters
@@ -71,6 +71,9 @@ class PlanLaw:
     size: str = "total"  # what the law's N counts: "total" (embeddings included) or "non_embedding"
     # pruning-while-training models fit.json marks unidentified: {method: why}; never planned with
     withheld: dict[str, str] = field(default_factory=dict)
+    # each pruning model's checks from fit.json: {method: {candidate, error (the held-out error it was chosen
+    # by), levels (sparsity levels measured)}}, for the planner's warnings
+    pruning_checks: dict[str, dict] = field(default_factory=dict)
 
     def law_params(self, N, embedding=0.0):
         """The law's N of models with ``N`` non-embedding and ``embedding`` embedding parameters."""
@@ -328,6 +331,13 @@ def _fit_file(path: Path, data: dict, flag: str, law_form: str | None = None) ->
         for method, entry in ((data.get("compression") or {}).get("pruning") or {}).items()
         if timing_of(method) in TIMINGS and isinstance(entry, dict) and entry.get("status") in UNDEFENDED
     }
+    pruning_checks = {
+        method: {"candidate": entry.get("candidate"),
+                 "error": (entry.get("heldout_errors") or {}).get(entry.get("candidate")),
+                 "levels": int(sparsity_levels(np.array(entry["sparsities"], dtype=float)).max()) + 1}
+        for method, entry in ((data.get("compression") or {}).get("pruning") or {}).items()
+        if isinstance(entry, dict) and entry.get("sparsities")
+    }
     has_runs = bool(list_runs(runs_dir))
     return PlanLaw(
         source=str(path),
@@ -340,6 +350,7 @@ def _fit_file(path: Path, data: dict, flag: str, law_form: str | None = None) ->
         choice=choice,
         size=fitted.size,
         withheld=withheld,
+        pruning_checks=pruning_checks,
     )
 
 

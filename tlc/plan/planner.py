@@ -145,6 +145,11 @@ def _pareto_front(space: PlanSpace, study) -> list[Point]:
     return front
 
 
+# A pruning model whose held-out error is above this gets a warning: wider than any plan's interval
+# half-width measured on the tiny sweep (1.5-2.9%; BENCHMARKS.md, "Planner calibration").
+PRUNING_ERROR_WARN = 0.05
+
+
 def _range_warnings(law: PlanLaw, label: str, point: Point) -> list[str]:
     r, out = law.ranges, []
     n = float(law.law_params(point.N, point.embedding))
@@ -176,6 +181,15 @@ def _range_warnings(law: PlanLaw, label: str, point: Point) -> list[str]:
         elif point.sparsity > measured[1] + 1e-9:  # below the lowest it interpolates towards dense, measured at 0
             out.append(f"{label}: sparsity {point.sparsity:.1%} is above the highest measured {method} sparsity "
                        f"{measured[1]:.0%} (an extrapolation)")
+        check = law.pruning_checks.get(method) or {}
+        if (check.get("error") or 0) > PRUNING_ERROR_WARN:
+            out.append(f"{label}: the {method} pruning model ({check['candidate']}) missed held-out measurements by "
+                       f"{check['error']:.1%} on average, so the loss pruning adds here is less certain than its "
+                       "interval says")
+        if check.get("levels") == 2 and measured and measured[0] < point.sparsity < measured[1]:
+            out.append(f"{label}: {method} was measured at two sparsities, {measured[0]:.0%} and {measured[1]:.0%}; "
+                       "between them nothing checks the fitted curve (compress at three or more, as tlc compress "
+                       "does by default)")
     return out
 
 
