@@ -27,6 +27,7 @@ from scaling.compression import (
 from scaling.fitting import FitResult, fit_law
 from scaling.observations import MIN_MODEL_SIZES, SweepObservations
 
+
 # Pruning while training, as `tlc fit` names its models: "init-snip" (a mask fixed at step 0), "during-magnitude"
 # (grown on a schedule). Every other pruning method prunes a trained model ("after").
 TIMINGS = ("init", "during")

@@ -310,8 +310,8 @@ FIGURES = [
                "Flatter lines mean a method removes weights more cheaply; hollow squares on dotted lines add 8-bit "
                "quantization, and larger models (yellow) should tolerate more sparsity than small ones (purple). "
                "Thin dashed lines are the compression model tlc fit chose for the method (named over each panel), "
-               "drawn at each model's size and tokens: where they leave the measured points, plans that prune "
-               "between those sparsities will miss.",
+               "drawn at each model's size and tokens: where they leave the measured points, the planner's "
+               "predictions for pruning there are off by as much.",
                loss_vs_sparsity),
     FigureSpec("equal_inference_cost.png", "Loss at equal inference cost",
                "Points below the black line of dense models are compressed large models that beat every small model "
