@@ -53,6 +53,11 @@ def test_validation_carries_the_plan_out_within_its_budgets(validated):
         assert point["checks"]["dense_split_error_relative"]["novel"] == pytest.approx(
             1 - predicted["dense_loss_split"]["novel"] / measured["dense_loss_split"]["novel"])
         assert f"{name} trained, before compression: on new targets" in printed
+        # and the compressed model's, from the planned variant's rows
+        assert set(measured["loss_split"]) == {"repeat", "novel"}
+        compressed = point["compression"]["method"] != "none" or point["compression"]["int8"]
+        line = next(row for row in printed.splitlines() if row.startswith(f"  {name} trained, before compression"))
+        assert ("; compressed, " in line) == bool(compressed)
     assert plan["law"]["copying_under_way"] is False  # both parts of the fixture's loss follow the law
     verdict = entry["verdict"]
     assert verdict["predicted_gain"] == pytest.approx(plan["gain"]["loss"])

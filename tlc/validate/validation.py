@@ -16,7 +16,7 @@ validation.json (format "tlc.validation/1") accumulates one entry per plan valid
     POINT = {run_dirs, compression, predicted {loss {mean, low, high}, nonzeros, bytes, latency_ms,
                                                dense_loss_split},
              measured {loss (mean over seeds), loss_per_seed, dense_loss, nonzeros, bytes, latency_ms,
-                       latency_batch, train_wall_s, compress_wall_s, dense_loss_split},
+                       latency_batch, train_wall_s, compress_wall_s, dense_loss_split, loss_split},
              budget {max_params, max_bytes, max_latency_ms}, checks {loss_inside_interval,
              loss_error_relative, nonzeros_within_budget, bytes_within_budget, latency_within_budget,
              dense_split_error_relative}}
@@ -25,7 +25,10 @@ validation.json (format "tlc.validation/1") accumulates one entry per plan valid
     targets seen earlier in their window and on the rest (predicted by plan.json's point, measured
     as the mean over seeds of the run's last evaluation); null where the plan or the runs lack it.
     Where a plan missed, it says on which part: a miss on "repeat" alone is copying from context
-    that set in past the sweep's tokens (scaling.loss_split).
+    that set in past the sweep's tokens (scaling.loss_split). measured.loss_split is the same split of
+    the compressed model's loss (the planned variant's compress.jsonl rows, mean over seeds): compression
+    costs repeated targets more once a model copies (BENCHMARKS.md, "Pruning between the measured
+    sparsities").
 
 Nothing here prints: progress goes through the ``log`` callback.
 """
@@ -121,6 +124,7 @@ def measure_point(plan: dict, plan_path: Path, runs_dir: Path, point: str, seeds
         "latency_device": rows[0].get("device"),
         "train_wall_s": statistics.fmean(train_wall),
         "dense_loss_split": measured_split,
+        "loss_split": _mean_split(rows),
         "compress_wall_s": statistics.fmean(float(r.get("wall_s") or 0.0) for r in rows),
     }
     limits = {"max_params": budget.get("max_params"), "max_bytes": budget.get("max_bytes"),
@@ -144,15 +148,28 @@ def measure_point(plan: dict, plan_path: Path, runs_dir: Path, point: str, seeds
     }
 
 
+def _mean_split(rows: list[dict]) -> dict | None:
+    """The compressed variants' loss by target, mean over seeds; None where a row lacks it."""
+    if not all(isinstance(r.get(f"val_loss_{part}"), (int, float)) for r in rows for part in PARTS):
+        return None
+    return {part: statistics.fmean(r[f"val_loss_{part}"] for r in rows) for part in PARTS}
+
+
 def split_summary(point: dict) -> str | None:
-    """A point's loss by target before compression, measured against predicted, as a clause; None without."""
+    """A point's loss by target before compression, measured against predicted, and after compression where
+    the point was compressed, as a clause; None without."""
     error = point["checks"].get("dense_split_error_relative")
     if not error:
         return None
     measured, predicted = point["measured"]["dense_loss_split"], point["predicted"]["dense_loss_split"]
-    return (f"on new targets {measured['novel']:.3f} against {predicted['novel']:.3f} predicted "
+    text = (f"on new targets {measured['novel']:.3f} against {predicted['novel']:.3f} predicted "
             f"({error['novel']:+.1%}), on targets seen earlier in their window {measured['repeat']:.3f} against "
             f"{predicted['repeat']:.3f} ({error['repeat']:+.1%})")
+    compression, after = point.get("compression") or {}, point["measured"].get("loss_split")
+    if after and (compression.get("method", "none") != "none" or compression.get("int8")):
+        text += (f"; compressed, {after['novel']:.3f} on new targets ({after['novel'] - measured['novel']:+.3f}) "
+                 f"and {after['repeat']:.3f} on the others ({after['repeat'] - measured['repeat']:+.3f})")
+    return text
 
 
 def verdict(plan: dict, points: dict) -> dict:
