@@ -411,3 +411,29 @@ def test_the_planner_counts_n_as_the_fit_did(runs):
     assert total.loss(1e5, 1e8, "none", 0.0, False, 3e4) == pytest.approx(old.loss(1.3e5, 1e8, "none", 0.0, False))
     mean, _, _ = total.interval(1e5, 1e8, "magnitude", 0.5, True, 3e4)
     assert mean == pytest.approx(old.interval(1.3e5, 1e8, "magnitude", 0.5, True)[0])
+
+
+def test_a_curved_pruning_model_is_not_asked_past_the_sparsities_measured(runs):
+    from scaling.compression import PRUNING_CANDIDATES
+    from scaling.fitted import FittedLaw
+    from tlc.plan.cost import build_cost_model
+    from tlc.plan.space import Budgets, PlanSpace
+
+    law = load_plan_law(runs, None)
+    costs = build_cost_model(runs, None, 1, None, law.shape_template)
+    categories = [Category("magnitude", False)]
+    measured_high = law.ranges.sparsity["magnitude"][1]  # the fixture's sweep: 0.9
+    power, curved = PRUNING_CANDIDATES["odds_power"], PRUNING_CANDIDATES["odds_curved"]
+    models = {"odds_power": FittedLaw(power, power.parameters_type(c=0.1, gamma=1.5, delta=0.3), "converged",
+                                      np.empty((0, 3))),
+              "odds_curved": FittedLaw(curved, curved.parameters_type(c=0.1, gamma=1.5, delta=0.3, kappa=0.8),
+                                       "converged", np.empty((0, 4)))}
+    highest = {}
+    for name, model in models.items():
+        fitted = dataclasses.replace(law.fitted, pruning={**law.fitted.pruning, "magnitude": model})
+        space = PlanSpace(dataclasses.replace(law, fitted=fitted), costs, Budgets(1e14, max_params=1.5e5), 0.95,
+                          categories)
+        highest[name] = space.sparsity_range("magnitude")[1]
+    # a power of the odds keeps growing: searched to --max-sparsity, past the measured 0.9 with a warning; the
+    # curved model's cost is flat past gamma/kappa (s = 0.87 here), where more pruning would look free
+    assert highest == {"odds_power": 0.95, "odds_curved": pytest.approx(measured_high)} and measured_high < 0.95

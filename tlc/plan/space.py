@@ -34,6 +34,7 @@ from functools import lru_cache
 import numpy as np
 from scipy.optimize import minimize_scalar
 
+from scaling.compression import CURVED_CANDIDATES
 from tlc.config import ModelShape
 from tlc.plan.cost import CostModel
 from tlc.plan.law import PlanLaw
@@ -161,7 +162,14 @@ class PlanSpace:
         if method == "none":
             return 0.0, 0.0
         fixed = self.fixed_sparsity.get(method)
-        return (fixed, fixed) if fixed is not None else (0.0, self.max_sparsity)
+        if fixed is not None:
+            return fixed, fixed
+        model, measured = self.law.fitted.pruning.get(method), self.law.ranges.sparsity.get(method)
+        if model is not None and model.form.name in CURVED_CANDIDATES and measured:
+            # a curved model's cost stops growing at its peak: past the sparsities measured it would call more
+            # pruning free, so it is not asked there
+            return 0.0, min(self.max_sparsity, measured[1])
+        return 0.0, self.max_sparsity
 
     # -- sizes --------------------------------------------------------------------------------
 
