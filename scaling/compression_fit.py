@@ -133,10 +133,10 @@ def _heldout_error(form, points: CompressionPoints) -> float | None:
     return _error_on(form, points, points.N == points.N.max())
 
 
-def _sparsity_heldout_error(form, points: CompressionPoints) -> float | None:
-    """Mean relative error on each interior sparsity level from a fit without it, averaged over those
-    levels: how well the form interpolates between the sparsities measured, which the planner relies on."""
-    levels = sparsity_levels(points.sparsity)
+def _sparsity_heldout_error(form, points: CompressionPoints, levels: np.ndarray) -> float | None:
+    """Mean relative error on each interior sparsity level (``levels``: `sparsity_levels` of the points) from
+    a fit without it, averaged over those levels: how well the form interpolates between the sparsities
+    measured, which the planner relies on."""
     errors = [_error_on(form, points, levels == level) for level in range(1, levels.max())]
     return None if not errors or None in errors else float(np.mean(errors))
 
@@ -175,7 +175,8 @@ def fit_compression_model(points: CompressionPoints) -> CompressionModel | str:
     if not points.tokens_identified:  # D/N would only restate N: the tokens term cannot be fitted
         candidates = {k: v for k, v in candidates.items() if k not in TOKEN_CANDIDATES}
     sparsities = tuple(sorted({round(float(s), 3) for s in points.sparsity}))
-    n_levels = int(sparsity_levels(points.sparsity).max()) + 1 if points.kind == "pruning" else 0
+    levels = sparsity_levels(points.sparsity)
+    n_levels = int(levels.max()) + 1 if points.kind == "pruning" else 0
     if n_levels < MIN_CURVED_LEVELS:  # the curvature is not identified through fewer levels
         candidates = {k: v for k, v in candidates.items() if k not in CURVED_CANDIDATES}
     size_free = candidates[SIZE_FREE[points.kind]]
@@ -197,7 +198,7 @@ def fit_compression_model(points: CompressionPoints) -> CompressionModel | str:
         for name, form in candidates.items():
             errors[name] = _heldout_error(form, points)
             if n_levels >= MIN_CURVED_LEVELS:
-                between = level_errors[name] = _sparsity_heldout_error(form, points)
+                between = level_errors[name] = _sparsity_heldout_error(form, points, levels)
                 errors[name] = None if errors[name] is None or between is None else max(errors[name], between)
         scored = {name: e for name, e in errors.items() if e is not None}
         if not scored:

@@ -161,14 +161,21 @@ def collect(sweep_dir: Path) -> SweepData:
     return data
 
 
-def fitted_curve(fit: dict | None):
-    """(law name, loss(run, tokens)) for the L(N, D) law fit.json prefers, with each run's N counted as
-    the fit counted it (every parameter, or the non-embedding ones); None without a usable law."""
+def _load_fit(fit: dict | None):
+    """fit.json's content as a `scaling.FittedSweep`; None where it cannot be read as one."""
     import scaling
 
     try:
-        fitted = scaling.load_fit(fit)
+        return scaling.load_fit(fit)
     except (ValueError, TypeError, KeyError, AttributeError):
+        return None
+
+
+def fitted_curve(fit: dict | None):
+    """(law name, loss(run, tokens)) for the L(N, D) law fit.json prefers, with each run's N counted as
+    the fit counted it (every parameter, or the non-embedding ones); None without a usable law."""
+    fitted = _load_fit(fit)
+    if fitted is None:
         return None
     name = fitted.preferred_law
     if name not in fitted.laws:
@@ -186,12 +193,10 @@ def fitted_pruning(fit: dict | None) -> dict:
     """{method: (form name, added(run, sparsity) -> dL)} for each pruning model fit.json chose: the loss
     pruning to ``sparsity`` adds to the run's model, at its N as the fit counted it and its tokens per
     parameter; {} without a usable fit."""
-    import scaling
     from scaling.compression import added_loss
 
-    try:
-        fitted = scaling.load_fit(fit)
-    except (ValueError, TypeError, KeyError, AttributeError):
+    fitted = _load_fit(fit)
+    if fitted is None:
         return {}
 
     def curve(model):

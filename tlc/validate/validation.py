@@ -95,7 +95,7 @@ def measure_point(plan: dict, plan_path: Path, runs_dir: Path, point: str, seeds
     planned = plan[point]
     budget = plan["budget"]
     batch = int(budget.get("latency_batch") or 1)
-    losses, dense_losses, rows, train_wall, run_dirs, splits = [], [], [], [], [], []
+    losses, rows, last_evaluations, run_dirs = [], [], [], []
     for seed in seeds:
         cfg = run_config(recipe, seed)
         run_dir = validation_run_dir(runs_dir, recipe, point, cfg.seed)
@@ -103,9 +103,7 @@ def measure_point(plan: dict, plan_path: Path, runs_dir: Path, point: str, seeds
         metrics = read_jsonl(run_dir / "metrics.jsonl")
         row = compress_point(run_dir, recipe, latency_repeats, log)
         losses.append(float(row["val_loss"]))
-        dense_losses.append(float(metrics[-1]["val_loss"]))
-        splits.append({part: metrics[-1].get(f"val_loss_{part}") for part in PARTS})
-        train_wall.append(float(metrics[-1]["wall_s"]))
+        last_evaluations.append(metrics[-1])
         rows.append(row)
         run_dirs.append(str(run_dir.relative_to(runs_dir)))
     loss = statistics.fmean(losses)
@@ -113,16 +111,15 @@ def measure_point(plan: dict, plan_path: Path, runs_dir: Path, point: str, seeds
     latency = statistics.median(latency) if all(isinstance(v, (int, float)) for v in latency) else None
     predicted_loss = planned["loss"]
     low, high = predicted_loss.get("low"), predicted_loss.get("high")
-    measured_split = None
-    if all(isinstance(v, (int, float)) for split in splits for v in split.values()):
-        measured_split = {part: statistics.fmean(split[part] for split in splits) for part in PARTS}
+    measured_split = _mean_split(last_evaluations)
     predicted_split = planned.get("dense_loss_split")
     measured = {
-        "loss": loss, "loss_per_seed": losses, "dense_loss": statistics.fmean(dense_losses),
+        "loss": loss, "loss_per_seed": losses,
+        "dense_loss": statistics.fmean(float(m["val_loss"]) for m in last_evaluations),
         "nonzeros": max(r["nonzeros"] for r in rows), "bytes": max(r["bytes"] for r in rows),
         "latency_ms": latency, "latency_batch": batch, "latency_repeats": latency_repeats,
         "latency_device": rows[0].get("device"),
-        "train_wall_s": statistics.fmean(train_wall),
+        "train_wall_s": statistics.fmean(float(m["wall_s"]) for m in last_evaluations),
         "dense_loss_split": measured_split,
         "loss_split": _mean_split(rows),
         "compress_wall_s": statistics.fmean(float(r.get("wall_s") or 0.0) for r in rows),
@@ -149,7 +146,7 @@ def measure_point(plan: dict, plan_path: Path, runs_dir: Path, point: str, seeds
 
 
 def _mean_split(rows: list[dict]) -> dict | None:
-    """The compressed variants' loss by target, mean over seeds; None where a row lacks it."""
+    """The loss by target of evaluation or compress.jsonl rows, mean over seeds; None where a row lacks it."""
     if not all(isinstance(r.get(f"val_loss_{part}"), (int, float)) for r in rows for part in PARTS):
         return None
     return {part: statistics.fmean(r[f"val_loss_{part}"] for r in rows) for part in PARTS}
