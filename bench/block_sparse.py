@@ -9,8 +9,8 @@ soon as the row is measured. Ratios are speedups of the extension:
                 F.linear(x, W_bsr) and torch.matmul(W_bsr, x.T) (column "best" names it)
 
   --backward  also grad_input (dX = dY·W; dense dY @ W, torch matmul(Wᵀ_bsr, dY.T)) and grad_values
-              (dW on kept blocks only; dense dY.T @ x, torch sampled_addmm on W's CSR pattern,
-              torch having no block-sparse sampled product)
+              (dW on kept blocks only; dense dY.T @ x; torch having no block-sparse sampled product, the
+              faster of sampled_addmm on W's CSR pattern and a gather of each block's operands + bmm)
   --step      a training step of one layer: forward, backward and SGD update of BlockSparseLinear
               against nn.Linear with the same (block-pruned) weight
   --crossover instead of the table, the dense/blocks crossover density BlockSparseLinear.from_dense
@@ -104,18 +104,30 @@ def forward_row(layer, weight, w_bsr, x, repeats, clock):
     return t["dense"], t["ext"], best, name
 
 
+def gathered_grad_values(grad_y, x, crow, col, block_size):
+    """dW on the kept blocks in plain torch: each block's grad_y and x columns gathered, one batched GEMM."""
+    tokens = x.shape[0]
+    rows = torch.repeat_interleave(torch.arange(crow.numel() - 1, device=crow.device), crow.diff())
+    gy_blocks = grad_y.view(tokens, -1, block_size).index_select(1, rows)  # [tokens, nnz, bs]
+    x_blocks = x.view(tokens, -1, block_size).index_select(1, col)
+    return torch.bmm(gy_blocks.permute(1, 2, 0), x_blocks.transpose(0, 1))
+
+
 def backward_rows(layer, weight, wt_bsr, w_csr, x, repeats, clock):
     values, crow, col = layer.values, layer.crow_indices, layer.col_indices
     grad_y = torch.randn(x.shape[0], weight.shape[0]).to(x.device, x.dtype)
     ops = torch.ops.tlc_bsr
+    bs = layer.block_size
     with torch.no_grad():
         t = timed_or_nan({"dx_dense": lambda: grad_y @ weight,
                           "dx_ext": lambda: ops.bsr_linear_grad_input(grad_y, values, crow, col, weight.shape[1]),
                           "dx_torch": lambda: torch.matmul(wt_bsr, grad_y.T),
                           "dw_dense": lambda: grad_y.T @ x,
-                          "dw_ext": lambda: ops.bsr_linear_grad_values(grad_y, x, crow, col, layer.block_size),
-                          "dw_torch": lambda: torch.sparse.sampled_addmm(w_csr, grad_y.T, x, beta=0.0)},
+                          "dw_ext": lambda: ops.bsr_linear_grad_values(grad_y, x, crow, col, bs),
+                          "dw_sampled": lambda: torch.sparse.sampled_addmm(w_csr, grad_y.T, x, beta=0.0),
+                          "dw_bmm": lambda: gathered_grad_values(grad_y, x, crow, col, bs)},
                          repeats, clock)
+    t["dw_torch"], t["dw_torch_op"] = faster(t["dw_sampled"], t["dw_bmm"], ("csr-smp", "bmm"))
     return t
 
 
@@ -164,7 +176,7 @@ def run(shapes, densities, token_counts, dtype, repeats, clock, backward: bool, 
                 if backward:
                     t = backward_rows(layer, weight, wt_bsr, w_csr, x, repeats, clock)
                     print_row(label, "dx", layer.density, t["dx_dense"], t["dx_ext"], t["dx_torch"], "matmul")
-                    print_row(label, "dw", layer.density, t["dw_dense"], t["dw_ext"], t["dw_torch"], "csr-smp")
+                    print_row(label, "dw", layer.density, t["dw_dense"], t["dw_ext"], t["dw_torch"], t["dw_torch_op"])
                 if train_step:
                     dense_step, ext_step = step_row(layer, weight, x, repeats, clock)
                     print_row(label, "step", layer.density, dense_step, ext_step, float("nan"), "")

@@ -178,3 +178,20 @@ def test_cpu_kernels_use_the_cpus_simd():
         assert runnable[0] == "avx512-bf16"
     if "avx2" in flags and "fma" in flags:
         assert "avx2" in runnable
+
+
+def test_the_benchmarks_gathered_torch_dw_is_the_kept_blocks_of_the_dense_dw():
+    """bench/block_sparse.py times torch's dW as a gather + bmm: it must compute what the kernel does."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "block_sparse.py"
+    spec = importlib.util.spec_from_file_location("bench_block_sparse", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    values, crow, col = random_bsr(96, 128, 32, 0.5)
+    x, grad_y = torch.randn(7, 128), torch.randn(7, 96)
+    dense = grad_y.T @ x
+    rows = torch.repeat_interleave(torch.arange(crow.numel() - 1), crow.diff())
+    expected = torch.stack([dense[r * 32:(r + 1) * 32, c * 32:(c + 1) * 32] for r, c in zip(rows, col)])
+    assert_close_scaled(bench.gathered_grad_values(grad_y, x, crow, col, 32), expected, 1e-5)
