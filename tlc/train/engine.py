@@ -7,6 +7,7 @@ tagged by step, with ``tlc_latest.json`` naming the newest complete one.
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import socket
@@ -56,7 +57,18 @@ def init_distributed():
         # torch.distributed (gloo). Its table of compatible ops is the switch DeepSpeed checks before building.
         deepspeed.ops.__compatible_ops__[SHM_COMM_OP] = False
     deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo", verbose=False)
+    # Left to interpreter teardown, the process group's native threads can outlive what they hold and
+    # abort a trainer that has finished ("terminate called without an active exception", exit -6).
+    atexit.unregister(_destroy_process_group)  # once, however often a process starts distributed
+    atexit.register(_destroy_process_group)
     return deepspeed, int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+
+
+def _destroy_process_group() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def device_for_rank():
