@@ -24,7 +24,7 @@ CPU_SOURCES = ("bsr_ops.cpp", "bsr_cpu.cpp", "bsr_blas_cpu.cpp", "bsr_kernels_cp
                "bsr_kernels_avx2.cpp", "bsr_kernels_avx512.cpp", "bsr_autograd.cpp")
 CUDA_SOURCES = ("cuda/bsr_kernels.cu", "cuda/bsr_cuda.cu")
 HEADERS = ("bsr_checks.h", "bsr_kernels_cpu.h", "bsr_cpu_common.h", "bsr_blas_cpu.h", "bsr_kernels_avx512.inc",
-           "bsr_simd_avx512.inc", "cuda/bsr_kernels.h")
+           "bsr_simd_avx512.inc", "bsr_grad_values.inc", "cuda/bsr_kernels.h")
 CFLAGS = ("-O3", "-fopenmp")  # no -march: the per-ISA files pick their own targets
 CUDA_CFLAGS = ("-O3",)
 

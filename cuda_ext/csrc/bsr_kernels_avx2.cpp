@@ -272,10 +272,12 @@ void grad_input(const BsrShape& s, const T* gy, const T* values, const int64_t* 
 // One M-row tile of a block's grad_values over tc tokens: rows i0.. of gy_strip ([tc][bs]) against NP
 // 16-column panels of x ([tc][16] each, the block's columns j0.., j0 + 16, ...), added to (or stored in)
 // block_sums [bs][bs]. M·2·NP accumulators: 6 × 1 panel is the main tile; 2 × 2 panels keeps a 2-row
-// remainder at 8 independent FMA chains, where 2 × 1 would wait on FMA latency.
+// remainder at 8 independent FMA chains, where 2 × 1 would wait on FMA latency. Forced inline: called
+// through the shared driver's lambda, GCC left it out of line, 1–3% slower.
 template <int M, int NP>
-inline void grad_values_tile(const float* gy_strip, const float* const (&x_panels)[NP], int64_t tc, int64_t bs,
-                             int64_t i0, int64_t j0, bool accumulate, float* block_sums) {
+__attribute__((always_inline)) inline void grad_values_tile(const float* gy_strip, const float* const (&x_panels)[NP],
+                                                            int64_t tc, int64_t bs, int64_t i0, int64_t j0,
+                                                            bool accumulate, float* block_sums) {
   constexpr int NV = 2 * NP;
   __m256 acc[M][NV];
   for (int m = 0; m < M; ++m)
@@ -293,68 +295,37 @@ inline void grad_values_tile(const float* gy_strip, const float* const (&x_panel
     for (int v = 0; v < NV; ++v) _mm256_storeu_ps(block_sums + (i0 + m) * bs + j0 + 8 * v, acc[m][v]);
 }
 
-// grad_values[k][i, j] = Σ_t grad_y[t, row(k)·bs + i] · x[t, col(k)·bs + j], 6 weight rows × 16 columns
-// a tile (4 rows, or 2 rows × 32 columns, for the rest of a block), reduced over a chunk of tokens. Both
-// operands are first copied to contiguous fp32 strips: read in place they sit a whole row apart per
-// token, so a tile's loads would touch a page per token.
-// x is packed once per chunk, all of it, in panels of 16 columns, [block-column][panel][token][16]
-// (every block of a column reads the same panels, and a tile streams one panel front to back);
-// then a thread takes a block-row and copies its grad_y strip, [token][bs].
-// Sums over chunks accumulate in fp32 (in grad_values itself for fp32, else in a scratch copy).
+#include "bsr_grad_values.inc"
+
+// grad_values[k][i, j] = Σ_t grad_y[t, row(k)·bs + i] · x[t, col(k)·bs + j] over packed operands
+// (bsr_grad_values.inc): 6 weight rows × one 16-column panel a tile; the rest of a block is 4 rows × 16
+// columns (bs 16 and 64) or 2 rows × 32 columns (bs 32).
 template <typename T>
 void grad_values(const BsrShape& s, const T* gy, const T* x, const int64_t* crow, const int64_t* col, T* gv) {
-  constexpr int64_t W = 16, kTokenChunk = 512;  // columns per panel; the chunk bounds the packed copy of x
-  const int64_t bs = s.bs, bb = bs * bs, out = s.block_rows * bs, ld = s.in_features, n_tok = s.tokens;
-  const int64_t n_cols = ld / bs, chunk = std::min(n_tok, kTokenChunk);
-  std::vector<float> x_panels(chunk * ld), scratch;
-  float* sums = nullptr;  // [nnz, bs, bs] fp32
-  if constexpr (std::is_same_v<T, float>) sums = gv;
-  else sums = (scratch.resize(s.nnz_blocks * bb), scratch.data());
-  if (n_tok == 0) std::fill(sums, sums + s.nnz_blocks * bb, 0.f);
-  for (int64_t t0 = 0; t0 < n_tok; t0 += chunk) {
-    const int64_t tc = std::min(chunk, n_tok - t0);
-    const bool acc = t0 > 0;
-#pragma omp parallel num_threads(s.num_threads)
-    {
-#pragma omp for schedule(static)
-      for (int64_t c = 0; c < n_cols; ++c)
-        for (int64_t j0 = 0; j0 < bs; j0 += W) {
-          float* panel = x_panels.data() + (c * bs + j0) * tc;
-          for (int64_t t = 0; t < tc; ++t)
-            for (int64_t j = 0; j < W; ++j) panel[t * W + j] = to_f32(x[(t0 + t) * ld + c * bs + j0 + j]);
-        }
-      std::vector<float> gy_strip(bs * tc);
-#pragma omp for schedule(dynamic, 1)
-      for (int64_t r = 0; r < s.block_rows; ++r) {
-        if (crow[r] == crow[r + 1]) continue;
-        for (int64_t t = 0; t < tc; ++t)
-          for (int64_t i = 0; i < bs; ++i) gy_strip[t * bs + i] = to_f32(gy[(t0 + t) * out + r * bs + i]);
-        const float* g = gy_strip.data();
-        for (int64_t k = crow[r]; k < crow[r + 1]; ++k) {
-          const float* panels = x_panels.data() + col[k] * tc * bs;  // panel h at panels + h·tc·16
-          float* block_sums = sums + k * bb;
-          for (int64_t i0 = 0; i0 + 6 <= bs; i0 += 6)
-            for (int64_t j0 = 0; j0 < bs; j0 += W) {
-              const float* p[1] = {panels + j0 * tc};
-              grad_values_tile<6, 1>(g, p, tc, bs, i0, j0, acc, block_sums);
-            }
-          const int64_t i0 = bs - bs % 6;
-          if (bs % 6 == 4)  // bs 16 and 64
-            for (int64_t j0 = 0; j0 < bs; j0 += W) {
-              const float* p[1] = {panels + j0 * tc};
-              grad_values_tile<4, 1>(g, p, tc, bs, i0, j0, acc, block_sums);
-            }
-          if (bs % 6 == 2)  // bs 32
-            for (int64_t j0 = 0; j0 < bs; j0 += 2 * W) {
-              const float* p[2] = {panels + j0 * tc, panels + (j0 + W) * tc};
-              grad_values_tile<2, 2>(g, p, tc, bs, i0, j0, acc, block_sums);
-            }
-        }
+  constexpr int64_t W = 16;
+  const int64_t bs = s.bs;
+  auto block = [bs](const float* g, const float* panels, int64_t tc, bool acc, float* block_sums) {
+    for (int64_t i0 = 0; i0 + 6 <= bs; i0 += 6)
+      for (int64_t j0 = 0; j0 < bs; j0 += W) {
+        const float* p[1] = {panels + j0 * tc};
+        grad_values_tile<6, 1>(g, p, tc, bs, i0, j0, acc, block_sums);
       }
-    }
-  }
-  if constexpr (!std::is_same_v<T, float>)
-    for (int64_t e = 0; e < s.nnz_blocks * bb; e += 8) store8(gv + e, _mm256_loadu_ps(sums + e));
+    const int64_t i0 = bs - bs % 6;
+    if (bs % 6 == 4)
+      for (int64_t j0 = 0; j0 < bs; j0 += W) {
+        const float* p[1] = {panels + j0 * tc};
+        grad_values_tile<4, 1>(g, p, tc, bs, i0, j0, acc, block_sums);
+      }
+    if (bs % 6 == 2)
+      for (int64_t j0 = 0; j0 < bs; j0 += 2 * W) {
+        const float* p[2] = {panels + j0 * tc, panels + (j0 + W) * tc};
+        grad_values_tile<2, 2>(g, p, tc, bs, i0, j0, acc, block_sums);
+      }
+  };
+  auto to_out = [](T* dst, const float* src, int64_t n) {
+    for (int64_t e = 0; e < n; e += 8) store8(dst + e, _mm256_loadu_ps(src + e));
+  };
+  grad_values_packed<W>(s, gy, x, crow, col, gv, block, to_out);
 }
 
 const KernelTable kTable = {forward<float>,     forward<uint16_t>,     grad_input<float>,
