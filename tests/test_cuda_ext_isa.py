@@ -24,8 +24,8 @@ PATHS = ("avx512-bf16", "avx512", "avx2", "portable")
 X86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")
 needs_kernels = pytest.mark.skipif(not cuda_ext.available(), reason=f"kernels not built: {_build.build_error()}")
 
-# Token counts reach every kernel variant: the dot-form forward (< 16), the packed/BLAS forms, the
-# portable BLAS path's 256-token chunks and the AVX2 grad_values' 512-token chunks.
+# Token counts reach every kernel variant: an empty batch, the dot-form forward (< 16), the packed/BLAS
+# forms, the portable BLAS path's 256-token chunks and grad_values' 512-token chunks.
 SCRIPT = textwrap.dedent("""
     import sys, torch, cuda_ext
     from cuda_ext.bsr_format import dense_to_bsr
@@ -33,7 +33,7 @@ SCRIPT = textwrap.dedent("""
     torch.manual_seed(0)
     for bs in (16, 32, 64):
         for dtype, tol in ((torch.float32, 1e-5), (torch.bfloat16, 2e-2)):
-            for tokens, density in ((1, 0.5), (5, 1.0), (70, 0.3), (300, 0.5), (600, 0.2)):
+            for tokens, density in ((0, 0.5), (1, 0.5), (5, 1.0), (70, 0.3), (300, 0.5), (600, 0.2)):
                 keep = torch.rand(192 // bs, 256 // bs) < density
                 keep[0] = False  # an empty block-row, and (for bs 64) usually an empty block-column
                 mask = keep.repeat_interleave(bs, 0).repeat_interleave(bs, 1)
