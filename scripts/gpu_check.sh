@@ -31,6 +31,11 @@ while [ $# -gt 0 ]; do
     shift
 done
 PYTHON="${PYTHON:-python3}"
+# a relative path (make passes .venv/bin/python) would break in the steps that run from another folder
+case "$PYTHON" in
+    /*) ;;
+    */*) PYTHON="$(cd "$(dirname "$PYTHON")" && pwd)/$(basename "$PYTHON")" ;;
+esac
 
 # What the GPU machine's image lacks (it has torch, transformers, tokenizers, numpy, scipy, matplotlib,
 # pytest, hypothesis, psutil, py-cpuinfo, ninja, einops, msgpack, pyyaml, tqdm): DeepSpeed and Optuna
