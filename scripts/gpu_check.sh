@@ -14,6 +14,14 @@
 #   scripts/gpu_check.sh --dry-run             anywhere: prints each step, then runs it at CPU sizes (CI runs this)
 #   scripts/gpu_check.sh --prepare-wheels      here, with a package index: fills .whl/ with the wheels step 2 installs
 set -uo pipefail
+# PYTHON relative to the caller's folder (make passes .venv/bin/python) would break below: the script
+# moves to the repository root and some steps run from TMPDIR
+case "${PYTHON:-}" in
+    /*|"") ;;
+    */*) folder="$(cd "$(dirname "$PYTHON")" 2>/dev/null && pwd)" \
+             || { echo "gpu_check.sh: error: PYTHON=$PYTHON: its folder does not exist here" >&2; exit 2; }
+         PYTHON="$folder/$(basename "$PYTHON")" ;;
+esac
 cd "$(dirname "$0")/.."
 
 MODE=gpu
@@ -31,11 +39,6 @@ while [ $# -gt 0 ]; do
     shift
 done
 PYTHON="${PYTHON:-python3}"
-# a relative path (make passes .venv/bin/python) would break in the steps that run from another folder
-case "$PYTHON" in
-    /*) ;;
-    */*) PYTHON="$(cd "$(dirname "$PYTHON")" && pwd)/$(basename "$PYTHON")" ;;
-esac
 
 # What the GPU machine's image lacks (it has torch, transformers, tokenizers, numpy, scipy, matplotlib,
 # pytest, hypothesis, psutil, py-cpuinfo, ninja, einops, msgpack, pyyaml, tqdm): DeepSpeed and Optuna

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 from conftest import REPO
 
@@ -15,15 +16,13 @@ STEPS = ("versions", "tlc installed", "build cuda_ext", "gpu tests (selection)",
 
 def test_dry_run_prints_and_runs_every_step_and_writes_one_summary(tmp_path):
     summary = tmp_path / "summary.txt"
-    # a relative interpreter path, as `make gpu-check-dry-run` passes it, and a TMPDIR it does not resolve
-    # from (some steps run there)
-    python = os.path.relpath(sys.executable, tmp_path)
-    elsewhere = tmp_path / "elsewhere" / "deeper"
-    elsewhere.mkdir(parents=True)
+    # the interpreter by a path relative to the caller's folder, as `make gpu-check-dry-run` passes it; it
+    # resolves from here only, not from the repository root (where the script moves) or TMPDIR (where a step runs)
+    (tmp_path / "venv").symlink_to(sys.prefix, target_is_directory=True)
+    python = f"venv/bin/{Path(sys.executable).name}"
     proc = subprocess.run(["bash", str(SCRIPT), "--dry-run", "--summary", str(summary)], cwd=tmp_path,
                           capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "PYTHON": python, "TMPDIR": str(elsewhere),
-                               "OUT": str(tmp_path / "unused")})
+                          env={**os.environ, "PYTHON": python, "OUT": str(tmp_path / "unused")})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     text = summary.read_text()
     for step in STEPS:
