@@ -15,10 +15,11 @@
 #   scripts/gpu_check.sh --prepare-wheels      here, with a package index: fills .whl/ with the wheels step 2 installs
 set -uo pipefail
 # PYTHON relative to the caller's folder (make passes .venv/bin/python) would break below: the script
-# moves to the repository root and some steps run from TMPDIR
+# moves to the repository root and some steps run from TMPDIR. Its folder is taken physically, so that
+# torch sees the same paths as in any other run and reuses its extension builds.
 case "${PYTHON:-}" in
     /*|"") ;;
-    */*) folder="$(cd "$(dirname "$PYTHON")" 2>/dev/null && pwd)" \
+    */*) folder="$(cd "$(dirname "$PYTHON")" 2>/dev/null && pwd -P)" \
              || { echo "gpu_check.sh: error: PYTHON=$PYTHON: its folder does not exist here" >&2; exit 2; }
          PYTHON="$folder/$(basename "$PYTHON")" ;;
 esac
