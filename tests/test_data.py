@@ -38,11 +38,36 @@ def test_split_is_by_name_hash_and_fingerprint_tracks_content(tmp_path):
     assert set(first.val_docs) - {"changed\n" * 50} <= set(third.val_docs) | {"document 0\n" * 50}
 
 
+def test_no_document_straddles_the_split_even_when_larger_than_the_old_64k_piece(tmp_path):
+    for i in range(40):  # 40 files of ~150 KB: under the old per-piece split most had pieces on both sides
+        (tmp_path / f"f{i:02d}.txt").write_text("".join(f"file {i} line {j}\n" for j in range(9000)))
+    corpus = load_corpus(str(tmp_path), val_percent=10.0)
+    assert corpus.val_docs and corpus.train_docs
+    val_files = {d.split(" ")[1] for d in corpus.val_docs}
+    train_files = {d.split(" ")[1] for d in corpus.train_docs}
+    assert not val_files & train_files and len(val_files | train_files) == 40
+    whole = {(tmp_path / f"f{i:02d}.txt").read_text() for i in range(40)}
+    assert set(corpus.val_docs) | set(corpus.train_docs) == whole  # every file whole, on exactly one side
+    assert {f.name for f in corpus.files if f.val_documents} == {f"f{int(i):02d}.txt" for i in val_files}
+    assert all(f.bytes > 100_000 and len(f.sha256) == 64 for f in corpus.files)
+
+
+def test_jsonl_records_split_by_content_so_duplicates_share_a_side(tmp_path):
+    jsonl = tmp_path / "d.jsonl"
+    lines = [json.dumps({"text": f"record {i % 150} " * 20}) for i in range(300)]  # each record twice
+    jsonl.write_text("\n".join(lines) + "\n")
+    corpus = load_corpus(str(jsonl))
+    assert not set(corpus.val_docs) & set(corpus.train_docs) and len(corpus.val_docs) % 2 == 0
+    assert corpus.files[0].documents == 300 and corpus.files[0].val_documents == len(corpus.val_docs)
+
+
 def test_sources_file_glob_and_jsonl(tmp_path):
     big = tmp_path / "one.txt"
-    big.write_text("".join(f"line {i} of a long single file\n" for i in range(40000)))  # ~1.2 MB, chunked
+    text = "".join(f"line {i} of a long single file\n" for i in range(40000))  # one document: cut once
+    big.write_text(text)
     single = load_corpus(str(big))
-    assert single.train_docs and single.val_docs
+    assert single.train_docs[0] + single.val_docs[0] == text and len(single.val_docs) == 1
+    assert 0.04 < len(single.val_docs[0]) / len(text) < 0.06 and single.val_docs[0].startswith("line ")
     sub = tmp_path / "many"
     sub.mkdir()
     for i in range(40):

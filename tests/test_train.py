@@ -68,6 +68,12 @@ def test_run_writes_the_run_directory_contract(tmp_path, small_corpus):
     assert config["run_id"] == "w32-d2-s0" and config["total_steps"] == 64
     assert config["data"]["fingerprint"] and config["versions"]["deepspeed"] and config["versions"]["torch"]
     assert config["params"]["non_embedding"] > 0 and config["flops_per_token"] > 0
+    data = json.loads((out / "data.json").read_text())
+    assert data["fingerprint"] == config["data"]["fingerprint"] and "per document" in data["split"]["rule"]
+    assert data["train"]["tokens"] == config["data"]["train_tokens_available"]
+    assert data["val"]["tokens"] == config["data"]["val_tokens_available"] and data["val"]["documents"] >= 1
+    assert sorted(f["name"] for f in data["files"]) == sorted(p.name for p in small_corpus.iterdir())
+    assert sum(f["val_documents"] for f in data["files"]) == data["val"]["documents"]
     rows = read_jsonl(out / "metrics.jsonl")
     assert [r["step"] for r in rows] == list(eval_schedule(64, 5))
     assert all(set(r) == METRIC_FIELDS for r in rows)

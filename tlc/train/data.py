@@ -2,12 +2,14 @@
 
 The embedded default corpus is the running interpreter's standard-library source: real text
 that every machine has, with no download. Documents are read in a deterministic order and
-split into train and validation by a hash of their path, so adding a file never moves another
-one across the split. Tokenizers and token streams are cached by the corpus fingerprint.
+each goes wholly to train or to validation by a hash of its path (a file) or of its text (a
+JSON-lines record), so no document has text on both sides, and adding a file never moves
+another one across the split. Tokenizers and token streams are cached by the corpus fingerprint.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import hashlib
 import json
@@ -20,12 +22,25 @@ from pathlib import Path
 import numpy as np
 
 from tlc.errors import UserError
-from tlc.io import atomic_write_bytes
+from tlc.io import atomic_write_bytes, atomic_write_json
 
 EOT = "<|endoftext|>"
-CHUNK_BYTES = 64 * 1024  # long documents are cut into pieces so one big file still splits into train and val
-MIN_PIECES = 200  # small corpora get smaller pieces, so that a 5% validation share is never empty
+SPLIT_RULE = ("per document: a file by sha256 of its path, a JSON-lines record by sha256 of its text; "
+              "validation when the hash's first 8 bytes mod 10000 < val_percent*100 (if none is, the one "
+              "document with the smallest hash); a single plain-text file is one stream whose last "
+              "val_percent of characters, cut at a line end, is validation")
 DATA_HELP = "give 'stdlib', a text file, a folder, a glob such as 'texts/*.txt', or a .jsonl file with a text field"
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    """One file the corpus was read from: what data.json records of it."""
+
+    name: str
+    bytes: int
+    sha256: str
+    documents: int  # documents it held (1 for a text file, its records for a .jsonl)
+    val_documents: int  # how many of them went to validation
 
 
 @dataclass(frozen=True)
@@ -35,7 +50,9 @@ class Corpus:
     source: str
     train_docs: tuple[str, ...]
     val_docs: tuple[str, ...]
-    fingerprint: str  # sha256 over (name, content hash) of every document, in order
+    fingerprint: str  # sha256 over the split rule, val_percent and (name, content hash) of every file, in order
+    files: tuple[SourceFile, ...] = ()
+    val_percent: float = 5.0
 
     @property
     def val_bytes(self) -> int:
@@ -62,37 +79,47 @@ def _stdlib_files() -> list[tuple[str, Path]]:
     return files
 
 
-def _read_text(path: Path) -> str | None:
-    """Text of a file, or None when it is binary (has NUL bytes) or unreadable."""
+@dataclass(frozen=True)
+class _File:
+    """A file as read: its documents, and whether they split by record (JSON lines) or as one stream."""
+
+    name: str
+    raw: bytes
+    docs: tuple[str, ...]
+    records: bool
+
+
+def _jsonl_file(path: Path, text_field: str) -> _File:
+    raw = path.read_bytes()
+    docs = []
+    for i, line in enumerate(raw.decode("utf-8", errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UserError(f"--data: {path}:{i} is not valid JSON ({e.msg})") from None
+        if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
+            raise UserError(f"--data: {path}:{i} has no string field {text_field!r} (set data.text_field)")
+        docs.append(record[text_field])
+    return _File(path.name, raw, tuple(docs), records=True)
+
+
+def _text_file(name: str, path: Path) -> _File | None:
+    """A text file as one document, or None when it is binary (has NUL bytes) or unreadable."""
     try:
         raw = path.read_bytes()
     except OSError:
         return None
     if b"\x00" in raw[:8192]:
         return None
-    return raw.decode("utf-8", errors="replace")
+    return _File(name, raw, (raw.decode("utf-8", errors="replace"),), records=False)
 
 
-def _jsonl_docs(path: Path, text_field: str) -> list[tuple[str, str]]:
-    docs = []
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(f"--data: {path}:{i} is not valid JSON ({e.msg})") from None
-            if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
-                raise UserError(f"--data: {path}:{i} has no string field {text_field!r} (set data.text_field)")
-            docs.append((f"{path.name}:{i}", record[text_field]))
-    return docs
-
-
-def _source_docs(source: str, text_field: str) -> list[tuple[str, str]]:
-    """(name, text) pairs for a source, in a deterministic order."""
+def _source_files(source: str, text_field: str) -> list[_File]:
+    """The files of a source, in a deterministic order."""
     if source == "stdlib":
-        return [(rel, text) for rel, p in _stdlib_files() if (text := _read_text(p)) is not None]
+        return [f for rel, p in _stdlib_files() if (f := _text_file(rel, p)) is not None]
     if any(ch in source for ch in "*?["):
         paths = sorted(Path(p) for p in glob.glob(source, recursive=True))
         paths = [p for p in paths if p.is_file()]
@@ -104,65 +131,93 @@ def _source_docs(source: str, text_field: str) -> list[tuple[str, str]]:
         if not target.exists():
             raise UserError(f"--data: no such file or folder {source!r}; {DATA_HELP}")
         if target.is_file():
-            if target.suffix == ".jsonl":
-                return _jsonl_docs(target, text_field)
             paths, base = [target], target.parent
         else:
             paths = sorted(p for p in target.rglob("*") if p.is_file() and not p.name.startswith("."))
             base = target
-    docs = []
+    files = []
     for p in paths:
         if p.suffix == ".jsonl":
-            docs.extend(_jsonl_docs(p, text_field))
-        elif (text := _read_text(p)) is not None:
-            docs.append((p.relative_to(base).as_posix(), text))
-    return docs
+            files.append(_jsonl_file(p, text_field))
+        elif (f := _text_file(p.relative_to(base).as_posix(), p)) is not None:
+            files.append(f)
+    return files
 
 
-def _chunks(name: str, text: str, size: int) -> list[tuple[str, str]]:
-    """Cut a document at line ends into pieces of about ``size`` characters, named ``name#k``."""
-    if len(text) <= size:
-        return [(name, text)]
-    pieces, start = [], 0
-    while start < len(text):
-        end = min(len(text), start + size)
-        if end < len(text):
-            newline = text.rfind("\n", start, end)
-            end = newline + 1 if newline > start else end
-        pieces.append((f"{name}#{len(pieces)}", text[start:end]))
-        start = end
-    return pieces
+def _hash_bucket(key: str) -> int:
+    return int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "big")
 
 
-def _is_validation(name: str, val_percent: float) -> bool:
-    bucket = int.from_bytes(hashlib.sha256(name.encode("utf-8")).digest()[:8], "big") % 10_000
-    return bucket < val_percent * 100
+def _tail_split(text: str, val_percent: float) -> tuple[str, str]:
+    """One stream cut once, at a line end: (train head, validation tail of about val_percent)."""
+    cut = int(len(text) * (1 - val_percent / 100))
+    newline = text.rfind("\n", 0, cut)
+    cut = newline + 1 if newline > 0 else cut
+    return text[:cut], text[cut:]
 
 
 def load_corpus(source: str = "stdlib", val_percent: float = 5.0, text_field: str = "text") -> Corpus:
-    """Read a corpus and split it into train and validation by a hash of each document's name.
+    """Read a corpus and split it into train and validation, each document wholly on one side.
 
-    Documents longer than a piece size (64 KiB, or less for corpora under ~13 MB so that there
-    are at least MIN_PIECES pieces) are cut at line ends and each piece hashed by ``name#k``.
+    A file is one document, keyed by its path; a JSON-lines record is one document, keyed by its
+    text (so identical records land on the same side). A key goes to validation when its hash
+    bucket is under ``val_percent``; should no document, the one with the smallest hash goes. A
+    source that is a single plain-text file has only one document: its tail is the validation side.
     """
-    whole = _source_docs(source, text_field)
-    size = max(1024, min(CHUNK_BYTES, sum(len(t) for _, t in whole) // MIN_PIECES))
-    docs = [piece for name, text in whole for piece in _chunks(name, text, size)]
-    docs = [(n, t) for n, t in docs if t.strip()]
-    if not docs:
+    files = _source_files(source, text_field)
+    # (split key, text, index of its file): a file's key is its path, a record's its text
+    keyed = [(text if f.records else f.name, text, fi) for fi, f in enumerate(files) for text in f.docs if text.strip()]
+    if not keyed:
         raise UserError(f"--data: {source!r} holds no readable text; {DATA_HELP}")
-    digest = hashlib.sha256()
-    train, val = [], []
-    for name, text in docs:
-        digest.update(name.encode("utf-8") + b"\0" + hashlib.sha256(text.encode("utf-8")).digest())
-        (val if _is_validation(name, val_percent) else train).append(text)
+    train, val, val_count = [], [], [0] * len(files)
+    if len(keyed) == 1 and not files[keyed[0][2]].records:
+        head, tail = _tail_split(keyed[0][1], val_percent)
+        if head.strip():
+            train.append(head)
+        if tail.strip():
+            val.append(tail)
+            val_count[keyed[0][2]] = 1
+    else:
+        buckets = [_hash_bucket(key) for key, _, _ in keyed]
+        chosen = {i for i, b in enumerate(buckets) if b % 10_000 < val_percent * 100}
+        if not chosen and val_percent > 0:
+            chosen = {min(range(len(keyed)), key=buckets.__getitem__)}
+        for i, (_, text, fi) in enumerate(keyed):
+            (val if i in chosen else train).append(text)
+            val_count[fi] += i in chosen
     if not val or not train:
         raise UserError(
-            f"--data: {source!r} has too little text to split ({len(docs)} pieces of up to {size} characters); "
+            f"--data: {source!r} has too little text to split ({len(keyed)} documents, "
+            f"{sum(len(f.raw) for f in files)} bytes); "
             "give more text or raise data.val_percent"
         )
-    digest.update(f"val_percent={val_percent}".encode())
-    return Corpus(source=source, train_docs=tuple(train), val_docs=tuple(val), fingerprint=digest.hexdigest())
+    records = tuple(SourceFile(f.name, len(f.raw), hashlib.sha256(f.raw).hexdigest(), len(f.docs), val_count[i])
+                    for i, f in enumerate(files))
+    digest = hashlib.sha256(f"{SPLIT_RULE}\0val_percent={val_percent}\0text_field={text_field}".encode())
+    for r in records:
+        digest.update(r.name.encode("utf-8") + b"\0" + bytes.fromhex(r.sha256))
+    return Corpus(source=source, train_docs=tuple(train), val_docs=tuple(val), fingerprint=digest.hexdigest(),
+                  files=records, val_percent=val_percent)
+
+
+def data_record(corpus: Corpus, tokens: "TokenData") -> dict:
+    """data.json: the corpus fingerprint, every file read (size, sha256, documents on each side), the
+    split rule, and the documents, characters and tokens of each side (tokens count separators)."""
+    return {
+        "source": corpus.source,
+        "fingerprint": corpus.fingerprint,
+        "split": {"rule": SPLIT_RULE, "val_percent": corpus.val_percent},
+        "train": {"documents": len(corpus.train_docs), "characters": sum(map(len, corpus.train_docs)),
+                  "tokens": int(len(tokens.train))},
+        "val": {"documents": len(corpus.val_docs), "characters": sum(map(len, corpus.val_docs)),
+                "tokens": int(len(tokens.val))},
+        "files": [dataclasses.asdict(f) for f in corpus.files],
+    }
+
+
+def write_data_record(run_dir: Path, corpus: Corpus, tokens: "TokenData") -> None:
+    """Write ``run_dir/data.json`` atomically."""
+    atomic_write_json(Path(run_dir) / "data.json", data_record(corpus, tokens))
 
 
 # ----------------------------------------------------------------------------------------------

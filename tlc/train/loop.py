@@ -29,7 +29,8 @@ from tlc.config import RunConfig, train_to_dict, validate_run
 from tlc.errors import UserError
 from tlc.io import append_jsonl, atomic_replace_dir, atomic_write_json, is_complete, read_jsonl, rewrite_jsonl
 from tlc.shapes import flops_per_token, param_counts
-from tlc.train.data import cache_dir, load_corpus, load_tokens, train_offsets, val_offsets, windows
+from tlc.train.data import (cache_dir, load_corpus, load_tokens, train_offsets, val_offsets, windows,
+                            write_data_record)
 from tlc.train.engine import (build_engine, device_for_rank, init_distributed, monitor_scalars, save_checkpoint,
                               save_final_model)
 from tlc.train.evaluation import evaluate, lm_loss
@@ -339,6 +340,7 @@ def train_run(cfg: RunConfig, run_dir: Path, progress: bool = True, notify=None)
         run_dir.mkdir(parents=True, exist_ok=True)
         lock_run_dir(run_dir)  # one trainer per run directory; released when this process ends
         write_or_check_config(run_dir, config)
+        write_data_record(run_dir, corpus, tokens)  # what the split put on each side, for a reviewer
         if notify is not None:  # after the checks, so that a refused run's error stays its only line
             notify(f"{cfg.run_id}: precision {precision.precision} ({precision.reason})")
     device = device_for_rank()
