@@ -24,6 +24,10 @@ CONFIDENCE = 0.95
 REFIT_STARTS = 3  # the full-data optimum and up to two other local optima of the full-data fit
 NEAR_BEST = 1.1  # ... whose objective is within 10% of the optimum's: a resample could prefer them
 FALLBACK_GRID_STARTS = 2  # grid points added when a refit from those does not converge
+# An interval resting on fewer of its resamples than this share is reported "unstable": the dropped
+# refits are not a random subset (they fail on the resamples that pull the law furthest), so the
+# percentiles of the rest understate the spread.
+MIN_CONVERGED_SHARE = 0.8
 
 
 def resample_runs(n_runs: int, n_resamples: int, seed: int) -> np.ndarray:
@@ -50,6 +54,19 @@ class BootstrapFits:
     def n_usable(self) -> int:
         """Refits that count towards intervals (converged or on a bound)."""
         return int(np.isfinite(self.thetas).all(axis=1).sum())
+
+    @property
+    def converged_share(self) -> float | None:
+        """Share of the resamples whose refit counts towards intervals; None without resamples."""
+        return self.n_usable / len(self.statuses) if self.statuses else None
+
+    def stability(self) -> str | None:
+        """Why the intervals cannot be trusted (under MIN_CONVERGED_SHARE of the resamples usable), or None."""
+        share = self.converged_share
+        if share is None or share >= MIN_CONVERGED_SHARE:
+            return None
+        return (f"only {self.n_usable} of {len(self.statuses)} bootstrap refits converged ({share:.0%}, fewer than "
+                f"{MIN_CONVERGED_SHARE:.0%}): the intervals rest on the resamples that happened to fit")
 
     def status_counts(self) -> dict[str, int]:
         """How many refits ended in each status."""

@@ -22,8 +22,12 @@ EXPONENTS = {"chinchilla": ("alpha", "beta"), "kaplan": ("alpha_N", "alpha_D"), 
 
 
 def judge_identification(form: LawForm, fit: FitResult, intervals: dict[str, tuple[float, float]],
-                         exponents: tuple[str, ...] | None = None) -> tuple[str, str]:
-    """(status, reason) of a fitted law: "converged", "unidentified" or "not_converged".
+                         exponents: tuple[str, ...] | None = None,
+                         bootstrap: BootstrapFits | None = None) -> tuple[str, str]:
+    """(status, reason) of a fitted law: "converged", "unstable", "unidentified" or "not_converged".
+
+    Unstable: fewer than MIN_CONVERGED_SHARE of the ``bootstrap`` refits converged, so the
+    intervals (and any judgement made from them) rest on a selected few resamples.
 
     Unidentified: a fitted coordinate sits on its bound (the data do not constrain it, so the
     optimiser ran to the edge), or the 95% interval of an exponent (``exponents``, by default the
@@ -32,6 +36,9 @@ def judge_identification(form: LawForm, fit: FitResult, intervals: dict[str, tup
     """
     if fit.status == "not_converged":
         return "not_converged", f"the optimiser stopped without meeting its tolerances ({fit.message})"
+    unstable = bootstrap.stability() if bootstrap is not None else None
+    if unstable:
+        return "unstable", unstable
     problems = bound_hits(form, fit.theta)
     judged = []
     for name in EXPONENTS.get(form.name, ()) if exponents is None else exponents:
@@ -62,7 +69,7 @@ class LawFit:
     heldout: HeldOutError | None  # leave-largest-out; None with fewer than 4 model sizes
     heldout_tokens: HeldOutTokens | None  # leave-longest-out; None without several D per run
     residuals: tuple[RunResiduals, ...]  # per run, in run order
-    status: str  # "converged", "unidentified" or "not_converged" (see judge_identification)
+    status: str  # "converged", "unstable", "unidentified" or "not_converged" (see judge_identification)
     reason: str  # why, in one sentence
 
     @property
@@ -89,7 +96,7 @@ def fit_sweep_law(
     for name, samples in parameter_draws(form, boot.thetas).items():
         low, high = percentile_interval(samples)
         intervals[name] = (float(low), float(high))
-    status, reason = judge_identification(form, fit, intervals)
+    status, reason = judge_identification(form, fit, intervals, bootstrap=boot)
     return LawFit(
         status=status,
         reason=reason,

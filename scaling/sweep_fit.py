@@ -87,7 +87,8 @@ def _fit_json(form: LawForm, fit: FitResult, boot: BootstrapFits) -> dict:
         "objective": fit.objective,
         "optimizer_message": fit.message,
         "n_points": fit.n_points,
-        "bootstrap": {"statuses": boot.status_counts(), "usable": boot.n_usable, "draws": draws},
+        "bootstrap": {"statuses": boot.status_counts(), "usable": boot.n_usable, "resamples": len(boot.statuses),
+                      "converged_share": boot.converged_share, "draws": draws},
     }
 
 
@@ -142,6 +143,8 @@ def _allocation_json(
 def _compression_json(model: CompressionModel, boot: BootstrapFits) -> dict:
     form = (PRUNING_CANDIDATES if model.kind == "pruning" else INT8_CANDIDATES)[model.candidate]
     out = _fit_json(form, model.fit, boot)
+    if boot.stability():  # a model whose intervals rest on a selected few resamples is not planned with
+        out["status"], out["identification"] = "unstable", boot.stability()
     out.update(
         method=model.method,
         candidate=model.candidate,
@@ -156,7 +159,7 @@ def _compression_json(model: CompressionModel, boot: BootstrapFits) -> dict:
         # Pruning while training is planned only from a model the sweep pins down: the laws' rule
         # (no parameter on a bound, the sparsity exponent's interval within MAX_EXPONENT_SPAN).
         intervals = {name: (p["low"], p["high"]) for name, p in out["parameters"].items()}
-        out["status"], out["identification"] = judge_identification(form, model.fit, intervals, ("gamma",))
+        out["status"], out["identification"] = judge_identification(form, model.fit, intervals, ("gamma",), boot)
         if max(model.sparsities) - min(model.sparsities) < SAME_LEVEL:
             out["status"] = "unidentified"
             out["identification"] = f"trained at one sparsity ({model.sparsities[0]:g}) only, so gamma is not identified"
@@ -232,7 +235,8 @@ def fit_sweep_observations(
     split was recorded); frontier {compute, loss, run_ids, fit}; compression
     {pruning {method: model}, int8: model or null, skipped {method: reason}}.
 
-    Each law's status is "converged", "unidentified" (a parameter on a bound, an exponent's
+    Each law's status is "converged", "unstable" (under 80% of the bootstrap refits converged:
+    bootstrap {usable, resamples, converged_share} say how many), "unidentified" (a parameter on a bound, an exponent's
     interval wider than 3x, or too few distinct N, D or points to fit at all: then parameters,
     heldout and bootstrap are null) or "not_converged"; ``reason`` says why.
     """

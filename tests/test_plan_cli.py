@@ -437,3 +437,13 @@ def test_a_curved_pruning_model_is_not_asked_past_the_sparsities_measured(runs):
     # a power of the odds keeps growing: searched to --max-sparsity, past the measured 0.9 with a warning; the
     # curved model's cost is flat past gamma/kappa (s = 0.87 here), where more pruning would look free
     assert highest == {"odds_power": 0.95, "odds_curved": pytest.approx(measured_high)} and measured_high < 0.95
+
+
+def test_an_unstable_law_is_refused_as_an_unidentified_one_is(runs, capsys):
+    why = "only 20 of 40 bootstrap refits converged (50%, fewer than 80%)"
+    _mark(runs, chinchilla=("unstable", why), kaplan=("unstable", why), power_sum=("unidentified", "alpha spans 4x"))
+    assert tlc_plan.main(["--runs", str(runs), "--budget", "1e15"]) == 2
+    err = capsys.readouterr().err
+    assert f"no law the fit can defend: chinchilla is unstable ({why})" in err and err.count("\n") == 1
+    assert tlc_plan.main(["--runs", str(runs), "--budget", "1e15", "--law-form", "kaplan"]) == 2
+    assert f"--law-form kaplan: kaplan is unstable ({why})" in capsys.readouterr().err

@@ -373,3 +373,28 @@ def test_loss_split_needs_the_split_at_every_run(sweep):
     from scaling.loss_split import fit_loss_split
 
     assert fit_loss_split(ChinchillaForm(), sweep) is None  # synthetic runs carry no split
+
+
+def test_a_law_whose_bootstrap_mostly_failed_is_unstable(sweep):
+    from scaling.bootstrap import MIN_CONVERGED_SHARE, BootstrapFits
+    from scaling.law_fit import judge_identification
+
+    form = ChinchillaForm()
+    table = sweep.points()
+    fit = fit_law(form, {"N": table.N, "D": table.D}, table.loss)
+    thetas = np.tile(fit.theta, (10, 1))
+    healthy = BootstrapFits("chinchilla", thetas, ("converged",) * 10)
+    assert healthy.converged_share == 1.0 and judge_identification(form, fit, {}, bootstrap=healthy)[0] == "converged"
+    failed = 3  # 70% usable, under MIN_CONVERGED_SHARE
+    assert 0.7 < MIN_CONVERGED_SHARE <= 0.8
+    thetas[:failed] = np.nan
+    shaky = BootstrapFits("chinchilla", thetas, ("not_converged",) * failed + ("converged",) * (10 - failed))
+    status, reason = judge_identification(form, fit, {}, bootstrap=shaky)
+    assert shaky.converged_share == pytest.approx(0.7) and status == "unstable" and "only 7 of 10" in reason
+
+
+def test_fit_json_says_how_many_resamples_converged(fit_json):
+    for law in fit_json["laws"].values():
+        boot = law["bootstrap"]
+        assert boot["resamples"] == 40 and boot["converged_share"] == pytest.approx(boot["usable"] / 40)
+        assert law["status"] != "unstable" or boot["converged_share"] < 0.8

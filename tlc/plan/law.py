@@ -238,8 +238,9 @@ def _sweep_details(runs_dir: Path, fit: dict) -> tuple[MeasuredRanges, dict | No
 
 
 # Statuses fit.json gives a law the fit cannot defend: a parameter at a bound or an interval too
-# wide to pin it (issue 12's "unidentified"; older fits say "hit_bound"), or no convergence at all.
-UNDEFENDED = ("unidentified", "hit_bound", "not_converged", "failed")
+# wide to pin it (issue 12's "unidentified"; older fits say "hit_bound"), intervals resting on under 80%
+# of the bootstrap refits ("unstable"), or no convergence at all.
+UNDEFENDED = ("unidentified", "unstable", "hit_bound", "not_converged", "failed")
 
 
 _DEFAULT_REASONS = {  # for fits written before fit.json gave reasons
@@ -329,7 +330,8 @@ def _fit_file(path: Path, data: dict, flag: str, law_form: str | None = None) ->
     withheld = {
         method: f"{entry.get('status')}: {entry.get('identification') or entry.get('reason')}"
         for method, entry in ((data.get("compression") or {}).get("pruning") or {}).items()
-        if timing_of(method) in TIMINGS and isinstance(entry, dict) and entry.get("status") in UNDEFENDED
+        if isinstance(entry, dict) and (timing_of(method) in TIMINGS and entry.get("status") in UNDEFENDED
+                                        or entry.get("status") == "unstable")  # any method: its intervals are unsound
     }
     pruning_checks = {
         method: {"candidate": entry.get("candidate"),
