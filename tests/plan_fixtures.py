@@ -60,6 +60,11 @@ def write_sparse_twins(run_dir: Path, sparsities: tuple[float, ...]) -> list[Pat
     return out
 
 
+# The synthetic truth of the loss by target: each part a fixed multiple of the law's loss, so a fit of
+# each part must recover these factors at any (N, D) a plan predicts.
+REPEAT_FACTOR, NOVEL_FACTOR = 0.8, 1.2
+
+
 def write_trainable_sweep(runs_dir: Path, corpus: Path, timing: bool = True, wsd: bool = False,
                           sparse: dict[tuple[int, int], tuple[float, ...]] | None = None) -> Path:
     """Six runs of SHAPES with synthetic losses, compress.jsonl (magnitude, int8) and fit.json; with ``wsd``,
@@ -88,8 +93,9 @@ def write_trainable_sweep(runs_dir: Path, corpus: Path, timing: bool = True, wsd
         (run_dir / "model" / "config.json").write_text("{}")
         rows = [{"step": i + 1, "tokens": float(t), "flops": float(t * fpt), "val_loss": float(loss),
                  "val_bpb": float(loss) / 2.08, "val_acc": 0.1,
-                 # half the targets seen earlier in their window, at 0.8 of the loss; the rest at 1.2
-                 "val_loss_repeat": 0.8 * float(loss), "val_loss_novel": 1.2 * float(loss), "val_repeat_share": 0.5,
+                 # half the targets seen earlier in their window, at REPEAT_FACTOR of the loss; the rest at NOVEL_FACTOR
+                 "val_loss_repeat": REPEAT_FACTOR * float(loss), "val_loss_novel": NOVEL_FACTOR * float(loss),
+                 "val_repeat_share": 0.5,
                  "final": i >= len(run.tokens) - 4,  # the law's own losses: finished-run points, as branch ends are
                  **({"wall_s": wall_seconds(t, fpt)} if timing else {})}
                 for i, (t, loss) in enumerate(zip(run.tokens, run.val_loss))]

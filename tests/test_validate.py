@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 
 from conftest import run_tlc
-from plan_fixtures import write_trainable_sweep
+from plan_fixtures import NOVEL_FACTOR, REPEAT_FACTOR, write_trainable_sweep
 from tlc.cli import main as tlc_main
 from tlc.io import atomic_write_json, list_runs
+from tlc.validate.validation import came_true, judge_gain, standard_error
 
 BUDGET, MAX_BYTES = "5e9", "250000"
 
@@ -41,14 +42,23 @@ def test_validation_carries_the_plan_out_within_its_budgets(validated):
         assert measured["nonzeros"] <= predicted["nonzeros"], name
         assert point["checks"]["bytes_within_budget"] is True
         assert measured["latency_repeats"] >= 7 and measured["latency_ms"] > 0 and measured["train_wall_s"] > 0
-        assert point["checks"]["loss_inside_interval"] in (True, False)
+        # the default two seeds measure the spread; the interval is widened by the mean's standard error
+        seeds = measured["loss_per_seed"]
+        sem = abs(seeds[0] - seeds[1]) / 2  # stdev of two values / sqrt(2)
+        assert len(seeds) == 2 and measured["loss_sem"] == pytest.approx(sem) and measured["loss"] == pytest.approx(
+            sum(seeds) / 2)
+        low, high = predicted["loss"]["low"], predicted["loss"]["high"]
+        assert point["checks"]["loss_interval_widened"] == pytest.approx([low - sem, high + sem])
+        assert point["checks"]["loss_inside_interval"] is (low - sem <= measured["loss"] <= high + sem)
         config = json.loads((runs / point["run_dirs"][0] / "config.json").read_text())
         recipe = plan[name]["recipe"]
         assert config["shape"]["width"] == plan[name]["width"] and config["train"]["lr"] == recipe["train"]["lr"]
         assert config["train_tokens"] >= plan[name]["tokens"] * 0.9
         # the loss by target, predicted from the fit's refits of each part and measured on the trained model
         assert predicted["dense_loss_split"] == plan[name]["dense_loss_split"]
-        assert predicted["dense_loss_split"]["repeat"] < predicted["dense_loss_split"]["novel"]
+        # each part was fitted to its own losses: the fixture's factors come back at the planned point
+        ratio = predicted["dense_loss_split"]["repeat"] / predicted["dense_loss_split"]["novel"]
+        assert ratio == pytest.approx(REPEAT_FACTOR / NOVEL_FACTOR, rel=0.02)
         assert set(measured["dense_loss_split"]) == {"repeat", "novel"}
         assert point["checks"]["dense_split_error_relative"]["novel"] == pytest.approx(
             1 - predicted["dense_loss_split"]["novel"] / measured["dense_loss_split"]["novel"])
@@ -61,15 +71,39 @@ def test_validation_carries_the_plan_out_within_its_budgets(validated):
     assert plan["law"]["copying_under_way"] is False  # both parts of the fixture's loss follow the law
     verdict = entry["verdict"]
     assert verdict["predicted_gain"] == pytest.approx(plan["gain"]["loss"])
-    assert verdict["measured_gain"] == pytest.approx(entry["points"]["train_small"]["measured"]["loss"]
-                                                     - entry["points"]["recommendation"]["measured"]["loss"])
+    small, large = entry["points"]["train_small"]["measured"], entry["points"]["recommendation"]["measured"]
+    assert verdict["measured_gain"] == pytest.approx(small["loss"] - large["loss"])
+    assert verdict["measured_gain_sem"] == pytest.approx((small["loss_sem"] ** 2 + large["loss_sem"] ** 2) ** 0.5)
+    assert verdict["gain"] == judge_gain(verdict["measured_gain"], verdict["measured_gain_sem"],
+                                         plan["gain"]["low"], plan["gain"]["high"])[0]
     assert f"verdict: {verdict['sentence']}" in printed and "predicted loss" in printed
 
 
 def test_validation_runs_are_not_sweep_runs(validated):
     runs, _ = validated
     assert len(list_runs(runs)) == 6 and not (runs / "validation" / "config.json").exists()
-    assert len(list((runs / "validation").iterdir())) == 2
+    assert len(list((runs / "validation").iterdir())) == 4  # two points, two seeds each
+
+
+def test_a_point_came_true_only_inside_its_interval_widened_by_the_measured_standard_error():
+    assert standard_error([2.0, 2.2]) == pytest.approx(0.1) and standard_error([2.0]) is None
+    assert came_true(3.05, 0.1, 2.9, 3.0) == (True, pytest.approx([2.8, 3.1]))  # inside only thanks to the seeds
+    assert came_true(3.05, None, 2.9, 3.0) == (False, [2.9, 3.0])  # one seed: no spread, not widened
+    assert came_true(3.2, 0.1, 2.9, 3.0)[0] is False and came_true(3.0, 0.1, None, None) == (None, None)
+
+
+@pytest.mark.parametrize("measured, sem, low, high, expected", [
+    (0.05, 0.01, 0.03, 0.08, "confirmed"),  # inside, 5 standard errors above zero
+    (0.10, 0.01, 0.03, 0.08, "refuted"),  # same sign as predicted, yet past the widened interval
+    (-0.02, 0.01, 0.03, 0.08, "refuted"),
+    (0.025, 0.02, 0.03, 0.08, "undecided"),  # inside the widened interval, but the seeds cannot name a winner
+    (0.05, None, 0.03, 0.08, "undecided"),  # one seed
+    (0.05, 0.01, None, None, "undecided"),  # no predicted interval: a sign alone never decides
+    (0.001, 0.01, -0.02, 0.03, "confirmed"),  # the plan named no winner, and the measurement agrees
+])
+def test_the_gain_is_judged_from_its_interval_and_the_seeds_never_from_signs_alone(measured, sem, low, high,
+                                                                                   expected):
+    assert judge_gain(measured, sem, low, high)[0] == expected
 
 
 def test_validate_resumes_without_training_again(validated):

@@ -18,8 +18,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plan", type=Path, help="the plan to carry out (default RUNS_DIR/plan.json)")
     parser.add_argument("--points", help="comma-separated points to train and compress "
                                          "(default recommendation,train_small)")
-    parser.add_argument("--seeds", default="0", help="comma-separated training seeds; measured losses are their "
-                                                     "mean (default 0)")
+    parser.add_argument("--seeds", default="0,1", help="comma-separated training seeds; measured losses are their "
+                                                       "mean, and their spread widens the predicted interval "
+                                                       "(default 0,1: one seed measures no spread)")
     parser.add_argument("--latency-repeats", type=int, default=MIN_LATENCY_REPEATS,
                         help=f"timed passes per latency, median reported (default and least {MIN_LATENCY_REPEATS})")
 

@@ -10,16 +10,22 @@ validation.json (format "tlc.validation/1") accumulates one entry per plan valid
 
     validations [{plan {path, sha256, made_from}, budget, law {form, status}, seeds,
                   points {name: POINT}, verdict {predicted_gain, predicted_gain_low,
-                  predicted_gain_high, measured_gain, compress_won_as_predicted, gain_inside_interval,
-                  sentence}}]
+                  predicted_gain_high, measured_gain, measured_gain_sem, gain_interval_widened,
+                  gain (confirmed, refuted or undecided), gain_reason, sentence}}]
 
     POINT = {run_dirs, compression, predicted {loss {mean, low, high}, nonzeros, bytes, latency_ms,
                                                dense_loss_split},
-             measured {loss (mean over seeds), loss_per_seed, dense_loss, nonzeros, bytes, latency_ms,
-                       latency_batch, train_wall_s, compress_wall_s, dense_loss_split, loss_split},
+             measured {loss (mean over seeds), loss_per_seed, loss_sem (standard error of that mean; null
+                       with one seed), dense_loss, nonzeros, bytes, latency_ms, latency_batch,
+                       train_wall_s, compress_wall_s, dense_loss_split, loss_split},
              budget {max_params, max_bytes, max_latency_ms}, checks {loss_inside_interval,
-             loss_error_relative, nonzeros_within_budget, bytes_within_budget, latency_within_budget,
-             dense_split_error_relative}}
+             loss_interval_widened, loss_error_relative, nonzeros_within_budget, bytes_within_budget,
+             latency_within_budget, dense_split_error_relative}}
+
+A point "came true" (loss_inside_interval) when the measured mean over seeds lies in the predicted
+interval widened on each side by the measured standard error of that mean: the plan predicts the
+mean loss, and the measurement of it is itself uncertain by that much. With one seed there is no
+measured spread, and the interval is not widened (validate with 2 seeds, the default, to measure it).
 
     dense_loss_split = {repeat, novel} or null: the trained model's loss before compression on
     targets seen earlier in their window and on the rest (predicted by plan.json's point, measured
@@ -50,6 +56,21 @@ from tlc.plan.planfile import point_recipe, run_config, validation_run_dir
 
 FORMAT = "tlc.validation/1"
 VALIDATION_FILE = "validation.json"
+GAIN_SEMS = 2.0  # the measured gain decides a winner only when it is this many standard errors from zero
+
+
+def standard_error(values: list[float]) -> float | None:
+    """Standard error of the mean of ``values`` (sample standard deviation / sqrt n); None under 2 values."""
+    return statistics.stdev(values) / len(values) ** 0.5 if len(values) >= 2 else None
+
+
+def came_true(measured: float, sem: float | None, low: float | None, high: float | None) -> tuple[bool | None, list]:
+    """(inside, [low, high] widened by ``sem``): whether a measured mean lies in a predicted interval
+    widened on each side by its standard error; None where the plan gave no interval."""
+    if low is None or high is None:
+        return None, None
+    widen = sem or 0.0
+    return bool(low - widen <= measured <= high + widen), [low - widen, high + widen]
 
 
 def plan_sha256(plan_path: Path) -> str:
@@ -106,15 +127,15 @@ def measure_point(plan: dict, plan_path: Path, runs_dir: Path, point: str, seeds
         last_evaluations.append(metrics[-1])
         rows.append(row)
         run_dirs.append(str(run_dir.relative_to(runs_dir)))
-    loss = statistics.fmean(losses)
+    loss, loss_sem = statistics.fmean(losses), standard_error(losses)
     latency = [r.get(f"latency_ms_b{batch}") for r in rows]
     latency = statistics.median(latency) if all(isinstance(v, (int, float)) for v in latency) else None
     predicted_loss = planned["loss"]
-    low, high = predicted_loss.get("low"), predicted_loss.get("high")
+    inside, widened = came_true(loss, loss_sem, predicted_loss.get("low"), predicted_loss.get("high"))
     measured_split = _mean_split(last_evaluations)
     predicted_split = planned.get("dense_loss_split")
     measured = {
-        "loss": loss, "loss_per_seed": losses,
+        "loss": loss, "loss_per_seed": losses, "loss_sem": loss_sem,
         "dense_loss": statistics.fmean(float(m["val_loss"]) for m in last_evaluations),
         "nonzeros": max(r["nonzeros"] for r in rows), "bytes": max(r["bytes"] for r in rows),
         "latency_ms": latency, "latency_batch": batch, "latency_repeats": latency_repeats,
@@ -134,7 +155,8 @@ def measure_point(plan: dict, plan_path: Path, runs_dir: Path, point: str, seeds
         "measured": measured,
         "budget": limits,
         "checks": {
-            "loss_inside_interval": None if low is None else bool(low <= loss <= high),
+            "loss_inside_interval": inside,
+            "loss_interval_widened": widened,
             "loss_error_relative": (loss - predicted_loss["mean"]) / loss,
             "nonzeros_within_budget": _within(measured["nonzeros"], limits["max_params"]),
             "bytes_within_budget": _within(measured["bytes"], limits["max_bytes"]),
@@ -169,24 +191,51 @@ def split_summary(point: dict) -> str | None:
     return text
 
 
+def judge_gain(measured: float, sem: float | None, low: float | None, high: float | None) -> tuple[str, str]:
+    """(confirmed | refuted | undecided, why) for the measured gain of compressing, train_small's loss minus
+    the recommendation's, against the plan's interval for it.
+
+    Refuted: the measured gain lies outside the predicted interval widened by its standard error.
+    Confirmed: it lies inside, and where the plan's interval names a winner (excludes zero) the
+    measured gain is at least GAIN_SEMS standard errors from zero on that side. Undecided
+    otherwise: one seed (no measured spread), no predicted interval, or seeds too noisy to name
+    the winner the plan named. Signs alone never decide.
+    """
+    if low is None or high is None:
+        return "undecided", "the plan gives no interval for its gain"
+    if sem is None:
+        return "undecided", "one seed measures no seed-to-seed spread; validate with --seeds 0,1"
+    if not low - sem <= measured <= high + sem:
+        return "refuted", (f"the measured gain {measured:+.4f} ± {sem:.4f} lies outside the predicted "
+                           f"[{low:+.4f}, {high:+.4f}] widened by its standard error")
+    named = 1 if low > 0 else -1 if high < 0 else 0
+    if named and measured * named < GAIN_SEMS * sem:
+        return "undecided", (f"the measured gain {measured:+.4f} ± {sem:.4f} is inside the predicted interval but "
+                             f"within {GAIN_SEMS:g} standard errors of zero: the seeds cannot name the winner")
+    return "confirmed", (f"the measured gain {measured:+.4f} ± {sem:.4f} lies in the predicted [{low:+.4f}, {high:+.4f}]"
+                         + (f", {GAIN_SEMS:g}+ standard errors from zero" if named else ""))
+
+
 def verdict(plan: dict, points: dict) -> dict:
-    """Did "train large, then compress" win as the plan said? (Needs both points.)"""
+    """Did "train large, then compress" gain what the plan said? (Needs both points; see `judge_gain`.)"""
     gain = plan.get("gain") or {}
-    out = {"predicted_gain": gain.get("loss"), "predicted_gain_low": gain.get("low"),
-           "predicted_gain_high": gain.get("high"), "measured_gain": None, "compress_won_as_predicted": None,
-           "gain_inside_interval": None}
+    low, high = gain.get("low"), gain.get("high")
+    out = {"predicted_gain": gain.get("loss"), "predicted_gain_low": low, "predicted_gain_high": high,
+           "measured_gain": None, "measured_gain_sem": None, "gain_interval_widened": None, "gain": None,
+           "gain_reason": None}
     if "recommendation" not in points or "train_small" not in points or gain.get("loss") is None:
         out["sentence"] = "validate both recommendation and train_small to compare them"
         return out
-    measured = points["train_small"]["measured"]["loss"] - points["recommendation"]["measured"]["loss"]
-    predicted_win, measured_win = gain["loss"] > 0, measured > 0
-    out.update(measured_gain=measured, compress_won_as_predicted=predicted_win == measured_win)
-    if gain.get("low") is not None:
-        out["gain_inside_interval"] = bool(gain["low"] <= measured <= gain["high"])
-    winner = "the recommendation (train large, then compress)" if measured_win else "training small"
-    as_said = "as the plan predicted" if predicted_win == measured_win else "against the plan's prediction"
-    out["sentence"] = (f"{winner} won by {abs(measured):.4f} nats/token, {as_said} "
-                       f"(predicted gain {gain['loss']:+.4f}, measured {measured:+.4f})")
+    small, large = points["train_small"]["measured"], points["recommendation"]["measured"]
+    measured = small["loss"] - large["loss"]
+    sems = [small.get("loss_sem"), large.get("loss_sem")]
+    sem = None if None in sems else (sems[0] ** 2 + sems[1] ** 2) ** 0.5  # independent runs: variances add
+    out["gain"], out["gain_reason"] = judge_gain(measured, sem, low, high)
+    out.update(measured_gain=measured, measured_gain_sem=sem,
+               gain_interval_widened=None if low is None or sem is None else [low - sem, high + sem])
+    predicted = f"predicted {gain['loss']:+.4f}" + ("" if low is None else f" [{low:+.4f}, {high:+.4f}]")
+    out["sentence"] = (f"gain {out['gain']}: {out['gain_reason']} ({predicted}, measured {measured:+.4f}"
+                       + ("" if sem is None else f" ± {sem:.4f}") + ")")
     return out
 
 
