@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 
 import optuna
 import pytest
@@ -177,3 +178,31 @@ def test_a_sweep_folder_written_before_a_setting_existed_resumes_and_a_changed_s
     prepare_sweep_dir(parse_sweep(doc), tmp_path / "runs")
     with pytest.raises(UserError, match="different 'seeds'"):
         prepare_sweep_dir(parse_sweep({**doc, "seeds": [0, 1]}), tmp_path / "runs")
+
+
+def test_a_failed_heartbeat_is_logged_with_the_run_and_counted_in_the_summary(tmp_path, monkeypatch, capsys):
+    import optuna
+
+    from tlc.train import sweep as sweep_module
+
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'study.db'}", heartbeat_interval=60)
+    study = optuna.create_study(study_name="s", storage=storage)
+    trial = study.ask()
+
+    def unreachable(trial_id):
+        raise ConnectionError("server closed the connection\nmore detail")
+
+    monkeypatch.setattr(storage, "record_heartbeat", unreachable)  # the storage going away mid-run
+    monkeypatch.setattr(sweep_module, "HEARTBEAT_S", 0.02)
+    with sweep_module._Heartbeat(storage, "s", trial.number, "w32-d2-s0") as heartbeat:
+        deadline = time.time() + 5
+        while heartbeat.failures < 2 and time.time() < deadline:
+            time.sleep(0.01)
+    assert heartbeat.failures >= 2
+    err = capsys.readouterr().err
+    assert "w32-d2-s0: heartbeat not recorded (ConnectionError: server closed the connection)" in err
+    outcomes = [sweep_module.RunOutcome("w32-d2-s0", "trained", heartbeat_failures=heartbeat.failures),
+                sweep_module.RunOutcome("w64-d2-s0", "trained")]
+    table = sweep_module.summary_table(tmp_path, outcomes)
+    assert f"heartbeats not recorded: {heartbeat.failures} (w32-d2-s0 {heartbeat.failures})" in table
+    assert "heartbeats" not in sweep_module.summary_table(tmp_path, outcomes[1:])

@@ -13,6 +13,7 @@ resuming from the run's last checkpoint.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import os
 import socket
 import subprocess
@@ -52,6 +53,7 @@ class RunOutcome:
     status: str  # "trained", "skipped" (already complete), "failed", "elsewhere" (another worker has it),
     # "left out" (an iso-FLOP run its budget cannot train well: too few steps, or more tokens than the corpus)
     detail: str = ""
+    heartbeat_failures: int = 0  # beats this worker could not record while training the run
 
 
 def prepare_sweep_dir(sweep: SweepConfig, runs_root: Path) -> Path:
@@ -136,12 +138,16 @@ class _Heartbeat:
     """Records the trial's heartbeat in the study's storage until stopped.
 
     Optuna beats by itself only inside ``study.optimize``; a sweep asks and tells, so it beats here,
-    through the storage's public heartbeat API.
+    through the storage's public heartbeat API. A beat that fails is logged with the run's name and
+    counted (``failures``): the next beat retries, but past GRACE_S of them the run is declared dead
+    and another worker takes it over, which the sweep summary should explain.
     """
 
-    def __init__(self, storage, study_name: str, trial_number: int):
+    def __init__(self, storage, study_name: str, trial_number: int, run_id: str):
         study_id = storage.get_study_id_from_name(study_name)
         trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial_number)
+        self.run_id = run_id
+        self.failures = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, args=(storage, trial_id), daemon=True)
 
@@ -149,8 +155,12 @@ class _Heartbeat:
         while not self._stop.wait(HEARTBEAT_S):
             try:
                 storage.record_heartbeat(trial_id)
-            except Exception:  # a missed beat is retried; the grace period covers several
-                pass
+            except Exception as error:  # the storage's driver raises many kinds; each is logged and counted
+                self.failures += 1
+                first = (str(error).splitlines() or [""])[0][:200]
+                print(f"{self.run_id}: heartbeat not recorded ({type(error).__name__}: {first}); "
+                      f"{self.failures} missed so far, the run is retried elsewhere after {GRACE_S:g} s without one",
+                      file=sys.stderr, flush=True)
 
     def __enter__(self):
         self._thread.start()
@@ -233,6 +243,7 @@ def run_sweep(sweep_path: Path, runs_root: Path = Path("runs"), storage: str | N
     study, study_storage = open_study(sweep, sweep_dir, storage, ids)
     outcomes: dict[str, RunOutcome] = {r: RunOutcome(r, "left out", why) for r, why in left_out.items()}
     failed_here: set[str] = set()
+    missed_beats: dict[str, int] = {}
     worker = f"{socket.gethostname()}-{os.getpid()}"
     trained = 0
     while max_runs is None or trained < max_runs:
@@ -262,11 +273,12 @@ def run_sweep(sweep_path: Path, runs_root: Path = Path("runs"), storage: str | N
             continue
         trial.set_user_attr("started", time.time())
         cmd = run_command(sweep_dir / "sweep.yaml", run_id, run_dir, sweep.launch.nproc)
-        with _Heartbeat(study_storage, study.study_name, trial.number):
+        with _Heartbeat(study_storage, study.study_name, trial.number, run_id) as heartbeat:
             for attempt in range(1 + sweep.launch.retries):
                 code, last_line = _train_in_subprocess(cmd, sweep_dir / f"{run_id}.log")
                 if code == 0:
                     break
+        missed_beats[run_id] = missed_beats.get(run_id, 0) + heartbeat.failures
         if code != 0 and (is_complete(run_dir) or held_by_another(run_dir)):
             # the trainer found the run locked: a stalled worker's trainer still has it, or just finished it
             study.tell(trial, state=TrialState.PRUNED, skip_if_finished=True)
@@ -288,7 +300,8 @@ def run_sweep(sweep_path: Path, runs_root: Path = Path("runs"), storage: str | N
     for r in ids:
         if r not in outcomes:
             outcomes[r] = RunOutcome(r, "skipped" if is_complete(sweep_dir / r) else "elsewhere")
-    return [outcomes[r.run_id] for r in sweep.all_runs()]
+    return [dataclasses.replace(outcomes[r.run_id], heartbeat_failures=missed_beats.get(r.run_id, 0))
+            for r in sweep.all_runs()]
 
 
 def prepare_data(sweep: SweepConfig) -> dict[int, int]:
@@ -345,5 +358,9 @@ def summary_table(sweep_dir: Path, outcomes: list[RunOutcome]) -> str:
             f"{last['val_acc']:>6.3f}" if last else f"{'-':>6}", f"{last['wall_s']:>7.1f}" if last else f"{'-':>7}",
         ]
         lines.append(" ".join(cells) + (f"  {o.detail}" if o.detail else ""))
+    missed = {o.run_id: o.heartbeat_failures for o in outcomes if o.heartbeat_failures}
+    if missed:  # a run retried elsewhere, or trained twice, is explained by these
+        lines.append(f"heartbeats not recorded: {sum(missed.values())} "
+                     f"({', '.join(f'{r} {n}' for r, n in missed.items())}); see the worker's log")
     return "\n".join(lines)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import subprocess
 import sys
@@ -43,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     from tlc.config import load_sweep
     from tlc.io import is_complete
     from tlc.train.guard import WORKER_PID_ENV, exit_with_worker
-    from tlc.train.sweep import RunOutcome, prepare_data, prepare_sweep_dir, run_sweep, summary_table
+    from tlc.train.sweep import prepare_data, prepare_sweep_dir, run_sweep, summary_table
 
     if args.check_design:
         return check_design_command(args)
@@ -82,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
         if threads is None:
             os.environ.pop("OMP_NUM_THREADS", None)
     # to this worker, runs its helpers trained were "elsewhere", or "skipped" when it found them finished
-    outcomes = [RunOutcome(o.run_id, "trained") if helpers and o.status in ("elsewhere", "skipped")
+    outcomes = [dataclasses.replace(o, status="trained", detail="") if helpers and o.status in ("elsewhere", "skipped")
                 and o.run_id not in done_before and is_complete(sweep_dir / o.run_id) else o for o in outcomes]
     print(summary_table(sweep_dir, outcomes))
     failed = [o.run_id for o in outcomes if o.status == "failed"]
