@@ -70,8 +70,11 @@ def write_trainable_sweep(runs_dir: Path, corpus: Path, timing: bool = True, wsd
     """Six runs of SHAPES with synthetic losses, compress.jsonl (magnitude, int8) and fit.json; with ``wsd``,
     the runs say they trained WSD trunks with cooldown branches (the losses are the same); ``sparse``:
     {(width, depth): sparsities} of runs trained sparse from init beside those shapes (write_sparse_twins)."""
+    from tlc.train.data import load_corpus
+
     shapes = [ModelShape(w, d, w // 32, **TEMPLATE) for w, d in SHAPES]
     counts = [param_counts(s) for s in shapes]
+    fingerprint = load_corpus(str(corpus)).fingerprint  # the runs "trained" on it: plan and validate check it
     sweep = synthetic_sweep(n_runs=len(SHAPES), points_per_run=8, noise=0.002, seed=2, methods=("magnitude",),
                             min_params=counts[0].non_embedding, max_params=counts[-1].non_embedding,
                             tokens_per_param=0.5, truth=TRUTH)
@@ -83,7 +86,7 @@ def write_trainable_sweep(runs_dir: Path, corpus: Path, timing: bool = True, wsd
             "run_id": run_dir.name, "shape": {**shape.__dict__},
             "train": {**TRAIN, **(WSD if wsd else {}), "tokens": int(run.tokens[-1]), "flops": None,
                       "lr": 4.2e-3 * (32 / shape.width) ** 0.5},
-            "data": {"source": str(corpus), "val_percent": 5.0, "text_field": "text", "fingerprint": "synthetic",
+            "data": {"source": str(corpus), "val_percent": 5.0, "text_field": "text", "fingerprint": fingerprint,
                      "train_tokens_available": UNIQUE_TOKENS},
             "seed": 0, "params": {"total": pc.total, "non_embedding": pc.non_embedding, "embedding": pc.embedding},
             "flops_per_token": fpt, "world_size": 1, "train_tokens": int(run.tokens[-1]),

@@ -32,6 +32,7 @@ import scaling
 from scaling.observations import MIN_MODEL_SIZES, MIN_POINTS, MIN_TOKEN_COUNTS
 from tlc.config import PRUNE_AT_INIT
 from tlc.errors import UserError
+from tlc.corpus import runs_corpus
 from tlc.io import list_runs, read_jsonl, read_run_config
 
 DEFAULT_BOOTSTRAP = 200
@@ -361,6 +362,7 @@ def fit_sweep(
                         f"least {MIN_MODEL_SIZES} sizes{waiting}")
     fit = scaling.fit_sweep_observations(observations, bootstrap=bootstrap, seed=seed, final_only=not all_points)
     fit["size"] = {"definition": size, "note": f"N in every law counts {SIZES[size]}"}
+    fit["corpus"] = runs_corpus(runs_dir)  # what the runs trained on: tlc plan and tlc validate check it
     fit["design"] = design_message(fit, observations)
     fit["skipped_runs"] = skipped
     fit["include_warmup"] = include_warmup

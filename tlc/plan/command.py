@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from tlc.corpus import check_corpus
 from tlc.errors import UserError
 from tlc.io import atomic_write_json
 from tlc.plan.cost import LATENCY_BATCHES
@@ -58,6 +59,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    "with --runs, none otherwise)")
     g.add_argument("--out", type=Path, help="where plan.json goes (default RUNS_DIR/plan.json with --runs)")
     g.add_argument("--json", action="store_true", help="print only plan.json's content")
+    g.add_argument("--allow-other-corpus", action="store_true",
+                   help="plan even though the corpus at the runs' data source is not the one fit.json was made on "
+                        "(recorded in plan.json's corpus)")
 
 
 def _budgets(args: argparse.Namespace) -> Budgets:
@@ -104,8 +108,14 @@ def run(args: argparse.Namespace) -> int:
     if args.max_sparsity is not None and not (0 < args.max_sparsity < 1):
         raise UserError(f"--max-sparsity: must be in (0, 1), got {args.max_sparsity}")
     law = load_plan_law(args.runs, args.law, args.law_form)
+    corpus = None
+    if args.runs is not None:  # before the search: a law of another corpus predicts nothing about this one
+        fit_corpus = json.loads((args.runs / "fit.json").read_text(encoding="utf-8")).get("corpus")
+        corpus = check_corpus(fit_corpus, f"{args.runs / 'fit.json'}", "tlc plan", args.allow_other_corpus,
+                              "--runs")
     storage = args.storage or (f"sqlite:///{(args.runs / 'study.db').resolve()}" if args.runs else None)
     plan = make_plan(law, budgets, args, storage)
+    plan["corpus"] = corpus
     out = args.out or (args.runs / "plan.json" if args.runs else None)
     if out is not None:
         atomic_write_json(out, plan)

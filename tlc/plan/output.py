@@ -3,7 +3,8 @@
 plan.json (format "tlc.plan/2"):
 
     format, throughput (tlc.plan.training_cost) or null, data {unique_tokens, max_epochs, r_star}
-    or null, sweep {runs_dir, name, fit_sha256} or null (a published law), lr_rule (see
+    or null, sweep {runs_dir, name, fit_sha256} or null (a published law), corpus (tlc.corpus: fit.json's
+    corpus record checked against the source now; null for a published law or runs without fingerprints), lr_rule (see
     tlc.plan.recipe) or null, law {source, description, form, parameters, status, why,
     copying_under_way (fit.json's loss_split flag, or null), shapes, flops}, budget {train_flops,
     inference_tokens, max_params, max_bytes, max_latency_ms, device, latency_batch},

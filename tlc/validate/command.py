@@ -21,6 +21,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seeds", default="0,1", help="comma-separated training seeds; measured losses are their "
                                                        "mean, and their spread widens the predicted interval "
                                                        "(default 0,1: one seed measures no spread)")
+    parser.add_argument("--allow-other-corpus", action="store_true",
+                        help="train even though the corpus at the plan's data source is not the one the plan was "
+                             "made on (recorded in validation.json's corpus)")
     parser.add_argument("--latency-repeats", type=int, default=MIN_LATENCY_REPEATS,
                         help=f"timed passes per latency, median reported (default and least {MIN_LATENCY_REPEATS})")
 
@@ -75,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
     time with the plan's predictions and budgets. Writes RUNS_DIR/validation.json, prints a table
     and whether "train large, then compress" won as predicted. Run it again to resume.
     """
+    from tlc.corpus import check_corpus
     from tlc.plan.planfile import check_same_sweep, parse_points, read_plan
     from tlc.validate.validation import validate_plan
 
@@ -89,7 +93,8 @@ def run(args: argparse.Namespace) -> int:
     plan = read_plan(plan_path)
     check_same_sweep(plan, runs_dir)
     points = parse_points(args.points, plan)
-    entry = validate_plan(runs_dir, plan, plan_path, points, seeds, args.latency_repeats, print)
+    corpus = check_corpus(plan.get("corpus"), str(plan_path), "tlc validate", args.allow_other_corpus, "--plan")
+    entry = validate_plan(runs_dir, plan, plan_path, points, seeds, args.latency_repeats, print, corpus)
     print(format_table(entry))
     print(f"-> {runs_dir / 'validation.json'}")
     return 0

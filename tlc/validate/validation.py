@@ -8,7 +8,8 @@ interrupted validation continues where it stopped when run again.
 
 validation.json (format "tlc.validation/1") accumulates one entry per plan validated:
 
-    validations [{plan {path, sha256, made_from}, budget, law {form, status}, seeds,
+    validations [{plan {path, sha256, made_from}, corpus (tlc.corpus: the fingerprint the plan was made on,
+                  the one trained on, allowed_other_corpus), budget, law {form, status}, seeds,
                   points {name: POINT}, verdict {predicted_gain, predicted_gain_low,
                   predicted_gain_high, measured_gain, measured_gain_sem, gain_interval_widened,
                   gain (confirmed, refuted or undecided), gain_reason, sentence}}]
@@ -261,10 +262,12 @@ def write_validation(runs_dir: Path, entry: dict) -> None:
 
 
 def validate_plan(runs_dir: Path, plan: dict, plan_path: Path, points: list[str], seeds: list[int],
-                  latency_repeats: int, log) -> dict:
-    """Carry out ``points`` of a plan (every seed), write validation.json after each point; the entry."""
+                  latency_repeats: int, log, corpus: dict | None = None) -> dict:
+    """Carry out ``points`` of a plan (every seed), write validation.json after each point; the entry.
+    ``corpus``: `tlc.corpus.check_corpus`'s record of the corpus trained on, stored as it is."""
     entry = {
         "plan": {"path": str(plan_path), "sha256": plan_sha256(plan_path), "made_from": plan.get("sweep")},
+        "corpus": corpus,
         "budget": plan["budget"],
         "law": {"form": plan["law"].get("form"), "status": plan["law"].get("status")},
         "seeds": seeds,
