@@ -10,14 +10,19 @@ The procedure of issue 13, with the real commands throughout:
    that plan's compute-optimal dense model (--max-bytes), written to plan-<m>.json;
 3. `tlc validate --plan plan-<m>.json --seeds 0,1`: both points trained and compressed twice.
 
-Seed noise is measured, not assumed: sigma is the pooled standard deviation of the two seeds'
-losses over every validated point, and each predicted interval is widened by 1.645 sigma on
-each side (90%, the two added in quadrature would be narrower; this is the conservative sum).
+The interval scored is the plan's own, exactly as `tlc plan` prints it: plan.json's loss
+[low, high], the bootstrap percentile interval of the fitted mean loss at fit.json's confidence
+(95% by default), labelled with that confidence. "inside" is measured mean of the seeds within
+exactly that interval; beside it, "validate" is tlc validate's own check, the same interval
+widened by the measured standard error of the seeds' mean (not by a per-seed sigma). Seed noise
+is printed as measured: the pooled per-seed standard deviation and the standard error of a
+mean of that many seeds.
 
-Printed per budget and point: predicted mean [interval, interval with seed noise], measured mean
-of the seeds, error, inside or not, interval half-width as % of the loss; then whether the
-recommendation beat train-small where the plan said it would. Targets (issue 13): inside the
-90% interval, half-width <= 3% of the loss, |error| <= 2%.
+Printed per budget and point: predicted mean [interval], measured mean of the seeds, error,
+inside or not, validate's check, interval half-width as % of the loss; then validate's gain
+verdict. Last, coverage (points inside / points) and the mean error (mean |error| and mean
+signed error), separately: an interval can cover by being wide while the mean is off.
+Targets (issue 13): inside the interval, half-width <= 3% of the loss, |error| <= 2%.
 
     .venv/bin/python bench/plan_accuracy.py --runs-dir runs          # sweeps/tiny.yaml: a demo's runs, reused
     .venv/bin/python bench/plan_accuracy.py --sweep S.yaml --budgets 0.3 --seeds 0   # what fits in the time
@@ -45,7 +50,7 @@ from tlc.config import load_sweep  # noqa: E402
 from tlc.demo import DEMO_COMPRESS, DEMO_COMPRESS_BRANCHES  # noqa: E402
 from tlc.io import list_runs  # noqa: E402
 
-Z90 = 1.645
+from tlc.validate.validation import came_true  # noqa: E402
 
 
 def tlc(*args: str) -> str:
@@ -54,6 +59,29 @@ def tlc(*args: str) -> str:
     if proc.returncode != 0:
         sys.exit(f"tlc {' '.join(map(str, args))} failed:\n{proc.stderr[-2000:]}")
     return proc.stdout
+
+
+def score_point(point: dict) -> dict:
+    """One validated point scored against exactly the interval its plan printed: inside (None without an
+    interval), validate's check (widened by the seeds' standard error), relative error, half-width."""
+    loss, measured = point["predicted"]["loss"], point["measured"]["loss"]
+    low, high = loss["low"], loss["high"]
+    return {
+        "inside": None if low is None else low <= measured <= high,
+        "validate": came_true(measured, point["measured"].get("loss_sem"), low, high)[0],
+        "error": (measured - loss["mean"]) / measured,
+        "half_width": (high - low) / 2 / loss["mean"] if low is not None else math.nan,
+    }
+
+
+def coverage_and_error(scores: list[dict]) -> dict:
+    """Coverage (points inside their printed interval / points with one) and the mean error, kept apart."""
+    scored = [s["inside"] for s in scores if s["inside"] is not None]
+    errors = [s["error"] for s in scores]
+    return {"inside": sum(scored), "scored": len(scored),
+            "coverage": sum(scored) / len(scored) if scored else None,
+            "mean_abs_error": statistics.fmean(abs(e) for e in errors) if errors else None,
+            "mean_signed_error": statistics.fmean(errors) if errors else None}
 
 
 def largest_compute(sweep_dir: Path) -> float:
@@ -96,25 +124,35 @@ def main() -> None:
                      if v["plan"]["sha256"] == sha)
         results.append((multiple, max_bytes, plan, entry, time.perf_counter() - t0))
 
-    pairs = [p["measured"]["loss_per_seed"] for _, _, _, e, _ in results for p in e["points"].values()]
-    pairs = [s for s in pairs if len(s) >= 2]
-    sigma = math.sqrt(statistics.fmean(statistics.variance(s) for s in pairs)) if pairs else None
-    print(f"seed noise: sigma = {sigma:.4f} nats from {len(pairs)} points" if sigma is not None else
+    confidence = json.loads((sweep_dir / "fit.json").read_text()).get("bootstrap", {}).get("confidence", 0.95)
+    label = f"{confidence:.0%} bootstrap interval of the fitted mean loss, as tlc plan prints it"
+    seeds = [p["measured"]["loss_per_seed"] for _, _, _, e, _ in results for p in e["points"].values()]
+    seeds = [s for s in seeds if len(s) >= 2]
+    sigma = math.sqrt(statistics.fmean(statistics.variance(s) for s in seeds)) if seeds else None
+    print(f"seed noise: per-seed sigma {sigma:.4f} nats, standard error of a {len(seeds[0])}-seed mean "
+          f"{sigma / math.sqrt(len(seeds[0])):.4f}, from {len(seeds)} points" if sigma is not None else
           "seed noise: not measured (one seed)")
-    print(f"{'budget':>7} {'point':<15} {'predicted [90%]':<26} {'+seed noise':<18} {'measured':>9} {'error':>7} "
-          f"{'inside':>7} {'half-width':>10} {'bytes':>9} {'limit':>9} {'wall s':>7}")
+    print(f"scored interval: {label}")
+    print(f"{'budget':>7} {'point':<15} {'predicted [' + f'{confidence:.0%}' + ']':<26} {'measured':>9} {'error':>7} "
+          f"{'inside':>7} {'validate':>9} {'half-width':>10} {'bytes':>9} {'limit':>9} {'wall s':>7}")
+    scores = []
     for multiple, max_bytes, plan, entry, wall in results:
         for name, point in entry["points"].items():
-            loss, measured = point["predicted"]["loss"], point["measured"]["loss"]
-            low, high = loss["low"], loss["high"]
-            wide = (low - Z90 * sigma, high + Z90 * sigma) if sigma is not None and low is not None else (low, high)
-            inside = wide[0] <= measured <= wide[1] if wide[0] is not None else None
-            half = (wide[1] - wide[0]) / 2 / loss["mean"] if wide[0] is not None else math.nan
-            print(f"{multiple:>6g}x {name:<15} {loss['mean']:.3f} [{low:.3f}, {high:.3f}]{'':<4} "
-                  f"[{wide[0]:.3f}, {wide[1]:.3f}] {measured:>9.3f} {(measured - loss['mean']) / measured:>+7.1%} "
-                  f"{str(inside):>7} {half:>9.1%} {point['measured']['bytes']:>9} {max_bytes:>9} {wall:>7.0f}")
-        verdict = entry["verdict"]
-        print(f"{'':>8}{verdict['sentence']}")
+            loss, measured, score = point["predicted"]["loss"], point["measured"]["loss"], score_point(point)
+            scores.append(score)
+            interval = f"[{loss['low']:.3f}, {loss['high']:.3f}]" if loss["low"] is not None else "[none]"
+            print(f"{multiple:>6g}x {name:<15} {loss['mean']:.3f} {interval:<20} {measured:>9.3f} "
+                  f"{score['error']:>+7.1%} {str(score['inside']):>7} {str(score['validate']):>9} "
+                  f"{score['half_width']:>9.1%} {point['measured']['bytes']:>9} {max_bytes:>9} {wall:>7.0f}")
+        print(f"{'':>8}{entry['verdict']['sentence']}")
+    total = coverage_and_error(scores)
+    if total["scored"]:
+        print(f"coverage of the {label}: {total['inside']} of {total['scored']} points inside "
+              f"({total['coverage']:.0%}; nominal {confidence:.0%} for the fitted mean, which a mean of few seeds "
+              "scatters around)")
+    if scores:
+        print(f"mean error: |error| {total['mean_abs_error']:.2%}, signed {total['mean_signed_error']:+.2%} "
+              f"(measured minus predicted, over {len(scores)} points)")
     print(f"total {time.perf_counter() - started:.0f} s")
 
 
