@@ -61,3 +61,10 @@ def test_runs_that_disagree_record_no_single_fingerprint_and_are_refused(tmp_pat
     with pytest.raises(UserError, match="--runs: .* runs disagree: 111111111111, 222222222222 then"):
         check_corpus(record, "fit.json", "tlc plan", False, "--runs")
     assert check_corpus(None, "fit.json", "tlc plan", False, "--runs") is None  # nothing recorded: nothing to check
+
+
+@pytest.mark.parametrize("record", [["a"], {"source": 3}, {"source": "x", "val_percent": "5", "text_field": "text"},
+                                    {"source": "x", "val_percent": 5, "text_field": "t", "fingerprint": 7}])
+def test_a_malformed_corpus_record_is_a_one_line_error(record):
+    with pytest.raises(UserError, match="^--plan: plan.json's corpus record is malformed"):
+        check_corpus(record, "plan.json", "tlc validate", False, "--plan")

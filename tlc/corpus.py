@@ -39,6 +39,12 @@ def check_corpus(recorded: dict | None, made_on: str, command: str, allow_other:
 
     if not recorded:
         return None
+    if not isinstance(recorded, dict) or not isinstance(recorded.get("source"), str) \
+            or not isinstance(recorded.get("val_percent"), (int, float)) or not isinstance(recorded.get("text_field"), str) \
+            or not isinstance(recorded.get("fingerprint") or "", str) \
+            or not all(isinstance(p, str) for p in recorded.get("fingerprints") or []):
+        raise UserError(f"{flag}: {made_on}'s corpus record is malformed; make it again ({command} reads the one "
+                        "tlc fit and tlc plan write)")
     expected = recorded.get("fingerprint")
     try:
         current = load_corpus(recorded["source"], recorded["val_percent"], recorded["text_field"]).fingerprint
@@ -49,7 +55,7 @@ def check_corpus(recorded: dict | None, made_on: str, command: str, allow_other:
     if expected is not None and current == expected:
         return record
     if not allow_other:
-        then = expected[:12] if expected else "runs disagree: " + ", ".join(p[:12] for p in recorded["fingerprints"])
+        then = expected[:12] if expected else "runs disagree: " + ", ".join(p[:12] for p in recorded.get("fingerprints") or [])
         raise UserError(f"{flag}: the corpus at {recorded['source']!r} is not the one {made_on} was "
                         f"made on ({why}, {then} then); train on that corpus, or pass --allow-other-corpus to "
                         f"{command} anyway")
