@@ -39,8 +39,8 @@ def check_corpus(recorded: dict | None, made_on: str, command: str, allow_other:
 
     if not recorded:
         return None
-    if not isinstance(recorded, dict) or not isinstance(recorded.get("source"), str) \
-            or not isinstance(recorded.get("val_percent"), (int, float)) or not isinstance(recorded.get("text_field"), str) \
+    types = {"source": str, "val_percent": (int, float), "text_field": str}
+    if not isinstance(recorded, dict) or not all(isinstance(recorded.get(k), t) for k, t in types.items()) \
             or not isinstance(recorded.get("fingerprint") or "", str) \
             or not all(isinstance(p, str) for p in recorded.get("fingerprints") or []):
         raise UserError(f"{flag}: {made_on}'s corpus record is malformed; make it again ({command} reads the one "
@@ -55,7 +55,8 @@ def check_corpus(recorded: dict | None, made_on: str, command: str, allow_other:
     if expected is not None and current == expected:
         return record
     if not allow_other:
-        then = expected[:12] if expected else "runs disagree: " + ", ".join(p[:12] for p in recorded.get("fingerprints") or [])
+        prints = recorded.get("fingerprints") or []
+        then = expected[:12] if expected else "runs disagree: " + ", ".join(p[:12] for p in prints)
         raise UserError(f"{flag}: the corpus at {recorded['source']!r} is not the one {made_on} was "
                         f"made on ({why}, {then} then); train on that corpus, or pass --allow-other-corpus to "
                         f"{command} anyway")

@@ -213,8 +213,8 @@ def judge_gain(measured: float, sem: float | None, low: float | None, high: floa
     if named and measured * named < GAIN_SEMS * sem:
         return "undecided", (f"the measured gain {measured:+.4f} ± {sem:.4f} is inside the predicted interval but "
                              f"within {GAIN_SEMS:g} standard errors of zero: the seeds cannot name the winner")
-    return "confirmed", (f"the measured gain {measured:+.4f} ± {sem:.4f} lies in the predicted [{low:+.4f}, {high:+.4f}]"
-                         + (f", {GAIN_SEMS:g}+ standard errors from zero" if named else ""))
+    return "confirmed", (f"the measured gain {measured:+.4f} ± {sem:.4f} lies in the predicted "
+                         f"[{low:+.4f}, {high:+.4f}]" + (f", {GAIN_SEMS:g}+ standard errors from zero" if named else ""))
 
 
 def verdict(plan: dict, points: dict) -> dict:
