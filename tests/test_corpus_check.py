@@ -13,15 +13,8 @@ from tlc.corpus import check_corpus, runs_corpus
 from tlc.errors import UserError
 from tlc.io import atomic_write_json
 from tlc.train.data import load_corpus
+from test_validate import BUDGET, MAX_BYTES, _error  # the same plan budgets; the one-line error check
 
-BUDGET, MAX_BYTES = "5e9", "250000"
-
-
-def _error(argv: list, capsys) -> str:
-    assert tlc_main([*map(str, argv)]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1, err
-    return err
 
 
 def test_plan_and_validate_refuse_a_corpus_that_changed_since_the_fit(tmp_path, small_corpus, capsys):
