@@ -16,7 +16,6 @@ from tlc.train.data import load_corpus
 from test_validate import BUDGET, MAX_BYTES, _error  # the same plan budgets; the one-line error check
 
 
-
 def test_plan_and_validate_refuse_a_corpus_that_changed_since_the_fit(tmp_path, small_corpus, capsys):
     corpus = tmp_path / "corpus"
     shutil.copytree(small_corpus, corpus)
