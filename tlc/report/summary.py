@@ -87,8 +87,11 @@ def validation_sentences(plan: dict, validations: list[dict], plan_sha256: str |
     for name, point in entry.get("points", {}).items():
         m, p, c = point["measured"], point["predicted"], point["checks"]
         inside = {True: "inside", False: "outside", None: "without"}[c.get("loss_inside_interval")]
+        where = "the interval"
+        if m.get("loss_sem") is not None and c.get("loss_inside_interval") is not None:  # tlc validate's rule
+            where += f" widened by the seeds' standard error (±{m['loss_sem']:.3f})"
         out.append(f"Measured {name.replace('_', '-')}: loss {m['loss']:.3f} against a predicted {_loss(p['loss'])} "
-                   f"({inside} the interval, error {c['loss_error_relative']:+.1%}), {format_bytes(m['bytes'])} "
+                   f"({inside} {where}, error {c['loss_error_relative']:+.1%}), {format_bytes(m['bytes'])} "
                    f"against {format_bytes(p['bytes'])} predicted, {m['train_wall_s']:.0f} s of training.")
         split = split_summary(point)
         if split:
