@@ -180,6 +180,7 @@ def test_a_sweep_folder_written_before_a_setting_existed_resumes_and_a_changed_s
         prepare_sweep_dir(parse_sweep({**doc, "seeds": [0, 1]}), tmp_path / "runs")
 
 
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning", "ignore:Heartbeat of storage")
 def test_a_failed_heartbeat_is_logged_with_the_run_and_counted_in_the_summary(tmp_path, monkeypatch, capsys):
     import optuna
 
