@@ -213,11 +213,12 @@ def test_tiny_sweep_spans_enough_sizes_for_the_demo():
     assert len(sizes) >= 5 and max(sizes) / min(sizes) >= 8 and len(sweep.seeds) >= 2
     assert all(s.width % 16 == 0 for s in sweep.shapes)  # the demo prunes in 16x16 blocks
     assert {s.depth for s in sweep.shapes} == {2}  # one depth: the laws have no depth term
-    for run in sweep.runs():  # every trunk warms up alike and forks from 262K tokens on, at powers of two
+    for run in sweep.runs():  # every trunk warms up alike and forks every 262K tokens from 262K on, 3 times at least
         t = run.train
-        assert t.tokens * t.warmup_frac == pytest.approx(52428.8)
-        assert t.tokens * t.cooldowns[0] == 262144 and t.cooldowns[-1] == 1.0
-        assert all(b == 2 * a for a, b in zip(t.cooldowns, t.cooldowns[1:]))
+        assert t.tokens * t.warmup_frac == pytest.approx(52428.8, rel=1e-5)
+        forks = [round(t.tokens * c) for c in t.cooldowns]
+        assert len(forks) >= 3 and t.cooldowns[-1] == 1.0
+        assert forks == [262144 * (k + 1) for k in range(len(forks) - 1)] + [t.tokens]
 
 
 def test_tiny_long_sweep_warms_up_and_forks_alike_for_every_shape():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -97,6 +98,11 @@ def test_a_failed_run_is_recorded_and_the_sweep_goes_on(tmp_path, small_corpus):
     states = {t.params["run_id"]: t.state.name for t in _study(runs).get_trials() if "started" in t.user_attrs}
     assert states == {"w16-d1-s0": "FAIL", "w32-d1-s0": "COMPLETE"}
     assert "failed" in proc.stdout and "is unreadable" in proc.stdout
+    # a pipe is no terminal: no bar redraws, one progress line per run at its end, no Optuna heartbeat warning
+    assert "\r" not in proc.stderr and "it/s" not in proc.stderr and "step/s" not in proc.stderr
+    assert re.search(r"^w32-d1-s0: step 8/8 \(100%\), [\d,]+ tok/s, loss [\d.]+, val [\d.]+, done in \d+s$",
+                     proc.stderr, re.M), proc.stderr[-2000:]
+    assert "Heartbeat of storage" not in proc.stderr
 
 
 def _sweep_cli(tmp_path, doc, runs):

@@ -14,7 +14,9 @@ times both on this machine and caches the faster (``$TLC_CACHE/int8_path.json``)
 from __future__ import annotations
 
 import json
+import logging
 import platform
+import sys
 import warnings
 
 import torch
@@ -24,6 +26,38 @@ from tlc.compress.evaluate import median_seconds
 from tlc.compress.prune import is_conv1d, prunable_layers, set_submodule
 
 INT8_PATHS = ("torch_dynamic", "bitsandbytes")
+# What bitsandbytes logs when its kernel-hub lookup fails; tlc refuses that lookup (import_bitsandbytes).
+HUB_LOOKUP_WARNING = "Failed to load CPU gemm_4bit_forward from kernels-community"
+
+
+def _drop_hub_lookup_warning(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith(HUB_LOOKUP_WARNING)
+
+
+def import_bitsandbytes():
+    """bitsandbytes, imported without its kernel-hub lookup; import it only where an int8 layer needs it.
+
+    On a CPU with AVX512_BF16, importing bitsandbytes asks the Hugging Face hub (through the ``kernels``
+    package) for a 4-bit CPU kernel: a network call at run time, and where it fails a warning the user can do
+    nothing about ("could not verify publisher trust status"). tlc uses no 4-bit kernel, so ``kernels`` is
+    hidden while bitsandbytes imports: bitsandbytes then takes its own fallback, as without ``kernels``
+    installed, and the warning that fallback logs is dropped.
+    """
+    if "bitsandbytes" in sys.modules:
+        return sys.modules["bitsandbytes"]
+    hidden = "kernels" in sys.modules, sys.modules.get("kernels")
+    sys.modules["kernels"] = None  # type: ignore[assignment]  # makes `from kernels import ...` raise ImportError
+    log = logging.getLogger("bitsandbytes.backends.cpu.ops")
+    log.addFilter(_drop_hub_lookup_warning)
+    try:
+        import bitsandbytes
+    finally:
+        log.removeFilter(_drop_hub_lookup_warning)
+        if hidden[0]:
+            sys.modules["kernels"] = hidden[1]  # type: ignore[assignment]
+        else:
+            del sys.modules["kernels"]
+    return bitsandbytes
 
 
 FP16_SMALLEST = 2.0 ** -24  # the smallest positive (subnormal) float16
@@ -74,10 +108,7 @@ def int8_linear(q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None,
             layer.set_weight_bias(qweight, None if bias is None else bias.detach().float().cpu())
         return layer
     if path == "bitsandbytes":
-        import logging
-
-        import bitsandbytes as bnb
-
+        bnb = import_bitsandbytes()
         logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # it logs a cast warning on every fp32 call
 
         device = q.device
@@ -119,10 +150,14 @@ def apply_int8(model: nn.Module, weights: dict[str, tuple[torch.Tensor, torch.Te
 
 def machine_key(device: torch.device, width: int) -> str:
     """What the cached choice depends on: machine, processor, device, library versions and layer width."""
-    import bitsandbytes
+    from importlib import metadata
 
+    try:  # the installed version, read without importing bitsandbytes (its import is slow and asks the hub)
+        bnb_version = metadata.version("bitsandbytes")
+    except metadata.PackageNotFoundError:
+        bnb_version = "absent"
     return "|".join([platform.node(), platform.processor() or platform.machine(), str(device), torch.__version__,
-                     bitsandbytes.__version__, f"width={width}"])
+                     bnb_version, f"width={width}"])
 
 
 def time_forward(module: nn.Module, x: torch.Tensor, repeats: int = 7, warmup: int = 2) -> float:

@@ -54,6 +54,7 @@ class MeasuredRanges:
     depth: tuple[int, int] | None = None
     # (N, longest finished-point tokens) of each run: which D the sweep reached at which size
     reach: tuple[tuple[float, float], ...] = ()
+    compute: float | None = None  # training FLOPs of the sweep's largest run (config.json train_flops)
 
 
 @dataclass(frozen=True)
@@ -203,18 +204,20 @@ def _sweep_details(runs_dir: Path, fit: dict) -> tuple[MeasuredRanges, dict | No
     for method, entry in ((fit.get("compression") or {}).get("pruning") or {}).items():
         if timing_of(method) in TIMINGS and isinstance(entry, dict) and entry.get("sparsities"):
             sparsity[method] = [float(v) for v in entry["sparsities"]]  # sparse runs: no compress.jsonl rows
-    template, aspects, depths = None, [], []
+    template, aspects, depths, computes = None, [], [], []
     for run_dir in list_runs(runs_dir):
         for row in read_jsonl(run_dir / "compress.jsonl"):
             s = row.get("sparsity")
             if isinstance(s, (int, float)) and s > 0 and isinstance(row.get("method"), str):
                 sparsity.setdefault(row["method"], []).append(float(s))
         try:
-            shape = json.loads((run_dir / "config.json").read_text(encoding="utf-8")).get("shape")
+            config = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError):
-            shape = None
+            config = {}
+        shape = config.get("shape") if isinstance(config, dict) else None
         if not (isinstance(shape, dict) and {"context", "vocab_size"} <= shape.keys()):
             continue
+        computes += [config["train_flops"]] if isinstance(config.get("train_flops"), (int, float)) else []
         if isinstance(shape.get("width"), int) and isinstance(shape.get("depth"), int) and shape["depth"] > 0:
             aspects.append(shape["width"] / shape["depth"])
             depths.append(shape["depth"])
@@ -233,6 +236,7 @@ def _sweep_details(runs_dir: Path, fit: dict) -> tuple[MeasuredRanges, dict | No
         aspect=(min(aspects), max(aspects)) if aspects else None,
         depth=(min(depths), max(depths)) if depths else None,
         reach=tuple(reach),
+        compute=max(computes) if computes else None,
     )
     return ranges, template
 

@@ -129,6 +129,17 @@ def _budget_line(plan: dict) -> str:
     return ", ".join(parts)
 
 
+def extrapolation_line(reach: dict | None) -> str:
+    """'extrapolation: 4x the largest run's compute, 1.6x its N, 2.5x the longest tokens' ('' without a sweep)."""
+    if not reach:
+        return ""
+    parts = [f"{reach[key]:.3g}x {what}" for key, what in (("compute", "the largest run's training compute"),
+                                                           ("N", "the largest measured N"),
+                                                           ("tokens", "the longest measured tokens"))
+             if reach.get(key) is not None]
+    return "extrapolation: the recommendation is " + ", ".join(parts) if parts else ""
+
+
 def format_table(plan: dict, path: str | None) -> str:
     """The summary `tlc plan` prints: budgets, recommendation, train-small, gain, front size, warnings."""
     lines = [
@@ -154,6 +165,8 @@ def format_table(plan: dict, path: str | None) -> str:
                      f"than training small ({gain['relative']:.2%})")
     else:
         lines.append("gain: none; the best plan is the uncompressed model")
+    if line := extrapolation_line(plan.get("extrapolation")):
+        lines.append(line)
     lines.append(f"Pareto front (loss against {plan['pareto_cost']}): {len(plan['pareto_front'])} points")
     lines += [f"warning: {w}" for w in plan["warnings"]]
     lines.append(f"-> {path}" if path else "(plan.json not written: give --runs or --out)")

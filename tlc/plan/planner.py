@@ -193,6 +193,22 @@ def _range_warnings(law: PlanLaw, label: str, point: Point) -> list[str]:
     return out
 
 
+def extrapolation(law: PlanLaw, point: Point, entry: dict) -> dict:
+    """How far a plan point reaches past what the law was fitted on: its training compute over the sweep's
+    largest run's, its N (as the law counts it) over the largest measured, its tokens over the longest finished
+    point; each None where the sweep does not record it. Above 1 is an extrapolation."""
+    r = law.ranges
+    n = float(law.law_params(point.N, point.embedding))
+    return {
+        "compute": entry["train_flops"] / r.compute if r.compute else None,
+        "N": n / r.N[1] if r.N else None,
+        "tokens": point.tokens / r.D[1] if r.D else None,
+        "largest_run_flops": r.compute,
+        "largest_N": r.N[1] if r.N else None,
+        "longest_tokens": r.D[1] if r.D else None,
+    }
+
+
 def _copying(law: PlanLaw) -> str:
     """A clause when the fit saw the loss on repeated targets still falling faster at the runs' ends ('' else)."""
     split = law.fitted.loss_split
@@ -355,5 +371,6 @@ def make_plan(law: PlanLaw, budgets: Budgets, args: argparse.Namespace, storage:
             "sparsity": {m: list(v) for m, v in r.sparsity.items()}, "note": r.note,
             "aspect": list(r.aspect) if r.aspect else None, "depth": list(r.depth) if r.depth else None,
         },
+        "extrapolation": extrapolation(law, recommendation, rec),
         "warnings": warnings,
     }

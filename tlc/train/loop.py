@@ -365,11 +365,11 @@ def train_run(cfg: RunConfig, run_dir: Path, progress: bool = True, notify=None)
             rewrite_jsonl(run_dir / "metrics.jsonl", [r for r in rows if _keep_row(r, start_step, run_dir)])
 
     # -- train ---------------------------------------------------------------------------------
-    from tqdm import tqdm
+    from tlc.train.progress import run_progress
 
     t = cfg.train
-    bar = tqdm(total=plan.steps_spent, initial=start_step, desc=cfg.run_id, unit="step",
-               disable=not progress or rank != 0, dynamic_ncols=True, leave=True)
+    # a bar on a terminal, else a line every ~10 s (tlc.train.progress)
+    bar = run_progress(plan.steps_spent, start_step, cfg.run_id, plan.tokens_per_step, progress and rank == 0)
     session = _Session(cfg, plan, run_dir, tokens, val_offsets(len(tokens.val), cfg.shape.context, t.eval_tokens),
                        engine, engine_optimizer, device, rank, world, bar, wall_offset, sparse)
     forks = {b.fork_step: b for b in plan.branches}

@@ -29,6 +29,7 @@ from tlc.errors import UserError
 from tlc.io import atomic_write_text, is_complete, read_jsonl
 from tlc.train.guard import WORKER_PID_ENV, held_by_another
 from tlc.train.loop import check_run_dir, plan_run
+from tlc.train.progress import MODE_ENV, progress_mode
 
 
 def _seconds_from_env(name: str, default: int) -> int:
@@ -89,6 +90,8 @@ def open_study(sweep: SweepConfig, sweep_dir: Path, storage_url: str | None, ids
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    # the worker loop asks and tells trials itself (not Study.optimize) and records heartbeats on purpose
+    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used", category=UserWarning)
     url = _with_installed_driver(storage_url) if storage_url else f"sqlite:///{(sweep_dir / 'study.db').resolve()}"
     engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
     for attempt in range(5):  # workers starting together race to create the schema; the loser retries
@@ -197,6 +200,8 @@ def _train_in_subprocess(cmd: list[str], log_path: Path) -> tuple[int, str]:
     with open(log_path, "ab") as log:
         # the trainer dies with this worker (tlc.train.guard.exit_with_worker), so a killed worker's run is free to take over
         env = {**os.environ, "PYTHONUNBUFFERED": "1", WORKER_PID_ENV: str(os.getpid())}
+        # the trainer's stderr is this pipe: it draws a bar only when this worker's own output is a terminal
+        env.setdefault(MODE_ENV, progress_mode())
         proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, env=env)
         assert proc.stderr is not None
         buffer = b""
