@@ -63,6 +63,10 @@ class OnCuda(torch.Tensor):
     @classmethod
     def __torch_function__(cls, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        if func is torch.Tensor.to and _to_device(args, kwargs) in ("cuda", None) and not kwargs.get("copy"):
+            dtype = kwargs.get("dtype", next((a for a in args[1:] if isinstance(a, torch.dtype)), None))
+            if dtype in (None, args[0].dtype):
+                return args[0]  # already there: the tensor itself, as torch returns (modules keep their parameters)
         if func is torch.Tensor.cpu or (func is torch.Tensor.to and _to_device(args, kwargs) == "cpu"):
             # the binding would see a tensor already on the CPU and return it unchanged
             dtype = kwargs.get("dtype", next((a for a in args[1:] if isinstance(a, torch.dtype)), None))
@@ -145,14 +149,92 @@ def emulated_cuda():
     """Within: ``device='cuda'`` makes emulated CUDA tensors; mixing them with CPU tensors raises."""
     # A CPU build's `Tensor.to('cuda')` asks torch.cuda to initialise before dispatch (FakeTensorMode is
     # exempt as an infrastructure mode); marked initialised, it goes on to the dispatcher and this mode.
-    # `module.to('cuda')` must swap each parameter for its emulated copy (keeping the Parameter object, as
-    # on a GPU), not assign `.data` across tensor types.
-    was, swapped = torch.cuda._initialized, torch.__future__.get_swap_module_params_on_conversion()
+    # torch.tensor(data, device='cuda') builds below the dispatcher's Python key unless told to build on
+    # the CPU and move the result (FakeTensorMode sets the same switch).
+    was, lift = torch.cuda._initialized, torch._C._only_lift_cpu_tensors()
     torch.cuda._initialized = True
-    torch.__future__.set_swap_module_params_on_conversion(True)
+    torch._C._set_only_lift_cpu_tensors(True)
     try:
         with _Mode():
             yield CUDA
     finally:
         torch.cuda._initialized = was
+        torch._C._set_only_lift_cpu_tensors(lift)
+
+
+def module_to_cuda(module: torch.nn.Module) -> torch.nn.Module:
+    """``module.to('cuda')`` inside :func:`emulated_cuda`, keeping each Parameter object (a GPU build
+    assigns ``.data``; across tensor types the parameters are swapped instead). Moving it again, as
+    DeepSpeed does, leaves it as it is."""
+    swapped = torch.__future__.get_swap_module_params_on_conversion()
+    torch.__future__.set_swap_module_params_on_conversion(True)
+    try:
+        return module.to(CUDA)
+    finally:
         torch.__future__.set_swap_module_params_on_conversion(swapped)
+
+
+@contextlib.contextmanager
+def deepspeed_on_emulated_cuda():
+    """:func:`emulated_cuda`, with DeepSpeed's CPU accelerator naming ``cuda`` as its device: an engine made
+    inside moves the model to cuda:0 and makes its own buffers there, as its CUDA accelerator would."""
+    from deepspeed.accelerator import get_accelerator
+
+    accelerator = get_accelerator()
+    patched = {"device_name": lambda device_index=None: "cuda" if device_index is None else f"cuda:{device_index}",
+               "current_device_name": lambda: "cuda:0"}
+    saved = {name: accelerator.__dict__.get(name) for name in patched}
+    accelerator.__dict__.update(patched)
+    try:
+        with emulated_cuda() as device:
+            yield device
+    finally:
+        for name, old in saved.items():
+            if old is None:
+                accelerator.__dict__.pop(name, None)
+            else:
+                accelerator.__dict__[name] = old
+
+
+class NcclDeviceError(RuntimeError):
+    """A collective got a tensor that is not on the emulated GPU: NCCL accepts CUDA tensors only."""
+
+
+@contextlib.contextmanager
+def nccl_rules():
+    """Collectives as NCCL takes them: each ``torch.distributed`` collective (which DeepSpeed's comm layer
+    calls too) is recorded, refused (:class:`NcclDeviceError`) for a tensor not on cuda, then run for real
+    on the tensor's CPU storage by the process group there is (gloo). Yields the record: a list of
+    (collective, device) pairs; ``broadcast_object_list`` records the ``device`` it was given."""
+    import torch.distributed as dist
+
+    calls: list[tuple[str, object]] = []
+    originals = {name: getattr(dist, name) for name in ("all_reduce", "broadcast", "broadcast_object_list",
+                                                        "all_gather_into_tensor", "reduce_scatter_tensor")}
+
+    def tensor_collective(name):
+        def run(tensor, *args, **kwargs):
+            calls.append((name, tensor.device))
+            if not isinstance(tensor, OnCuda):
+                raise NcclDeviceError(f"{name}: NCCL takes CUDA tensors only, got one on {tensor.device}")
+            real_args = [_unwrap(a) for a in args]
+            return originals[name](_unwrap(tensor), *real_args, **{k: _unwrap(v) for k, v in kwargs.items()})
+        return run
+
+    def broadcast_object_list(object_list, src=None, group=None, device=None, **kwargs):
+        calls.append(("broadcast_object_list", device))
+        if device is None or torch.device(device).type != "cuda":
+            raise NcclDeviceError(f"broadcast_object_list: device={device}: NCCL would stage the objects on "
+                                  "torch.cuda.current_device(), GPU 0 on every rank unless set first")
+        return originals["broadcast_object_list"](object_list, src=src, group=group, device=torch.device("cpu"),
+                                                  **kwargs)
+
+    patched = {name: tensor_collective(name) for name in originals if name != "broadcast_object_list"}
+    patched["broadcast_object_list"] = broadcast_object_list
+    for name, fn in patched.items():
+        setattr(dist, name, fn)
+    try:
+        yield calls
+    finally:
+        for name, fn in originals.items():
+            setattr(dist, name, fn)
