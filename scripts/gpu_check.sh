@@ -5,10 +5,11 @@
 #   2. tlc (built from this checkout) and what the machine lacks, from wheels carried in .whl/;
 #   3. cuda_ext built for this GPU's architecture;
 #   4. the tests marked gpu (pytest -m gpu) and the nvcc compile test;
-#   5. the block-sparse benchmark in bf16: 8192x8192 weight, 8192 tokens, 10% and 50% of blocks,
+#   5. the block-sparse benchmark in bf16: 8192x8192 weight, 8192 tokens, 10%, 30% and 50% of blocks,
 #      against cuBLAS dense and torch's BSR in the same run;
 #   6. the largest tiny-sweep shape trained with DeepSpeed in bf16 and in a plain torch loop.
-# Every step's output and every figure goes to one summary file; the targets are checked at its end.
+# Every step's output and every figure goes to one summary file; the targets are checked at its end,
+# and each step's name, exit status and seconds are written beside it as JSON (<summary>.json).
 #
 #   scripts/gpu_check.sh [--summary FILE]      on the GPU machine (default FILE: $OUT/gpu_check.txt, else ./gpu_check.txt)
 #   scripts/gpu_check.sh --dry-run             anywhere: prints each step, then runs it at CPU sizes (CI runs this)
@@ -91,8 +92,10 @@ step() {
     timeout "$limit" "$@" 2>&1 | tee -a "$SUMMARY"
     local code=${PIPESTATUS[0]}
     echo "-- $name: exit $code after $((SECONDS - begin)) s" | tee -a "$SUMMARY"
+    STEPS_TSV+="$name	$code	$((SECONDS - begin))"$'\n'
     [ "$code" -eq 0 ] || FAILED+=("$name")
 }
+STEPS_TSV=""
 
 echo "# gpu_check ($MODE) $(date -u +%FT%TZ) on $(hostname)" | tee -a "$SUMMARY"
 DEVICE=cuda
@@ -167,9 +170,9 @@ fi
 
 # 5. block-sparse against cuBLAS dense and torch BSR, bf16
 if [ "$MODE" = dry ]; then
-    step "block-sparse bf16" 120 "$PYTHON" bench/block_sparse.py --device cpu --dtype bfloat16 --shapes 256x256 --tokens 64 --densities 0.1 0.5 --repeats 3
+    step "block-sparse bf16" 120 "$PYTHON" bench/block_sparse.py --device cpu --dtype bfloat16 --shapes 256x256 --tokens 64 --densities 0.1 0.3 0.5 --repeats 3
 else
-    step "block-sparse bf16" 180 "$PYTHON" bench/block_sparse.py --device cuda --dtype bfloat16 --shapes 8192x8192 --tokens 8192 --densities 0.1 0.5 --repeats 20
+    step "block-sparse bf16" 180 "$PYTHON" bench/block_sparse.py --device cuda --dtype bfloat16 --shapes 8192x8192 --tokens 8192 --densities 0.1 0.3 0.5 --repeats 20
 fi
 
 # 6. DeepSpeed against a plain loop, bf16
@@ -187,4 +190,14 @@ targets=$(awk '$6 == "|" && $11 == "|" && $1 ~ /x/ && $5 == "fwd" {
      }
      /deepspeed \/ plain/ { printf "DeepSpeed / plain loop (%s) %s (target >= 0.95: %s)\n", $1, $NF, ($NF + 0 >= 0.95) ? "met" : "MISSED" }' "$SUMMARY")
 printf '\n== targets\n%s\ntotal %s s; failed steps: %s\nsummary: %s\n' "$targets" "$((SECONDS - STARTED))" "${FAILED[*]:-none}" "$SUMMARY" | tee -a "$SUMMARY"
+# the same, as JSON: each step's name, exit status and seconds, and the target lines
+printf '%s' "$STEPS_TSV" | "$PYTHON" -c '
+import json, sys
+mode, targets, total, out = sys.argv[1:5]
+steps = [dict(zip(("step", "exit", "seconds"), line.split("\t"))) for line in sys.stdin.read().splitlines() if line]
+for s in steps:
+    s["exit"], s["seconds"] = int(s["exit"]), int(s["seconds"])
+json.dump({"mode": mode, "steps": steps, "targets": [t for t in targets.splitlines() if t], "total_s": int(total),
+           "failed": [s["step"] for s in steps if s["exit"]]}, open(out + ".tmp", "w"), indent=1)
+' "$MODE" "$targets" "$((SECONDS - STARTED))" "${SUMMARY%.txt}.json" && mv "${SUMMARY%.txt}.json.tmp" "${SUMMARY%.txt}.json"
 [ "${#FAILED[@]}" -eq 0 ]

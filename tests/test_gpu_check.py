@@ -31,6 +31,13 @@ def test_dry_run_prints_and_runs_every_step_and_writes_one_summary(tmp_path):
     assert "-m gpu" in text and "failed steps: none" in text
     assert "DeepSpeed / plain loop" in text and "block-sparse 256x256" in text  # figures read back as targets
     assert "packaged sweep" in text and "tiny.yaml" in text
+    assert "density 0.3" in text  # 10, 30 and 50% of blocks
+    import json
+
+    record = json.loads(summary.with_suffix(".json").read_text())
+    assert record["mode"] == "dry" and record["failed"] == [] and record["total_s"] >= 0
+    assert [s["step"] for s in record["steps"]][:2] == ["versions", "tlc installed"]
+    assert any(t.startswith("block-sparse 256x256 density 0.3") for t in record["targets"])
 
 
 def test_unknown_argument_is_a_one_line_error():
