@@ -46,9 +46,9 @@ PYTHON="${PYTHON:-python3}"
 
 # What the GPU machine's image lacks (it has torch, transformers, tokenizers, numpy, scipy, matplotlib,
 # pytest, hypothesis, psutil, py-cpuinfo, ninja, einops, msgpack, pyyaml, tqdm): DeepSpeed and Optuna
-# with their dependencies, pinned to the versions tested here. bitsandbytes (int8 on CUDA) is not
-# needed by this check. The image's Python is 3.12.
-PINNED=(deepspeed==0.19.8 hjson==3.1.0 pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0
+# with their dependencies, and bitsandbytes (tlc compress's int8 on CUDA, step 7), pinned to the versions
+# tested here. The image's Python is 3.12.
+PINNED=(bitsandbytes==0.50.2 deepspeed==0.19.8 hjson==3.1.0 pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0
         typing-inspection==0.4.5 optuna==5.0.0 alembic==1.20.1 sqlalchemy==2.1.9 greenlet==3.5.6
         mako==1.4.3 colorlog==6.12.0)
 
