@@ -194,10 +194,10 @@ if [ "$MODE" = dry ]; then
     # widths divisible by 32 (the block size); 3 shapes x 4 cooldown branches = 12 finished points, above the
     # 10 a five-parameter law needs
     P_WIDTHS=(32 64 96) P_CONTEXT=32 P_VOCAB=300 P_TOKENS=16384 P_MICRO=4 P_PRECISION=fp32 P_EVAL=2048
-    P_DATA="$PWD/tlc" P_BUDGET=2e10 P_REPEATS=3
+    P_DATA="$PWD/tlc" P_BUDGET=2e10 P_REPEATS=3 P_VAL_REPEATS=7 P_BOOTSTRAP=20
 else
     P_WIDTHS=(128 256 384) P_CONTEXT=128 P_VOCAB=1024 P_TOKENS=2097152 P_MICRO=32 P_PRECISION=bf16 P_EVAL=16384
-    P_DATA=stdlib P_BUDGET=2e13 P_REPEATS=20
+    P_DATA=stdlib P_BUDGET=2e13 P_REPEATS=20 P_VAL_REPEATS=20 P_BOOTSTRAP=200
 fi
 {
     echo "name: gpu-check"
@@ -221,9 +221,9 @@ else
 fi
 step "tlc compress (int8, block-sparse)" 240 "$PYTHON" -m tlc compress "$RUNS" --methods magnitude,block \
     --sparsity 0.25,0.5,0.75 --int8 --latency-repeats "$P_REPEATS" --no-ort-latency
-step "tlc fit" 120 "$PYTHON" -m tlc fit "$RUNS"
+step "tlc fit" 120 "$PYTHON" -m tlc fit "$RUNS" --bootstrap "$P_BOOTSTRAP"
 step "tlc plan" 120 "$PYTHON" -m tlc plan --runs "$RUNS" --budget "$P_BUDGET" --trials 16 --pareto-trials 16
-step "tlc validate" 240 "$PYTHON" -m tlc validate "$RUNS" --points recommendation --latency-repeats "$P_REPEATS"
+step "tlc validate" 240 "$PYTHON" -m tlc validate "$RUNS" --points recommendation --latency-repeats "$P_VAL_REPEATS"
 # what ran where: the device and int8 path each compressed variant was measured with
 step "product record" 60 "$PYTHON" -c '
 import json, pathlib, sys
