@@ -73,8 +73,8 @@ def _check_same_device(op: str, **tensors) -> None:
     """The kernels' device check (csrc/bsr_ops.cpp), made where no kernel runs: under FakeTensorMode and
     torch.compile a cuda x beside cpu indices would otherwise trace and fail only on the GPU."""
     devices = {name: t.device for name, t in tensors.items() if t is not None}
-    torch._check(len(set(devices.values())) == 1,
-                 lambda: f"{op}: all tensors must be on one device, got " + ", ".join(f"{k} on {v}" for k, v in devices.items()))
+    torch._check(len(set(devices.values())) == 1, lambda: f"{op}: all tensors must be on one device, got "
+                 + ", ".join(f"{name} on {device}" for name, device in devices.items()))
 
 
 def _fake_bsr_linear(x, values, crow_indices, col_indices, bias):

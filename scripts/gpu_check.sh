@@ -87,11 +87,11 @@ step() {
     shift 2
     {
         echo
-        echo "== $name (limit ${limit} s)"
+        echo "== $name (limit $((limit * LIMIT_SCALE)) s)"
         echo "\$ $*"
     } | tee -a "$SUMMARY"
     local begin=$SECONDS
-    timeout "$limit" "$@" 2>&1 | tee -a "$SUMMARY"
+    timeout "$((limit * LIMIT_SCALE))" "$@" 2>&1 | tee -a "$SUMMARY"
     local code=${PIPESTATUS[0]}
     echo "-- $name: exit $code after $((SECONDS - begin)) s" | tee -a "$SUMMARY"
     STEPS_TSV+="$name	$code	$((SECONDS - begin))"$'\n'
@@ -101,8 +101,10 @@ STEPS_TSV=""
 
 echo "# gpu_check ($MODE) $(date -u +%FT%TZ) on $(hostname)" | tee -a "$SUMMARY"
 DEVICE=cuda
+LIMIT_SCALE=1
 if [ "$MODE" = dry ]; then
     DEVICE=cpu
+    LIMIT_SCALE=4  # the limits are the GPU run's; a CPU shared with other work may take several times longer
     echo "# dry run: every step at CPU sizes; wheels are not installed" | tee -a "$SUMMARY"
 fi
 
@@ -187,7 +189,7 @@ fi
 # 7. the product on this device: a sweep of three shapes (bf16 on CUDA), compressed (magnitude and 32x32 blocks
 #    at three levels, with int8: bitsandbytes on CUDA), fitted, planned, and the plan's recommendation validated;
 #    with more than one GPU, one run of the sweep again under torchrun, one process per GPU. The dry run does
-#    the same at CPU sizes on this repository's own source.
+#    the same at CPU sizes on this repository's own source, torchrun on two CPU processes (gloo).
 PRODUCT="${TMPDIR:-/tmp}/tlc-gpu-product"
 rm -rf "$PRODUCT" && mkdir -p "$PRODUCT"
 if [ "$MODE" = dry ]; then
@@ -213,9 +215,14 @@ fi
 RUNS="$PRODUCT/runs/gpu-check"
 step "tlc sweep ($P_PRECISION)" 240 "$PYTHON" -m tlc sweep "$PRODUCT/gpu-check.yaml" --runs-dir "$PRODUCT/runs"
 gpus=$("$PYTHON" -c 'import torch; print(torch.cuda.device_count())')
-if [ "$gpus" -gt 1 ]; then
-    step "torchrun x$gpus" 180 "$PYTHON" -m torch.distributed.run --standalone --nproc-per-node "$gpus" -m tlc train \
-        --sweep "$PRODUCT/gpu-check.yaml" --run-id "w${P_WIDTHS[0]}-d2-s0" --out "$PRODUCT/torchrun" --no-progress
+torchrun_step() {  # NAME PROCESSES: one run of the sweep on PROCESSES processes of this machine
+    step "$1" 180 env OMP_NUM_THREADS=1 "$PYTHON" -m torch.distributed.run --standalone --nproc-per-node "$2" -m tlc \
+        train --sweep "$PRODUCT/gpu-check.yaml" --run-id "w${P_WIDTHS[0]}-d2-s0" --out "$PRODUCT/torchrun" --no-progress
+}
+if [ "$MODE" = dry ]; then
+    torchrun_step "torchrun x2 (gloo)" 2  # the same launch and collectives, on two CPU processes
+elif [ "$gpus" -gt 1 ]; then
+    torchrun_step "torchrun x$gpus" "$gpus"
 else
     echo "(one device visible: the torchrun step needs two)" | tee -a "$SUMMARY"
 fi
@@ -243,14 +250,20 @@ targets=$(awk '$6 == "|" && $11 == "|" && $1 ~ /x/ && $5 == "fwd" {
      }
      /deepspeed \/ plain/ { printf "DeepSpeed / plain loop (%s) %s (target >= 0.95: %s)\n", $1, $NF, ($NF + 0 >= 0.95) ? "met" : "MISSED" }' "$SUMMARY")
 printf '\n== targets\n%s\ntotal %s s; failed steps: %s\nsummary: %s\n' "$targets" "$((SECONDS - STARTED))" "${FAILED[*]:-none}" "$SUMMARY" | tee -a "$SUMMARY"
-# the same, as JSON: each step's name, exit status and seconds, and the target lines
+# one table of every step (name, exit status, seconds), printed and written as JSON with the target lines
 printf '%s' "$STEPS_TSV" | "$PYTHON" -c '
 import json, sys
 mode, targets, total, out = sys.argv[1:5]
 steps = [dict(zip(("step", "exit", "seconds"), line.split("\t"))) for line in sys.stdin.read().splitlines() if line]
 for s in steps:
     s["exit"], s["seconds"] = int(s["exit"]), int(s["seconds"])
+width = max(len(s["step"]) for s in steps)
+print("\n== summary (" + mode + ")\n" + "step".ljust(width) + "  exit  seconds")
+for s in steps:
+    print(s["step"].ljust(width), str(s["exit"]).rjust(4), str(s["seconds"]).rjust(7), sep="  ")
 json.dump({"mode": mode, "steps": steps, "targets": [t for t in targets.splitlines() if t], "total_s": int(total),
            "failed": [s["step"] for s in steps if s["exit"]]}, open(out + ".tmp", "w"), indent=1)
-' "$MODE" "$targets" "$((SECONDS - STARTED))" "${SUMMARY%.txt}.json" && mv "${SUMMARY%.txt}.json.tmp" "${SUMMARY%.txt}.json"
+print("->", out)
+' "$MODE" "$targets" "$((SECONDS - STARTED))" "${SUMMARY%.txt}.json" | tee -a "$SUMMARY" \
+    && mv "${SUMMARY%.txt}.json.tmp" "${SUMMARY%.txt}.json"
 [ "${#FAILED[@]}" -eq 0 ]

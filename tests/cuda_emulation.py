@@ -3,7 +3,9 @@
 FakeTensorMode (torch._subclasses.fake_tensor) lets a CPU build make tensors that claim
 ``device='cuda'``, but they hold no values: ``.item()``, ``int(t)`` and data-dependent sizes
 (``topk(k)`` with k computed from a mask) raise DataDependentOutputException, and the training
-step, the evaluation and the pruning schedule all read values. Here a tensor on ``cuda`` is a
+step, the evaluation and the pruning schedule all read values. On this CPU build of torch it also
+cannot move a module to cuda nor run autograd there ("PyTorch is not linked with support for cuda
+devices"), so it serves the block-sparse ops' fake kernels only. Here a tensor on ``cuda`` is a
 wrapper subclass around a real CPU tensor: every op runs on the real tensors, and before it runs
 the devices of its tensor arguments are checked by the rule CUDA kernels apply (and
 FakeTensor's ``_find_common_device`` models): tensors of more than zero dimensions on ``cuda``
@@ -11,7 +13,9 @@ and on ``cpu`` may not meet in one op; a zero-dim CPU tensor counts as a scalar;
 devices, and CPU index tensors, are allowed. A mismatch raises :class:`DeviceMismatchError`.
 
 Inside :func:`emulated_cuda`, factories and ``.to`` with ``device='cuda'`` make such tensors, so
-``model.to('cuda')`` and ``torch.from_numpy(a).to(device)`` behave as on a GPU machine.
+``torch.from_numpy(a).to(device)`` behaves as on a GPU machine and :func:`module_to_cuda` moves a
+model; :func:`deepspeed_on_emulated_cuda` makes DeepSpeed's engine place the model and its own
+buffers there; :func:`nccl_rules` holds collectives to NCCL's rule (CUDA tensors only).
 ``torch.cuda.is_available()`` stays False: only placement is emulated.
 """
 
