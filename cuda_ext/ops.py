@@ -69,16 +69,28 @@ def bsr_linear_grad_values(grad_y: torch.Tensor, x: torch.Tensor, crow_indices: 
     return torch.ops.tlc_bsr.bsr_linear_grad_values(grad_y, x, crow_indices, col_indices, block_size)
 
 
+def _check_same_device(op: str, **tensors) -> None:
+    """The kernels' device check (csrc/bsr_ops.cpp), made where no kernel runs: under FakeTensorMode and
+    torch.compile a cuda x beside cpu indices would otherwise trace and fail only on the GPU."""
+    devices = {name: t.device for name, t in tensors.items() if t is not None}
+    torch._check(len(set(devices.values())) == 1, lambda: f"{op}: all tensors must be on one device, got "
+                 + ", ".join(f"{name} on {device}" for name, device in devices.items()))
+
+
 def _fake_bsr_linear(x, values, crow_indices, col_indices, bias):
     torch._check(x.dim() == 2, lambda: f"bsr_linear: x must be 2-D, got {x.dim()}-D")
+    _check_same_device("bsr_linear", x=x, values=values, crow_indices=crow_indices, col_indices=col_indices, bias=bias)
     return x.new_empty(x.shape[0], (crow_indices.shape[0] - 1) * values.shape[1])
 
 
 def _fake_grad_input(grad_y, values, crow_indices, col_indices, in_features):
+    _check_same_device("bsr_linear_grad_input", grad_y=grad_y, values=values, crow_indices=crow_indices,
+                       col_indices=col_indices)
     return grad_y.new_empty(grad_y.shape[0], in_features)
 
 
 def _fake_grad_values(grad_y, x, crow_indices, col_indices, block_size):
+    _check_same_device("bsr_linear_grad_values", grad_y=grad_y, x=x, crow_indices=crow_indices, col_indices=col_indices)
     return x.new_empty(col_indices.shape[0], block_size, block_size)
 
 

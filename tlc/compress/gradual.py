@@ -86,7 +86,8 @@ def gradual_prune(model: nn.Module, sparsity: float, tokens: TokenData, context:
         prune.custom_from_mask(module, "weight", torch.ones_like(module.weight))
     settings = dataclasses.replace(train, precision="fp32", zero_stage=0, grad_accum=1)
     engine, optimizer = build_engine(deepspeed, model, settings, settings.micro_batch)
-    movement = {name: torch.zeros_like(m.weight_orig) for name, m in layers.items()}
+    device = next(engine.module.parameters()).device  # where the engine put the model (a rank's GPU)
+    movement = {name: torch.zeros_like(m.weight_orig) for name, m in layers.items()}  # on that device too
     prune_every, events = pruning_events(steps)
     peak_lr = train.lr / 3
 
@@ -101,7 +102,7 @@ def gradual_prune(model: nn.Module, sparsity: float, tokens: TokenData, context:
         for group in optimizer.param_groups:
             group["lr"] = get_lr(step, steps, peak_lr, 0.1, 0.1)
         offsets = train_offsets(len(tokens.train), context, settings.micro_batch, seed + RECOVERY_SEED, step)
-        batch = torch.from_numpy(windows(tokens.train, offsets, context))
+        batch = torch.from_numpy(windows(tokens.train, offsets, context)).to(device)
         loss, _ = lm_loss(engine, batch)
         engine.backward(loss)
         if scores == "movement":

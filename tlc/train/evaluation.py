@@ -73,22 +73,24 @@ def evaluate(model, tokens: TokenData, offsets: np.ndarray, context: int, batch_
 
     was_training = model.training
     model.eval()
-    # loss sum, correct predictions, predictions, loss sum on repeated targets, repeated targets
-    sums = torch.zeros(5, dtype=torch.float64)
+    # loss sum, correct predictions, predictions, loss sum on repeated targets, repeated targets; kept on the
+    # model's device: NCCL reduces CUDA tensors only, and the sums need no host sync per batch
+    sums = torch.zeros(5, dtype=torch.float64, device=device)
     with torch.no_grad():
         for logits, window in val_batches(model, tokens, offsets[rank::world], context, batch_size, device):
             targets = window[:, 1:]
             losses = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), reduction="none")
             repeated = repeated_targets(window).reshape(-1)
-            sums[0] += losses.sum().item()
-            sums[1] += (logits.argmax(-1) == targets).sum().item()
+            sums[0] += losses.sum()
+            sums[1] += (logits.argmax(-1) == targets).sum()
             sums[2] += targets.numel()
-            sums[3] += losses[repeated].sum().item()
-            sums[4] += repeated.sum().item()
+            sums[3] += losses[repeated].sum()
+            sums[4] += repeated.sum()
     if world > 1:
         import torch.distributed as dist
 
         dist.all_reduce(sums)
+    sums = sums.cpu()
     model.train(was_training)
     val_loss = float(sums[0] / sums[2])
     return {"val_loss": val_loss, "val_bpb": bits_per_byte(val_loss, tokens), "val_acc": float(sums[1] / sums[2]),

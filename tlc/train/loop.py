@@ -200,14 +200,15 @@ class _Session:
             group["lr"] = lr
         cfg, mb, ga = self.cfg, self.cfg.train.micro_batch, self.cfg.train.grad_accum
         offsets = train_offsets(len(self.tokens.train), cfg.shape.context, self.plan.global_batch, cfg.seed, step)
-        step_loss = torch.zeros(1, dtype=torch.float64)
+        # on the model's device: NCCL reduces CUDA tensors only, and the sum needs no host sync per micro-batch
+        step_loss = torch.zeros(1, dtype=torch.float64, device=self.device)
         for micro in range(ga):
             first = (micro * self.world + self.rank) * mb  # this process's slice of the step's windows
             batch = windows(self.tokens.train, offsets[first : first + mb], cfg.shape.context)
             loss, _ = lm_loss(self.engine, torch.from_numpy(batch).to(self.device))
             self.engine.backward(loss)
             self.engine.step()
-            step_loss += loss.detach().double().cpu() / ga
+            step_loss += loss.detach().double() / ga
         if self.sparse is not None:
             self.sparse.after_step(self.engine, step + 1)
         if self.world > 1:
@@ -324,7 +325,8 @@ def train_run(cfg: RunConfig, run_dir: Path, progress: bool = True, notify=None)
     plan = plan_run(cfg, int(os.environ.get("WORLD_SIZE", "1")))
     corpus = load_corpus(cfg.data.source, cfg.data.val_percent, cfg.data.text_field)
     deepspeed, rank, world = init_distributed()
-    precision = choose_for_run(cfg.train.precision, cache_dir(), run_dir, rank, world)
+    device = device_for_rank()  # sets this rank's GPU before the first collective
+    precision = choose_for_run(cfg.train.precision, cache_dir(), run_dir, rank, world, device)
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, precision=precision.precision))
     tokens = load_tokens(corpus, cfg.shape.vocab_size)
     if len(tokens.train) <= cfg.shape.context + 1:
@@ -343,12 +345,13 @@ def train_run(cfg: RunConfig, run_dir: Path, progress: bool = True, notify=None)
         write_data_record(run_dir, corpus, tokens)  # what the split put on each side, for a reviewer
         if notify is not None:  # after the checks, so that a refused run's error stays its only line
             notify(f"{cfg.run_id}: precision {precision.precision} ({precision.reason})")
-    device = device_for_rank()
 
     # -- model, optimizer, engine ------------------------------------------------------------
     model = build_model(cfg.shape, eot_id=tokens.eot_id, seed=cfg.seed)
     sparse = _sparse_training(cfg, model, tokens, run_dir, plan, rank)  # train.prune; None for a dense run
     engine, engine_optimizer = build_engine(deepspeed, model, cfg.train, plan.global_batch, run_dir / "tensorboard")
+    if sparse is not None:
+        sparse.after_engine()  # the masks move to the device (and dtype) the engine gave the weights
 
     # -- resume: the trunk's newest checkpoint; a branch resumes from its own ---------------------
     ckpt_dir = run_dir / "checkpoint"

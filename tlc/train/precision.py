@@ -145,13 +145,18 @@ def recorded_precision(run_dir: Path) -> str | None:
         return None
 
 
-def choose_for_run(requested: str, cache_dir: Path, run_dir: Path, rank: int, world: int) -> PrecisionChoice:
-    """Rank 0 chooses (measuring at most once per machine) and every other process takes its choice."""
+def choose_for_run(requested: str, cache_dir: Path, run_dir: Path, rank: int, world: int, device) -> PrecisionChoice:
+    """Rank 0 chooses (measuring at most once per machine) and every other process takes its choice.
+
+    ``device`` is this process's (:func:`tlc.train.engine.device_for_rank`): under NCCL the broadcast
+    travels as a tensor on it; left to torch it would go through ``torch.cuda.current_device()``, GPU 0
+    on every rank unless the caller had set the device first.
+    """
     choice = choose_precision(requested, cache_dir, recorded_precision(run_dir)) if rank == 0 else None
     if world > 1:
         import torch.distributed as dist
 
         shared = [choice]
-        dist.broadcast_object_list(shared, src=0)
+        dist.broadcast_object_list(shared, src=0, device=device)
         choice = shared[0]
     return choice

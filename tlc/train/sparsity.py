@@ -316,9 +316,15 @@ class SparseTraining:
         with torch.no_grad():
             for name, m in layers.items():
                 m.weight.mul_(keep[name])
-        for name, m in layers.items():
-            self.handles.append(m.weight.register_hook(lambda g, k=keep[name]: g * k.to(g.dtype)))
+        for name, m in layers.items():  # the mask is looked up at each call: after_engine replaces it
+            self.handles.append(m.weight.register_hook(lambda g, name=name: g * self.keep[name].to(g.dtype)))
         return self
+
+    def after_engine(self) -> None:
+        """Hook: the engine has moved and cast the model (to its GPU, to bf16); the masks follow the
+        weights, which the gradient hooks and every pruning event multiply them with."""
+        self.keep = {name: self.keep[name].to(device=m.weight.device, dtype=m.weight.dtype)
+                     for name, m in self.layers.items()}
 
     def masks(self) -> Masks:
         """The current keep-masks, [out, in] bool."""
