@@ -75,7 +75,7 @@ FRANTAR = FrantarForm()
 
 def fit_sparse_law(sparsity, nonzero, tokens, loss, size, bootstrap: int = 200, seed: int = 0) -> dict:
     """Fit FRANTAR to trained-sparse and dense runs (one point per run) with bootstrap intervals over runs,
-    and hold out every run of the largest dense-equivalent ``size`` (at every sparsity) as Frantar et al.
+    and hold out the runs of the largest dense-equivalent ``size`` at each sparsity as Frantar et al.
     check their law; returns fit.json's ``sparse_law`` entry."""
     from scaling.bootstrap import bootstrap_law, resample_runs
     from scaling.fitting import fit_law
@@ -89,12 +89,16 @@ def fit_sparse_law(sparsity, nonzero, tokens, loss, size, bootstrap: int = 200, 
     fit = fit_law(FRANTAR, x, loss)
     boot = bootstrap_law(FRANTAR, x, loss, np.arange(len(loss)), resample_runs(len(loss), bootstrap, seed), fit)
     entry = _fit_json(FRANTAR, fit, boot)
-    held = size == size.max()
+    # the largest model at each sparsity, as Frantar et al. check their law
+    held = np.zeros(len(size), dtype=bool)
+    for level in np.unique(x["density"]):
+        at = x["density"] == level
+        held |= at & (size == size[at].max())
     heldout = None
     if len(np.unique(size[~held])) >= 3:
         refit = fit_law(FRANTAR, x, loss, (~held).astype(float))
         predicted = FRANTAR.predict(refit.parameters, density=x["density"][held], N=x["N"][held], D=x["D"][held])
-        heldout = {"params": float(size.max()), "relative_error": float(np.mean(np.abs(predicted / loss[held] - 1))),
+        heldout = {"relative_error": float(np.mean(np.abs(predicted / loss[held] - 1))),
                    "max_relative_error": float(np.max(np.abs(predicted / loss[held] - 1))),
                    "n_points": int(held.sum()), "fit_status": refit.status}
     entry.update(optimizer_status=entry["status"], heldout=heldout,
