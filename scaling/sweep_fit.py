@@ -203,11 +203,16 @@ def preferred_law(laws_json: dict[str, dict]) -> dict:
     converged = [name for name, law in laws_json.items() if law["status"] == "converged"]
     by_compute = {name: laws_json[name]["compute_holdout"]["rms_log_error"] for name in converged
                   if laws_json[name].get("compute_holdout")}
+    # A law with no irreducible term predicts the loss falling forever; past the fit set it runs below any
+    # law with a floor, so it is chosen only where no law with one converged.
+    floored = {name: error for name, error in by_compute.items() if "E" in (laws_json[name]["parameters"] or {})}
     if by_compute:
-        name = min(by_compute, key=by_compute.get)
+        pool = floored or by_compute
+        name = min(pool, key=pool.get)
+        among = "converged laws with an irreducible term E" if floored else "converged laws (none has a floor E)"
         return {"name": name, "rule": "compute_holdout",
                 "reason": f"lowest error predicting the top decade of compute from the rest (rms "
-                          f"{by_compute[name]:.4f} in log loss) of the converged laws"}
+                          f"{pool[name]:.4f} in log loss) of the {among}"}
     scored = {name: extrapolation_error(laws_json[name]) for name in converged}
     scored = {name: error for name, error in scored.items() if error is not None}
     if scored:
