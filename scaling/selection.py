@@ -46,7 +46,8 @@ def compute_holdout(form: LawForm, observations: SweepObservations, table: Point
     return {"cut": COMPUTE_CUT, "n_runs": int(len(held_runs)), "n_points": int(held.sum()),
             "rms_log_error": float(np.sqrt(np.mean(errors**2))), "max_relative_error": float(np.max(np.abs(
                 np.expm1(errors)))), "bias": float(np.mean(errors)), "errors": errors.tolist(),
-            "factors": factors.tolist(), "fit_status": fit.status}
+            "factors": factors.tolist(), "fit_status": fit.status, "N": table.N[held].tolist(),
+            "D": table.D[held].tolist(), "observed": table.loss[held].tolist(), "predicted": predicted.tolist()}
 
 
 def predictive_spread(form: LawForm, fit: FitResult, table: PointTable, holdout: dict | None) -> dict:

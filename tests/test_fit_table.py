@@ -133,3 +133,16 @@ def test_frantar_law_gradient_matches_finite_differences_and_recovers_truth():
     truth = FrantarParameters(a_S=50, b_S=1.5, c_S=20, b_N=0.3, a_D=300, b_D=0.3, c=1.7)
     fitted = fit_law(FRANTAR, x, FRANTAR.predict(truth, **x)).parameters
     assert fitted.b_S == pytest.approx(1.5, rel=1e-4) and fitted.c == pytest.approx(1.7, rel=1e-4)
+
+
+def test_report_draws_a_table_fit_with_its_held_out_points(tmp_path):
+    from tlc.report.imported import is_imported, write_imported_report
+
+    _cli(fit_command, [str(_table(tmp_path / "runs.csv", _chinchilla_rows(noise=0.005))), "--bootstrap", "2",
+                       "--out", str(tmp_path / "fit")])
+    fit = json.loads((tmp_path / "fit" / "fit.json").read_text())
+    held = fit["laws"][fit["preferred_law"]["name"]]["compute_holdout"]
+    assert held and len(held["predicted"]) == len(held["observed"]) == held["n_points"] > 0
+    assert is_imported(tmp_path / "fit") and not is_imported(tmp_path)
+    index = write_imported_report(tmp_path / "fit")
+    assert (index.parent / "fit.png").stat().st_size > 10_000 and "preferred law" in index.read_text()
