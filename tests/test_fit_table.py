@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 
+import scaling
 from scaling.forms import PUBLISHED_BESIROGLU, chinchilla_loss
 from scaling.sparse_law import FRANTAR, FrantarParameters
 from tlc.errors import UserError
@@ -34,20 +35,26 @@ def _chinchilla_rows(noise=0.0, seed=0):
     return rows
 
 
+@pytest.fixture(scope="module")
+def fitted_table(tmp_path_factory):
+    """One noisy 16-run table fitted once through the CLI (8 resamples), shared by the tests that read fit.json."""
+    folder = tmp_path_factory.mktemp("table")
+    table = _table(folder / "runs.csv", _chinchilla_rows(noise=0.005))
+    assert _cli(fit_command, [str(table), "--bootstrap", "8", "--out", str(folder / "fit")]) == 0
+    return folder / "fit" / "fit.json"
+
+
 def _cli(module, argv):
     parser = argparse.ArgumentParser()
     module.add_arguments(parser)
     return module.run(parser.parse_args(argv))
 
 
-def test_a_csv_table_fits_into_fit_json_and_recovers_the_law(tmp_path, capsys):
-    table = _table(tmp_path / "runs.csv", _chinchilla_rows())
-    assert _cli(fit_command, [str(table), "--bootstrap", "4", "--out", str(tmp_path / "out")]) == 0
-    fit = json.loads((tmp_path / "out" / "fit.json").read_text())
+def test_a_csv_table_fits_into_fit_json_and_recovers_the_law(fitted_table):
+    fit = json.loads(fitted_table.read_text())
     assert fit["format"] == "tlc.fit/1" and fit["n_runs"] == 16 and fit["source"]["kind"] == "table"
-    e = fit["laws"]["chinchilla"]["parameters"]["E"]["value"]
-    assert e == pytest.approx(PUBLISHED_BESIROGLU.E, rel=1e-3)
-    assert "preferred law" in capsys.readouterr().out
+    inside = scaling.load_fit(fit).predict_loss(1e8, 2e9, law="chinchilla")[0]  # 0.5% noise on 16 runs
+    assert inside == pytest.approx(float(chinchilla_loss(1e8, 2e9, PUBLISHED_BESIROGLU)), rel=0.01)
 
 
 def test_jsonl_tables_with_steps_keep_only_each_run_s_last_step_as_finished(tmp_path):
@@ -83,12 +90,9 @@ def test_every_shipped_set_loads_and_fits(name):
         assert fit["sparse_law"]["status"] == "converged" and fit["sparse_law"]["heldout"]["relative_error"] < 0.015
 
 
-def test_predict_prints_the_preferred_law_with_its_interval(tmp_path, capsys):
-    table = _table(tmp_path / "runs.csv", _chinchilla_rows(noise=0.005))
-    _cli(fit_command, [str(table), "--bootstrap", "8", "--out", str(tmp_path)])
-    fit = json.loads((tmp_path / "fit.json").read_text())
-    capsys.readouterr()
-    assert _cli(predict_command, [str(tmp_path / "fit.json"), "--params", "1B", "--tokens", "2e10", "--json"]) == 0
+def test_predict_prints_the_preferred_law_with_its_interval(fitted_table, capsys):
+    fit = json.loads(fitted_table.read_text())
+    assert _cli(predict_command, [str(fitted_table), "--params", "1B", "--tokens", "2e10", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     truth = float(chinchilla_loss(1e9, 2e10, PUBLISHED_BESIROGLU))
     assert result["law"] == fit["preferred_law"]["name"] and result["low"] < result["loss"] < result["high"]
@@ -97,21 +101,18 @@ def test_predict_prints_the_preferred_law_with_its_interval(tmp_path, capsys):
         predict_command.predict(fit, 1e9, 2e10, sparsity=1.5)
 
 
-def test_intervals_widen_with_compute_past_the_fit_set(tmp_path):
-    fit = fit_table(_table(tmp_path / "runs.csv", _chinchilla_rows(noise=0.01)), bootstrap=8)
+def test_intervals_widen_with_compute_past_the_fit_set(fitted_table):
+    fit = json.loads(fitted_table.read_text())
     near = predict_command.predict(fit, 3e8, 3e9)
     far = predict_command.predict(fit, 3e10, 3e11)
     assert (far["high"] - far["low"]) / far["loss"] > (near["high"] - near["low"]) / near["loss"]
 
 
-def test_plan_takes_a_fit_json_without_its_runs_folder(tmp_path, capsys):
+def test_plan_takes_a_fit_json_without_its_runs_folder(fitted_table, tmp_path, capsys):
     from tlc.plan import command as plan_command
 
-    fit_json = tmp_path / "fit" / "fit.json"
-    _cli(fit_command, [str(_table(tmp_path / "runs.csv", _chinchilla_rows(noise=0.005))), "--bootstrap", "4",
-                       "--out", str(fit_json.parent)])
     capsys.readouterr()
-    assert _cli(plan_command, ["--fit", str(fit_json), "--budget", "1e20", "--trials", "20", "--pareto-trials", "4",
+    assert _cli(plan_command, ["--fit", str(fitted_table), "--budget", "1e20", "--trials", "20", "--pareto-trials", "4",
                                "--json"]) == 0
     plan = json.loads(capsys.readouterr().out)
     assert plan["recommendation"]["loss"]["mean"] > 0 and plan["law"]["form"] in ("chinchilla", "overtraining", "kaplan", "power_sum")
@@ -135,11 +136,12 @@ def test_frantar_law_gradient_matches_finite_differences_and_recovers_truth():
     assert fitted.b_S == pytest.approx(1.5, rel=1e-4) and fitted.c == pytest.approx(1.7, rel=1e-4)
 
 
-def test_report_draws_a_table_fit_with_its_held_out_points(tmp_path):
+def test_report_draws_a_table_fit_with_its_held_out_points(fitted_table, tmp_path):
+    import shutil
+
     from tlc.report.imported import is_imported, write_imported_report
 
-    _cli(fit_command, [str(_table(tmp_path / "runs.csv", _chinchilla_rows(noise=0.005))), "--bootstrap", "2",
-                       "--out", str(tmp_path / "fit")])
+    shutil.copytree(fitted_table.parent, tmp_path / "fit")
     fit = json.loads((tmp_path / "fit" / "fit.json").read_text())
     held = fit["laws"][fit["preferred_law"]["name"]]["compute_holdout"]
     assert held and len(held["predicted"]) == len(held["observed"]) == held["n_points"] > 0
