@@ -303,12 +303,7 @@ class OvertrainingForm(LawForm):
     equation = "L(N, D) = E + A / N^alpha + B / D^alpha"
     source = "Gadre et al. 2024, eq. 4-5 (Hoffmann et al. 2022's law with alpha = beta)"
     covariates = ("N", "D")
-    fitted = (
-        ParameterSpec("a", -10.0, 40.0, (0.0, 5.0, 10.0, 15.0, 20.0, 25.0)),
-        ParameterSpec("b", -10.0, 40.0, (0.0, 5.0, 10.0, 15.0, 20.0, 25.0)),
-        ParameterSpec("e", -10.0, 4.0, (-1.0, -0.5, 0.0, 0.5, 1.0, 1.5)),
-        ParameterSpec("alpha", 0.0, 3.0, (0.0, 0.5, 1.0, 1.5, 2.0)),
-    )
+    fitted = ChinchillaForm.fitted[:4]  # a, b, e, alpha: Chinchilla's bounds and start grid, without beta
     parameters_type = OvertrainingParameters
 
     def log_loss(self, theta, x, jacobian=True):

@@ -21,7 +21,6 @@ naming the file, the row and the column, raised before any fitting.
 from __future__ import annotations
 
 import csv
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ import numpy as np
 
 import scaling
 from tlc.errors import UserError
+from tlc.fit.observations import _read_json_lines
 
 SIZE_COLUMNS = {"total": "params", "non_embedding": "non_embedding_params"}
 NUMERIC = ("params", "non_embedding_params", "tokens", "loss", "flops", "sparsity", "bits", "step", "seed")
@@ -78,18 +78,7 @@ def _raw_rows(path: Path) -> list[tuple[int, dict]]:
             rows.append((number, row))
         return rows
     if path.suffix.lower() in (".jsonl", ".json"):
-        rows = []
-        for number, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise UserError(f"{path}:{number}: not valid JSON ({error.msg}); expected one object per line") from None
-            if not isinstance(row, dict):
-                raise UserError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
-            rows.append((number, row))
-        return rows
+        return _read_json_lines(path)
     raise UserError(f"TABLE: {path} has suffix {path.suffix!r}; expected .csv or .jsonl")
 
 
