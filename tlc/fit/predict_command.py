@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     """
     try:
         fit = json.loads(Path(args.fit).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as error:
+    except (OSError, ValueError) as error:  # ValueError: not JSON, not UTF-8, or a path with a NUL byte
         raise UserError(f"FIT.json: cannot read {args.fit} ({error}); give the fit.json tlc fit wrote") from None
     if not isinstance(fit, dict):
         raise UserError(f"FIT.json: {args.fit} does not hold a JSON object")

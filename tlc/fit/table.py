@@ -66,7 +66,10 @@ def _raw_rows(path: Path) -> list[tuple[int, dict]]:
     """(line, row) pairs of a CSV (header on line 1) or JSON-lines file, chosen by suffix."""
     if not path.is_file():
         raise UserError(f"TABLE: {path} is not a file; give a .csv or .jsonl table of finished runs")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise UserError(f"TABLE: cannot read {path} as UTF-8 text ({error})") from None
     if path.suffix.lower() == ".csv":
         reader = csv.DictReader(text.splitlines())
         if not reader.fieldnames:
