@@ -148,3 +148,26 @@ def test_report_draws_a_table_fit_with_its_held_out_points(fitted_table, tmp_pat
     assert is_imported(tmp_path / "fit") and not is_imported(tmp_path)
     index = write_imported_report(tmp_path / "fit")
     assert (index.parent / "fit.png").stat().st_size > 10_000 and "preferred law" in index.read_text()
+
+
+def test_a_folder_of_tensorboard_event_files_fits_like_a_table(tmp_path):
+    pytest.importorskip("tensorboard")
+    from torch.utils.tensorboard import SummaryWriter
+
+    from tlc.fit.tensorboard import read_event_rows
+
+    for i, (n, d, loss) in enumerate(_chinchilla_rows(noise=0.005)):
+        with SummaryWriter(str(tmp_path / "logs" / f"run{i:02d}")) as writer:
+            writer.add_scalar("params", n, 0)
+            writer.add_scalar("val/loss/by_tokens", loss * 1.2, int(d / 4))
+            writer.add_scalar("val/loss/by_tokens", loss, int(d))
+    rows = read_event_rows(tmp_path / "logs")
+    assert len(rows) == 32 and {r.run_id for r in rows} == {f"run{i:02d}" for i in range(16)}
+    assert _cli(fit_command, [str(tmp_path / "logs"), "--bootstrap", "0", "--out", str(tmp_path / "fit")]) == 0
+    fit = json.loads((tmp_path / "fit" / "fit.json").read_text())
+    assert fit["n_runs"] == 16 and fit["n_points"] == 16  # each run's last evaluation is its finished point
+    (tmp_path / "bare").mkdir()
+    with SummaryWriter(str(tmp_path / "bare" / "run")) as writer:
+        writer.add_scalar("val/loss/by_tokens", 3.0, 1000)
+    with pytest.raises(UserError, match="no parameter count"):
+        read_event_rows(tmp_path / "bare")

@@ -148,12 +148,20 @@ def _split_lines(split: dict | None) -> list[str]:
     return lines
 
 
+def _only_events(folder: Path) -> bool:
+    """A folder of TensorBoard event files and no tlc runs (no <run>/config.json)."""
+    from tlc.fit.tensorboard import event_folders
+    from tlc.io import list_runs
+
+    return folder.is_dir() and not list_runs(folder) and bool(event_folders(folder))
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``tlc fit``."""
     parser.add_argument("runs_dir", type=Path, metavar="RUNS_DIR|TABLE", nargs="?",
                         help="the sweep's folder, holding <run-id>/ runs; or a .csv/.jsonl table of finished runs "
                         "(columns params and/or non_embedding_params, tokens, loss; optional flops, sparsity, bits, "
-                        "seed, dataset, step, run_id)")
+                        "seed, dataset, step, run_id); or a folder of TensorBoard event files, one run per folder")
     parser.add_argument("--published", metavar="NAME", choices=sorted(PUBLISHED),
                         help=f"fit a published set shipped with tlc instead: {', '.join(PUBLISHED)}")
     parser.add_argument("--out", type=Path, metavar="DIR", help="folder for fit.json (default: RUNS_DIR; for a "
@@ -205,7 +213,7 @@ def run(args: argparse.Namespace) -> int:
     if (args.runs_dir is None) == (args.published is None):
         raise UserError("RUNS_DIR|TABLE: give a sweep folder or a run table, or --published NAME (one of them)")
     size = None if args.size is None else args.size.replace("-", "_")
-    if args.published or args.runs_dir.is_file():
+    if args.published or args.runs_dir.is_file() or _only_events(args.runs_dir):
         fit = fit_table(args.runs_dir, args.published, bootstrap=args.bootstrap, seed=args.seed, size=size)
         out = args.out or (Path("runs") / f"published-{args.published}" if args.published
                            else args.runs_dir.with_suffix(""))

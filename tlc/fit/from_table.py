@@ -29,7 +29,14 @@ def fit_table(path: Path | None = None, published: str | None = None, bootstrap:
     size = size or "total"
     if size not in SIZES:
         raise UserError(f"--size: {size!r} is not a parameter count; use one of {', '.join(SIZES)}")
-    table = read_table(Path(path), size)
+    if Path(path).is_dir():  # a folder of TensorBoard event files (tlc.fit.tensorboard)
+        from tlc.fit.table import RunTable, _observations
+        from tlc.fit.tensorboard import read_event_rows
+
+        rows = read_event_rows(Path(path), size)
+        table = RunTable(_observations(Path(path), rows), (), tuple(rows), (), None)
+    else:
+        table = read_table(Path(path), size)
     observations = table.observations
     problems = observations.identification_problems(final_only=True)
     if len(observations.runs) < 2:
