@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from scipy.stats import norm
 
 from scaling.allocation import SIX_N, FlopsModel, chinchilla_allocation, optimal_allocation
 from scaling.bootstrap import CONFIDENCE, percentile_interval
@@ -24,6 +25,7 @@ from scaling.compression import INT8_CANDIDATES, PRUNING_CANDIDATES
 from scaling.compression_fit import SAME_LEVEL
 from scaling.forms import LAWS, PUBLISHED_CHINCHILLA, LawForm
 from scaling.loss_split import PARTS
+from scaling.selection import extra_log_sd
 from scaling.sweep_fit import FORMAT
 
 
@@ -88,6 +90,9 @@ class FittedSweep:
     size: str = "total"  # what N counts: "total" (every parameter) or "non_embedding"
     # fit.json's loss_split (scaling.loss_split): the law refitted to each part of the loss; None without
     loss_split: dict | None = None
+    # per law, fit.json's "predictive" (scaling.selection.predictive_spread): the run scatter and the error per
+    # decade of compute past the fit set that intervals add to the bootstrap's; a law without one adds nothing
+    spreads: dict[str, dict] = field(default_factory=dict)
 
     @property
     def methods(self) -> tuple[str, ...]:
@@ -142,6 +147,13 @@ class FittedSweep:
             mean += math.expm1(log_point)
             draws = draws + np.expm1(log_draws) if len(draws) else draws
         low, high = percentile_interval(draws, self.confidence) if len(draws) else (math.nan, math.nan)
+        extra = extra_log_sd(self.spreads.get(law), self.flops.k * N**self.flops.gamma * D)
+        if extra > 0 and math.isfinite(low) and math.isfinite(high) and low > 0:
+            # a new run scatters about the mean law, and the law's error grows past the fit set: both are
+            # independent of which runs were fitted, so their log-spread adds in quadrature
+            z = float(norm.ppf(0.5 + self.confidence / 2))
+            low = mean * math.exp(-math.hypot(math.log(mean / low) if low < mean else 0.0, z * extra))
+            high = mean * math.exp(math.hypot(math.log(high / mean) if high > mean else 0.0, z * extra))
         return mean, float(low), float(high)
 
     def compute_optimal(self, compute: float, law: str = "chinchilla") -> tuple[float, float]:
@@ -226,6 +238,8 @@ def load_fit(data: dict) -> FittedSweep:
         flops=flops,
         size=(data.get("size") or {}).get("definition", "non_embedding"),  # fits before --size counted the latter
         loss_split=_loss_split(data.get("loss_split")),
+        spreads={name: entry["predictive"] for name, entry in data.get("laws", {}).items()
+                 if name in laws and isinstance(entry.get("predictive"), dict)},
         flops_definition=(f"C = {flops.k:.4g} N^{flops.gamma:.4g} D: the sweep's own training FLOPs per token"
                           if flops_entry else "C = 6ND (a fit.json from before the FLOPs definition was recorded)"),
     )

@@ -274,6 +274,55 @@ class PowerSumForm(LawForm):
         return np.array([math.log(p.A), math.log(p.B), p.alpha, p.beta, p.gamma])
 
 
+# --- Chinchilla's law with one exponent: Gadre et al.'s over-training law ---------------------
+
+
+@dataclass(frozen=True)
+class OvertrainingParameters:
+    """L(N, D) = E + A / N^alpha + B / D^alpha; in compute C = 6ND and tokens per parameter M = D/N,
+    L = E + (a M^eta + b M^-eta) C^-eta with eta = alpha / 2."""
+
+    E: float  # irreducible loss, nats per token
+    A: float
+    B: float
+    alpha: float  # the one exponent of model size and of data
+
+
+class OvertrainingForm(LawForm):
+    """Chinchilla's law with the model-size and data exponents tied, as Gadre et al. fit it.
+
+    Source: Gadre et al. 2024, "Language models scale reliably with over-training and on downstream
+    tasks", eq. 4-5: assuming alpha = beta turns Hoffmann et al.'s law into L(C, M) = E + (a M^eta +
+    b M^-eta) C^-eta, where the over-training ratio M = D / N only scales the compute power law.
+    Four parameters where Chinchilla's form has five: the small end of a sweep identifies the
+    irreducible term E better when one exponent serves both terms.
+    log L = LSE(a - alpha·log N, b - alpha·log D, e).
+    """
+
+    name = "overtraining"
+    equation = "L(N, D) = E + A / N^alpha + B / D^alpha"
+    source = "Gadre et al. 2024, eq. 4-5 (Hoffmann et al. 2022's law with alpha = beta)"
+    covariates = ("N", "D")
+    fitted = ChinchillaForm.fitted[:4]  # a, b, e, alpha: Chinchilla's bounds and start grid, without beta
+    parameters_type = OvertrainingParameters
+
+    def log_loss(self, theta, x, jacobian=True):
+        log_n, log_d = np.log(x["N"]), np.log(x["D"])
+        a, b, e, alpha = (_col(theta, i) for i in range(4))
+        lse, (w_n, w_d, w_e) = _softmax_lse([a - alpha * log_n, b - alpha * log_d, e])
+        if not jacobian:
+            return lse, None
+        w_e = np.broadcast_arrays(w_e, lse)[0]
+        return lse, np.stack([w_n, w_d, w_e, -w_n * log_n - w_d * log_d], axis=-1)
+
+    def to_parameters(self, theta):
+        a, b, e, alpha = (float(v) for v in theta)
+        return OvertrainingParameters(E=math.exp(e), A=math.exp(a), B=math.exp(b), alpha=alpha)
+
+    def to_theta(self, p):
+        return np.array([math.log(p.A), math.log(p.B), math.log(p.E), p.alpha])
+
+
 # --- Per-run learning curve -----------------------------------------------------------------
 
 
@@ -341,5 +390,6 @@ def learning_curve_loss(C, p: LearningCurveParameters) -> np.ndarray:
     return p.E + p.A * np.asarray(C, dtype=float) ** -p.alpha
 
 
-LAWS: dict[str, LawForm] = {form.name: form for form in (ChinchillaForm(), KaplanForm(), PowerSumForm())}
+LAWS: dict[str, LawForm] = {form.name: form for form in (ChinchillaForm(), KaplanForm(), PowerSumForm(),
+                                                          OvertrainingForm())}
 """The joint L(N, D) laws fitted to every sweep, by name."""

@@ -18,7 +18,8 @@ from scaling.observations import SweepObservations
 # A law is identified by the data only if its exponents are pinned down: the 95% bootstrap
 # interval of each may span at most this factor (high / low).
 MAX_EXPONENT_SPAN = 3.0
-EXPONENTS = {"chinchilla": ("alpha", "beta"), "kaplan": ("alpha_N", "alpha_D"), "power_sum": ("alpha", "beta")}
+EXPONENTS = {"chinchilla": ("alpha", "beta"), "kaplan": ("alpha_N", "alpha_D"), "power_sum": ("alpha", "beta"),
+             "overtraining": ("alpha",)}
 
 
 def judge_identification(form: LawForm, fit: FitResult, intervals: dict[str, tuple[float, float]],

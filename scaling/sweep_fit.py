@@ -32,6 +32,7 @@ from scaling.frontier import LEARNING_CURVE, bootstrap_frontier, compute_frontie
 from scaling.law_fit import LawFit, fit_sweep_law, judge_identification
 from scaling.loss_split import fit_loss_split
 from scaling.observations import SweepObservations
+from scaling.selection import compute_holdout, predictive_spread
 
 FORMAT = "tlc.fit/1"
 SCHEDULE_NOTE = (
@@ -198,9 +199,23 @@ def extrapolation_error(law: dict) -> float | None:
 
 
 def preferred_law(laws_json: dict[str, dict]) -> dict:
-    """The law to predict with: the lowest held-out error (`extrapolation_error`) among converged
-    laws, else the first converged law (Chinchilla's form comes first), else none, with the reason."""
+    """The law to predict with: among converged laws, the lowest error on the compute hold-out
+    (`scaling.selection`: refitted without the top decade of compute), else the lowest held-out error
+    (`extrapolation_error`), else the first converged law (Chinchilla's form comes first), else none,
+    with the reason and the rule that decided."""
     converged = [name for name, law in laws_json.items() if law["status"] == "converged"]
+    by_compute = {name: laws_json[name]["compute_holdout"]["rms_log_error"] for name in converged
+                  if laws_json[name].get("compute_holdout")}
+    # A law with no irreducible term predicts the loss falling forever; past the fit set it runs below any
+    # law with a floor, so it is chosen only where no law with one converged.
+    floored = {name: error for name, error in by_compute.items() if "E" in (laws_json[name]["parameters"] or {})}
+    if by_compute:
+        pool = floored or by_compute
+        name = min(pool, key=pool.get)
+        among = "converged laws with an irreducible term E" if floored else "converged laws (none has a floor E)"
+        return {"name": name, "rule": "compute_holdout",
+                "reason": f"lowest error predicting the top decade of compute from the rest (rms "
+                          f"{pool[name]:.4f} in log loss) of the {among}"}
     scored = {name: extrapolation_error(laws_json[name]) for name in converged}
     scored = {name: error for name, error in scored.items() if error is not None}
     if scored:
@@ -258,6 +273,9 @@ def fit_sweep_observations(
         law["heldout"] = dataclasses.asdict(result.heldout) if result.heldout else None
         law["heldout_reason"] = None if result.heldout else "fewer than 3 model sizes remain without the largest"
         law["heldout_tokens"] = dataclasses.asdict(result.heldout_tokens) if result.heldout_tokens else None
+        holdout = compute_holdout(form, observations, table)
+        law["compute_holdout"] = holdout
+        law["predictive"] = predictive_spread(form, result.fit, table, holdout)
         law["residuals"] = {
             r.run_id: {"n_points": r.n_points, "mean": r.mean, "rms": r.rms, "final": r.final}
             for r in result.residuals

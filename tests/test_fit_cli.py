@@ -117,7 +117,7 @@ def test_fit_writes_valid_fit_json(tmp_path, capsys):
     assert fit["compression"]["int8"] is not None
     out = capsys.readouterr().out
     assert "chinchilla" in out and "alpha" in out and "leave-largest-out" in out
-    assert set(fit["laws"]) == {"chinchilla", "kaplan", "power_sum"} and "power_sum" in out
+    assert set(fit["laws"]) == {"chinchilla", "kaplan", "power_sum", "overtraining"} and "overtraining" in out
     # each compression model's line ends with the held-out error its choice was ranked by
     magnitude = fit["compression"]["pruning"]["magnitude"]
     line = next(row for row in out.splitlines() if row.startswith("pruning magnitude ("))

@@ -45,6 +45,8 @@ def test_wheel_carries_sweeps_and_kernel_sources(wheel):
         for source in sorted((REPO / "cuda_ext" / "csrc").rglob("*")):
             if source.is_file():
                 assert source.relative_to(REPO).as_posix() in names, source.name
+        for table in sorted((REPO / "tlc" / "data" / "published").iterdir()):  # tlc fit --published reads these
+            assert f"tlc/data/published/{table.name}" in names, table.name
         entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
         assert "tlc = tlc.cli:main" in zf.read(entry_points).decode()
     assert not [n for n in names if n.startswith(("tests/", "bench/", "sweeps/"))]

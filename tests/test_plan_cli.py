@@ -364,12 +364,18 @@ def test_planner_uses_the_best_defensible_law_and_says_why(runs, capsys):
     worst = {n: max(law["heldout"]["relative_error"], law["heldout_tokens"]["relative_error"])
              for n, law in fit["laws"].items()}
     result = plan(["--runs", runs, "--budget", "1e15", "--max-params", "200k"], capsys)
-    assert result["law"]["form"] == min(worst, key=worst.get)
-    assert result["law"]["status"] == "converged" and "leave-largest-out" in result["law"]["why"]
-    assert "leave-longest-out" in result["law"]["why"]
+    # a fit that records its rule (the compute hold-out, scaling.selection) chooses for the plan
+    assert fit["preferred_law"]["rule"] == "compute_holdout" and result["law"]["form"] == fit["preferred_law"]["name"]
+    assert result["law"]["status"] == "converged" and result["law"]["why"].startswith("fit.json's preferred law")
     assert {c["name"] for c in result["law"]["candidates"]} == set(errors)
+    del fit["preferred_law"]["rule"]  # older fits: the lowest held-out error
+    atomic_write_json(runs / "fit.json", fit)
+    result = plan(["--runs", runs, "--budget", "1e15", "--max-params", "200k"], capsys)
+    assert result["law"]["form"] == min(worst, key=worst.get)
+    assert "leave-largest-out" in result["law"]["why"] and "leave-longest-out" in result["law"]["why"]
     _mark(runs, chinchilla=("unidentified", "every run has the same tokens, so D is not identified"),
-          power_sum=("unidentified", "alpha's 95% interval spans 4x"))
+          power_sum=("unidentified", "alpha's 95% interval spans 4x"),
+          overtraining=("unidentified", "alpha's 95% interval spans 4x"))
     result = plan(["--runs", runs, "--budget", "1e15", "--max-params", "200k"], capsys)
     assert result["law"]["form"] == "kaplan" and result["law"]["heldout_error"] == pytest.approx(errors["kaplan"])
     forced = plan(["--runs", runs, "--budget", "1e15", "--max-params", "200k", "--law-form", "kaplan"], capsys)
@@ -384,7 +390,8 @@ def test_planner_uses_the_best_defensible_law_and_says_why(runs, capsys):
 ])
 def test_no_defensible_law_is_one_line_naming_the_design_problem(runs, capsys, argv, expected):
     _mark(runs, chinchilla=("unidentified", "every run has the same tokens, so D is not identified"),
-          kaplan=("hit_bound", None), power_sum=("unidentified", "alpha's 95% interval spans 4x"))
+          kaplan=("hit_bound", None), power_sum=("unidentified", "alpha's 95% interval spans 4x"),
+          overtraining=("unidentified", "alpha's 95% interval spans 4x"))
     assert tlc_plan.main(["--runs", str(runs), "--budget", "1e15", *argv]) == 2
     err = capsys.readouterr().err
     assert expected in err and err.count("\n") == 1

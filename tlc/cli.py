@@ -22,6 +22,7 @@ COMMANDS = {
     "sweep": ("tlc.train.sweep_command", "Train every run of a sweep (shapes x seeds) that is not finished yet, each in its own process."),
     "compress": ("tlc.compress.command", "Prune and 8-bit quantize every trained model of a sweep; evaluate and measure each variant."),
     "fit": ("tlc.fit.command", "Fit scaling laws to a sweep (and its compressed variants) and write RUNS_DIR/fit.json."),
+    "predict": ("tlc.fit.predict_command", "Predict the loss of one model (N parameters, D tokens, optionally sparse or 8-bit) from a fit.json."),
     "plan": ("tlc.plan.command", "Recommend the model to train and how to compress it, for a training budget and an inference budget."),
     "validate": ("tlc.validate.command", "Train and compress what plan.json says, measure it, and say whether the plan came true."),
     "report": ("tlc.report.command", "Write RUNS_DIR/report/: index.html (opens offline), report.md and the figures as PNG."),

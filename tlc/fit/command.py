@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from tlc.errors import UserError
+from tlc.fit.from_table import fit_table
 from tlc.fit.observations import DEFAULT_BOOTSTRAP, fit_sweep
+from tlc.fit.published import PUBLISHED
 from tlc.io import atomic_write_json
 
 
@@ -86,7 +89,26 @@ def format_table(fit: dict, path: Path) -> str:
         lines.append(f"pruning {method}: not fitted, {reason}")
     if fit.get("design"):
         lines.append(fit["design"])
+    lines += _table_lines(fit)
     return "\n".join(lines)
+
+
+def _table_lines(fit: dict) -> list[str]:
+    """Where a table's runs came from, and Frantar et al.'s sparse law when it had rows trained sparse."""
+    lines = []
+    source = fit.get("source") or {}
+    if source.get("kind") == "published":
+        lines.append(f"published set {source['name']}: {source['citation']}; licence {source['licence']}")
+    sparse = fit.get("sparse_law")
+    if sparse and sparse.get("parameters"):
+        parameters = ", ".join(f"{p} = {_interval(v).strip()}" for p, v in sparse["parameters"].items())
+        held = sparse.get("heldout")
+        error = (f"; largest size held out at every sparsity: mean error {held['relative_error']:.2%}, "
+                 f"max {held['max_relative_error']:.2%}" if held else "")
+        lines.append(f"sparse law {sparse['equation']}: {parameters}; status {sparse['status']}{error}")
+    elif sparse:
+        lines.append(f"sparse law: {sparse['status']}, {sparse['reason']}")
+    return lines
 
 
 def _heldout_text(entry: dict) -> str:
@@ -126,9 +148,24 @@ def _split_lines(split: dict | None) -> list[str]:
     return lines
 
 
+def _only_events(folder: Path) -> bool:
+    """A folder of TensorBoard event files and no tlc runs (no <run>/config.json)."""
+    from tlc.fit.tensorboard import event_folders
+    from tlc.io import list_runs
+
+    return folder.is_dir() and not list_runs(folder) and bool(event_folders(folder))
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``tlc fit``."""
-    parser.add_argument("runs_dir", type=Path, metavar="RUNS_DIR", help="the sweep's folder, holding <run-id>/ runs")
+    parser.add_argument("runs_dir", type=Path, metavar="RUNS_DIR|TABLE", nargs="?",
+                        help="the sweep's folder, holding <run-id>/ runs; or a .csv/.jsonl table of finished runs "
+                        "(columns params and/or non_embedding_params, tokens, loss; optional flops, sparsity, bits, "
+                        "seed, dataset, step, run_id); or a folder of TensorBoard event files, one run per folder")
+    parser.add_argument("--published", metavar="NAME", choices=sorted(PUBLISHED),
+                        help=f"fit a published set shipped with tlc instead: {', '.join(PUBLISHED)}")
+    parser.add_argument("--out", type=Path, metavar="DIR", help="folder for fit.json (default: RUNS_DIR; for a "
+                        "table, a folder named after it beside it; for --published NAME, runs/published-NAME)")
     parser.add_argument(
         "--bootstrap",
         type=int,
@@ -147,7 +184,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--size",
         choices=("total", "non-embedding"),
-        default="total",
+        default=None,
         help="what N counts in the laws: every parameter (the default, as Hoffmann et al. 2022) or those outside "
         "the embeddings (as Kaplan et al. 2020); small models are mostly embedding, and their loss follows the total",
     )
@@ -162,6 +199,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Fit scaling laws to a sweep (and its compressed variants) and write RUNS_DIR/fit.json.
 
+    Or fit a table of finished runs (CSV or JSON lines, e.g. from your own cluster or a paper) or a
+    published set shipped with tlc (--published chinchilla|gadre-c4|gadre-rpj|gadre-rw|frantar-t5)
+    into the same fit.json; rows trained sparse also fit Frantar et al.'s sparse law.
+
     Fits Chinchilla's L(N, D) = E + A/N^alpha + B/D^beta and Kaplan's law to the finished-run
     points (each run's final evaluation, each cooldown branch's end) in log space (Huber loss,
     L-BFGS-B from a grid of starts), with bootstrap intervals over runs, the compute-optimal
@@ -169,15 +210,26 @@ def run(args: argparse.Namespace) -> int:
     the loss added by each pruning method and by 8-bit weights as a function of model size. A
     law the sweep does not pin down is reported as unidentified, with what the design lacks.
     """
+    if (args.runs_dir is None) == (args.published is None):
+        raise UserError("RUNS_DIR|TABLE: give a sweep folder or a run table, or --published NAME (one of them)")
+    size = None if args.size is None else args.size.replace("-", "_")
+    if args.published or args.runs_dir.is_file() or _only_events(args.runs_dir):
+        fit = fit_table(args.runs_dir, args.published, bootstrap=args.bootstrap, seed=args.seed, size=size)
+        out = args.out or (Path("runs") / f"published-{args.published}" if args.published
+                           else args.runs_dir.with_suffix(""))
+        path = out / "fit.json"
+        atomic_write_json(path, fit)
+        print(format_table(fit, path))
+        return 0
     fit = fit_sweep(
         args.runs_dir,
         bootstrap=args.bootstrap,
         seed=args.seed,
         all_points=args.all_points,
         include_warmup=args.include_warmup,
-        size=args.size.replace("-", "_"),
+        size=size or "total",
     )
-    path = Path(args.runs_dir) / "fit.json"
+    path = (args.out or Path(args.runs_dir)) / "fit.json"
     atomic_write_json(path, fit)
     print(format_table(fit, path))
     return 0

@@ -40,6 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="tokens served in the model's lifetime; their forward FLOPs come out of --budget")
     g = parser.add_argument_group("law (one of)")
     g.add_argument("--runs", type=Path, metavar="RUNS_DIR", help="a fitted sweep: uses RUNS_DIR/fit.json")
+    g.add_argument("--fit", type=Path, metavar="FIT.json", help="a fit.json written by tlc fit (of a sweep, a run "
+                   "table or a published set), without its runs folder")
     g.add_argument("--law", help=f"{', '.join(PUBLISHED_LAWS)}, or a fit.json or {{E, A, B, alpha, beta}} JSON file")
     g.add_argument("--law-form", help="which law of fit.json to plan with, e.g. chinchilla or kaplan (default: the "
                    "lowest held-out error among the laws the fit does not mark unidentified)")
@@ -93,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
     Searches width, depth (or N for a published law), training tokens from the compute budget,
     pruning method and sparsity, and 8-bit weights with Optuna (TPE with constraints for the
     answer, then a local polish; NSGA-II for the Pareto front of loss against inference cost)
-    over a fitted sweep (--runs) or a published law (--law chinchilla|besiroglu). Prints the
+    over a fitted sweep (--runs), a fit.json (--fit, e.g. of a run table) or a published law (--law chinchilla|besiroglu). Prints the
     recommendation with its predicted loss and interval, the best uncompressed model meeting
     the same budgets ("train small") and the gain, and writes plan.json.
     """
@@ -107,6 +109,12 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--trials must be >= 1 and --pareto-trials >= 2")
     if args.max_sparsity is not None and not (0 < args.max_sparsity < 1):
         raise UserError(f"--max-sparsity: must be in (0, 1), got {args.max_sparsity}")
+    if args.fit is not None:
+        if args.law is not None or args.runs is not None:
+            raise UserError("--fit: give one law: --fit FIT.json, --runs RUNS_DIR or --law, not several")
+        if not args.fit.is_file():
+            raise UserError(f"--fit: {args.fit} is not a file; give the fit.json that tlc fit wrote")
+        args.law = str(args.fit)
     law = load_plan_law(args.runs, args.law, args.law_form)
     corpus = None
     if args.runs is not None:  # before the search: a law of another corpus predicts nothing about this one
