@@ -299,7 +299,7 @@ def _sparse_training(cfg: RunConfig, model, tokens, run_dir: Path, plan: RunPlan
     from tlc.train.sparsity import SNIP_SEED, SparseTraining
 
     calibration = None
-    if cfg.train.prune.method.startswith("snip"):  # one global batch of windows apart from the training data
+    if cfg.train.prune.method.startswith(("snip", "grasp")):  # one global batch of windows apart from the training data
         offsets = train_offsets(len(tokens.train), cfg.shape.context, plan.global_batch, cfg.seed + SNIP_SEED, 0)
         calibration = torch.from_numpy(windows(tokens.train, offsets, cfg.shape.context))
     resuming = (run_dir / "checkpoint" / "tlc_latest.json").exists()
