@@ -392,6 +392,9 @@ def validate_train(train: TrainSettings, where: str = "train") -> None:
         raise UserError(f"{where}.precision: must be one of {', '.join(PRECISIONS)}, got {train.precision!r}")
     if train.prune is not None:
         validate_prune(train.prune, f"{where}.prune")
+        if train.prune.method in PRUNE_LOTTERY and train.schedule != "cosine":
+            raise UserError(f"{where}.prune: imp rewinds and retrains a cosine run; set {where}.schedule: cosine "
+                            f"(got {train.schedule!r})")
     validate_schedule(train, where)
 
 

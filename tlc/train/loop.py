@@ -307,11 +307,17 @@ def _sparse_training(cfg: RunConfig, model, tokens, run_dir: Path, plan: RunPlan
                                         cfg.seed, rank)
 
 
-def train_run(cfg: RunConfig, run_dir: Path, progress: bool = True, notify=None) -> dict:
+def train_run(cfg: RunConfig, run_dir: Path, progress: bool = True, notify=None, sparse_factory=None) -> dict:
     """Train one model into ``run_dir`` (resuming if it holds a checkpoint); return the last metrics line.
 
-    ``notify(line)`` (rank 0 only) is told the precision chosen and why, before training starts.
+    ``notify(line)`` (rank 0 only) is told the precision chosen and why, before training starts. A
+    ``train.prune`` of method imp trains its rounds (tlc.train.lottery), each through this function with
+    ``sparse_factory`` (called as ``_sparse_training`` is) setting the round's mask.
     """
+    if sparse_factory is None and cfg.train.prune is not None and cfg.train.prune.method == "imp":
+        from tlc.train.lottery import train_imp
+
+        return train_imp(cfg, run_dir, progress, notify)
     validate_run(cfg)
     exit_with_worker()  # a trainer started by a sweep worker must not outlive it
     run_dir = Path(run_dir)
@@ -345,7 +351,7 @@ def train_run(cfg: RunConfig, run_dir: Path, progress: bool = True, notify=None)
 
     # -- model, optimizer, engine ------------------------------------------------------------
     model = build_model(cfg.shape, eot_id=tokens.eot_id, seed=cfg.seed)
-    sparse = _sparse_training(cfg, model, tokens, run_dir, plan, rank)  # train.prune; None for a dense run
+    sparse = (sparse_factory or _sparse_training)(cfg, model, tokens, run_dir, plan, rank)  # None: dense
     engine, engine_optimizer = build_engine(deepspeed, model, cfg.train, plan.global_batch, run_dir / "tensorboard")
 
     # -- resume: the trunk's newest checkpoint; a branch resumes from its own ---------------------
