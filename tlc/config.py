@@ -505,6 +505,9 @@ def parse_sweep(doc: Any, where: str = "sweep") -> SweepConfig:
             prunes = (parse_prune(raw_prune, f"{where}.train.prune"),)
     train = _from_mapping(TrainSettings, raw_train, f"{where}.train")
     validate_train(train, f"{where}.train")
+    for prune in prunes:  # the listed settings are each a run's train.prune
+        if prune is not None:
+            validate_train(dataclasses.replace(train, prune=prune), f"{where}.train")
     for i, override in enumerate(shape_train):  # each shape's runs must be valid runs too
         if override.get("tokens") is not None and train.budgets:
             raise UserError(f"{where}.shapes[{i}].tokens: an iso-FLOP sweep (train.budgets) sets every run's tokens "
