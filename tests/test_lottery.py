@@ -180,8 +180,8 @@ def test_when_to_prune_reduced_every_arm_has_a_mask_of_the_sparsity_and_a_loss(t
     prunes = ["none", *({"method": m, "sparsity": 0.5} for m in methods),
               {"method": "imp", "sparsity": 0.5, "rounds": 2, "rewind": 0.25},
               {"method": "imp", "sparsity": 0.5, "rounds": 2, "rewind": 0}]
-    sweep = parse_sweep(_sweep_doc(small_corpus, prunes, steps=16), "lottery")
-    result = bench.run_study(sweep, tmp_path, {"sweep", "after"}, recovery_steps=4, log=lambda line: None)
+    sweep = parse_sweep(_sweep_doc(small_corpus, prunes, steps=8), "lottery")
+    result = bench.run_study(sweep, tmp_path, {"sweep", "after"}, recovery_steps=2, log=lambda line: None)
 
     arms = {f"{r['timing']}: {r['method']}": r for r in result["rows"]}
     expected = {"dense: none", *(f"{'during' if m == 'magnitude' else 'init'}: {m}" for m in methods),
@@ -203,3 +203,28 @@ def test_when_to_prune_reduced_every_arm_has_a_mask_of_the_sparsity_and_a_loss(t
     assert arms["lottery: imp-k25"]["train_flops"] == pytest.approx(2.5 * arms["dense: none"]["train_flops"])
     gaps = {f"{s['timing']}: {s['method']}": s["gap"] for s in result["summary"]}
     assert set(gaps) == expected and gaps["dense: none"]["mean"] == 0
+
+
+def test_report_draws_the_mask_overlap_heatmap_with_seeds_and_the_random_reference(tmp_path):
+    from report_fixtures import write_synthetic_sweep
+    from tlc.cli import main
+    from tlc.io import atomic_write_json
+    from tlc.report.data import collect
+    from tlc.report.mask_overlap import mask_overlap
+
+    sweep = write_synthetic_sweep(tmp_path / "synthetic")
+    arms = ["init: snip", "lottery: imp-k5", "after: magnitude"]
+    pairs = [{"shape": "w32-d2", "sparsity": 0.8, "a": a, "b": b, "random_reference": 0.2 / 1.8,
+              "layerwise_reference": 0.12, "jaccard": {"mean": 0.1 * (i + 2), "min": 0.1, "max": 0.5, "seeds": 2}}
+             for i, (a, b) in enumerate([(arms[0], arms[1]), (arms[0], arms[2]), (arms[1], arms[2])])]
+    rows = [{"shape": "w32-d2", "seed": seed, "timing": timing, "method": method, "sparsity": s, "val_loss": loss + seed,
+             "train_flops": 1e12} for seed in (0, 1)
+            for timing, method, s, loss in (("dense", "none", 0.0, 4.0), ("lottery", "imp-k5", 0.8, 4.1))]
+    atomic_write_json(sweep / "when_to_prune.json", {"rows": rows, "overlap_mean": pairs})
+    figure = mask_overlap(collect(sweep))
+    image = figure.axes[0].images[0].get_array()
+    assert image.shape == (3, 3) and image[0, 1] == pytest.approx(0.3)  # sorted: after, init, lottery
+    assert "random = d/(2−d) = 0.111" in figure.axes[0].get_title()
+    assert main(["report", str(sweep)]) == 0
+    assert (sweep / "report" / "mask_overlap.png").exists()
+    assert "Mask overlap" in (sweep / "report" / "report.md").read_text()
