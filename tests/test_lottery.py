@@ -130,6 +130,7 @@ def test_imp_resumes_after_sigkill_inside_a_round_without_redoing_finished_round
     from tlc.train.loop import train_run
 
     doc = _sweep_doc(small_corpus, [{"method": "imp", "sparsity": 0.6, "rounds": 2, "rewind": 0.25}], steps=48)
+    doc["train"]["evals"] = 12  # checkpoints inside round 1 (steps 12..48) to kill it at
     sweep_file = tmp_path / "lottery.yaml"
     sweep_file.write_text(yaml.safe_dump(doc))
     cfg = parse_sweep(doc, "lottery").runs()[0]
