@@ -46,9 +46,12 @@ class ModelShape:
 # ----------------------------------------------------------------------------------------------
 # Pruning while training (train.prune): when to prune, see tlc/train/sparsity.py
 
-PRUNE_AT_INIT = ("snip", "synflow", "random", "snip-shuffle", "synflow-shuffle")
+PRUNE_AT_INIT = ("snip", "synflow", "grasp", "random", "snip-shuffle", "synflow-shuffle", "grasp-shuffle")
 PRUNE_DURING = ("magnitude",)
-PRUNE_METHODS = PRUNE_AT_INIT + PRUNE_DURING
+PRUNE_LOTTERY = ("imp",)  # iterative magnitude pruning with rewinding: several trainings, see tlc/train/lottery.py
+PRUNE_METHODS = PRUNE_AT_INIT + PRUNE_DURING + PRUNE_LOTTERY
+IMP_DEFAULT_ROUNDS = 4  # Frankle et al. 2020 prune 20% per round; 4 rounds reach 59% at 20%, 80% at 33%
+IMP_DEFAULT_REWIND = 0.05  # rewind to 5% of the run (Frankle et al. 2020 rewind to an early iteration; 0: init)
 PRUNE_DURING_DEFAULT = (0.25, 0.75)  # Zhu & Gupta's cubic ramp over these fractions of the run (Frantar et al. 2023)
 
 
@@ -60,14 +63,23 @@ class PruneSettings:
     sparsity: float  # fraction of zeros among the block matrices at the end of training, in [0, 1)
     start: float = 0.0  # fraction of the run's tokens where gradual pruning starts (0 for pruning at init)
     end: float = 0.0  # fraction of the run's tokens where it reaches `sparsity` (0 for pruning at init)
+    rounds: int = 0  # imp only: prune-retrain rounds after the dense one; each removes the same fraction of what remains
+    rewind: float = 0.0  # imp only: fraction of the run's steps whose weights survivors rewind to (0: initialization)
 
     @property
     def at_init(self) -> bool:
         return self.method in PRUNE_AT_INIT
 
+    @property
+    def round_fraction(self) -> float:
+        """imp: the fraction of the remaining weights each round removes, 1 - (1 - sparsity)^(1/rounds)."""
+        return 1.0 - (1.0 - self.sparsity) ** (1.0 / self.rounds) if self.rounds else 0.0
+
     def run_suffix(self) -> str:
-        """The part of a run id that names this setting, e.g. ``snip50`` or ``magnitude90``."""
+        """The part of a run id that names this setting, e.g. ``snip50``, ``magnitude90`` or ``imp80-r4-k5``."""
         suffix = f"{self.method}{round(100 * self.sparsity):d}"
+        if self.method in PRUNE_LOTTERY:
+            return f"{suffix}-r{self.rounds}-k{100 * self.rewind:g}"
         if not self.at_init and (self.start, self.end) != PRUNE_DURING_DEFAULT:
             suffix += f"-t{round(100 * self.start):d}-{round(100 * self.end):d}"
         return suffix
@@ -79,20 +91,20 @@ def parse_prune(raw: Any, where: str) -> PruneSettings | None:
         return None
     if not isinstance(raw, Mapping):
         raise UserError(f"{where}: expected a mapping like {{method: snip, sparsity: 0.5}}, got {raw!r}")
-    _check_keys(raw, ("method", "sparsity", "start", "end"), where)
+    _check_keys(raw, ("method", "sparsity", "start", "end", "rounds", "rewind"), where)
     method = raw.get("method")
     if method not in PRUNE_METHODS:
         raise UserError(f"{where}.method: unknown method {method!r}; valid: {', '.join(PRUNE_METHODS)}, none")
     if "sparsity" not in raw:
         raise UserError(f"{where}.sparsity: missing; give the fraction of zeros in [0, 1), e.g. 0.5")
     sparsity = _number(raw["sparsity"], f"{where}.sparsity", float)
-    if method in PRUNE_AT_INIT:
-        default = (0.0, 0.0)
-    else:
-        default = PRUNE_DURING_DEFAULT
+    default = PRUNE_DURING_DEFAULT if method in PRUNE_DURING else (0.0, 0.0)
     start = _number(raw.get("start", default[0]), f"{where}.start", float)
     end = _number(raw.get("end", default[1]), f"{where}.end", float)
-    settings = PruneSettings(method, sparsity, start, end)
+    lottery = method in PRUNE_LOTTERY
+    rounds = _number(raw.get("rounds", IMP_DEFAULT_ROUNDS if lottery else 0), f"{where}.rounds", int)
+    rewind = _number(raw.get("rewind", IMP_DEFAULT_REWIND if lottery else 0.0), f"{where}.rewind", float)
+    settings = PruneSettings(method, sparsity, start, end, rounds, rewind)
     validate_prune(settings, where)
     return settings
 
@@ -103,6 +115,19 @@ def validate_prune(prune: PruneSettings, where: str = "train.prune") -> None:
         raise UserError(f"{where}.method: unknown method {prune.method!r}; valid: {', '.join(PRUNE_METHODS)}, none")
     if not 0.0 <= prune.sparsity < 1.0:
         raise UserError(f"{where}.sparsity: must be in [0, 1), got {prune.sparsity}")
+    if prune.method in PRUNE_LOTTERY:
+        if not 1 <= prune.rounds <= 20:
+            raise UserError(f"{where}.rounds: imp needs 1 to 20 prune-retrain rounds (each one more training), "
+                            f"got {prune.rounds}")
+        if not 0.0 <= prune.rewind < 1.0:
+            raise UserError(f"{where}.rewind: must be a fraction of the run's steps in [0, 1) (0: rewind to "
+                            f"initialization), got {prune.rewind}")
+        if prune.start != 0 or prune.end != 0:
+            raise UserError(f"{where}: imp prunes between trainings, so start and end must be 0 "
+                            f"(got {prune.start}, {prune.end}); set rounds and rewind instead")
+        return
+    if prune.rounds != 0 or prune.rewind != 0:
+        raise UserError(f"{where}: rounds and rewind belong to method imp, not {prune.method}")
     if prune.at_init:
         if prune.start != 0 or prune.end != 0:
             raise UserError(f"{where}: {prune.method} prunes at initialization, so start and end must be 0 "
@@ -367,6 +392,9 @@ def validate_train(train: TrainSettings, where: str = "train") -> None:
         raise UserError(f"{where}.precision: must be one of {', '.join(PRECISIONS)}, got {train.precision!r}")
     if train.prune is not None:
         validate_prune(train.prune, f"{where}.prune")
+        if train.prune.method in PRUNE_LOTTERY and train.schedule != "cosine":
+            raise UserError(f"{where}.prune: imp rewinds and retrains a cosine run; set {where}.schedule: cosine "
+                            f"(got {train.schedule!r})")
     validate_schedule(train, where)
 
 
@@ -477,6 +505,9 @@ def parse_sweep(doc: Any, where: str = "sweep") -> SweepConfig:
             prunes = (parse_prune(raw_prune, f"{where}.train.prune"),)
     train = _from_mapping(TrainSettings, raw_train, f"{where}.train")
     validate_train(train, f"{where}.train")
+    for prune in prunes:  # the listed settings are each a run's train.prune
+        if prune is not None:
+            validate_train(dataclasses.replace(train, prune=prune), f"{where}.train")
     for i, override in enumerate(shape_train):  # each shape's runs must be valid runs too
         if override.get("tokens") is not None and train.budgets:
             raise UserError(f"{where}.shapes[{i}].tokens: an iso-FLOP sweep (train.budgets) sets every run's tokens "
@@ -536,9 +567,18 @@ def load_sweep(path: Path) -> SweepConfig:
     return parse_sweep(doc, where=path.name)
 
 
+def prune_to_dict(prune: PruneSettings | None) -> dict | None:
+    """A pruning setting as plain data; rounds and rewind only for imp, so other runs' config.json stay as before."""
+    if prune is None:
+        return None
+    raw = dataclasses.asdict(prune)
+    return raw if prune.method in PRUNE_LOTTERY else {k: v for k, v in raw.items() if k not in ("rounds", "rewind")}
+
+
 def train_to_dict(train: TrainSettings) -> dict:
     """Training settings as plain data (lists, not tuples), as sweep files, sweep.yaml and config.json hold them."""
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(train).items()}
+    raw = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(train).items()}
+    return {**raw, "prune": prune_to_dict(train.prune)}
 
 
 def sweep_to_dict(sweep: SweepConfig) -> dict:
@@ -551,7 +591,7 @@ def sweep_to_dict(sweep: SweepConfig) -> dict:
         ],
         "seeds": list(sweep.seeds),
         "train": {**train_to_dict(sweep.train),
-                  "prune": [p and dataclasses.asdict(p) for p in sweep.prunes] if sweep.prunes else None},
+                  "prune": [prune_to_dict(p) for p in sweep.prunes] if sweep.prunes else None},
         "data": dataclasses.asdict(sweep.data),
         "launch": dataclasses.asdict(sweep.launch),
     }

@@ -16,6 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from tlc.report.data import SweepData, dense_row, fitted_curve, fitted_pruning, variant_label  # noqa: E402
+from tlc.report.mask_overlap import mask_overlap  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -221,19 +222,26 @@ def frequency_buckets(data: SweepData):
 
 
 TIMING_STYLE = {  # timing -> (colour, line style); methods at init are told apart by marker
-    "init": ("tab:blue", ":"), "during": ("tab:green", "-"), "after": ("tab:red", "-")}
-METHOD_MARKER = {"snip": "o", "snip-shuffle": "o", "synflow": "s", "synflow-shuffle": "s", "random": "x",
-                 "magnitude": "D", "gradual": "^"}
+    "init": ("tab:blue", ":"), "during": ("tab:green", "-"), "after": ("tab:red", "-"), "lottery": ("tab:purple", "--")}
+METHOD_MARKER = {"snip": "o", "snip-shuffle": "o", "synflow": "s", "synflow-shuffle": "s", "grasp": "v",
+                 "grasp-shuffle": "v", "random": "x", "magnitude": "D", "gradual": "^"}
 
 
 def when_to_prune(data: SweepData):
     """Each timing's and method's loss minus the dense run's, at equal training FLOPs: a panel per sparsity,
     the shapes along x (in the order of their dense runs' FLOPs), zero the dense model."""
     rows = (data.when_to_prune or {}).get("rows") or []
-    dense = {r["shape"]: r for r in rows if r.get("timing") == "dense"}
-    rows = [r for r in rows if r.get("timing") != "dense" and r["shape"] in dense]
+    by_seed = {(r["shape"], r.get("seed", 0)): r for r in rows if r.get("timing") == "dense"}
+    rows = [r for r in rows if r.get("timing") != "dense" and (r["shape"], r.get("seed", 0)) in by_seed]
     if not rows:
         return None
+    # several seeds: each run's gap to the dense run of its own seed, averaged over the seeds
+    gaps: dict[tuple, list[float]] = {}
+    for r in rows:
+        gaps.setdefault((r["shape"], r["method"], round(r["sparsity"], 2)), []).append(
+            r["val_loss"] - by_seed[(r["shape"], r.get("seed", 0))]["val_loss"])
+    rows = list({(r["shape"], r["method"], round(r["sparsity"], 2)): r for r in rows}.values())
+    dense = {shape: r for (shape, _), r in by_seed.items()}
     shapes = sorted(dense, key=lambda shape: (dense[shape].get("train_flops") or 0, shape))
     sparsities = sorted({round(r["sparsity"], 2) for r in rows})
     fig, axes = plt.subplots(1, len(sparsities), figsize=(4.5 * len(sparsities) + 1, 4.5), sharey=True, squeeze=False)
@@ -244,9 +252,10 @@ def when_to_prune(data: SweepData):
             if not pts:
                 continue
             pts.sort(key=lambda r: shapes.index(r["shape"]))
-            color, style = TIMING_STYLE[pts[0]["timing"]]
+            color, style = TIMING_STYLE.get(pts[0]["timing"], ("tab:orange", "-"))
             hollow = method.endswith("-shuffle")
-            ax.plot([shapes.index(r["shape"]) for r in pts], [r["val_loss"] - dense[r["shape"]]["val_loss"] for r in pts],
+            mean_gap = [float(np.mean(gaps[(r["shape"], method, sparsity)])) for r in pts]
+            ax.plot([shapes.index(r["shape"]) for r in pts], mean_gap,
                     style, marker=METHOD_MARKER.get(method, "o"), color="tab:gray" if hollow or method == "random" else color,
                     mfc="none" if hollow else None, label=f"{pts[0]['timing']}: {method}")
         ax.set_xticks(range(len(shapes)), [shape.rsplit("-s", 1)[0] for shape in shapes], rotation=45, fontsize=8)
@@ -330,4 +339,12 @@ FIGURES = [
                "whose fine-tune is taken out of the dense run's tokens (red). Below zero, the sparse model beat the "
                "dense one. Sparse runs' FLOPs are counted dense: they run on dense kernels.",
                when_to_prune),
+    FigureSpec("mask_overlap.png", "Mask overlap: do the methods keep the same weights?",
+               "The Jaccard index of the weights two methods keep (intersection over union, over all prunable layers, "
+               "averaged over seeds). The cyan mark on the colour bar is two independent random masks' overlap, "
+               "density/(2 − density): a pair near it agrees no more than chance. 'after: magnitude' is the one-shot "
+               "magnitude mask of the dense model's final weights; 'lottery: imp-k…' are the tickets of iterative "
+               "magnitude pruning rewound to that percentage of the run (k0: initialization). Per-layer indices and "
+               "the layer-wise reference (random positions at the same per-layer densities) are in when_to_prune.json.",
+               mask_overlap),
 ]

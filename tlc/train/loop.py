@@ -301,7 +301,7 @@ def _sparse_training(cfg: RunConfig, model, tokens, run_dir: Path, plan: RunPlan
     from tlc.train.sparsity import SNIP_SEED, SparseTraining
 
     calibration = None
-    if cfg.train.prune.method.startswith("snip"):  # one global batch of windows apart from the training data
+    if cfg.train.prune.method.startswith(("snip", "grasp")):  # one global batch of windows apart from the training data
         offsets = train_offsets(len(tokens.train), cfg.shape.context, plan.global_batch, cfg.seed + SNIP_SEED, 0)
         calibration = torch.from_numpy(windows(tokens.train, offsets, cfg.shape.context))
     resuming = (run_dir / "checkpoint" / "tlc_latest.json").exists()
@@ -309,11 +309,17 @@ def _sparse_training(cfg: RunConfig, model, tokens, run_dir: Path, plan: RunPlan
                                         cfg.seed, rank)
 
 
-def train_run(cfg: RunConfig, run_dir: Path, progress: bool = True, notify=None) -> dict:
+def train_run(cfg: RunConfig, run_dir: Path, progress: bool = True, notify=None, sparse_factory=None) -> dict:
     """Train one model into ``run_dir`` (resuming if it holds a checkpoint); return the last metrics line.
 
-    ``notify(line)`` (rank 0 only) is told the precision chosen and why, before training starts.
+    ``notify(line)`` (rank 0 only) is told the precision chosen and why, before training starts. A
+    ``train.prune`` of method imp trains its rounds (tlc.train.lottery), each through this function with
+    ``sparse_factory`` (called as ``_sparse_training`` is) setting the round's mask.
     """
+    if sparse_factory is None and cfg.train.prune is not None and cfg.train.prune.method == "imp":
+        from tlc.train.lottery import train_imp
+
+        return train_imp(cfg, run_dir, progress, notify)
     validate_run(cfg)
     exit_with_worker()  # a trainer started by a sweep worker must not outlive it
     run_dir = Path(run_dir)
@@ -348,7 +354,7 @@ def train_run(cfg: RunConfig, run_dir: Path, progress: bool = True, notify=None)
 
     # -- model, optimizer, engine ------------------------------------------------------------
     model = build_model(cfg.shape, eot_id=tokens.eot_id, seed=cfg.seed)
-    sparse = _sparse_training(cfg, model, tokens, run_dir, plan, rank)  # train.prune; None for a dense run
+    sparse = (sparse_factory or _sparse_training)(cfg, model, tokens, run_dir, plan, rank)  # None: dense
     engine, engine_optimizer = build_engine(deepspeed, model, cfg.train, plan.global_batch, run_dir / "tensorboard")
     if sparse is not None:
         sparse.after_engine()  # the masks move to the device (and dtype) the engine gave the weights

@@ -16,8 +16,14 @@ matrices of every block); sparsity is the fraction of zeros among them. Masks ar
   added, in |w|); every LayerNorm/RMSNorm bypassed (normalising would cancel the flow); the
   attention softmax replaced by its unnormalised causal scores, (QKᵀ/√d)V — with equal inputs the
   softmax is uniform whatever Q and K are, so Q and K would carry no flow and be pruned whole.
+- ``grasp`` — Wang et al. 2020: S = −θ ⊙ Hg, with g the gradient of the loss on the SNIP calibration
+  batch over every trainable parameter and Hg its Hessian-vector product (double backward). Wang et
+  al. remove the weights with the *highest* S (their removal shrinks the gradient norm least, or
+  grows it); tlc keeps the (1 − s) *lowest* S over all layers at once, i.e. the highest θ ⊙ Hg —
+  their convention, not the inverted one that Frankle et al. 2021 found to do as well. No softmax
+  temperature (their T = 200 for CIFAR) and one batch. See :mod:`tlc.train.grasp`.
 - ``random`` — the control: each layer keeps a uniformly random (1 - s) of its weights.
-- ``snip-shuffle``, ``synflow-shuffle`` — Frankle et al. 2021's control: the method's mask with
+- ``snip-shuffle``, ``synflow-shuffle``, ``grasp-shuffle`` — Frankle et al. 2021's control: the method's mask with
   its positions shuffled at random inside each layer, so only the per-layer sparsities remain.
 
 **During training** (``magnitude``): Zhu & Gupta 2017's gradual magnitude pruning. Sparsity
@@ -171,6 +177,12 @@ def init_masks(model: nn.Module, prune: PruneSettings, calibration: torch.Tensor
         masks = snip_masks(model, prune.sparsity, calibration)
     elif base == "synflow":
         masks = synflow_masks(model, prune.sparsity)
+    elif base == "grasp":
+        from tlc.train.grasp import grasp_masks
+
+        if calibration is None:
+            raise ValueError("grasp needs a calibration batch")
+        masks = grasp_masks(model, prune.sparsity, calibration)
     elif base == "random":
         masks = random_masks(model, prune.sparsity, seed)
     else:
