@@ -260,8 +260,10 @@ def planned_variants(compression: dict) -> tuple[CompressSettings, list[VariantS
     the dense baseline, the pruned model, and its 8-bit twin when the plan says int8."""
     method, sparsity, int8 = compression["method"], float(compression["sparsity"]), bool(compression["int8"])
     block = int(compression.get("block") or 32) if method == "block" else None
+    calibration = compression.get("calibration") or {}
     settings = CompressSettings(methods=(method,) if method != "none" else (), sparsities=(sparsity,), int8=int8,
-                                recovery_steps=int(compression.get("recovery_steps") or 0), block_size=block or 32)
+                                recovery_steps=int(compression.get("recovery_steps") or 0), block_size=block or 32,
+                                calibration_sequences=int(calibration.get("sequences") or 128))
     base = VariantSpec(method, sparsity if method != "none" else 0.0, 32, block)
     specs = [VariantSpec("none", 0.0, 32)]
     specs += [base] if method != "none" else []
