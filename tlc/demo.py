@@ -28,6 +28,10 @@ from tlc.io import list_runs
 # 2.3 s of the 3.1 s it took (BENCHMARKS.md, "Cold `make demo` and `make test`").
 DEMO_COMPRESS = ["--methods", "magnitude,block,gradual", "--recovery-steps", "40", "--block-size", "16",
                  "--no-ort-latency"]
+# The calibrated methods at one setting each (tlc compress does the full grid): wanda and sparsegpt at 50%,
+# gptq at 4 bits, with no int8 on top, on 32 training windows instead of 128 to keep the demo fast.
+DEMO_COMPRESS_CALIBRATED = ["--methods", "wanda,sparsegpt,gptq", "--sparsity", "0.5", "--quant-bits", "4", "--no-int8",
+                            "--calibration-sequences", "32", "--no-ort-latency"]
 # Every cooldown branch's model too, with the cheapest methods that show how compression depends on
 # training length (one-shot magnitude pruning and int8): the compression models' D/N term needs them.
 DEMO_COMPRESS_BRANCHES = ["--branches", "--methods", "magnitude", "--no-ort-latency"]
@@ -156,6 +160,7 @@ def run(args: argparse.Namespace) -> int:
     stage("sweep", ["sweep", str(sweep_file), "--runs-dir", str(args.runs_dir),
                     "--workers", str(DEMO_WORKERS)])
     stage("compress", ["compress", str(sweep_dir), *DEMO_COMPRESS])
+    stage("compress", ["compress", str(sweep_dir), *DEMO_COMPRESS_CALIBRATED])
     stage("compress", ["compress", str(sweep_dir), *DEMO_COMPRESS_BRANCHES])
     stage("fit", ["fit", str(sweep_dir)])
     unplannable = no_defensible_law(sweep_dir)
