@@ -168,9 +168,9 @@ class SweepRecipe:
                 "sparsity": sparsity,
                 "block": measured.get("block") if method == "block" else None,
                 "recovery_steps": measured.get("recovery_steps", 0) if sparsity > 0 and prune is None else 0,
-                # wanda and sparsegpt: the training-split windows they were measured with ({split, sequences, tokens})
-                "calibration": measured.get("calibration") if sparsity > 0 else None,
                 "int8": int8,
+                # wanda and sparsegpt: the training-split windows they were measured with ({split, sequences, tokens})
+                **({"calibration": measured["calibration"]} if sparsity > 0 and measured.get("calibration") else {}),
             },
         }
 
