@@ -142,3 +142,16 @@ def test_quant_flags_are_checked():
     settings = settings_from_args(parser.parse_args(["runs", "--no-ort-latency", "--quant-bits", "4",
                                                      "--group-size", "64", "--methods", "gptq,wanda"]))
     assert (settings.quant_bits, settings.group_size, settings.methods) == ((4,), 64, ("gptq", "wanda"))
+
+
+def test_fit_gives_weight_only_quantizers_their_own_model_apart_from_int8():
+    from scaling.compression_fit import compression_points
+    from scaling.observations import CompressedVariant, RunCurve, SweepObservations
+
+    runs = [RunCurve(f"r{n}", n, [1e6], [6e12], [4.0]) for n in (1e5, 2e5, 4e5)]
+    variants = [v for r in runs for v in (
+        CompressedVariant(r.run_id, "none", 0.0, 8, 4.01), CompressedVariant(r.run_id, "gptq", 0.0, 4, 4.05),
+        CompressedVariant(r.run_id, "gptq", 0.0, 8, 4.001), CompressedVariant(r.run_id, "wanda", 0.5, 32, 4.2))]
+    groups = {(p.kind, p.method): p.loss.tolist() for p in compression_points(SweepObservations(runs, variants))}
+    assert groups == {("int8", "int8"): [4.01] * 3, ("int8", "gptq-w4"): [4.05] * 3,
+                      ("int8", "gptq-w8"): [4.001] * 3, ("pruning", "wanda"): [4.2] * 3}
