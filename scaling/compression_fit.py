@@ -4,7 +4,8 @@ The points: every compressed variant of every run, against the dense loss the co
 stage measured with the same evaluation (CompressedVariant.dense_loss), or else the run's
 final evaluation during training.
 Pruning models use 32-bit variants with sparsity > 0, one model per method; the 8-bit model
-uses unpruned 8-bit variants. Variants both pruned and 8-bit are not fitted: the planner
+uses unpruned 8-bit variants of method "none" (row-wise int8); weight-only quantizers (gptq, rtn)
+get one model per method and bit width, named like "gptq-w4", fitted with the 8-bit forms. Variants both pruned and 8-bit are not fitted: the planner
 adds the two added losses (`scaling.fitted`), an assumption these variants could test.
 How a candidate is chosen is explained in `scaling.compression`.
 """
@@ -43,8 +44,8 @@ def timing_of(method: str) -> str:
 class CompressionPoints:
     """Measured compressed losses for one method (or 8-bit), with covariates per point."""
 
-    kind: str  # "pruning" or "int8"
-    method: str  # pruning method, or "int8"
+    kind: str  # "pruning" or "int8" (any unpruned quantization)
+    method: str  # pruning method, "int8" (row-wise int8), or a weight-only quantizer and bits ("gptq-w4")
     N: np.ndarray  # (n,) the dense model's non-embedding parameters
     sparsity: np.ndarray  # (n,)
     dense_loss: np.ndarray  # (n,) the dense model's validation loss (see the module docstring)
@@ -73,8 +74,9 @@ def compression_points(observations: SweepObservations) -> list[CompressionPoint
     for variant in observations.variants:
         if variant.bits == 32 and variant.sparsity > 0 and variant.method != "none":
             key = ("pruning", variant.method)
-        elif variant.bits == 8 and variant.sparsity == 0:
-            key = ("int8", "int8")
+        elif variant.bits < 32 and variant.sparsity == 0:
+            # row-wise int8 of the dense model; weight-only quantizers each by method and bits
+            key = ("int8", "int8" if variant.method in ("none", "dense") else f"{variant.method}-w{variant.bits}")
         else:
             continue  # the dense baseline itself, or pruned and 8-bit together
         groups.setdefault(key, []).append(variant)

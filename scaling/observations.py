@@ -102,9 +102,9 @@ class CompressedVariant:
     """One compressed copy of a trained run: pruning method and sparsity, bit width, loss."""
 
     run_id: str
-    method: str  # "magnitude", "block", "structured", "2:4", "gradual" or "none"
+    method: str  # "magnitude", "block", "structured", "2:4", "gradual", "wanda", "sparsegpt", "gptq", ... or "none"
     sparsity: float  # fraction of prunable weights set to zero, in [0, 1)
-    bits: int  # 32 or 8
+    bits: int  # 32, 8, or 4 (weight-only quantization such as gptq)
     val_loss: float
     dense_loss: float | None = None  # the dense model's loss as the compression stage measured it
     tokens: float | None = None  # D of the compressed checkpoint (a cooldown branch's end); None: the run's final
@@ -112,8 +112,8 @@ class CompressedVariant:
     def __post_init__(self) -> None:
         if not (0.0 <= self.sparsity < 1.0):
             raise ValueError(f"run {self.run_id}: sparsity must be in [0, 1), got {self.sparsity!r}")
-        if self.bits not in (8, 32):
-            raise ValueError(f"run {self.run_id}: bits must be 32 or 8, got {self.bits!r}")
+        if self.bits not in (4, 8, 32):
+            raise ValueError(f"run {self.run_id}: bits must be 32, 8 or 4, got {self.bits!r}")
         if not (math.isfinite(self.val_loss) and self.val_loss > 0):
             raise ValueError(f"run {self.run_id}: compressed val_loss must be finite and > 0, got {self.val_loss!r}")
         if self.dense_loss is not None and not (math.isfinite(self.dense_loss) and self.dense_loss > 0):

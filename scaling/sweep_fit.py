@@ -248,7 +248,8 @@ def fit_sweep_observations(
     {parameters, status} or null}}; loss_split (the preferred law fitted to the loss on targets seen
     earlier in their window and on the rest, scaling.loss_split; null for runs trained before the
     split was recorded); frontier {compute, loss, run_ids, fit}; compression
-    {pruning {method: model}, int8: model or null, skipped {method: reason}}.
+    {pruning {method: model}, int8: model or null (row-wise int8), quantization {"gptq-w4": model, ...}
+    (weight-only quantizers by method and bits), skipped {method: reason}}.
 
     Each law's status is "converged", "unstable" (under 80% of the bootstrap refits converged:
     bootstrap {usable, resamples, converged_share} say how many), "unidentified" (a parameter on a bound, an exponent's
@@ -305,7 +306,7 @@ def fit_sweep_observations(
     else:  # runs whose compute ranges do not overlap the envelope's grid, e.g. one evaluation each
         frontier_json.update(parameters=None, status=None, reason=f"{len(frontier.loss)} envelope points; need 4")
 
-    pruning, skipped, int8 = {}, {}, None
+    pruning, skipped, int8, quantization = {}, {}, None, {}
     for points in compression_points(observations):
         model = fit_compression_model(points)
         if isinstance(model, str):
@@ -315,8 +316,10 @@ def fit_sweep_observations(
         boot = bootstrap_law(form, points.covariates, points.loss, points.run_index, run_counts, model.fit)
         if points.kind == "pruning":
             pruning[points.method] = _compression_json(model, boot)
-        else:
+        elif points.method == "int8":
             int8 = _compression_json(model, boot)
+        else:  # a weight-only quantizer at one bit width, e.g. gptq-w4
+            quantization[points.method] = _compression_json(model, boot)
 
     return json_clean(
         {
@@ -361,7 +364,7 @@ def fit_sweep_observations(
                 "run_ids": frontier.run_ids,
                 "fit": frontier_json,
             },
-            "compression": {"pruning": pruning, "int8": int8, "skipped": skipped},
+            "compression": {"pruning": pruning, "int8": int8, "quantization": quantization, "skipped": skipped},
         }
     )
 

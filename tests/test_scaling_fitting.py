@@ -183,8 +183,8 @@ def test_observations_validate_their_fields():
         RunCurve("a", 1e6, [1e6, 2e6], [6e12], [4.0])
     with pytest.raises(ValueError, match="sparsity must be in \\[0, 1\\)"):
         CompressedVariant("a", "magnitude", 1.0, 32, 4.0)
-    with pytest.raises(ValueError, match="bits must be 32 or 8"):
-        CompressedVariant("a", "magnitude", 0.5, 4, 4.0)
+    with pytest.raises(ValueError, match="bits must be 32, 8 or 4"):
+        CompressedVariant("a", "magnitude", 0.5, 16, 4.0)
     run = RunCurve("a", 1e6, [1e6], [6e12], [4.0])
     with pytest.raises(ValueError, match="duplicates"):
         SweepObservations(runs=(run, run))

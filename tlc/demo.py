@@ -33,7 +33,12 @@ DEMO_COMPRESS_PASSES = [
     # every cooldown branch's model too, with the cheapest methods that show how compression depends on
     # training length (one-shot magnitude pruning and int8): the compression models' D/N term needs them
     ["--branches", "--methods", "magnitude"],
+    # the calibrated methods at one setting each (tlc compress does the full grid): wanda and sparsegpt at 50%,
+    # gptq at 4 bits, no int8 on top, on 32 training windows instead of 128 to keep the demo fast
+    ["--methods", "wanda,sparsegpt,gptq", "--sparsity", "0.5", "--quant-bits", "4", "--no-int8",
+     "--calibration-sequences", "32"],
 ]
+# a pass's own flags come after the common ones, so its --sparsity wins (argparse keeps the last)
 # each pass as one argument list (bench/plan_accuracy.py compresses a demo's runs as the demo does)
 DEMO_COMPRESS = [*DEMO_COMPRESS_PASSES[0], *DEMO_COMPRESS_COMMON]
 DEMO_COMPRESS_BRANCHES = [*DEMO_COMPRESS_PASSES[1], *DEMO_COMPRESS_COMMON]
@@ -181,7 +186,7 @@ def run(args: argparse.Namespace) -> int:
                     "--workers", str(DEMO_WORKERS)])
     with one_thread():  # tiny models gain nothing from a second thread, which only spins on a busy machine
         for compress in DEMO_COMPRESS_PASSES:
-            stage("compress", ["compress", str(sweep_dir), *compress, *DEMO_COMPRESS_COMMON])
+            stage("compress", ["compress", str(sweep_dir), *DEMO_COMPRESS_COMMON, *compress])
     stage("fit", ["fit", str(sweep_dir)])
     unplannable = no_defensible_law(sweep_dir)
     if unplannable:

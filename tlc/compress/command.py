@@ -33,6 +33,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"fine-tune steps of gradual/movement pruning (default {d.recovery_steps})")
     parser.add_argument("--block-size", type=int, default=d.block_size,
                         help=f"block side for block pruning: 16, 32 or 64 (default {d.block_size})")
+    parser.add_argument("--calibration-sequences", type=int, default=d.calibration_sequences,
+                        help="training-split windows of the model's context that wanda, sparsegpt and gptq calibrate "
+                             f"on (default {d.calibration_sequences}); never validation text")
+    parser.add_argument("--quant-bits", default=",".join(map(str, d.quant_bits)),
+                        help="weight bits of the gptq and rtn variants, comma-separated from 8 and 4 (default %(default)s)")
+    parser.add_argument("--group-size", type=int, default=d.group_size,
+                        help=f"inputs per scale of gptq and rtn, 0 for one scale per output row (default {d.group_size})")
     parser.add_argument("--branches", action="store_true",
                         help="also compress every saved cooldown-branch model (<run>/branches/<tokens>/, a WSD sweep): "
                              "the same model at several tokens, which the compression models' D/N term is fitted to")
@@ -57,6 +64,17 @@ def settings_from_args(args: argparse.Namespace) -> CompressSettings:
         raise UserError(f"--recovery-steps: must be >= 0, got {args.recovery_steps}")
     if args.block_size not in BLOCK_SIZES:
         raise UserError(f"--block-size: must be one of {', '.join(map(str, BLOCK_SIZES))}, got {args.block_size}")
+    if args.calibration_sequences < 1:
+        raise UserError(f"--calibration-sequences: must be at least 1, got {args.calibration_sequences}")
+    if args.group_size < 0:
+        raise UserError(f"--group-size: must be 0 (one scale per row) or a positive number of inputs, "
+                        f"got {args.group_size}")
+    try:
+        quant_bits = tuple(dict.fromkeys(int(b) for b in args.quant_bits.split(",") if b.strip()))
+    except ValueError:
+        quant_bits = ()
+    if not quant_bits or any(b not in (4, 8) for b in quant_bits):
+        raise UserError(f"--quant-bits: expected 8, 4 or 8,4, got {args.quant_bits!r}")
     if args.latency_repeats < 1:
         raise UserError(f"--latency-repeats: must be at least 1, got {args.latency_repeats}")
     from tlc.export import onnx_available as ort_available
@@ -66,7 +84,8 @@ def settings_from_args(args: argparse.Namespace) -> CompressSettings:
                         "pip install 'tlc[export]', or leave the flag out")
     return CompressSettings(methods=parse_methods(args.methods), sparsities=parse_sparsities(args.sparsity),
                             int8=args.int8, recovery_steps=args.recovery_steps, block_size=args.block_size,
-                            latency_repeats=args.latency_repeats,
+                            latency_repeats=args.latency_repeats, calibration_sequences=args.calibration_sequences,
+                            quant_bits=quant_bits, group_size=args.group_size,
                             ort_latency=ort_available() if args.ort_latency is None else args.ort_latency)
 
 

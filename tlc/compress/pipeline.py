@@ -17,7 +17,8 @@ compress.jsonl row (one per variant):
   prompt_tokens, device, val_loss, val_bpb, val_acc, loss_by_freq_bucket (5, rarest first),
   freq_bucket_tokens, freq_buckets ("equal_train_token_mass"), disagreement {kind: "cie" |
   "disagreement_not_cie", seeds, count, fraction, loss, dense_loss}, dense_val_loss,
-  recovery_steps, wall_s, artifact.
+  recovery_steps, wall_s, artifact; group_size (gptq, rtn: inputs per scale) and calibration
+  {split: "train", sequences, tokens} for the calibrated methods (wanda, sparsegpt, gptq), else null.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ from pathlib import Path
 import numpy as np
 
 from tlc.compress.variants import (
+    CALIBRATED,
+    QUANTIZERS,
     RECOVERING,
     CompressSettings,
     VariantSpec,
@@ -70,6 +73,7 @@ class RunContext:
     dense: object  # the trained model, fp32
     device: object
     int8_path: str | None
+    calibration_set: object = None  # (--calibration-sequences, context) training windows for CALIBRATED methods
 
 
 def load_run(run_dir: Path, settings: CompressSettings, checkpoint: Path | None = None) -> RunContext:
@@ -98,13 +102,19 @@ def load_run(run_dir: Path, settings: CompressSettings, checkpoint: Path | None 
     context = shape["context"]
     offsets = train_offsets(len(tokens.train), context, settings.calibration_windows, config.get("seed", 0) + 104729, 0)
     calibration = torch.from_numpy(windows(tokens.train, offsets, context)[:, :-1]).to(device)
+    calibration_set = None
+    if any(m in CALIBRATED for m in settings.methods):  # a separate draw: structured keeps its 16 windows
+        picked = train_offsets(len(tokens.train), context, settings.calibration_sequences,
+                               config.get("seed", 0) + 7919, 0)
+        calibration_set = torch.from_numpy(windows(tokens.train, picked, context)[:, :-1]).to(device)
     int8_path = None
     if settings.int8:
         from tlc.compress.quantize import choose_int8_path
 
         int8_path, _ = choose_int8_path(device, shape["width"])
     return RunContext(checkpoint or run_dir, config, tokens, val_offsets(len(tokens.val), context, train["eval_tokens"]),
-                      frequency_buckets(tokens.train, shape["vocab_size"]), calibration, dense, device, int8_path)
+                      frequency_buckets(tokens.train, shape["vocab_size"]), calibration, dense, device, int8_path,
+                      calibration_set)
 
 
 def _save_eval(folder: Path, token_loss: np.ndarray, predictions: np.ndarray) -> None:
@@ -132,7 +142,16 @@ def make_variant(ctx: RunContext, spec: VariantSpec, settings: CompressSettings,
     shape, train = ctx.config["shape"], ctx.config["train"]
     base = spec.base
     base_folder = ctx.run_dir / "compressed" / base.id
-    if base.id in fp32_models:
+    quantized = None
+    if spec.method in QUANTIZERS:
+        import copy
+
+        from tlc.compress.calibrated import Grid, quantize_weights
+
+        model32, achieved = copy.deepcopy(ctx.dense), 0.0
+        quantized = quantize_weights(model32, Grid(spec.bits, spec.group or 0),
+                                     ctx.calibration_set if spec.method == "gptq" else None, spec.method)
+    elif base.id in fp32_models:
         model32, achieved = fp32_models[base.id]
     elif spec.bits == 8 and is_saved(base_folder):
         model32 = load_fp32(base_folder).to(ctx.device)
@@ -142,17 +161,19 @@ def make_variant(ctx: RunContext, spec: VariantSpec, settings: CompressSettings,
 
         recovery = {"tokens": ctx.tokens, "context": shape["context"], "train": TrainSettings(**{**train, "prune": None}),
                     "steps": settings.recovery_steps, "seed": ctx.config.get("seed", 0)}
-        model32, achieved = build_pruned(base, ctx.dense, ctx.calibration, recovery)
+        calibration = ctx.calibration_set if base.method in CALIBRATED else ctx.calibration
+        model32, achieved = build_pruned(base, ctx.dense, calibration, recovery)
         model32 = model32.to(ctx.device).eval()
-    if spec.bits == 32:
+    if spec.bits == 32 and quantized is None:
         fp32_models.clear()  # keep only the latest base for its 8-bit twin
         fp32_models[base.id] = (model32, achieved)
 
     folder = ctx.run_dir / "compressed" / spec.id
     manifest = {"run_id": ctx.config["run_id"], "variant": spec.id, "method": spec.method,
                 "target_sparsity": spec.sparsity, "block": spec.block}
-    saved = save_variant(folder, model32, sparse_kind(spec), spec.block or 32, spec.bits,
-                         ctx.int8_path if spec.bits == 8 else None, manifest)
+    stored_bits = 32 if quantized is not None else spec.bits  # weight-only codes: see save_variant(weight_only=)
+    saved = save_variant(folder, model32, sparse_kind(spec), spec.block or 32, stored_bits,
+                         ctx.int8_path if stored_bits == 8 else None, manifest, weight_only=quantized)
     runtime = saved.get("model", model32)
 
     metrics, token_loss, predictions = evaluate_positions(
@@ -178,7 +199,7 @@ def make_variant(ctx: RunContext, spec: VariantSpec, settings: CompressSettings,
     b1 = latency_ms_per_token(timed[1], vocab, ctx.device, 1, prompt, settings.latency_repeats)
     b32 = latency_ms_per_token(timed[32], vocab, ctx.device, 32, prompt, settings.latency_repeats)
     ort = {"latency_ms_b1_ort_int8": None, "latency_ms_b32_ort_int8": None}
-    if settings.ort_latency and spec.bits == 8:
+    if settings.ort_latency and stored_bits == 8:
         from tlc.compress.store import load_fp32
         from tlc.export.to_onnx import ort_int8_latency
 
@@ -194,7 +215,10 @@ def make_variant(ctx: RunContext, spec: VariantSpec, settings: CompressSettings,
         "target_sparsity": spec.sparsity,
         "block": spec.block,
         "bits": spec.bits,
-        "int8_path": ctx.int8_path if spec.bits == 8 else None,
+        "int8_path": ctx.int8_path if stored_bits == 8 else None,
+        "group_size": spec.group if spec.method in QUANTIZERS else None,
+        "calibration": ({"split": "train", "sequences": int(ctx.calibration_set.shape[0]),
+                         "tokens": int(ctx.calibration_set.numel())} if spec.method in CALIBRATED else None),
         "nonzeros": saved["nonzeros"],
         "bytes": saved["bytes"],
         "latency_ms_b1": b1,
@@ -236,8 +260,10 @@ def planned_variants(compression: dict) -> tuple[CompressSettings, list[VariantS
     the dense baseline, the pruned model, and its 8-bit twin when the plan says int8."""
     method, sparsity, int8 = compression["method"], float(compression["sparsity"]), bool(compression["int8"])
     block = int(compression.get("block") or 32) if method == "block" else None
+    calibration = compression.get("calibration") or {}
     settings = CompressSettings(methods=(method,) if method != "none" else (), sparsities=(sparsity,), int8=int8,
-                                recovery_steps=int(compression.get("recovery_steps") or 0), block_size=block or 32)
+                                recovery_steps=int(compression.get("recovery_steps") or 0), block_size=block or 32,
+                                calibration_sequences=int(calibration.get("sequences") or 128))
     base = VariantSpec(method, sparsity if method != "none" else 0.0, 32, block)
     specs = [VariantSpec("none", 0.0, 32)]
     specs += [base] if method != "none" else []

@@ -7,6 +7,9 @@ embedding table) is stored in the smallest of these encodings, in [out, in] orie
 - ``dense``:   ``<key>`` as the model holds it (fp32), or ``<key>.q`` int8 + ``<key>.scale`` fp16 per row
 - ``bitmask``: ``<key>.bitmask`` uint8 (one bit per element, row-major, ``numpy.packbits``) and
   ``<key>.values`` (the non-zeros in row-major order; int8 with ``<key>.scale`` for 8-bit)
+- ``grouped``: weight-only quantized (gptq, rtn): ``<key>.q`` int8 codes for 8 bits, or ``<key>.q4``
+  uint8 with two 4-bit codes per byte (element 2k in the low nibble, stored as code + 8) for 4 bits,
+  and ``<key>.scale`` fp16 [out, groups], one per output row and group of ``group_size`` inputs
 - ``bsr``:     block compressed sparse rows (``torch.Tensor.to_sparse_bsr``): ``<key>.bsr_values``
   [blocks, bs, bs], ``<key>.crow`` and ``<key>.col`` int32 (values int8 + ``<key>.scale`` for 8-bit)
 
@@ -56,6 +59,33 @@ def _encode(key: str, w: torch.Tensor, q_scale, kind: str, block_size: int) -> t
     raise ValueError(f"unknown encoding {kind!r}")
 
 
+def _encode_grouped(key: str, matrix) -> tuple[dict, dict]:
+    """Tensors and a format record for a weight-only quantized matrix (tlc.compress.calibrated.QuantizedMatrix)."""
+    q, grid = matrix.q, matrix.grid
+    record = {"kind": "grouped", "shape": list(q.shape), "bits": grid.bits,
+              "group_size": grid.group_width(q.shape[1])}
+    scale = {f"{key}.scale": matrix.scale.half().contiguous()}
+    if grid.bits == 8:
+        return {f"{key}.q": q.contiguous(), **scale}, record
+    codes = (q.flatten().to(torch.int16) + 8).to(torch.uint8)  # 0..15
+    if codes.numel() % 2:
+        codes = torch.cat([codes, codes.new_zeros(1)])
+    return {f"{key}.q4": (codes[0::2] | (codes[1::2] << 4)).contiguous(), **scale}, record
+
+
+def _decode_grouped(key: str, record: dict, tensors: dict) -> torch.Tensor:
+    """The fp32 [out, in] matrix a ``grouped`` record stands for."""
+    rows, columns = record["shape"]
+    if record["bits"] == 8:
+        q = tensors[f"{key}.q"].float()
+    else:
+        packed = tensors[f"{key}.q4"]
+        codes = torch.stack([packed & 0x0F, packed >> 4], dim=1).flatten()[: rows * columns]
+        q = (codes.to(torch.int16) - 8).float().view(rows, columns)
+    scale = tensors[f"{key}.scale"].float().repeat_interleave(record["group_size"], dim=1)[:, :columns]
+    return q * scale
+
+
 def _nbytes(tensors: dict) -> int:
     return sum(t.numel() * t.element_size() for t in tensors.values())
 
@@ -63,6 +93,8 @@ def _nbytes(tensors: dict) -> int:
 def _decode(key: str, record: dict, tensors: dict) -> tuple[torch.Tensor, tuple | None]:
     """(fp32 [out, in] matrix, (q, scale) or None) from stored tensors."""
     shape, kind, int8 = record["shape"], record["kind"], record["bits"] == 8
+    if kind == "grouped":
+        return _decode_grouped(key, record, tensors), None
     if kind == "dense":
         values = tensors[f"{key}.q"] if int8 else tensors[key]
     elif kind == "bitmask":
@@ -87,12 +119,15 @@ def _decode(key: str, record: dict, tensors: dict) -> tuple[torch.Tensor, tuple 
 
 
 def save_variant(folder: Path, model: nn.Module, sparse_kind: str = "dense", block_size: int = 32,
-                 bits: int = 32, int8_path: str | None = None, manifest: dict | None = None) -> dict:
+                 bits: int = 32, int8_path: str | None = None, manifest: dict | None = None,
+                 weight_only: dict | None = None) -> dict:
     """Write the (pruned or shrunk, fp32) ``model`` as a variant folder, 8-bit if ``bits == 8``.
 
     ``sparse_kind`` ("dense", "bitmask" or "bsr") is the preferred encoding of the prunable
     matrices; each falls back to dense where that is smaller. Returns ``{"bytes", "nonzeros"}``
     and the runtime model for 8-bit (``"model"``), built from exactly the stored int8 values.
+    ``weight_only`` (layer name -> QuantizedMatrix, from gptq or rtn) stores those layers as codes and
+    scales instead; ``model`` must hold their dequantized weights, which is also what runs.
     """
     from safetensors.torch import save_file
 
@@ -112,6 +147,12 @@ def save_variant(folder: Path, model: nn.Module, sparse_kind: str = "dense", blo
         name = matrices[key]
         module = model.get_submodule(name)
         w = module.weight.t() if is_conv1d(module) else module.weight
+        if weight_only and name in weight_only:
+            chosen, record = _encode_grouped(key, weight_only[name])
+            record["conv1d"] = is_conv1d(module)
+            tensors.update(chosen)
+            formats[key] = record
+            continue
         options = ["dense"] + ([sparse_kind] if sparse_kind != "dense" and name in layers else [])
         if "bsr" in options and (w.shape[0] % block_size or w.shape[1] % block_size):
             options.remove("bsr")
@@ -126,8 +167,10 @@ def save_variant(folder: Path, model: nn.Module, sparse_kind: str = "dense", blo
     save_file(tensors, str(tmp / WEIGHTS), metadata={"tlc_format": json.dumps(formats),
                                                     "int8_path": int8_path or ""})
     model.config.save_pretrained(tmp)
-    atomic_write_json(tmp / MANIFEST, {**(manifest or {}), "bits": bits, "int8_path": int8_path,
-                                       "sparse_kind": sparse_kind, "weights": WEIGHTS})
+    # codes and scales of gptq/rtn run dequantized (no int8 runtime): the manifest says so
+    grid_bits = next(iter(weight_only.values())).grid.bits if weight_only else bits
+    atomic_write_json(tmp / MANIFEST, {**(manifest or {}), "bits": grid_bits, "weight_only": bool(weight_only),
+                                       "int8_path": int8_path, "sparse_kind": sparse_kind, "weights": WEIGHTS})
     atomic_replace_dir(tmp, folder)
     result = {"bytes": (folder / WEIGHTS).stat().st_size}
     logical, int8 = read_weights(folder)
@@ -192,7 +235,7 @@ def load_variant(folder: Path, int8_path: str | None = None) -> nn.Module:
     manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
     state, int8 = read_weights(folder)
     model = _fp32_model_from(folder, state)
-    if manifest.get("bits") == 8:
+    if manifest.get("bits") == 8 and not manifest.get("weight_only"):
         path = int8_path or manifest.get("int8_path") or INT8_PATHS[0]
         model = apply_int8(model, int8, path)
     return model

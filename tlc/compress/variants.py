@@ -12,13 +12,18 @@ from dataclasses import dataclass
 
 from tlc.errors import UserError
 
-METHODS = ("magnitude", "magnitude-global", "block", "structured", "2:4", "gradual", "movement")
+METHODS = ("magnitude", "magnitude-global", "block", "structured", "2:4", "gradual", "movement",
+           "wanda", "wanda-2:4", "sparsegpt", "sparsegpt-2:4", "gptq", "rtn")
 DEFAULT_METHODS = ("magnitude", "block", "structured", "2:4", "gradual")
 # Four levels: the fit bends the pruning models and checks how they interpolate only with three or more,
 # and the planner asks for sparsities between those measured (BENCHMARKS.md, "Pruning between the
 # measured sparsities").
 DEFAULT_SPARSITIES = (0.3, 0.5, 0.7, 0.9)
 RECOVERING = ("gradual", "movement")  # methods that fine-tune while they prune
+N_OF_M = ("2:4", "wanda-2:4", "sparsegpt-2:4")  # sparsity fixed at 0.5
+QUANTIZERS = ("gptq", "rtn")  # weight-only quantization to --quant-bits, no pruning
+# methods that look at calibration windows of training text (--calibration-sequences of them)
+CALIBRATED = ("wanda", "wanda-2:4", "sparsegpt", "sparsegpt-2:4", "gptq")
 METHOD_HELP = {
     "magnitude": "unstructured |w|, the same sparsity in every layer",
     "magnitude-global": "unstructured |w| ranked over all layers at once",
@@ -27,6 +32,13 @@ METHOD_HELP = {
     "2:4": "2 of every 4 consecutive inputs (sparsity fixed at 0.5)",
     "gradual": "cubic schedule during a --recovery-steps fine-tune, magnitude scores",
     "movement": "cubic schedule during a --recovery-steps fine-tune, movement scores",
+    "wanda": "|w| times its input's norm over calibration text, per output row (Sun et al. 2023)",
+    "wanda-2:4": "wanda scores, 2 of every 4 consecutive inputs kept",
+    "sparsegpt": "one-shot pruning with second-order weight updates from calibration text (Frantar & Alistarh 2023)",
+    "sparsegpt-2:4": "sparsegpt, 2 of every 4 consecutive inputs kept",
+    "gptq": "weight-only --quant-bits quantization, --group-size inputs per scale, with GPTQ's updates "
+            "(Frantar et al. 2022); no pruning",
+    "rtn": "weight-only --quant-bits round-to-nearest on gptq's grid: its calibration-free baseline",
 }
 
 
@@ -43,6 +55,9 @@ class CompressSettings:
     latency_repeats: int = 7  # timed forward passes per batch size (median reported)
     ort_latency: bool = False  # also time each 8-bit variant on ONNX Runtime int8 (needs onnxruntime)
     prompt_tokens: int = 32  # the fixed prompt length timed
+    calibration_sequences: int = 128  # training windows (of the model's context) that wanda, sparsegpt, gptq see
+    quant_bits: tuple[int, ...] = (8, 4)  # weight bits of gptq and rtn variants
+    group_size: int = 32  # inputs per scale of gptq and rtn (0: one scale per output row)
 
 
 @dataclass(frozen=True)
@@ -51,20 +66,25 @@ class VariantSpec:
 
     method: str  # a METHODS name, or "none"
     sparsity: float  # target sparsity of the prunable weights
-    bits: int  # 32 or 8
+    bits: int  # 32 or 8; 8 or 4 for the weight-only QUANTIZERS
     block: int | None = None  # block size for "block"
+    group: int | None = None  # inputs per scale for QUANTIZERS
 
     @property
     def id(self) -> str:
-        """Folder-safe name, e.g. ``dense``, ``none-int8``, ``block32-s90``, ``2of4-s50-int8``."""
+        """Folder-safe name, e.g. ``dense``, ``none-int8``, ``block32-s90``, ``2of4-s50-int8``, ``gptq-w4g32``."""
         if self.method == "none":
             return "dense" if self.bits == 32 else "none-int8"
-        name = {"2:4": "2of4", "block": f"block{self.block}"}.get(self.method, self.method)
+        if self.method in QUANTIZERS:
+            return f"{self.method}-w{self.bits}g{self.group or 0}"
+        name = {"block": f"block{self.block}"}.get(self.method, self.method.replace(":", "of"))
         return f"{name}-s{round(self.sparsity * 100):02d}" + ("-int8" if self.bits == 8 else "")
 
     @property
     def base(self) -> VariantSpec:
-        """The 32-bit variant an 8-bit one is quantized from."""
+        """The 32-bit variant an 8-bit one is quantized from (a weight-only quantized variant is its own)."""
+        if self.method in QUANTIZERS:
+            return self
         return VariantSpec(self.method, self.sparsity, 32, self.block)
 
 
@@ -99,7 +119,10 @@ def variant_specs(settings: CompressSettings) -> list[VariantSpec]:
     bits = (32, 8) if settings.int8 else (32,)
     specs = [VariantSpec("none", 0.0, b) for b in bits]
     for method in settings.methods:
-        levels = (0.5,) if method == "2:4" else tuple(s for s in settings.sparsities if s > 0)
+        if method in QUANTIZERS:
+            specs.extend(VariantSpec(method, 0.0, b, group=settings.group_size) for b in settings.quant_bits)
+            continue
+        levels = (0.5,) if method in N_OF_M else tuple(s for s in settings.sparsities if s > 0)
         for s in levels:
             specs.extend(VariantSpec(method, s, b, settings.block_size if method == "block" else None) for b in bits)
     return specs
@@ -107,16 +130,17 @@ def variant_specs(settings: CompressSettings) -> list[VariantSpec]:
 
 def sparse_kind(spec: VariantSpec) -> str:
     """How the prunable matrices of a variant are stored (see tlc.compress.store)."""
-    if spec.method in ("none", "structured"):
-        return "dense"
+    if spec.method in ("none", "structured") or spec.method in QUANTIZERS:
+        return "dense"  # weight-only quantized matrices are stored as codes and scales (tlc.compress.store)
     return "bsr" if spec.method == "block" else "bitmask"
 
 
 def build_pruned(spec: VariantSpec, dense, calibration, recovery: dict | None):
     """The 32-bit model of ``spec`` made from ``dense`` (left untouched), and its achieved sparsity.
 
-    ``dense`` is the trained model, ``calibration`` a (windows, context) batch of training tokens and
-    ``recovery`` what gradual methods fine-tune with: tokens, context, train, steps, seed.
+    ``dense`` is the trained model, ``calibration`` a (windows, context) batch of training tokens (the
+    calibrated methods' --calibration-sequences windows for those) and ``recovery`` what gradual methods
+    fine-tune with: tokens, context, train, steps, seed.
     """
     from tlc.compress.prune import PATTERNS, apply_masks, count_sparsity
 
@@ -128,7 +152,14 @@ def build_pruned(spec: VariantSpec, dense, calibration, recovery: dict | None):
 
         plan = structured_plan(model, spec.sparsity, calibration)
         return shrink(model, plan), plan.sparsity
-    if spec.method in RECOVERING:
+    if spec.method in ("wanda", "wanda-2:4", "sparsegpt", "sparsegpt-2:4"):
+        from tlc.compress.calibrated import sparsegpt_prune, wanda_prune
+        from tlc.compress.prune import check_sparsity
+
+        check_sparsity(spec.sparsity)
+        prune = wanda_prune if spec.method.startswith("wanda") else sparsegpt_prune
+        prune(model, spec.sparsity, calibration, (2, 4) if spec.method.endswith("2:4") else None)
+    elif spec.method in RECOVERING:
         from tlc.compress.gradual import gradual_prune
 
         scores = "movement" if spec.method == "movement" else "magnitude"
@@ -188,6 +219,8 @@ def block_storage_note(converted) -> str:
 
 def latency_kind(spec: VariantSpec, int8_path: str | None) -> str:
     """How a variant is timed when no special kernel applies."""
+    if spec.method in QUANTIZERS:
+        return "dense_dequantized"  # weight-only codes have no faster kernel on this CPU: timed as fp32
     if spec.bits == 8:
         return f"int8_{int8_path}"
     if spec.method in ("none", "structured"):

@@ -81,6 +81,7 @@ def format_table(fit: dict, path: Path) -> str:
     models = [(f"pruning {m}", e) for m, e in compression["pruning"].items()]
     if compression["int8"]:
         models.append(("int8", compression["int8"]))
+    models += [(f"quantization {m}", e) for m, e in (compression.get("quantization") or {}).items()]
     for label, entry in models:
         parameters = ", ".join(f"{p} = {_interval(v).strip()}" for p, v in entry["parameters"].items())
         lines.append(f"{label} ({entry['candidate']}): {parameters}; status {entry['status']}"

@@ -42,6 +42,7 @@ from tlc.io import list_runs, read_jsonl
 
 VALUE_BYTES = {False: 4.0, True: 1.0}  # fp32 weights (compress.jsonl's dense rows are 32-bit), 8-bit weights
 LATENCY_BATCHES = (1, 32)
+WEIGHT_ONLY = ("gptq", "rtn")  # tlc.compress.variants.QUANTIZERS: weight-only rows the planner does not price yet
 
 
 # A model trained sparse (pruning at init or during training) is stored as it is: global magnitude pruning
@@ -101,6 +102,8 @@ def read_measurements(runs_dir: Path) -> list[MeasuredVariant]:
         total = params.get("total")
         for row in read_jsonl(run_dir / "compress.jsonl"):
             if not isinstance(row.get("method"), str):
+                continue
+            if row["method"] in WEIGHT_ONLY:  # gptq/rtn codes: not the (method, int8) groups this model prices
                 continue
             latency = {b: fastest_latency(row, b) for b in LATENCY_BATCHES}
             variants.append(MeasuredVariant(

@@ -169,6 +169,8 @@ class SweepRecipe:
                 "block": measured.get("block") if method == "block" else None,
                 "recovery_steps": measured.get("recovery_steps", 0) if sparsity > 0 and prune is None else 0,
                 "int8": int8,
+                # wanda and sparsegpt: the training-split windows they were measured with ({split, sequences, tokens})
+                **({"calibration": measured["calibration"]} if sparsity > 0 and measured.get("calibration") else {}),
             },
         }
 
@@ -196,7 +198,8 @@ def read_sweep_recipe(runs_dir: Path) -> SweepRecipe | None:
         for row in read_jsonl(run_dir / "compress.jsonl"):
             method = row.get("method")
             if isinstance(method, str) and method != "none" and method not in compression:
-                compression[method] = {"block": row.get("block"), "recovery_steps": int(row.get("recovery_steps") or 0)}
+                compression[method] = {"block": row.get("block"), "recovery_steps": int(row.get("recovery_steps") or 0),
+                                        "calibration": row.get("calibration")}
     data = {k: v for k, v in (reference.get("data") or {}).items()
             if k in ("source", "val_percent", "text_field", "fingerprint")}
     finished = WSD_RUN if reference["train"].get("schedule") == "wsd" else COSINE_RUN

@@ -224,6 +224,8 @@ def dense_row(run: RunData) -> dict | None:
 
 def variant_label(row: dict) -> str:
     method = row.get("method", "?")
+    if method in ("gptq", "rtn"):  # weight-only quantization: bits and group size, no sparsity
+        return f"{method} {int(row.get('bits', 32))}-bit g{row.get('group_size') or 'row'}"
     parts = [] if method in ("none", "dense") else [f"{method} {float(row.get('sparsity', 0)):.0%}"]
     if int(row.get("bits", 32)) == 8:
         parts.append("int8")
