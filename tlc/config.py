@@ -406,8 +406,8 @@ def validate_run(cfg: RunConfig) -> None:
 # ----------------------------------------------------------------------------------------------
 # Sweep files
 
-SWEEP_KEYS = ("name", "model", "shapes", "seeds", "train", "data", "launch")
-SHAPE_DEFAULT_KEYS = ("context", "vocab_size", "arch", "ffn_mult")
+SWEEP_KEYS = ("name", "objective", "model", "shapes", "seeds", "train", "data", "launch")
+SHAPE_DEFAULT_KEYS = ("context", "vocab_size", "arch", "ffn_mult", "objective")
 # Training settings one entry of `shapes` may set for its own runs: a peak learning rate per width, and (for
 # a sweep whose small shapes should see more tokens than its large ones) the trunk's tokens, with the warmup
 # and the forks that go with them.
@@ -428,6 +428,10 @@ def parse_sweep(doc: Any, where: str = "sweep") -> SweepConfig:
     if not isinstance(model_defaults, Mapping):
         raise UserError(f"{where}.model: expected a mapping of {', '.join(SHAPE_DEFAULT_KEYS)}")
     _check_keys(model_defaults, SHAPE_DEFAULT_KEYS, f"{where}.model")
+    if "objective" in doc:  # the sweep's objective (clm or mlm), a default for every shape like model.objective
+        if "objective" in model_defaults:
+            raise UserError(f"{where}.objective: give the objective once, at the top or as model.objective")
+        model_defaults = {**model_defaults, "objective": doc["objective"]}
     raw_shapes = doc.get("shapes")
     if not isinstance(raw_shapes, list) or not raw_shapes:
         raise UserError(f"{where}.shapes: expected a non-empty list of {{width, depth, heads}} mappings")
