@@ -184,6 +184,23 @@ def layout_counts(template: dict, d, L) -> LayoutCounts:
     return LayoutCounts(rows, others, matrix_types(kind, d, f))
 
 
+def shape_from_counts(template: dict, non_embedding, embedding):
+    """(width, depth) arrays of ``template``'s shapes with these parameter counts: the inverse of
+    :func:`param_counts`, vectorised (the embedding tables fix the width, the rest the depth)."""
+    import numpy as np
+
+    non_embedding, embedding = np.asarray(non_embedding, dtype=float), np.asarray(embedding, dtype=float)
+    width = np.rint(embedding / sum(layout_counts(template, 1, 1).embedding_rows))
+
+    def counted(depth: int):
+        layout = layout_counts(template, width, depth)
+        return depth * sum(n * r * c for n, r, c in layout.matrices) + layout.others
+
+    fixed = counted(0)
+    depth = np.rint((non_embedding - fixed) / np.maximum(counted(1) - fixed, 1))
+    return width.astype(np.int64), depth.astype(np.int64)
+
+
 # ----------------------------------------------------------------------------------------------
 # Parameters and training FLOPs
 
