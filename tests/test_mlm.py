@@ -96,9 +96,9 @@ def mlm_run(tmp_path_factory, small_corpus) -> Path:
     run = tmp_path_factory.mktemp("mlm") / "run"
     run_tlc("train", *TINY_SHAPE, "--objective", "mlm", "--tokens", "16384", "--micro-batch", "8", "--evals", "4",
             "--precision", "fp32", "--eval-tokens", "2048", "--data", small_corpus, "--out", run, "--no-progress",
-            check=True)
+            check=True, timeout=900)
     run_tlc("compress", run, "--methods", "magnitude,structured", "--sparsity", "0.5", "--latency-repeats", "1",
-            check=True)
+            "--no-ort-latency", check=True, timeout=900)
     return run
 
 
@@ -136,7 +136,7 @@ def test_export_writes_a_folder_that_automodelformaskedlm_loads(mlm_run, tmp_pat
     from tlc.compress.store import load_variant
 
     out = tmp_path / "export"
-    run_tlc("export", mlm_run, "--variant", "magnitude-s50", "--to", out, check=True)
+    run_tlc("export", mlm_run, "--variant", "magnitude-s50", "--to", out, check=True, timeout=900)
     model = AutoModelForMaskedLM.from_pretrained(out).eval()
     tokenizer = AutoTokenizer.from_pretrained(out)
     ids = torch.tensor([tokenizer("def f(x):\n    return x + 1")["input_ids"][:20]])
