@@ -50,7 +50,8 @@ def main() -> int:
             fits = [r for r in large_rows if r["bytes"] <= dense["bytes"]]
             label = f"{large['run_id']} "
             if not fits:
-                print(f"{small['run_id']:<24}{dense['val_loss']:>8.4f}{dense['bytes']:>10}  {label + '(none fits)':<44}")
+                none = label + "(none fits)"
+                print(f"{small['run_id']:<24}{dense['val_loss']:>8.4f}{dense['bytes']:>10}  {none:<44}")
                 continue
             best = min(fits, key=lambda r: r["val_loss"])
             print(f"{small['run_id']:<24}{dense['val_loss']:>8.4f}{dense['bytes']:>10}  {label + best['variant']:<44}"

@@ -71,7 +71,8 @@ def test_a_sweep_file_with_objective_mlm_loads(tmp_path):
                     "train: {tokens: 1000}\n")
     with pytest.raises(UserError, match=r"shapes\[0\]\.arch: objective mlm"):
         load_sweep(path)
-    path.write_text("name: x\nobjective: bidirectional\nshapes: [{width: 32, depth: 1, heads: 2}]\ntrain: {tokens: 1}\n")
+    path.write_text("name: x\nobjective: bidirectional\nshapes: [{width: 32, depth: 1, heads: 2}]\n"
+                    "train: {tokens: 1}\n")
     with pytest.raises(UserError, match=r"objective: unknown objective 'bidirectional'; valid: clm, mlm"):
         load_sweep(path)
 
@@ -106,7 +107,8 @@ def test_a_tiny_encoder_trains_and_logs_loss_accuracy_and_flops(mlm_run):
     config = json.loads((mlm_run / "config.json").read_text())
     assert config["run_id"] == "mlm-w32-d2-s0" and config["shape"]["objective"] == "mlm"
     shape = ModelShape(**config["shape"])
-    assert config["flops_per_token"] == flops_per_token(shape) and config["params"]["total"] == param_counts(shape).total
+    assert config["flops_per_token"] == flops_per_token(shape)
+    assert config["params"]["total"] == param_counts(shape).total
     rows = read_jsonl(mlm_run / "metrics.jsonl")
     assert rows[-1]["step"] == 64 and rows[-1]["final"]
     assert all(r["flops"] == pytest.approx(r["tokens"] * config["flops_per_token"]) for r in rows)

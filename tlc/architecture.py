@@ -127,12 +127,14 @@ def model_tensors(shape: ModelShape) -> list[Tensor]:
             for name, rows, cols in (("attention.self.query", d, d), ("attention.self.key", d, d),
                                      ("attention.self.value", d, d), ("attention.output.dense", d, d),
                                      ("intermediate.dense", f, d), ("output.dense", d, f)):
-                out += [Tensor(p + name + ".weight", (rows, cols), "matrix"), Tensor(p + name + ".bias", (rows,), "other")]
+                out += [Tensor(p + name + ".weight", (rows, cols), "matrix"),
+                        Tensor(p + name + ".bias", (rows,), "other")]
             out += [Tensor(p + f"{ln}.LayerNorm.{w}", (d,), "other")
                     for ln in ("attention.output", "output") for w in ("weight", "bias")]
         h = "cls.predictions."
         out += [Tensor(h + "bias", (V,), "other"), Tensor(h + "transform.dense.weight", (d, d), "other"),
-                Tensor(h + "transform.dense.bias", (d,), "other"), Tensor(h + "transform.LayerNorm.weight", (d,), "other"),
+                Tensor(h + "transform.dense.bias", (d,), "other"),
+                Tensor(h + "transform.LayerNorm.weight", (d,), "other"),
                 Tensor(h + "transform.LayerNorm.bias", (d,), "other")]
         return out
     out.append(Tensor("model.embed_tokens.weight", (V, d), "embedding"))
