@@ -29,50 +29,10 @@ from functools import lru_cache
 
 import numpy as np
 
-from tlc.config import ModelShape
+from tlc.architecture import ModelShape, Tensor, layout_counts, model_tensors
 
 DTYPE_BYTES = {"F32": 4, "F16": 2, "I8": 1, "U8": 1, "I32": 4}
 UNSTRUCTURED = ("magnitude", "magnitude-global", "gradual", "movement", "2:4")
-
-
-@dataclass(frozen=True)
-class Tensor:
-    """One tensor of the model's state dict: name, [out, in] shape for matrices, and its role."""
-
-    name: str
-    shape: tuple[int, ...]
-    role: str  # "matrix" (prunable), "embedding", "other"
-    conv1d: bool = False
-
-
-def model_tensors(shape: ModelShape) -> list[Tensor]:
-    """The state dict `tlc.train.model.build_model` makes for ``shape`` (the tied LM head stored once)."""
-    d, f, V, T = shape.width, shape.ffn_mult * shape.width, shape.vocab_size, shape.context
-    out: list[Tensor] = []
-    if shape.arch == "gpt2":
-        out += [Tensor("transformer.wte.weight", (V, d), "embedding"), Tensor("transformer.wpe.weight", (T, d),
-                                                                                 "embedding")]
-        for i in range(shape.depth):
-            p = f"transformer.h.{i}."
-            out += [Tensor(p + "ln_1.weight", (d,), "other"), Tensor(p + "ln_1.bias", (d,), "other"),
-                    Tensor(p + "attn.c_attn.weight", (3 * d, d), "matrix", True),
-                    Tensor(p + "attn.c_attn.bias", (3 * d,), "other"),
-                    Tensor(p + "attn.c_proj.weight", (d, d), "matrix", True), Tensor(p + "attn.c_proj.bias", (d,), "other"),
-                    Tensor(p + "ln_2.weight", (d,), "other"), Tensor(p + "ln_2.bias", (d,), "other"),
-                    Tensor(p + "mlp.c_fc.weight", (f, d), "matrix", True), Tensor(p + "mlp.c_fc.bias", (f,), "other"),
-                    Tensor(p + "mlp.c_proj.weight", (d, f), "matrix", True), Tensor(p + "mlp.c_proj.bias", (d,), "other")]
-        out += [Tensor("transformer.ln_f.weight", (d,), "other"), Tensor("transformer.ln_f.bias", (d,), "other")]
-        return out
-    out.append(Tensor("model.embed_tokens.weight", (V, d), "embedding"))
-    for i in range(shape.depth):
-        p = f"model.layers.{i}."
-        out += [Tensor(p + f"self_attn.{n}_proj.weight", (d, d), "matrix") for n in ("q", "k", "v", "o")]
-        out += [Tensor(p + "mlp.gate_proj.weight", (f, d), "matrix"), Tensor(p + "mlp.up_proj.weight", (f, d), "matrix"),
-                Tensor(p + "mlp.down_proj.weight", (d, f), "matrix"),
-                Tensor(p + "input_layernorm.weight", (d,), "other"),
-                Tensor(p + "post_attention_layernorm.weight", (d,), "other")]
-    out.append(Tensor("model.norm.weight", (d,), "other"))
-    return out
 
 
 def prunable_params(shape: ModelShape) -> int:
@@ -109,37 +69,25 @@ def _header_bytes(entries: list[tuple[str, str, tuple]], formats: dict, int8_pat
     return 8 + length + (-length) % 8
 
 
-def _matrix_types(arch: str, d, f) -> list[tuple[int, object, object]]:
-    """(count per block, rows, cols) of the prunable matrices, [out, in]."""
-    if arch == "gpt2":
-        return [(1, 3 * d, d), (1, d, d), (1, f, d), (1, d, f)]
-    return [(4, d, d), (2, f, d), (1, d, f)]
-
-
 def sizes(template: dict, width, depth, method: str, sparsity, int8: bool, block: int | None = None):
     """(data bytes, non-zeros), vectorised over arrays of width, depth and sparsity (broadcast together).
 
-    ``template``: arch, context, vocab_size, ffn_mult. Data bytes exclude the safetensors header
+    ``template``: arch, context, vocab_size, ffn_mult and optionally objective. Data bytes exclude the safetensors header
     (`header_bytes`); both follow the module docstring's rules.
     """
     d, L, s = np.broadcast_arrays(*(np.asarray(v) for v in (width, depth, sparsity)))
     d, L, s = d.astype(np.int64), L.astype(np.int64), s.astype(float)
-    V, T, f = template["vocab_size"], template["context"], template["ffn_mult"] * d
+    layout = layout_counts(template, d, L)
     vb = 1 if int8 else 4
     sparse = (s > 0) & (method != "none")
     bs = block or 32
-    if template["arch"] == "gpt2":
-        embedding_rows = [V, T]
-        others = L * (9 * d + f) + 2 * d
-    else:
-        embedding_rows = [V]
-        others = L * 2 * d + d
+    others = layout.others
     data = 4 * others
     nonzeros = others.copy()
-    for rows in embedding_rows:
+    for rows in layout.embedding_rows:
         data = data + (rows * d + 2 * rows if int8 else 4 * rows * d)
         nonzeros = nonzeros + rows * d
-    for count, rows, cols in _matrix_types(template["arch"], d, f):
+    for count, rows, cols in layout.matrices:
         numel = rows * cols
         scales = 2 * rows if int8 else 0
         dense = vb * numel + scales
@@ -169,13 +117,13 @@ def header_bytes(shape: ModelShape, method: str, int8: bool, block: int | None =
     sized at its longest, every number with as many digits as the widest width of ``shape``'s digit
     count (a width of 10^k - 1) can give, every offset as wide as that model's data."""
     return _header_bound(shape.arch, shape.context, shape.vocab_size, shape.ffn_mult, len(str(shape.width)),
-                         shape.depth, method, int8, block or 32, int8_path if int8 else "")
+                         shape.depth, method, int8, block or 32, int8_path if int8 else "", shape.objective)
 
 
 @lru_cache(maxsize=4096)
 def _header_bound(arch: str, context: int, vocab_size: int, ffn_mult: int, width_digits: int, depth: int,
-                  method: str, int8: bool, block: int, int8_path: str) -> int:
-    widest = ModelShape(10**width_digits - 1, depth, 1, context, vocab_size, arch, ffn_mult)
+                  method: str, int8: bool, block: int, int8_path: str, objective: str = "clm") -> int:
+    widest = ModelShape(10**width_digits - 1, depth, 1, context, vocab_size, arch, ffn_mult, objective)
     entries_all: list = []
     formats: dict = {}
     for t in model_tensors(widest):
@@ -208,7 +156,7 @@ def artifact_size(shape: ModelShape, method: str, sparsity: float, int8: bool, b
     """Bytes and non-zeros of ``shape`` pruned with ``method`` to ``sparsity`` (of the prunable
     weights) and/or 8-bit, as `tlc compress` stores it (module docstring)."""
     template = {"arch": shape.arch, "context": shape.context, "vocab_size": shape.vocab_size,
-                "ffn_mult": shape.ffn_mult}
+                "ffn_mult": shape.ffn_mult, "objective": shape.objective}
     data, nonzeros = sizes(template, shape.width, shape.depth, method, sparsity, int8, block)
     header = header_bytes(shape, method if sparsity > 0 else "none", int8, block, int8_path)
     return ArtifactSize(bytes=int(data) + header, nonzeros=int(nonzeros))

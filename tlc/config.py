@@ -16,31 +16,14 @@ from typing import Any, Mapping
 
 import yaml
 
+# ModelShape, ARCHS and OBJECTIVES are described in tlc.architecture and importable from here as before
+from tlc.architecture import ARCHS, OBJECTIVES, ModelShape, flops_per_token
 from tlc.errors import UserError
 
-ARCHS = ("gpt2", "llama")
 PRECISIONS = ("auto", "fp32", "bf16")
 SCHEDULES = ("cosine", "wsd")
 MIN_BUDGET_STEPS = 200  # an iso-FLOP run with fewer optimizer steps is mostly warmup: skipped
 RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
-
-
-@dataclass(frozen=True)
-class ModelShape:
-    """The shape of one decoder-only transformer."""
-
-    width: int  # d_model: residual stream width
-    depth: int  # number of transformer blocks
-    heads: int  # attention heads; width must be a multiple of heads
-    context: int = 128  # tokens per training sequence (and position embeddings)
-    vocab_size: int = 1024  # BPE vocabulary, shared by the tokenizer
-    arch: str = "gpt2"  # "gpt2" (learned positions, GELU, Conv1D) or "llama" (RoPE, SwiGLU, RMSNorm)
-    ffn_mult: int = 4  # FFN hidden width = ffn_mult * width
-
-    def run_id(self, seed: int) -> str:
-        """Name a run by its shape, e.g. ``w256-d4-s0`` (architecture prefixed when not GPT-2)."""
-        prefix = "" if self.arch == "gpt2" else f"{self.arch}-"
-        return f"{prefix}w{self.width}-d{self.depth}-s{seed}"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -251,8 +234,6 @@ class SweepConfig:
 
     def budget_steps(self, run: RunConfig) -> int:
         """Optimizer steps an iso-FLOP run gets: tokens = C / FLOPs per token, over the global batch."""
-        from tlc.shapes import flops_per_token  # tlc.shapes imports this module
-
         tokens_per_step = self.train.micro_batch * self.train.grad_accum * self.launch.nproc * run.shape.context
         return int(run.train.flops / flops_per_token(run.shape)) // tokens_per_step
 
@@ -355,6 +336,11 @@ def validate_shape(shape: ModelShape, where: str = "shape") -> None:
         raise UserError(f"{where}: llama needs an even head size (width/heads), got {shape.width // shape.heads}")
     if shape.arch not in ARCHS:
         raise UserError(f"{where}.arch: unknown architecture {shape.arch!r}; valid: {', '.join(ARCHS)}")
+    if shape.objective not in OBJECTIVES:
+        raise UserError(f"{where}.objective: unknown objective {shape.objective!r}; valid: {', '.join(OBJECTIVES)}")
+    if shape.objective == "mlm" and shape.arch != "gpt2":
+        raise UserError(f"{where}.arch: objective mlm trains a RoBERTa-style encoder (learned positions, GELU, "
+                        f"LayerNorm), so arch must be gpt2 (the default), got {shape.arch!r}")
     if shape.vocab_size < 260:
         raise UserError(f"{where}.vocab_size: must be at least 260 (256 bytes plus merges), got {shape.vocab_size}")
     if shape.vocab_size > 65535:
@@ -448,8 +434,8 @@ def validate_run(cfg: RunConfig) -> None:
 # ----------------------------------------------------------------------------------------------
 # Sweep files
 
-SWEEP_KEYS = ("name", "model", "shapes", "seeds", "train", "data", "launch")
-SHAPE_DEFAULT_KEYS = ("context", "vocab_size", "arch", "ffn_mult")
+SWEEP_KEYS = ("name", "objective", "model", "shapes", "seeds", "train", "data", "launch")
+SHAPE_DEFAULT_KEYS = ("context", "vocab_size", "arch", "ffn_mult", "objective")
 # Training settings one entry of `shapes` may set for its own runs: a peak learning rate per width, and (for
 # a sweep whose small shapes should see more tokens than its large ones) the trunk's tokens, with the warmup
 # and the forks that go with them.
@@ -470,6 +456,10 @@ def parse_sweep(doc: Any, where: str = "sweep") -> SweepConfig:
     if not isinstance(model_defaults, Mapping):
         raise UserError(f"{where}.model: expected a mapping of {', '.join(SHAPE_DEFAULT_KEYS)}")
     _check_keys(model_defaults, SHAPE_DEFAULT_KEYS, f"{where}.model")
+    if "objective" in doc:  # the sweep's objective (clm or mlm), a default for every shape like model.objective
+        if "objective" in model_defaults:
+            raise UserError(f"{where}.objective: give the objective once, at the top or as model.objective")
+        model_defaults = {**model_defaults, "objective": doc["objective"]}
     raw_shapes = doc.get("shapes")
     if not isinstance(raw_shapes, list) or not raw_shapes:
         raise UserError(f"{where}.shapes: expected a non-empty list of {{width, depth, heads}} mappings")

@@ -101,6 +101,8 @@ def check_planned_run(run_dir: Path, recipe: dict, point: str) -> None:
     shape = json.loads((run_dir / "config.json").read_text(encoding="utf-8")).get("shape") or {}
     planned = recipe["shape"]
     differs = [k for k in ("arch", "width", "depth", "heads", "context", "vocab_size") if shape.get(k) != planned.get(k)]
+    if shape.get("objective", "clm") != planned.get("objective", "clm"):
+        differs.append("objective")
     if differs:
         raise UserError(f"--plan: {run_dir.name} is not the planned {point} "
                         f"({', '.join(f'{k} {shape.get(k)} there, {planned.get(k)} planned' for k in differs)}); "

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from tlc.train.data import TokenData
-from tlc.train.evaluation import bits_per_byte, loss_by_target, repeated_targets, val_batches
+from tlc.train.evaluation import bits_per_byte, loss_by_target, scored_batches
 
 N_BUCKETS = 5
 
@@ -50,13 +50,12 @@ def evaluate_positions(model, tokens: TokenData, offsets: np.ndarray, context: i
     losses, preds, targets_all, repeats = [], [], [], []
     model.eval()
     with torch.inference_mode():
-        for logits, window in val_batches(model, tokens, offsets, context, batch_size, device):
-            targets = window[:, 1:]
-            loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), reduction="none")
+        for logits, targets, repeated in scored_batches(model, tokens, offsets, context, batch_size, device):
+            loss = F.cross_entropy(logits, targets, reduction="none")
             losses.append(loss.cpu().numpy())
-            preds.append(logits.argmax(-1).reshape(-1).cpu().numpy().astype(np.int32))
-            targets_all.append(targets.reshape(-1).cpu().numpy())
-            repeats.append(repeated_targets(window).reshape(-1).cpu().numpy())
+            preds.append(logits.argmax(-1).cpu().numpy().astype(np.int32))
+            targets_all.append(targets.cpu().numpy())
+            repeats.append(repeated.cpu().numpy())
     token_loss = np.concatenate(losses).astype(np.float32)
     predictions = np.concatenate(preds)
     targets = np.concatenate(targets_all)

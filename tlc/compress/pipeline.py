@@ -80,16 +80,16 @@ def load_run(run_dir: Path, settings: CompressSettings, checkpoint: Path | None 
     """Read a run's config, data and model (``checkpoint``/model/, default the run's own); check the
     data is the one it was trained on."""
     import torch
-    from transformers import AutoModelForCausalLM
 
+    from tlc.architecture import auto_model_class
     from tlc.compress.evaluate import frequency_buckets
     from tlc.train.data import load_corpus, load_tokens, train_offsets, val_offsets, windows
 
     config = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
     data, shape, train = config["data"], config["shape"], config["train"]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dense = AutoModelForCausalLM.from_pretrained(str((checkpoint or run_dir) / "model"), use_safetensors=True,
-                                                 attn_implementation="sdpa").float().to(device).eval()
+    dense = auto_model_class(shape.get("objective", "clm")).from_pretrained(str((checkpoint or run_dir) / "model"), use_safetensors=True,
+                                                                attn_implementation="sdpa").float().to(device).eval()
     if "block" in settings.methods:
         from tlc.compress.prune import check_block_size
 
@@ -299,6 +299,10 @@ def compress_run(run_dir: Path, settings: CompressSettings, log=print,
     path = home / ROWS
     rows = {r["variant"]: r for r in read_jsonl(path) if is_saved(home / "compressed" / str(r.get("variant")))}
     todo = [s for s in (variant_specs(settings) if specs is None else specs) if s.id not in rows]
+    if _objective(run_dir) == "mlm" and any(s.method == "structured" for s in todo):
+        # removing BERT heads would need per-layer head counts that its config cannot hold
+        log(f"{label}: structured pruning is not available for mlm encoders; its variants are skipped")
+        todo = [s for s in todo if s.method != "structured"]
     if not todo:
         log(f"{label}: all {len(rows)} variants done")
         return list(rows.values())
@@ -324,6 +328,12 @@ def compress_run(run_dir: Path, settings: CompressSettings, log=print,
                                           if row.get("latency_ms_b1_ort_int8") is not None else "")
             + f"  {row['wall_s']:.1f}s")
     return list(rows.values())
+
+
+def _objective(run_dir: Path) -> str:
+    """The run's training objective (clm or mlm), from its config.json."""
+    config = json.loads((Path(run_dir) / "config.json").read_text(encoding="utf-8"))
+    return config["shape"].get("objective", "clm")
 
 
 def add_cie(run_dirs: list[Path]) -> int:

@@ -18,30 +18,24 @@ from typing import Callable
 import torch
 from torch import nn
 
+from tlc.architecture import PRUNABLE_SUFFIXES
 from tlc.errors import UserError
 
 Masks = dict[str, torch.Tensor]  # layer name -> bool keep-mask, shape [out, in]
 
 BLOCK_SIZES = (16, 32, 64)
-# names of prunable matrices inside a block, for GPT-2 (Conv1D) and Llama (nn.Linear)
-_PRUNABLE_SUFFIXES = (
-    "attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj",
-    "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
-    "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj",
-)
-
-
 def is_conv1d(module: nn.Module) -> bool:
     """GPT-2's ``transformers.pytorch_utils.Conv1D``: y = x @ weight + bias with weight [in, out]."""
     return type(module).__name__ == "Conv1D" and hasattr(module, "nf")
 
 
 def prunable_layers(model: nn.Module) -> dict[str, nn.Module]:
-    """Attention and MLP matrices of every transformer block, by module name, in model order."""
+    """Attention and MLP matrices of every transformer block (`tlc.architecture.PRUNABLE_SUFFIXES`), by module
+    name, in model order."""
     layers = {name: m for name, m in model.named_modules()
-              if name.endswith(_PRUNABLE_SUFFIXES) and (isinstance(m, nn.Linear) or is_conv1d(m))}
+              if name.endswith(PRUNABLE_SUFFIXES) and (isinstance(m, nn.Linear) or is_conv1d(m))}
     if not layers:
-        raise UserError("RUNS_DIR: the model has no GPT-2 or Llama attention/MLP layers that tlc knows how to prune")
+        raise UserError("RUNS_DIR: the model has no GPT-2, Llama or BERT attention/MLP layers that tlc knows how to prune")
     return layers
 
 

@@ -248,12 +248,12 @@ def shrink(model: nn.Module, plan: StructuredPlan) -> nn.Module:
 
 def build_from_config(config) -> nn.Module:
     """An (uninitialised-weights) model of exactly the shapes ``config`` describes, shrunk GPT-2 heads included."""
-    from transformers import AutoModelForCausalLM
+    from tlc.architecture import auto_model_class, config_objective
 
     pruned = getattr(config, "tlc_pruned_heads", None) or {}
     if pruned:
         config = type(config).from_dict({k: v for k, v in config.to_dict().items() if k != "tlc_pruned_heads"})
-    model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
+    model = auto_model_class(config_objective(config)).from_config(config, attn_implementation="sdpa")
     if pruned:
         heads = tuple(tuple(pruned.get(str(i), [])) for i in range(config.n_layer))
         shrink(model, StructuredPlan(heads, tuple(() for _ in heads), 0.0))

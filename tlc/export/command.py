@@ -23,8 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Export a compressed variant as a transformers folder or ONNX models (fp32 and ONNX Runtime int8).
 
-    hf: AutoModelForCausalLM.from_pretrained(DIR) and AutoTokenizer.from_pretrained(DIR) load it
-    without tlc; 8-bit variants are in bitsandbytes' int8 format (needs bitsandbytes and accelerate).
+    hf: AutoModelForCausalLM.from_pretrained(DIR) (AutoModelForMaskedLM for an mlm run) and
+    AutoTokenizer.from_pretrained(DIR) load it without tlc; 8-bit variants are in bitsandbytes' int8 format (needs bitsandbytes and accelerate).
     onnx: model.onnx (fp32) and model.int8.onnx (ONNX Runtime dynamic quantization), with the
     tokenizer. DIR is written whole or not at all; DIR/tlc_export.json records what it holds.
     """

@@ -1,4 +1,5 @@
-"""A variant as a Hugging Face folder that ``AutoModelForCausalLM.from_pretrained`` loads without tlc.
+"""A variant as a Hugging Face folder that ``AutoModelForCausalLM.from_pretrained`` (``AutoModelForMaskedLM``
+for an mlm run) loads without tlc.
 
 What each kind of variant becomes:
 
@@ -12,7 +13,8 @@ What each kind of variant becomes:
   the absmax of each row) with ``llm_int8_threshold=0``. That is tlc's own storage (row-wise
   absmax, no outlier columns), so the exported int8 values are exactly tlc's. Loading needs
   ``bitsandbytes`` and ``accelerate``; it runs on CPU. The LM head tied to the token embedding
-  stays in floating point (transformers never quantizes it), holding the dequantized table.
+  stays in floating point (transformers never quantizes it), holding the dequantized table; an
+  encoder's whole MLM head (``cls``: transform and tied decoder) stays in floating point likewise.
 """
 
 from __future__ import annotations
@@ -93,11 +95,12 @@ def _int8_tensors(model: torch.nn.Module, int8: dict) -> dict[str, torch.Tensor]
     return tensors
 
 
-def int8_quantization_config() -> dict:
-    """``config.json``'s quantization_config: LLM.int8() without outlier columns, the head kept in float."""
+def int8_quantization_config(head: str = "lm_head") -> dict:
+    """``config.json``'s quantization_config: LLM.int8() without outlier columns, the head (``lm_head``, or an
+    encoder's ``cls``) kept in float."""
     from transformers import BitsAndBytesConfig
 
-    return BitsAndBytesConfig(load_in_8bit=True, llm_int8_threshold=0.0, llm_int8_skip_modules=["lm_head"]).to_dict()
+    return BitsAndBytesConfig(load_in_8bit=True, llm_int8_threshold=0.0, llm_int8_skip_modules=[head]).to_dict()
 
 
 def write_hf(variant_folder: Path, model_folder: Path, out: Path) -> dict:
@@ -121,7 +124,9 @@ def write_hf(variant_folder: Path, model_folder: Path, out: Path) -> dict:
     bits = manifest.get("bits", 32)
     if bits == 8:
         save_file(_int8_tensors(model, int8), str(out / WEIGHTS), metadata={"format": "pt"})
-        config.quantization_config = int8_quantization_config()
+        from tlc.architecture import config_objective
+
+        config.quantization_config = int8_quantization_config("cls" if config_objective(config) == "mlm" else "lm_head")
         config.save_pretrained(out)
     else:
         model.save_pretrained(out, safe_serialization=True)

@@ -261,6 +261,24 @@ def timing_variants(sparse: list[tuple[Path, dict]], dense: dict[str, scaling.Ru
     return variants, skipped
 
 
+def run_objective(config: dict) -> str:
+    """A run's training objective from its config.json: clm (causal, the default) or mlm (masked LM)."""
+    return ((config or {}).get("shape") or {}).get("objective", "clm")
+
+
+def check_one_objective(run_dirs: list[Path]) -> str:
+    """The one objective of ``run_dirs``; a UserError when causal and masked-LM runs are mixed (a masked-token
+    loss and a next-token loss are different quantities: no law fits both)."""
+    seen: dict[str, str] = {}
+    for run_dir in run_dirs:
+        seen.setdefault(run_objective(read_run_config(run_dir) or {}), run_dir.name)
+    if len(seen) > 1:
+        examples = ", ".join(f"{name} ({objective})" for objective, name in sorted(seen.items()))
+        raise UserError(f"RUNS_DIR: mixes causal (clm) and masked-LM (mlm) runs, e.g. {examples}; their losses are not "
+                        "one quantity, so fit each objective's runs from a folder of their own")
+    return next(iter(seen), "clm")
+
+
 def read_sweep(runs_dir: Path, include_warmup: bool = False,
                size: str = DEFAULT_SIZE) -> tuple[scaling.SweepObservations, list[str], int]:
     """Every trained run under ``runs_dir`` (a subdirectory holding config.json), in name order,
@@ -288,6 +306,7 @@ def read_sweep(runs_dir: Path, include_warmup: bool = False,
         dense_configs[curve.run_id] = config
         variants.extend(run_variants)
         warmup += run_warmup
+    check_one_objective(run_dirs)
     timed, left_out = timing_variants(sparse, {c.run_id: c for c in curves}, dense_configs)
     variants.extend(timed)
     skipped.extend(left_out)
@@ -363,6 +382,7 @@ def fit_sweep(
     fit = scaling.fit_sweep_observations(observations, bootstrap=bootstrap, seed=seed, final_only=not all_points)
     fit["size"] = {"definition": size, "note": f"N in every law counts {SIZES[size]}"}
     fit["corpus"] = runs_corpus(runs_dir)  # what the runs trained on: tlc plan and tlc validate check it
+    fit["objective"] = check_one_objective(list_runs(Path(runs_dir)))
     fit["design"] = design_message(fit, observations)
     fit["skipped_runs"] = skipped
     fit["include_warmup"] = include_warmup

@@ -197,14 +197,9 @@ def fit_latency(variants: list[MeasuredVariant], device: str, batch: int) -> Lat
 
 def shape_of(template: dict, N, embedding) -> tuple[np.ndarray, np.ndarray]:
     """(width, depth) of shapes of ``template`` from their (N, embedding): the inverse of `tlc.shapes.param_counts`."""
-    N, embedding = np.asarray(N, dtype=float), np.asarray(embedding, dtype=float)
-    V, T, ffn = template["vocab_size"], template["context"], template["ffn_mult"]
-    gpt2 = template["arch"] == "gpt2"
-    width = np.rint(embedding / (V + T if gpt2 else V))
-    per_block = 4 * width**2 + 2 * ffn * width**2 + 9 * width + ffn * width if gpt2 else \
-        4 * width**2 + 3 * ffn * width**2 + 2 * width
-    depth = np.rint((N - (2 if gpt2 else 1) * width) / np.maximum(per_block, 1))
-    return width.astype(np.int64), depth.astype(np.int64)
+    from tlc.architecture import shape_from_counts
+
+    return shape_from_counts(template, N, embedding)
 
 
 @dataclass(frozen=True)
@@ -232,7 +227,8 @@ class CostModel:
         data, nonzeros = sizes(self.template, width, depth, method, sparsity, int8, block)
         t = self.template
         header = np.vectorize(lambda w, d, s: header_bytes(
-            ModelShape(int(w), int(d), 1, t["context"], t["vocab_size"], t["arch"], t["ffn_mult"]),
+            ModelShape(int(w), int(d), 1, t["context"], t["vocab_size"], t["arch"], t["ffn_mult"],
+                       t.get("objective", "clm")),
             method if s > 0 else "none", int8, block), otypes=[float])
         return data + header(width, depth, np.broadcast_to(sparsity, np.shape(width))), nonzeros
 

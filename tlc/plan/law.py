@@ -226,6 +226,7 @@ def _sweep_details(runs_dir: Path, fit: dict) -> tuple[MeasuredRanges, dict | No
             "context": int(shape["context"]),
             "vocab_size": int(shape["vocab_size"]),
             "ffn_mult": int(shape.get("ffn_mult", 4)),
+            "objective": shape.get("objective", "clm"),
         }
     ranges = MeasuredRanges(
         N=(min(sizes), max(sizes)) if sizes else None,

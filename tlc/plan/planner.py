@@ -339,7 +339,7 @@ def make_plan(law: PlanLaw, budgets: Budgets, args: argparse.Namespace, storage:
             "status": law.choice.get("status"), "why": law.choice.get("why"),
             "copying_under_way": (law.fitted.loss_split or {}).get("copying_under_way"),
             "heldout_error": law.choice.get("heldout_error"), "candidates": law.choice.get("candidates", []),
-            "shapes": (f"{law.shape_template['arch']} shapes, context {law.shape_template['context']}, "
+            "shapes": (f"{_family_label(law.shape_template)} shapes, context {law.shape_template['context']}, "
                        f"vocab {law.shape_template['vocab_size']}") if space.shapes else "continuous N",
             "flops": ("tlc.shapes.flops_per_token per training token, a third of it per inference token"
                       if space.shapes else "6N per training token, 2N per inference token"),
@@ -374,3 +374,8 @@ def make_plan(law: PlanLaw, budgets: Budgets, args: argparse.Namespace, storage:
         "extrapolation": extrapolation(law, recommendation, rec),
         "warnings": warnings,
     }
+
+
+def _family_label(template: dict) -> str:
+    """What the plan's shapes are: their arch, or the masked-LM encoder for an mlm sweep."""
+    return "mlm encoder (BERT)" if template.get("objective", "clm") == "mlm" else template["arch"]

@@ -59,7 +59,8 @@ def make_shape(template: dict, width_steps: int, depth: int) -> ModelShape:
     width = WIDTH_STEP * width_steps
     heads = heads_for_width(width)
     t = template
-    return ModelShape(width, depth, heads, t["context"], t["vocab_size"], t["arch"], t["ffn_mult"])
+    return ModelShape(width, depth, heads, t["context"], t["vocab_size"], t["arch"], t["ffn_mult"],
+                      t.get("objective", "clm"))
 
 
 @lru_cache(maxsize=None)

@@ -135,6 +135,14 @@ def _answer(data: SweepData) -> list[str]:
         return ["plan.json lacks fields tlc plan writes: run tlc plan again for the answer."]
 
 
+OBJECTIVE_LINES = {
+    "clm": "causal language modelling (decoders): loss and accuracy are of the next token.",
+    "mlm": "masked language modelling (RoBERTa-style encoders, 15% of tokens masked 80/10/10): loss and accuracy "
+           "are of the masked tokens, not comparable with a causal sweep's.",
+    "mixed": "causal and masked-LM runs together: their losses are different quantities; tlc fit refuses the mix.",
+}
+
+
 def write_report(sweep_dir: Path) -> Path:
     """Write ``sweep_dir/report/`` (index.html, report.md, PNG figures); return the index path."""
     data = collect(sweep_dir)
@@ -154,6 +162,9 @@ def write_report(sweep_dir: Path) -> Path:
             f"<style>{CSS}{SAMPLES_CSS}</style></head><body>", f"<h1>{esc(title)}</h1>",
             f"<p>{len(data.runs)} runs from {esc(str(data.sweep_dir))}.</p>"]
     md = [f"# {title}", "", f"{len(data.runs)} runs from `{data.sweep_dir}`.", ""]
+    objective = OBJECTIVE_LINES[data.objective]
+    page.append(f"<p class='objective'><b>Objective:</b> {esc(objective)}</p>")
+    md += [f"**Objective:** {objective}", ""]
     answer = _answer(data)
     if answer:
         page.append("<section id='answer'><h2>The answer</h2>" + "".join(f"<p>{esc(line)}</p>" for line in answer)

@@ -45,6 +45,12 @@ class SweepData:
     plan_sha256: str | None = None  # of plan.json, to find its validation
 
     @property
+    def objective(self) -> str:
+        """The runs' training objective: clm (causal) or mlm (masked LM); "mixed" when both are present."""
+        seen = {(r.config.get("shape") or {}).get("objective", "clm") for r in self.runs} or {"clm"}
+        return seen.pop() if len(seen) == 1 else "mixed"
+
+    @property
     def compressed_runs(self) -> list[RunData]:
         return [r for r in self.runs if r.compress]
 

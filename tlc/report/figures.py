@@ -77,7 +77,8 @@ def loss_vs_flops(data: SweepData):
 
 def accuracy_vs_flops(data: SweepData):
     fig, ax, _ = _curves(data, lambda m: m["flops"], lambda m: 100 * m["val_acc"])
-    ax.set(xscale="log", xlabel="training compute (FLOPs)", ylabel="next-token accuracy (%)")
+    predicted = "masked-token" if data.objective == "mlm" else "next-token"
+    ax.set(xscale="log", xlabel="training compute (FLOPs)", ylabel=f"{predicted} accuracy (%)")
     ax.legend(fontsize=7)
     return fig
 

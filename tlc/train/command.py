@@ -41,7 +41,7 @@ def _fractions(text: str) -> tuple[float, ...]:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Arguments of ``tlc train``."""
-    from tlc.config import ARCHS, PRECISIONS, SCHEDULES, DataSettings, ModelShape, TrainSettings
+    from tlc.config import ARCHS, OBJECTIVES, PRECISIONS, SCHEDULES, DataSettings, ModelShape, TrainSettings
 
     t, s, d = TrainSettings(), ModelShape(1, 1, 1), DataSettings()
     p.add_argument("--out", type=Path, help="run directory (default: runs/single/<run-id>, or runs/<sweep>/<run-id>)")
@@ -57,6 +57,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--context", type=int, default=s.context, help=f"tokens per sequence (default {s.context})")
     g.add_argument("--vocab-size", type=int, default=s.vocab_size, help=f"BPE vocabulary (default {s.vocab_size})")
     g.add_argument("--arch", choices=ARCHS, default=s.arch, help=f"model family (default {s.arch})")
+    g.add_argument("--objective", choices=OBJECTIVES, default=s.objective,
+                   help=f"clm: causal decoder; mlm: RoBERTa-style encoder, 15%% of tokens masked (default {s.objective})")
     g = p.add_argument_group("training (without --sweep)")
     g.add_argument("--tokens", type=_count, help="training tokens for the run")
     g.add_argument("--flops", type=_float, help="training FLOPs for the run (instead of --tokens)")
@@ -125,7 +127,8 @@ def _train_config(args: argparse.Namespace):
         raise UserError(f"{', '.join(missing)}: required (or give --sweep and --run-id)")
     if (args.tokens is None) == (args.flops is None):
         raise UserError("--tokens or --flops: give exactly one training budget, e.g. --tokens 2e6")
-    shape = ModelShape(args.width, args.depth, args.heads, args.context, args.vocab_size, args.arch)
+    shape = ModelShape(args.width, args.depth, args.heads, args.context, args.vocab_size, args.arch,
+                       objective=args.objective)
     train = TrainSettings(
         tokens=args.tokens, flops=args.flops, micro_batch=args.micro_batch, grad_accum=args.grad_accum,
         lr=args.lr, zero_stage=args.zero_stage, precision=args.precision, evals=args.evals,

@@ -165,6 +165,16 @@ def save_final_model(module, tokens: TokenData, run_dir: Path) -> None:
     tmp = run_dir / ".model.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     module.to(torch.float32).save_pretrained(tmp, safe_serialization=True)
-    wrapped = PreTrainedTokenizerFast(tokenizer_object=tokens.tokenizer, eos_token=EOT, bos_token=EOT, unk_token=None)
+    from tlc.architecture import MASK_TOKEN, PAD_TOKEN, model_objective
+
+    if model_objective(module) == "mlm":  # the encoder's <mask> and <pad> follow the BPE vocabulary
+        from tlc.train.masking import encoder_tokenizer
+
+        wrapped = PreTrainedTokenizerFast(tokenizer_object=encoder_tokenizer(tokens.tokenizer, module.config.vocab_size - 2),
+                                          eos_token=EOT, bos_token=EOT, mask_token=MASK_TOKEN, pad_token=PAD_TOKEN,
+                                          unk_token=None)
+    else:
+        wrapped = PreTrainedTokenizerFast(tokenizer_object=tokens.tokenizer, eos_token=EOT, bos_token=EOT,
+                                          unk_token=None)
     wrapped.save_pretrained(tmp)
     atomic_replace_dir(tmp, run_dir / "model")

@@ -19,9 +19,18 @@ import numpy as np
 from tlc.train.data import TokenData, windows
 
 
-def lm_loss(model, batch):
-    """Mean next-token cross-entropy (nats) of a (B, T+1) window batch, and the logits."""
+def lm_loss(model, batch, salt: tuple[int, ...] = (0,)):
+    """Mean next-token cross-entropy (nats) of a (B, T+1) window batch, and the logits; for a masked-LM
+    encoder the cross-entropy at its masked positions, masked as ``salt`` and the windows decide
+    (`tlc.train.masking`)."""
     import torch.nn.functional as F
+
+    from tlc.architecture import model_objective
+
+    if model_objective(model) == "mlm":
+        from tlc.train.masking import masked_lm_loss
+
+        return masked_lm_loss(model, batch, salt)
 
     inputs, targets = batch[:, :-1], batch[:, 1:]  # (B, T) each
     logits = model(input_ids=inputs).logits  # (B, T, V)
@@ -43,6 +52,22 @@ def val_batches(model, tokens: TokenData, offsets: np.ndarray, context: int, bat
         yield model(input_ids=batch[:, :-1]).logits.float(), batch
 
 
+def scored_batches(model, tokens: TokenData, offsets: np.ndarray, context: int, batch_size: int,
+                   device) -> Iterator[tuple]:
+    """(logits float32 (n, V), targets (n,), repeated (n,) bool) of every scored validation position, in order:
+    each next token for a causal model, the masked positions for a masked-LM encoder (`tlc.train.masking`).
+    ``repeated``: the target already occurred earlier in its window."""
+    from tlc.architecture import model_objective
+
+    if model_objective(model) == "mlm":
+        from tlc.train.masking import masked_val_batches
+
+        yield from masked_val_batches(model, tokens.val, offsets, context, batch_size, device)
+        return
+    for logits, window in val_batches(model, tokens, offsets, context, batch_size, device):
+        yield logits.reshape(-1, logits.size(-1)), window[:, 1:].reshape(-1), repeated_targets(window).reshape(-1)
+
+
 def repeated_targets(window):
     """(B, T) bool for a (B, T+1) window batch: whether each target (token t+1) already occurred among
     tokens 0..t of its window. O(B·(T + V)) via each token's first position in its window."""
@@ -61,7 +86,8 @@ def bits_per_byte(val_loss: float, tokens: TokenData) -> float:
 
 
 def evaluate(model, tokens: TokenData, offsets: np.ndarray, context: int, batch_size: int, device, rank=0, world=1):
-    """Validation loss (nats/token), bits per byte and next-token accuracy over fixed windows, and the
+    """Validation loss (nats/token), bits per byte and next-token accuracy over fixed windows (for an
+    encoder: at its masked positions, `scored_batches`), and the
     loss on targets that occurred earlier in their window (``val_loss_repeat``; None without any),
     on the others (``val_loss_novel``) and the share of the first (``val_repeat_share``).
 
@@ -77,10 +103,9 @@ def evaluate(model, tokens: TokenData, offsets: np.ndarray, context: int, batch_
     # model's device: NCCL reduces CUDA tensors only, and the sums need no host sync per batch
     sums = torch.zeros(5, dtype=torch.float64, device=device)
     with torch.no_grad():
-        for logits, window in val_batches(model, tokens, offsets[rank::world], context, batch_size, device):
-            targets = window[:, 1:]
-            losses = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), reduction="none")
-            repeated = repeated_targets(window).reshape(-1)
+        for logits, targets, repeated in scored_batches(model, tokens, offsets[rank::world], context, batch_size,
+                                                        device):
+            losses = F.cross_entropy(logits, targets, reduction="none")
             sums[0] += losses.sum()
             sums[1] += (logits.argmax(-1) == targets).sum()
             sums[2] += targets.numel()

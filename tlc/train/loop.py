@@ -205,7 +205,7 @@ class _Session:
         for micro in range(ga):
             first = (micro * self.world + self.rank) * mb  # this process's slice of the step's windows
             batch = windows(self.tokens.train, offsets[first : first + mb], cfg.shape.context)
-            loss, _ = lm_loss(self.engine, torch.from_numpy(batch).to(self.device))
+            loss, _ = lm_loss(self.engine, torch.from_numpy(batch).to(self.device), salt=(cfg.seed, step))
             self.engine.backward(loss)
             self.engine.step()
             step_loss += loss.detach().double() / ga
@@ -335,6 +335,10 @@ def train_run(cfg: RunConfig, run_dir: Path, progress: bool = True, notify=None,
     precision = choose_for_run(cfg.train.precision, cache_dir(), run_dir, rank, world, device)
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, precision=precision.precision))
     tokens = load_tokens(corpus, cfg.shape.vocab_size)
+    if cfg.shape.objective == "mlm":  # the encoder's <mask> and <pad> must fit after the BPE vocabulary
+        from tlc.train.masking import encoder_tokenizer
+
+        encoder_tokenizer(tokens.tokenizer, cfg.shape.vocab_size)
     if len(tokens.train) <= cfg.shape.context + 1:
         raise UserError(f"--data: the training split has {len(tokens.train)} tokens, fewer than one context")
     data_info = {
