@@ -27,8 +27,9 @@ def test_dry_run_prints_and_runs_every_step_and_writes_one_summary(tmp_path):
                                "TMPDIR": str(tmp_path)})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     text = summary.read_text()
+    refused = "validate skipped" in text  # at CPU sizes the sweep may identify no law (see below)
     for step in STEPS:
-        assert f"== {step}" in text
+        assert f"== {step}" in text or (refused and step in ("tlc validate", "product record")), step
     assert "(dry run) would run:" in text and "--target" in text  # the install step is printed, not run
     assert "-m gpu" in text and "failed steps: none" in text
     assert "DeepSpeed / plain loop" in text and "block-sparse 256x256" in text  # figures read back as targets

@@ -34,7 +34,7 @@ def is_imported(folder: Path) -> bool:
     """Whether ``folder`` holds a fit.json made from a table or published set (and no runs to report)."""
     try:
         fit = json.loads((Path(folder) / "fit.json").read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
+    except (OSError, ValueError):  # ValueError: malformed JSON, or a path with a NUL byte
         return False
     return isinstance(fit, dict) and (fit.get("source") or {}).get("kind") in ("table", "published")
 
