@@ -34,19 +34,6 @@ def test_imp_settings_default_and_name_the_run():
     assert parse_prune({"method": "imp", "sparsity": 0.5, "rewind": 0}, "p").run_suffix() == "imp50-r4-k0"
 
 
-@pytest.mark.parametrize("raw, message", [
-    ({"method": "imp", "sparsity": 0.8, "rounds": 0}, r"train.prune.rounds: imp needs 1 to 20"),
-    ({"method": "imp", "sparsity": 0.8, "rewind": 1.0}, r"train.prune.rewind: must be a fraction"),
-    ({"method": "imp", "sparsity": 0.8, "start": 0.2, "end": 0.5}, r"train.prune: imp prunes between trainings"),
-    ({"method": "snip", "sparsity": 0.8, "rounds": 3}, r"train.prune: rounds and rewind belong to method imp"),
-    ({"method": "imp", "sparsity": 0.8, "round": 3}, r"train.prune: unknown key 'round'"),
-])
-def test_bad_imp_settings_get_one_line_errors(raw, message):
-    with pytest.raises(UserError, match=message) as info:
-        parse_prune(raw, "train.prune")
-    assert "\n" not in str(info.value)
-
-
 def test_imp_needs_a_cosine_schedule(small_corpus):
     doc = _sweep_doc(small_corpus, [{"method": "imp", "sparsity": 0.5}])
     doc["train"].update(schedule="wsd", cooldowns=[0.5, 1.0])

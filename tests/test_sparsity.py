@@ -173,6 +173,12 @@ def test_mask_file_round_trips_and_refuses_another_setting_or_model(tmp_path):
     ({"method": "snip", "sparsity": 0.5, "end": 0.5}, r"prunes at initialization, so start and end must be 0"),
     ({"method": "snip"}, r"train.prune.sparsity: missing"),
     ({"method": "snip", "sparsity": 0.5, "when": 1}, r"train.prune: unknown key 'when'"),
+    # iterative magnitude pruning with rewinding (tlc/train/lottery.py)
+    ({"method": "imp", "sparsity": 0.8, "rounds": 0}, r"train.prune.rounds: imp needs 1 to 20"),
+    ({"method": "imp", "sparsity": 0.8, "rewind": 1.0}, r"train.prune.rewind: must be a fraction"),
+    ({"method": "imp", "sparsity": 0.8, "start": 0.2, "end": 0.5}, r"train.prune: imp prunes between trainings"),
+    ({"method": "snip", "sparsity": 0.8, "rounds": 3}, r"train.prune: rounds and rewind belong to method imp"),
+    ({"method": "imp", "sparsity": 0.8, "round": 3}, r"train.prune: unknown key 'round'"),
 ])
 def test_bad_prune_settings_get_one_line_errors(raw, message):
     with pytest.raises(UserError, match=message) as info:
