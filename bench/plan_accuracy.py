@@ -47,7 +47,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from tlc.config import load_sweep  # noqa: E402
-from tlc.demo import DEMO_COMPRESS, DEMO_COMPRESS_BRANCHES  # noqa: E402
+from tlc.demo import DEMO_COMPRESS_ARGS  # noqa: E402
 from tlc.io import list_runs  # noqa: E402
 
 from tlc.validate.validation import came_true  # noqa: E402
@@ -102,8 +102,8 @@ def main() -> None:
     sweep_dir = args.runs_dir / load_sweep(args.sweep).name
     started = time.perf_counter()
     tlc("sweep", args.sweep, "--runs-dir", args.runs_dir)
-    tlc("compress", sweep_dir, *DEMO_COMPRESS)  # as `tlc demo` compresses: a demo's runs folder is reused as it is
-    tlc("compress", sweep_dir, *DEMO_COMPRESS_BRANCHES)
+    for compress in DEMO_COMPRESS_ARGS:  # as `tlc demo` compresses: a demo's runs folder is reused as it is
+        tlc("compress", sweep_dir, *compress)
     tlc("fit", sweep_dir)
     c_max = largest_compute(sweep_dir)
     print(f"sweep, compress and fit: {time.perf_counter() - started:.0f} s; largest run {c_max:.3g} FLOPs")

@@ -38,10 +38,9 @@ DEMO_COMPRESS_PASSES = [
     ["--methods", "wanda,sparsegpt,gptq", "--sparsity", "0.5", "--quant-bits", "4", "--no-int8",
      "--calibration-sequences", "32"],
 ]
-# a pass's own flags come after the common ones, so its --sparsity wins (argparse keeps the last)
-# each pass as one argument list (bench/plan_accuracy.py compresses a demo's runs as the demo does)
-DEMO_COMPRESS = [*DEMO_COMPRESS_PASSES[0], *DEMO_COMPRESS_COMMON]
-DEMO_COMPRESS_BRANCHES = [*DEMO_COMPRESS_PASSES[1], *DEMO_COMPRESS_COMMON]
+# A pass's own flags come after the common ones, so its --sparsity wins (argparse keeps the last). Each pass
+# as one argument list (bench/plan_accuracy.py compresses a demo's runs as the demo does):
+DEMO_COMPRESS_ARGS = [[*DEMO_COMPRESS_COMMON, *compress] for compress in DEMO_COMPRESS_PASSES]
 # Runs train side by side, one per core (up to 4): the tiny shapes gain little from a second thread.
 DEMO_WORKERS = max(1, min(os.cpu_count() or 1, 4))
 INFERENCE_SHARE = 0.6  # the inference budget as a share of the unconstrained optimum's size
@@ -185,8 +184,8 @@ def run(args: argparse.Namespace) -> int:
     stage("sweep", ["sweep", str(sweep_file), "--runs-dir", str(args.runs_dir),
                     "--workers", str(DEMO_WORKERS)])
     with one_thread():  # tiny models gain nothing from a second thread, which only spins on a busy machine
-        for compress in DEMO_COMPRESS_PASSES:
-            stage("compress", ["compress", str(sweep_dir), *DEMO_COMPRESS_COMMON, *compress])
+        for compress in DEMO_COMPRESS_ARGS:
+            stage("compress", ["compress", str(sweep_dir), *compress])
     stage("fit", ["fit", str(sweep_dir)])
     unplannable = no_defensible_law(sweep_dir)
     if unplannable:
