@@ -32,11 +32,18 @@ COMMANDS = {
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser whose errors escape control characters, so an argument holding \\r stays on one line."""
+
+    def error(self, message):
+        super().error("".join(c if c.isprintable() else ascii(c)[1:-1] for c in message))
+
+
 def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
     """The argument parser; only the ``selected`` command's module is imported to add its arguments."""
     from tlc import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="tlc", description="Train large, then compress: measure, fit and plan the model to ship."
     )
     parser.add_argument("--version", action="version", version=f"tlc {__version__}")
