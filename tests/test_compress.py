@@ -121,6 +121,29 @@ def test_a_second_run_resumes_and_skips_finished_variants(compressed_sweep, caps
     assert f"all {len(rows)} variants done" in capsys.readouterr().out
 
 
+def test_workers_compress_runs_side_by_side_to_the_same_rows(compressed_sweep, tmp_path):
+    sweep, _ = compressed_sweep
+    ours = {r["variant"]: r for r in read_jsonl(sweep / "w32-d2-s0" / ROWS)}
+    for name in ("w32-d2-s0", "w32-d2-s1"):
+        shutil.copytree(sweep / "w32-d2-s0", tmp_path / name, ignore=shutil.ignore_patterns("compress*"))
+    args = ["--no-ort-latency", "--methods", "magnitude,block", "--sparsity", "0.5", "--block-size", "16",
+            "--latency-repeats", "1", "--workers", "2"]
+    assert main(["compress", str(tmp_path), *args]) == 0
+    for name in ("w32-d2-s0", "w32-d2-s1"):
+        rows = {r["variant"]: r for r in read_jsonl(tmp_path / name / ROWS)}
+        assert set(rows) == {"dense", "none-int8", "magnitude-s50", "magnitude-s50-int8", "block16-s50",
+                             "block16-s50-int8"}
+        for variant in ("dense", "magnitude-s50", "block16-s50"):  # fp32 variants: the same model, the same loss
+            assert rows[variant]["val_loss"] == pytest.approx(ours[variant]["val_loss"], rel=1e-6), variant
+            assert rows[variant]["bytes"] == ours[variant]["bytes"]
+    # a worker's error reaches the user as the one-line error the flag gets without workers
+    for name in ("w32-d2-s0", "w32-d2-s1"):
+        (tmp_path / name / ROWS).unlink()
+    proc = run_tlc("compress", tmp_path, *args[:-6], "--block-size", "64", "--workers", "2")
+    assert proc.returncode == 2 and "--block-size: 64 does not divide" in proc.stderr, proc.stderr[-2000:]
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
 @pytest.mark.parametrize("args, message", [
     (["--sparsity", "1.0"], "--sparsity: each level must be in [0, 1), got 1.0"),
     (["--sparsity", "-0.1"], "--sparsity: each level must be in [0, 1)"),
@@ -129,6 +152,7 @@ def test_a_second_run_resumes_and_skips_finished_variants(compressed_sweep, caps
     (["--block-size", "64"], "--block-size: 64 does not divide the 96x32 weight"),
     (["--block-size", "24"], "--block-size: must be one of 16, 32, 64"),
     (["--recovery-steps", "-1"], "--recovery-steps: must be >= 0"),
+    (["--workers", "0"], "--workers: must be at least 1, got 0"),
 ])
 def test_bad_arguments_get_one_line_errors_naming_the_flag(compressed_sweep, tmp_path, capsys, args, message):
     sweep, _ = compressed_sweep

@@ -27,7 +27,10 @@ from tlc.io import list_runs
 # models (tlc compress alone does every method at four). 16x16 blocks: widths 48 and 96 are not multiples of
 # 32. Three timed repeats and no ONNX Runtime timing: the demo's plan has a byte budget, not a latency one.
 DEMO_SPARSITIES = ["--sparsity", "0.5,0.7,0.9"]
-DEMO_COMPRESS_COMMON = [*DEMO_SPARSITIES, "--latency-repeats", "3", "--no-ort-latency"]
+# Runs train side by side, one per core (up to 4): the tiny shapes gain little from a second thread.
+DEMO_WORKERS = max(1, min(os.cpu_count() or 1, 4))
+# Runs compress side by side too, one process per core (a pass over the sweep was one thread's work)
+DEMO_COMPRESS_COMMON = [*DEMO_SPARSITIES, "--latency-repeats", "3", "--no-ort-latency", "--workers", str(DEMO_WORKERS)]
 DEMO_COMPRESS_PASSES = [
     ["--methods", "magnitude,block,gradual", "--recovery-steps", "40", "--block-size", "16"],
     # every cooldown branch's model too, with the cheapest methods that show how compression depends on
@@ -41,8 +44,6 @@ DEMO_COMPRESS_PASSES = [
 # A pass's own flags come after the common ones, so its --sparsity wins (argparse keeps the last). Each pass
 # as one argument list (bench/plan_accuracy.py compresses a demo's runs as the demo does):
 DEMO_COMPRESS_ARGS = [[*DEMO_COMPRESS_COMMON, *compress] for compress in DEMO_COMPRESS_PASSES]
-# Runs train side by side, one per core (up to 4): the tiny shapes gain little from a second thread.
-DEMO_WORKERS = max(1, min(os.cpu_count() or 1, 4))
 INFERENCE_SHARE = 0.6  # the inference budget as a share of the unconstrained optimum's size
 # The training budget as a multiple of the sweep's largest run: a plan is worth making past what was measured
 # (at 1x the answer is an interpolation between trained runs), and 4x is as far as the tiny sweep's laws

@@ -51,6 +51,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="with --plan: recommendation (default) or train_small")
     parser.add_argument("--latency-repeats", type=int, default=d.latency_repeats,
                         help=f"timed forward passes per batch size, median reported (default {d.latency_repeats})")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="runs (and cooldown-branch models) compressed side by side, one process each on one "
+                             "thread (default 1: in this process). Latencies are then timed while other workers run")
     parser.add_argument("--ort-latency", action=argparse.BooleanOptionalAction, default=None,
                         help="also time every 8-bit variant as an ONNX Runtime int8 model (default: on when "
                              "onnx, onnxscript and onnxruntime are installed; about 15 s of export per variant)")
@@ -77,6 +80,8 @@ def settings_from_args(args: argparse.Namespace) -> CompressSettings:
         raise UserError(f"--quant-bits: expected 8, 4 or 8,4, got {args.quant_bits!r}")
     if args.latency_repeats < 1:
         raise UserError(f"--latency-repeats: must be at least 1, got {args.latency_repeats}")
+    if args.workers < 1:
+        raise UserError(f"--workers: must be at least 1, got {args.workers}")
     from tlc.export import onnx_available as ort_available
 
     if args.ort_latency and not ort_available():
@@ -87,6 +92,41 @@ def settings_from_args(args: argparse.Namespace) -> CompressSettings:
                             latency_repeats=args.latency_repeats, calibration_sequences=args.calibration_sequences,
                             quant_bits=quant_bits, group_size=args.group_size,
                             ort_latency=ort_available() if args.ort_latency is None else args.ort_latency)
+
+
+def _model_bytes(job: tuple[Path, Path | None]) -> int:
+    """The size of a job's model file: the larger models take longest, so they start first."""
+    run_dir, checkpoint = job
+    model = (checkpoint or run_dir) / "model" / "model.safetensors"
+    return model.stat().st_size if model.exists() else 0
+
+
+def _compress_job(run_dir: Path, settings: CompressSettings, checkpoint: Path | None) -> None:
+    """One worker's job: a run's (or a branch's) missing variants, on one thread."""
+    import torch
+    from transformers.utils import logging as hf_logging
+
+    torch.set_num_threads(1)
+    hf_logging.disable_progress_bar()
+    compress_run(run_dir, settings, log=lambda line: print(line, flush=True), checkpoint=checkpoint)
+
+
+def compress_side_by_side(jobs: list[tuple[Path, Path | None]], settings: CompressSettings, workers: int) -> None:
+    """Compress several runs at once, each in a fresh process (spawned: no threads inherited from this one),
+    the largest models first. A worker's error stops the rest and is raised here."""
+    import multiprocessing
+    from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+
+    jobs = sorted(jobs, key=_model_bytes, reverse=True)
+    with ProcessPoolExecutor(max_workers=min(workers, len(jobs)),
+                             mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(_compress_job, run_dir, settings, checkpoint) for run_dir, checkpoint in jobs]
+        done, pending = wait(futures, return_when=FIRST_EXCEPTION)
+        for future in pending:
+            future.cancel()
+        for future in futures:
+            if future in done and future.exception() is not None:
+                raise future.exception()
 
 
 def check_planned_run(run_dir: Path, recipe: dict, point: str) -> None:
@@ -146,10 +186,14 @@ def run(args: argparse.Namespace) -> int:
     hf_logging.disable_progress_bar()  # "Loading weights" bars would bury the one line per variant
     from tlc.compress.pipeline import branch_checkpoints
 
-    for run_dir in run_dirs:
-        compress_run(run_dir, settings)
-        for branch in branch_checkpoints(run_dir) if args.branches else []:
-            compress_run(run_dir, settings, checkpoint=branch)
+    jobs = [(run_dir, None) for run_dir in run_dirs]
+    if args.branches:
+        jobs += [(run_dir, branch) for run_dir in run_dirs for branch in branch_checkpoints(run_dir)]
+    if args.workers == 1 or len(jobs) == 1:
+        for run_dir, checkpoint in jobs:
+            compress_run(run_dir, settings, checkpoint=checkpoint)
+    else:
+        compress_side_by_side(jobs, settings, args.workers)
     changed = add_cie(run_dirs)
     if changed:
         print(f"compression-identified exemplars computed for {changed} rows across seeds")
