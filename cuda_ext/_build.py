@@ -14,6 +14,7 @@ import hashlib
 import os
 import platform
 import threading
+import time
 import warnings
 from pathlib import Path
 
@@ -35,6 +36,9 @@ ISA_ENV = "TLC_BSR_ISA"
 EXTRA_CFLAGS_ENV = "TLC_CUDA_EXT_EXTRA_CFLAGS"
 """Extra compiler flags, space separated (tests pass an invalid one to simulate a failed build)."""
 
+STALE_LOCK_S = 900.0
+"""A build folder's lock file older than this is left by a killed build (a build takes seconds to minutes)."""
+
 _lock = threading.Lock()
 _state: dict = {"tried": False, "loaded": False, "cuda": False, "error": None}
 
@@ -54,6 +58,28 @@ def _build_name(sources: list[Path], cflags: list[str]) -> str:
     digest.update(torch.__version__.encode())
     digest.update(platform.machine().encode())
     return f"tlc_bsr_{digest.hexdigest()[:16]}"
+
+
+def clear_stale_lock(name: str) -> bool:
+    """Remove the build folder's lock file when a killed build left it; True if one was removed.
+
+    torch's builder makes the lock when it starts and removes it when done, and every later process
+    waits for it to go away, without a limit: a build killed half-way would hang every import of
+    cuda_ext. A lock older than STALE_LOCK_S has no live build behind it.
+    """
+    from torch.utils.cpp_extension import _get_build_directory
+
+    lock = Path(_get_build_directory(name, verbose=False)) / "lock"
+    try:
+        age = time.time() - lock.stat().st_mtime
+    except FileNotFoundError:
+        return False
+    if age <= STALE_LOCK_S:
+        return False
+    lock.unlink(missing_ok=True)
+    warnings.warn(f"cuda_ext: removed {lock}, left {age / 60:.0f} minutes ago by a build that did not finish",
+                  RuntimeWarning, stacklevel=3)
+    return True
 
 
 def load() -> bool:
@@ -77,8 +103,10 @@ def load() -> bool:
             with_cuda = _with_cuda()
             if with_cuda:
                 sources += [CSRC / s for s in CUDA_SOURCES]
+            name = _build_name(sources, cflags)
+            clear_stale_lock(name)
             load_extension(
-                name=_build_name(sources, cflags),
+                name=name,
                 sources=[str(s) for s in sources],
                 extra_cflags=cflags,
                 extra_cuda_cflags=list(CUDA_CFLAGS),

@@ -94,3 +94,22 @@ def test_training_step_keeps_block_pattern():
     optimizer.step()
     assert torch.equal(layer.dense_weight()[:32, :32], torch.zeros(32, 32))
     assert not torch.equal(layer.dense_weight()[32:], weight[32:])
+
+
+def test_a_lock_left_by_a_killed_build_is_removed_and_a_live_one_kept(tmp_path, monkeypatch):
+    import os
+    import time
+
+    from cuda_ext import _build
+
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    lock = tmp_path / "tlc_bsr_test" / "lock"
+    lock.parent.mkdir()
+    lock.touch()  # a build running now
+    assert _build.clear_stale_lock("tlc_bsr_test") is False and lock.exists()
+    old = time.time() - _build.STALE_LOCK_S - 60  # a build killed long ago
+    os.utime(lock, (old, old))
+    with pytest.warns(RuntimeWarning, match="did not finish"):
+        assert _build.clear_stale_lock("tlc_bsr_test") is True
+    assert not lock.exists()
+    assert _build.clear_stale_lock("tlc_bsr_test") is False  # nothing left to remove
