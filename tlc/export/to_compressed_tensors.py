@@ -71,7 +71,7 @@ def pack_codes(q: torch.Tensor, bits: int) -> torch.Tensor:
 
 GPT2_TO_OPT = {"ln_1": "self_attn_layer_norm", "attn.c_proj": "self_attn.out_proj", "ln_2": "final_layer_norm",
                "mlp.c_fc": "fc1", "mlp.c_proj": "fc2"}  # per block; c_attn splits into q_proj, k_proj, v_proj
-OPT_POSITION_OFFSET = 2  # OPT's learned positions sit 2 rows down its table (transformers' OPTLearnedPositionalEmbedding)
+OPT_POSITION_OFFSET = 2  # OPT's learned positions start 2 rows down its table (OPTLearnedPositionalEmbedding)
 
 
 def opt_config(config):
@@ -162,7 +162,8 @@ def quantization_config(schemes: dict[str, dict], ignore: list[str]) -> dict:
 def write_compressed_tensors(variant_folder: Path, model_folder: Path, out: Path) -> dict:
     """Write the variant at ``variant_folder`` into the (new, empty) folder ``out``; tokenizer from ``model_folder``.
 
-    Returns what was written: ``bits``, ``architecture``, ``quantized_layers``, ``zero_filled_heads``, ``needs``.
+    Returns what was written: ``bits``, ``architecture`` (and the run's ``source_architecture``),
+    ``quantized_layers``, ``weights_bytes`` (model.safetensors), ``zero_filled_heads``, ``needs``.
     """
     from safetensors.torch import save_file
     from transformers import AutoConfig
@@ -208,7 +209,8 @@ def write_compressed_tensors(variant_folder: Path, model_folder: Path, out: Path
         if (Path(model_folder) / name).exists():
             shutil.copyfile(Path(model_folder) / name, out / name)
     return {"bits": manifest.get("bits", 32), "architecture": config.model_type, "source_architecture": source_type,
-            "quantized_layers": len(schemes), "zero_filled_heads": filled, "needs": list(NEEDS)}
+            "quantized_layers": len(schemes), "weights_bytes": (out / WEIGHTS).stat().st_size,
+            "zero_filled_heads": filled, "needs": list(NEEDS)}
 
 
 def _linear_names(config) -> list[str]:

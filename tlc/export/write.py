@@ -1,4 +1,4 @@
-"""Write one variant of a run as a transformers folder, a compressed-tensors folder or ONNX models, whole or not at all."""
+"""Write one variant of a run as a transformers or compressed-tensors folder or as ONNX models, whole or not at all."""
 
 from __future__ import annotations
 
@@ -55,9 +55,9 @@ def check_format(fmt: str) -> None:
             raise UserError("--format onnx: needs the onnx, onnxscript and onnxruntime packages; "
                             "pip install 'tlc[export]'")
     if fmt == "compressed-tensors":
-        import importlib.util
+        from tlc.export import compressed_tensors_available
 
-        if importlib.util.find_spec("compressed_tensors") is None:
+        if not compressed_tensors_available():
             raise UserError("--format compressed-tensors: needs the compressed-tensors package; "
                             "pip install 'tlc[export]'")
 
