@@ -1,5 +1,6 @@
 """A variant as a compressed-tensors folder: ``AutoModelForCausalLM.from_pretrained`` loads it (with the
-``compressed-tensors`` package installed) and vLLM's compressed-tensors loader reads the same layout.
+``compressed-tensors`` package installed); the schemes are the weight-only ones vLLM's compressed-tensors
+loader maps to its WNA16 kernels (not run here: vLLM's PyPI wheel is a CUDA build).
 
 The format (compressed-tensors 0.20): ``config.json`` carries ``quantization_config`` with
 ``quant_method: compressed-tensors``, a ``format`` and ``config_groups``, each a scheme (weights:
@@ -17,8 +18,8 @@ What each kind of tlc variant becomes:
   export runs tlc's int8 weights on float activations;
 - gptq and rtn: their 4- or 8-bit codes and per-group scales (``pack-quantized``, strategy ``group``,
   or ``channel`` for ``g0``);
-- pruned variants keep their zeros in place: compressed-tensors 0.20 has no sparse weight format
-  (its bitmask and 2:4 compressors were removed after 0.14 and its config writes ``sparsity_config: {}``),
+- pruned variants keep their zeros in place: compressed-tensors 0.20 has no sparse weight format (it
+  registers no sparse-bitmask or 2:4 compressor, and its own writer puts ``sparsity_config: {}``),
   so a pruned fp32 variant is ``format: dense`` and a pruned 8-bit one is packed int8 with zero codes;
   the sparsity is recorded in ``tlc_export.json``;
 - token and position embeddings are float (an 8-bit variant's dequantized table), and the LM head
