@@ -2,12 +2,12 @@
 importable) and computes exactly what tlc computes from the variant's stored weights.
 
 Tolerances (issue 32): logits within 1e-4 (max absolute difference) of tlc's evaluation of the variant's stored
-weights; they are bit-identical in practice, and a wrong packing, scale layout or GPT-2-to-OPT mapping moves them
-by whole units. Validation loss: gptq, rtn and pruned variants run in tlc as the same fp32 weights, so the
-export's loss equals compress.jsonl's within 1e-4 (what is left is the order of summation: fp32 in tlc, float64
-in the loader). 8-bit variants: the export carries tlc's
-int8 weights, but tlc's int8 runtime also quantizes activations (fbgemm), which compressed-tensors cannot
-reproduce: their loss is compared with the INT8 tolerance of test_export.py (0.01).
+weights; they agree to a few 1e-6 (OPT scales the query before q·k, GPT-2 after), and a wrong packing, scale
+layout or GPT-2-to-OPT mapping moves them by whole units. Validation loss: gptq, rtn and pruned variants run in
+tlc as the same fp32 weights, so the export's loss equals compress.jsonl's within 1e-4 (what is left is the
+order of summation: fp32 in tlc, float64 in the loader). 8-bit variants: the export carries tlc's int8 weights,
+but tlc's int8 runtime also quantizes activations (fbgemm), which compressed-tensors cannot reproduce: their
+loss is compared with the INT8 tolerance of test_export.py (0.01), their logits with tlc's int8 weights.
 """
 
 from __future__ import annotations
