@@ -29,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
     AutoTokenizer.from_pretrained(DIR) load it without tlc; 8-bit variants are in bitsandbytes' int8 format (needs bitsandbytes and accelerate).
     onnx: model.onnx (fp32) and model.int8.onnx (ONNX Runtime dynamic quantization), with the
     tokenizer.
-    compressed-tensors: AutoModelForCausalLM.from_pretrained(DIR) with compressed-tensors installed; int8, gptq and
+    compressed-tensors: from_pretrained(DIR) as for hf, with compressed-tensors installed; int8, gptq and
     rtn codes packed with their scales (weight-only), pruned weights dense with their zeros, GPT-2 as the same network
     in OPT's layout. DIR is written whole or not at all; DIR/tlc_export.json records what it holds.
     """
