@@ -17,7 +17,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", default="hf", metavar="|".join(FORMATS),
                         help="hf: a transformers folder (from_pretrained); onnx: model.onnx and model.int8.onnx "
                              "for ONNX Runtime; compressed-tensors: 8-bit, gptq and rtn weights packed as "
-                             "compressed-tensors' pack-quantized (transformers and vLLM load it; GPT-2 as OPT) "
+                             "compressed-tensors' pack-quantized (transformers loads it; vLLM untested; GPT-2 as OPT) "
                              "(default %(default)s)")
     parser.add_argument("--force", action="store_true", help="replace DIR when it exists and is not empty")
 
