@@ -203,6 +203,36 @@ def read_weights(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, tuple
     return state, int8
 
 
+def stored_codes(folder: Path) -> dict[str, tuple[torch.Tensor, torch.Tensor, int]]:
+    """The integer codes of every quantized matrix of a variant, as stored, by module name.
+
+    Each is (q int8 [out, in], scale fp32 [out, groups], bits) with the matrix = q times its group's scale
+    (groups of ``in / groups`` consecutive inputs; row-wise int8 has one group). Embedding tables are included;
+    fp32 matrices are not.
+    """
+    from safetensors import safe_open
+
+    with safe_open(str(Path(folder) / WEIGHTS), framework="pt") as f:
+        formats = json.loads((f.metadata() or {}).get("tlc_format", "{}"))
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    codes = {}
+    for key, record in formats.items():
+        name = key[: -len(".weight")]
+        if record["kind"] == "grouped":
+            rows, columns = record["shape"]
+            if record["bits"] == 8:
+                q = tensors[f"{key}.q"]
+            else:
+                packed = tensors[f"{key}.q4"]
+                nibbles = torch.stack([packed & 0x0F, packed >> 4], dim=1).flatten()[: rows * columns]
+                q = (nibbles.to(torch.int16) - 8).to(torch.int8).view(rows, columns)
+            codes[name] = (q, tensors[f"{key}.scale"].float(), record["bits"])
+        elif record["bits"] == 8:
+            _, (q, scale) = _decode(key, record, tensors)
+            codes[name] = (q, scale[:, None], 8)
+    return codes
+
+
 def _fp32_model_from(folder: Path, state: dict) -> nn.Module:
     from transformers import AutoConfig
 

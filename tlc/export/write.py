@@ -1,4 +1,4 @@
-"""Write one variant of a run as a transformers folder or as ONNX models, whole or not at all."""
+"""Write one variant of a run as a transformers or compressed-tensors folder or as ONNX models, whole or not at all."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from tlc.errors import UserError
 from tlc.export.source import Variant
 from tlc.io import atomic_replace_dir, atomic_write_json
 
-FORMATS = ("hf", "onnx")
+FORMATS = ("hf", "onnx", "compressed-tensors")
 RECORD = "tlc_export.json"
 ROW_FIELDS = ("method", "sparsity", "bits", "nonzeros", "bytes", "val_loss", "val_bpb", "val_acc", "int8_path")
 
@@ -54,6 +54,12 @@ def check_format(fmt: str) -> None:
         if not onnx_available():
             raise UserError("--format onnx: needs the onnx, onnxscript and onnxruntime packages; "
                             "pip install 'tlc[export]'")
+    if fmt == "compressed-tensors":
+        from tlc.export import compressed_tensors_available
+
+        if not compressed_tensors_available():
+            raise UserError("--format compressed-tensors: needs the compressed-tensors package; "
+                            "pip install 'tlc[export]'")
 
 
 def export_variant(variant: Variant, out: Path, fmt: str) -> dict:
@@ -84,6 +90,13 @@ def _write(variant: Variant, tmp: Path, fmt: str) -> dict:
         from tlc.export.hf import write_hf
 
         written = write_hf(variant.folder, model_folder, tmp)
+    elif fmt == "compressed-tensors":
+        import compressed_tensors
+
+        from tlc.export.to_compressed_tensors import write_compressed_tensors
+
+        written = write_compressed_tensors(variant.folder, model_folder, tmp)
+        written["compressed_tensors"] = compressed_tensors.__version__
     else:
         import onnxruntime
 
