@@ -157,7 +157,7 @@ def _compression_json(model: CompressionModel, boot: BootstrapFits) -> dict:
     if model.kind == "pruning":
         out["timing"] = timing_of(model.method)
     if out.get("timing") in TIMINGS:
-        # Pruning while training is planned only from a model the sweep pins down: the laws' rule
+        # Pruning while training is planned only from a model the sweep pins down: judge_identification
         # (no parameter on a bound, the sparsity exponent's interval within MAX_EXPONENT_SPAN).
         intervals = {name: (p["low"], p["high"]) for name, p in out["parameters"].items()}
         out["status"], out["identification"] = judge_identification(form, model.fit, intervals, ("gamma",), boot)
