@@ -50,7 +50,8 @@ class DesignDraw:
 
     @property
     def identified(self) -> bool:
-        """Converged (nothing on a bound, exponents' intervals under 3x) and held-out error within target."""
+        """Converged (nothing on a bound, the prediction at 10x the largest run pinned tighter than the drop
+        it predicts: `scaling.law_fit.judge_identification`) and held-out error within target."""
         return (self.status == "converged" and self.heldout_error is not None
                 and self.heldout_error <= MAX_HELDOUT_ERROR)
 

@@ -6,11 +6,13 @@ runs as well as any, and miss the 6.9B model by 15%). So each law is also refitt
 in the top decade of the fit set's compute (`compute_holdout`) and asked to predict them: that is the
 extrapolation the law will be used for, at a tenth of the distance, measured on the fit set alone.
 
-The rule (`scaling.sweep_fit.preferred_law`): among converged laws with an irreducible term E, the lowest
-root-mean-square log error on the compute hold-out (laws without a floor only where none with one
-converged: they predict the loss falling forever, and at 300x past Gadre et al.'s fit set they ran 15%
-low where the hold-out at 10x could not tell them apart); without a hold-out (too few sizes below the cut), the older rule (leave-largest-out and
-leave-longest-out, `scaling.sweep_fit.extrapolation_error`). The same hold-out sizes the prediction
+The rule (`scaling.sweep_fit.preferred_law`): among converged laws with an irreducible term E (laws
+without a floor only where none with one converged: they predict the loss falling forever, and at 300x
+past Gadre et al.'s fit set they ran 15% low where the hold-out at 10x could not tell them apart), the
+lowest root-mean-square log error on the compute hold-out; without a hold-out (too few sizes below the
+cut), the lowest leave-largest-out and leave-longest-out error (`scaling.sweep_fit.extrapolation_error`).
+"Converged" judges a law by its prediction one decade past the fit set, not by its exponents
+(`scaling.law_fit.judge_identification`). The same hold-out sizes the prediction
 interval's extra terms (`predictive_spread`): the scatter of single runs about the law, and an error
 that grows with each decade of compute extrapolation, fitted to the hold-out's errors.
 """

@@ -157,7 +157,7 @@ def _compression_json(model: CompressionModel, boot: BootstrapFits) -> dict:
     if model.kind == "pruning":
         out["timing"] = timing_of(model.method)
     if out.get("timing") in TIMINGS:
-        # Pruning while training is planned only from a model the sweep pins down: the laws' rule
+        # Pruning while training is planned only from a model the sweep pins down: judge_identification
         # (no parameter on a bound, the sparsity exponent's interval within MAX_EXPONENT_SPAN).
         intervals = {name: (p["low"], p["high"]) for name, p in out["parameters"].items()}
         out["status"], out["identification"] = judge_identification(form, model.fit, intervals, ("gamma",), boot)
@@ -199,31 +199,33 @@ def extrapolation_error(law: dict) -> float | None:
 
 
 def preferred_law(laws_json: dict[str, dict]) -> dict:
-    """The law to predict with: among converged laws, the lowest error on the compute hold-out
-    (`scaling.selection`: refitted without the top decade of compute), else the lowest held-out error
-    (`extrapolation_error`), else the first converged law (Chinchilla's form comes first), else none,
-    with the reason and the rule that decided."""
+    """The law to predict with, with the reason and the rule that decided.
+
+    Among converged laws with an irreducible term E (laws without one only where none with one
+    converged: they predict the loss falling forever, so past the fit set they run below any law with
+    a floor, and at 300x past Gadre et al.'s fit set they ran 15% low), the lowest error on the compute
+    hold-out (`scaling.selection`: refitted without the top decade of compute); without a compute
+    hold-out, the lowest held-out error (`extrapolation_error`); else the first converged law
+    (Chinchilla's form comes first); else none."""
     converged = [name for name, law in laws_json.items() if law["status"] == "converged"]
-    by_compute = {name: laws_json[name]["compute_holdout"]["rms_log_error"] for name in converged
+    floored = [name for name in converged if "E" in (laws_json[name].get("parameters") or {})]
+    pool = floored or converged
+    among = "converged laws with an irreducible term E" if floored else "converged laws (none has a floor E)"
+    by_compute = {name: laws_json[name]["compute_holdout"]["rms_log_error"] for name in pool
                   if laws_json[name].get("compute_holdout")}
-    # A law with no irreducible term predicts the loss falling forever; past the fit set it runs below any
-    # law with a floor, so it is chosen only where no law with one converged.
-    floored = {name: error for name, error in by_compute.items() if "E" in (laws_json[name]["parameters"] or {})}
     if by_compute:
-        pool = floored or by_compute
-        name = min(pool, key=pool.get)
-        among = "converged laws with an irreducible term E" if floored else "converged laws (none has a floor E)"
+        name = min(by_compute, key=by_compute.get)
         return {"name": name, "rule": "compute_holdout",
                 "reason": f"lowest error predicting the top decade of compute from the rest (rms "
-                          f"{pool[name]:.4f} in log loss) of the {among}"}
-    scored = {name: extrapolation_error(laws_json[name]) for name in converged}
+                          f"{by_compute[name]:.4f} in log loss) of the {among}"}
+    scored = {name: extrapolation_error(laws_json[name]) for name in pool}
     scored = {name: error for name, error in scored.items() if error is not None}
     if scored:
         name = min(scored, key=scored.get)
         return {"name": name, "reason": f"lowest held-out error ({scored[name]:.4f}, the larger of leave-largest-out "
-                                        "and leave-longest-out) of the converged laws"}
-    if converged:
-        return {"name": converged[0], "reason": "converged; too few model sizes for a held-out comparison"}
+                                        f"and leave-longest-out) of the {among}"}
+    if pool:
+        return {"name": pool[0], "reason": "converged; too few model sizes for a held-out comparison"}
     return {"name": None, "reason": "no law converged; see each law's status"}
 
 
@@ -252,8 +254,9 @@ def fit_sweep_observations(
     (weight-only quantizers by method and bits), skipped {method: reason}}.
 
     Each law's status is "converged", "unstable" (under 80% of the bootstrap refits converged:
-    bootstrap {usable, resamples, converged_share} say how many), "unidentified" (a parameter on a bound, an exponent's
-    interval wider than 3x, or too few distinct N, D or points to fit at all: then parameters,
+    bootstrap {usable, resamples, converged_share} say how many), "unidentified" (a parameter on a bound, a 95% prediction
+    interval one decade of compute past the fit set wider than the drop it predicts over that decade
+    (decade_prediction), or too few distinct N, D or points to fit at all: then parameters,
     heldout and bootstrap are null) or "not_converged"; ``reason`` says why.
     """
     table = observations.points(final_only)
@@ -271,6 +274,7 @@ def fit_sweep_observations(
         law = _fit_json(form, result.fit, result.bootstrap)
         law["optimizer_status"] = law["status"]
         law["status"], law["reason"] = result.status, result.reason
+        law["decade_prediction"] = result.prediction
         law["heldout"] = dataclasses.asdict(result.heldout) if result.heldout else None
         law["heldout_reason"] = None if result.heldout else "fewer than 3 model sizes remain without the largest"
         law["heldout_tokens"] = dataclasses.asdict(result.heldout_tokens) if result.heldout_tokens else None

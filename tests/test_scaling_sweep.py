@@ -393,6 +393,56 @@ def test_a_law_whose_bootstrap_mostly_failed_is_unstable(sweep):
     assert shaky.converged_share == pytest.approx(0.7) and status == "unstable" and "only 7 of 10" in reason
 
 
+def test_a_law_is_judged_by_its_prediction_a_decade_out_not_by_its_exponents(sweep):
+    from scaling.law_fit import decade_prediction, judge_identification
+
+    form = ChinchillaForm()
+    table = sweep.points()
+    fit = fit_law(form, {"N": table.N, "D": table.D}, table.loss)
+    largest = int(np.argmax(table.C))
+    N, D = float(table.N[largest]), float(table.D[largest])
+    # E and alpha traded against each other along the fit's own prediction at 10x: alpha spans 4x, the
+    # prediction not at all
+    a, b, e, alpha, beta = fit.theta
+    x = {"N": np.array([N * 10**0.5]), "D": np.array([D * 10**0.5])}
+    target = float(form.log_loss(np.array(fit.theta), x, jacobian=False)[0][0])
+    thetas = []
+    for k in np.linspace(1.0, 4.0, 21):
+        size_term = np.exp(a - k * alpha * np.log(x["N"][0]))
+        rest = np.exp(target) - size_term - np.exp(b - beta * np.log(x["D"][0]))
+        thetas.append([a, b, np.log(rest), k * alpha, beta])
+    thetas = np.array(thetas)
+    assert np.isfinite(thetas).all()
+    pinned = decade_prediction(form, fit, thetas, N, D)
+    assert pinned["high"] / pinned["low"] == pytest.approx(1.0) and pinned["drop"] > 0.01
+    assert pinned["loss"] == pytest.approx(np.exp(target))
+    intervals = {"alpha": (alpha, 4 * alpha)}
+    status, reason = judge_identification(form, fit, intervals, prediction=pinned)
+    assert status == "converged" and "against a drop of" in reason
+    loose = {**pinned, "half_width": 1.5 * pinned["drop"]}
+    status, reason = judge_identification(form, fit, intervals, prediction=loose)
+    assert status == "unidentified" and reason.startswith("the prediction is not pinned")
+    # a compression model's exponent is still judged by its span
+    assert judge_identification(form, fit, intervals, ("alpha",))[0] == "unidentified"
+
+
+def test_a_law_with_a_floor_is_preferred_in_either_rule():
+    from scaling.sweep_fit import preferred_law
+
+    def law(error, floored, holdout=None):
+        return {"status": "converged", "heldout": {"relative_error": error}, "compute_holdout": holdout,
+                "parameters": {"E": {"value": 1.7}} if floored else {"N_c": {"value": 1e13}}}
+
+    without_holdout = {"chinchilla": law(0.02, True), "kaplan": law(0.01, False)}
+    assert preferred_law(without_holdout)["name"] == "chinchilla"
+    assert "irreducible term E" in preferred_law(without_holdout)["reason"]
+    with_holdout = {"chinchilla": law(0.02, True, {"rms_log_error": 0.03}),
+                    "kaplan": law(0.01, False, {"rms_log_error": 0.01})}
+    assert preferred_law(with_holdout)["name"] == "chinchilla"
+    without_holdout["chinchilla"]["status"] = "unidentified"
+    assert preferred_law(without_holdout)["name"] == "kaplan"
+
+
 def test_fit_json_says_how_many_resamples_converged(fit_json):
     for law in fit_json["laws"].values():
         boot = law["bootstrap"]

@@ -337,6 +337,9 @@ def design_message(fit: dict, observations: scaling.SweepObservations) -> str | 
     elif len(points.loss) < MIN_POINTS:
         why = (f"{len(points.loss)} finished-run points, fewer than the {MIN_POINTS} a "
                "five-parameter law needs: add train.cooldowns (a point per branch) or train.budgets")
+    elif reason.startswith("the prediction is not pinned"):
+        why = (f"{reason}: widen the range of model sizes in shapes and of token counts (train.cooldowns, "
+               "train.budgets), or add seeds")
     elif first in ("alpha", "a"):
         why = f"N is not identified ({reason}): widen the range of model sizes in shapes, or add seeds"
     elif first in ("beta", "b"):

@@ -154,8 +154,9 @@ def check_design_command(args: argparse.Namespace) -> int:
         print(f"{k:>4}  {d.status:<13} {d.span('alpha'):>9.3g}x {d.span('beta'):>8.3g}x  {e_interval:<18} "
               f"{held:>8}  {missed}")
     good = sum(d.identified for d in draws)
-    print(f"identified in {good} of {len(draws)} draws (converged: no parameter on a bound, alpha's and beta's "
-          f"95% intervals under 3x; and a leave-largest-out error of at most {100 * MAX_HELDOUT_ERROR:g}%)")
+    print(f"identified in {good} of {len(draws)} draws (converged: no parameter on a bound, and the 95% interval "
+          f"of the loss predicted at 10x the largest run's compute narrower than the drop predicted over that decade; "
+          f"and a leave-largest-out error of at most {100 * MAX_HELDOUT_ERROR:g}%)")
     for k, d in enumerate(draws, 1):
         if d.status != "converged":
             print(f"draw {k}: {d.reason}")
