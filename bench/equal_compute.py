@@ -62,7 +62,8 @@ def main() -> int:
     args = p.parse_args()
     groups = shape_groups(args.runs_dir)
     budgets = {g["budget"] for g in groups}
-    print(f"training budget(s) {', '.join(f'{b:.3g}' for b in budgets)} FLOPs; losses: mean over seeds ± half their range")
+    print(f"training budget(s) {', '.join(f'{b:.3g}' for b in budgets)} FLOPs; "
+          "losses: mean over seeds ± half their range")
     print(f"{'shape':<22}{'seeds':>6}{'params':>9}{'tokens':>10}{'dense loss':>18}{'dense acc':>10}{'bytes':>10}")
     for g in groups:
         dense = g["variants"]["dense"]

@@ -182,7 +182,8 @@ def test_generate_fills_masks_left_to_right_and_refuses_a_prompt_without_one(mlm
     assert capsys.readouterr().out.startswith("def f(x):\n    return ")
     # the report shows each fill as it is, not after a second copy of the prompt
     markdown = "\n".join(samples_markdown(collect(run.parent)))
-    assert "2 masks filled" in markdown and markdown.count("def f(x):") == 2  # dense and variant, no prompt before either
+    assert "2 masks filled" in markdown
+    assert markdown.count("def f(x):") == 2  # the dense fill and the variant's, with no prompt before either
     assert main(["generate", str(run), "--prompt", "def f(x):"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"--prompt: {run.name} is a masked-LM encoder (objective mlm)" in err[0]
