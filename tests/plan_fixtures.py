@@ -66,13 +66,15 @@ REPEAT_FACTOR, NOVEL_FACTOR = 0.8, 1.2
 
 
 def write_trainable_sweep(runs_dir: Path, corpus: Path, timing: bool = True, wsd: bool = False,
-                          sparse: dict[tuple[int, int], tuple[float, ...]] | None = None) -> Path:
+                          sparse: dict[tuple[int, int], tuple[float, ...]] | None = None,
+                          objective: str = "clm") -> Path:
     """Six runs of SHAPES with synthetic losses, compress.jsonl (magnitude, int8) and fit.json; with ``wsd``,
     the runs say they trained WSD trunks with cooldown branches (the losses are the same); ``sparse``:
-    {(width, depth): sparsities} of runs trained sparse from init beside those shapes (write_sparse_twins)."""
+    {(width, depth): sparsities} of runs trained sparse from init beside those shapes (write_sparse_twins);
+    ``objective``: the runs' (mlm: RoBERTa-style encoders, so plans made from them train encoders)."""
     from tlc.train.data import load_corpus
 
-    shapes = [ModelShape(w, d, w // 32, **TEMPLATE) for w, d in SHAPES]
+    shapes = [ModelShape(w, d, w // 32, **TEMPLATE, objective=objective) for w, d in SHAPES]
     counts = [param_counts(s) for s in shapes]
     fingerprint = load_corpus(str(corpus)).fingerprint  # the runs "trained" on it: plan and validate check it
     sweep = synthetic_sweep(n_runs=len(SHAPES), points_per_run=8, noise=0.002, seed=2, methods=("magnitude",),

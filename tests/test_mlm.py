@@ -150,3 +150,75 @@ def test_export_writes_a_folder_that_automodelformaskedlm_loads(mlm_run, tmp_pat
         ours = load_variant(mlm_run / "compressed" / "magnitude-s50")(input_ids=ids).logits
     assert torch.allclose(exported, ours, atol=1e-5)
     assert exported.shape[-1] == 302
+
+
+def test_generate_fills_masks_left_to_right_and_refuses_a_prompt_without_one(mlm_run, tmp_path, capsys):
+    import shutil
+
+    from transformers import AutoModelForMaskedLM
+
+    from tlc.cli import main
+    from tlc.generate.sample import load_tokenizer
+    from tlc.report.data import collect
+    from tlc.report.samples import samples_markdown
+
+    run = tmp_path / "sweep" / mlm_run.name
+    shutil.copytree(mlm_run, run, ignore=shutil.ignore_patterns("checkpoint", "samples.jsonl"))
+    prompt = "def f(x):\n    return <mask><mask> 1\n"
+    assert main(["generate", str(run), "--prompt", prompt]) == 0
+    printed = capsys.readouterr().out
+    tokenizer, _ = load_tokenizer(run)
+    ids = tokenizer.encode(prompt).ids
+    assert ids.count(300) == 2  # <mask> is one token, id 300 (after the 300 BPE tokens)
+    model = AutoModelForMaskedLM.from_pretrained(run / "model").eval()
+    with torch.no_grad():  # greedy, left to right: the second mask is chosen with the first one filled
+        for position in [i for i, t in enumerate(ids) if t == 300]:
+            ids[position] = int(model(input_ids=torch.tensor([ids])).logits[0, position, :300].argmax())
+    filled = tokenizer.decode(ids)
+    assert printed == filled + "\n" and filled.startswith("def f(x):\n    return ") and "<mask>" not in filled
+    (row,) = read_jsonl(run / "samples.jsonl")
+    assert row["objective"] == "mlm" and row["completion"] == filled and row["tokens"] == row["generated"] == 2
+    assert main(["generate", str(run), "--variant", "magnitude-s50-int8", "--prompt", prompt]) == 0
+    assert capsys.readouterr().out.startswith("def f(x):\n    return ")
+    # the report shows each fill as it is, not after a second copy of the prompt
+    markdown = "\n".join(samples_markdown(collect(run.parent)))
+    assert "2 masks filled" in markdown
+    assert markdown.count("def f(x):") == 2  # the dense fill and the variant's, with no prompt before either
+    assert main(["generate", str(run), "--prompt", "def f(x):"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"--prompt: {run.name} is a masked-LM encoder (objective mlm)" in err[0]
+    assert "put <mask> where a token is missing" in err[0]
+    assert len(read_jsonl(run / "samples.jsonl")) == 2  # the refused prompt recorded nothing
+
+
+def test_validate_trains_an_mlm_plan_as_an_encoder(tmp_path, small_corpus):
+    from plan_fixtures import write_trainable_sweep
+
+    from tlc.cli import main
+
+    runs = write_trainable_sweep(tmp_path / "runs", small_corpus, objective="mlm")
+    assert json.loads((runs / "fit.json").read_text())["objective"] == "mlm"
+    assert main(["plan", "--runs", str(runs), "--budget", "5e9", "--max-bytes", "250000"]) == 0
+    plan = json.loads((runs / "plan.json").read_text())
+    recipe = plan["recommendation"]["recipe"]
+    assert recipe["shape"]["objective"] == "mlm"  # the recipe carries the objective
+    proc = run_tlc("validate", runs, "--points", "recommendation", "--seeds", "0", timeout=1800, check=True)
+    entry, = json.loads((runs / "validation.json").read_text())["validations"]
+    point = entry["points"]["recommendation"]
+    run_dir = runs / point["run_dirs"][0]
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["shape"] == recipe["shape"] and config["run_id"].startswith("mlm-")
+    # an encoder was trained, not a causal model: BERT weights with <mask> and <pad> after the 300 BPE tokens
+    model_config = json.loads((run_dir / "model" / "config.json").read_text())
+    assert model_config["architectures"] == ["BertForMaskedLM"] and model_config["vocab_size"] == 302
+    assert config["params"]["total"] == param_counts(ModelShape(**recipe["shape"])).total
+    # and scored as one: the planned variant's loss is the masked-token loss compress measured on it
+    rows = {r["variant"]: r for r in read_jsonl(run_dir / "compress.jsonl")}
+    compression = recipe["compression"]
+    assert point["measured"]["loss"] == pytest.approx(
+        next(r["val_loss"] for r in rows.values() if r["method"] == compression["method"]
+             and r["sparsity"] == pytest.approx(compression["sparsity"], abs=0.01)
+             and (r["bits"] == 8) == compression["int8"]))
+    assert point["measured"]["dense_loss"] == pytest.approx(rows["dense"]["val_loss"], abs=1e-4)
+    assert point["measured"]["bytes"] <= plan["recommendation"]["inference"]["bytes"] <= 250000
+    assert "recommendation" in proc.stdout and "verdict:" in proc.stdout

@@ -1,4 +1,5 @@
-"""``tlc generate RUN [--variant NAME] --prompt TEXT``: flags, their checks, the printed completion."""
+"""``tlc generate RUN [--variant NAME] --prompt TEXT``: flags, their checks, the printed completion (or, for
+a masked-LM encoder, the prompt with its ``<mask>`` tokens filled)."""
 
 from __future__ import annotations
 
@@ -16,8 +17,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--variant", default=None,
                         help="a variant tlc compress made (dense, magnitude-s50-int8, ...) or 'recommended' "
                              "(the one nearest the sweep's plan.json); default: the trained model")
-    parser.add_argument("--prompt", required=True, help="text to continue")
-    parser.add_argument("--tokens", type=int, default=64, help="new tokens to generate, at least 1 (default 64)")
+    parser.add_argument("--prompt", required=True,
+                        help="text to continue; for a masked-LM run (objective mlm), text with <mask> where a "
+                             "token is missing, e.g. 'return x <mask> 1'")
+    parser.add_argument("--tokens", type=int, default=64,
+                        help="new tokens to generate, at least 1 (default 64; a masked-LM run fills its masks)")
     parser.add_argument("--temperature", type=float, default=0.0,
                         help="0 for greedy decoding, else the softmax temperature (default 0)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the sampler (default 0)")
@@ -38,10 +42,13 @@ def run(args: argparse.Namespace) -> int:
     """Continue a prompt with any variant of a run: greedy at temperature 0, else sampled with --seed.
 
     Prints the prompt and its completion; records both in RUN/samples.jsonl, from which tlc report
-    shows the dense model and the plan's recommended compression side by side.
+    shows the dense model and the plan's recommended compression side by side. A masked-LM run
+    (objective mlm) cannot continue text: it fills each <mask> in the prompt with one token, left
+    to right, and prints the filled prompt.
     """
+    from tlc.architecture import MASK_TOKEN
     from tlc.export.source import check_run, find_variant, recommended_variant, saved_variants
-    from tlc.generate.sample import SAMPLES, complete, load_model, load_tokenizer
+    from tlc.generate.sample import SAMPLES, complete, fill_masks, load_model, load_tokenizer
     from tlc.io import append_jsonl
 
     check_args(args)
@@ -61,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
         variant = find_variant(run_dir, args.variant)
     config = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
     context = int(config["shape"]["context"])
+    objective = config["shape"].get("objective", "clm")
     tokenizer, eot_id = load_tokenizer(run_dir)
     prompt_ids = tokenizer.encode(args.prompt).ids
     if not prompt_ids:
@@ -68,16 +76,28 @@ def run(args: argparse.Namespace) -> int:
     if len(prompt_ids) > context:
         raise UserError(f"--prompt: {len(prompt_ids)} tokens, longer than the model's context of {context}; "
                         "give a shorter prompt")
+    mask_id = tokenizer.token_to_id(MASK_TOKEN) if objective == "mlm" else None
+    if objective == "mlm" and mask_id not in prompt_ids:
+        raise UserError(f"--prompt: {run_dir.name} is a masked-LM encoder (objective mlm), which fills {MASK_TOKEN} "
+                        f"tokens instead of continuing text; put {MASK_TOKEN} where a token is missing, "
+                        f"e.g. --prompt 'return x {MASK_TOKEN} 1'")
 
-    model = load_model(run_dir, variant.folder if variant else None)
-    new = complete(model, prompt_ids, args.tokens, args.temperature, args.seed, context, stop_id=eot_id)
-    completion = tokenizer.decode(new)
-    print(args.prompt + completion)
+    model = load_model(run_dir, variant.folder if variant else None, objective)
+    if objective == "mlm":
+        new = fill_masks(model, prompt_ids, mask_id, args.temperature, args.seed)
+        fills = iter(new)
+        completion = tokenizer.decode([next(fills) if t == mask_id else t for t in prompt_ids])
+        print(completion)
+    else:
+        new = complete(model, prompt_ids, args.tokens, args.temperature, args.seed, context, stop_id=eot_id)
+        completion = tokenizer.decode(new)
+        print(args.prompt + completion)
     if not args.no_record:
         row = variant.row if variant else {"variant": "dense", "method": "none", "sparsity": 0.0, "bits": 32}
         append_jsonl(run_dir / SAMPLES, {
             "variant": variant.name if variant else "dense", "method": row.get("method"),
             "sparsity": row.get("sparsity"), "bits": row.get("bits"), "prompt": args.prompt,
-            "completion": completion, "tokens": args.tokens, "generated": len(new),
-            "temperature": args.temperature, "seed": args.seed, "prompt_tokens": len(prompt_ids)})
+            "completion": completion, "tokens": len(new) if objective == "mlm" else args.tokens,
+            "generated": len(new), "temperature": args.temperature, "seed": args.seed,
+            "prompt_tokens": len(prompt_ids), **({"objective": objective} if objective == "mlm" else {})})
     return 0

@@ -3,7 +3,9 @@
 Read from each run's ``samples.jsonl`` (written by ``tlc generate``); samples pair up when they
 share prompt, temperature, seed and token count. The variant nearest plan.json's recommended
 compression comes first and is marked. Every string from a run directory is HTML-escaped; in
-Markdown, completions sit in fenced blocks longer than any backtick run they contain.
+Markdown, completions sit in fenced blocks longer than any backtick run they contain. A masked-LM
+sample's completion is the whole prompt with its ``<mask>`` tokens filled, shown without the prompt
+before it.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ CSS = ".samples td { text-align: left; vertical-align: top; } .samples pre { whi
 
 
 def sample_pairs(data: SweepData) -> list[dict]:
-    """[{run_id, prompt, settings, dense, variant, label, recommended}], recommended variants first."""
+    """[{run_id, prompt, settings, lead, dense, variant, label, recommended}], recommended variants first; ``lead``
+    is the text shown before each completion (the prompt it continues, or nothing for a masked-LM fill)."""
     pairs = []
     for run in data.runs:
         samples = read_jsonl(data.sweep_dir / run.run_id / "samples.jsonl")
@@ -37,8 +40,10 @@ def sample_pairs(data: SweepData) -> list[dict]:
                 continue
             others = sorted((v for v in by_variant if v != "dense"), key=lambda v: (v != recommended, v))
             for name in others:
-                pairs.append({"run_id": run.run_id, "prompt": str(prompt),
-                              "settings": f"temperature {temperature}, seed {seed}, {tokens} tokens",
+                fill = dense.get("objective") == "mlm"
+                pairs.append({"run_id": run.run_id, "prompt": str(prompt), "lead": "" if fill else str(prompt),
+                              "settings": f"temperature {temperature}, seed {seed}, {tokens} "
+                                          + ("masks filled" if fill else "tokens"),
                               "dense": str(dense.get("completion", "")), "variant": name,
                               "label": variant_label(by_variant[name]),
                               "completion": str(by_variant[name].get("completion", "")),
@@ -63,9 +68,9 @@ def samples_html(data: SweepData) -> str:
     for p in pairs:
         mark = " (recommended)" if p["recommended"] else ""
         out.append(f"<tr><td>{esc(p['run_id'])}<br><pre>{esc(p['prompt'])}</pre><small>{esc(p['settings'])}</small></td>"
-                   f"<td><pre>{esc(p['prompt'])}<b>{esc(p['dense'])}</b></pre></td>"
+                   f"<td><pre>{esc(p['lead'])}<b>{esc(p['dense'])}</b></pre></td>"
                    f"<td><i>{esc(p['variant'])}: {esc(p['label'])}{mark}</i>"
-                   f"<pre>{esc(p['prompt'])}<b>{esc(p['completion'])}</b></pre></td></tr>")
+                   f"<pre>{esc(p['lead'])}<b>{esc(p['completion'])}</b></pre></td></tr>")
     return "\n".join(out + ["</table>"])
 
 
@@ -83,6 +88,6 @@ def samples_markdown(data: SweepData) -> list[str]:
         return lines + [f"No samples yet: {_how_to(data)}.", ""]
     for p in pairs:
         mark = " (recommended)" if p["recommended"] else ""
-        lines += [f"**{p['run_id']}**, {p['settings']}. Dense:", "", *_fenced(p["prompt"] + p["dense"]), "",
-                  f"{p['variant']} ({p['label']}){mark}:", "", *_fenced(p["prompt"] + p["completion"]), ""]
+        lines += [f"**{p['run_id']}**, {p['settings']}. Dense:", "", *_fenced(p["lead"] + p["dense"]), "",
+                  f"{p['variant']} ({p['label']}){mark}:", "", *_fenced(p["lead"] + p["completion"]), ""]
     return lines
