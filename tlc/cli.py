@@ -26,7 +26,7 @@ COMMANDS = {
     "plan": ("tlc.plan.command", "Recommend the model to train and how to compress it, for a training budget and an inference budget."),
     "validate": ("tlc.validate.command", "Train and compress what plan.json says, measure it, and say whether the plan came true."),
     "report": ("tlc.report.command", "Write RUNS_DIR/report/: index.html (opens offline), report.md and the figures as PNG."),
-    "export": ("tlc.export.command", "Export a compressed variant as a transformers folder or ONNX models (fp32 and ONNX Runtime int8)."),
+    "export": ("tlc.export.command", "Export a compressed variant as a transformers or compressed-tensors folder, or as ONNX models (fp32 and int8)."),
     "generate": ("tlc.generate.command", "Continue a prompt with any variant of a run: greedy at temperature 0, else sampled with --seed."),
     "demo": ("tlc.demo", "Run the whole pipeline on the tiny sweep and the standard-library corpus, then print the plan."),
 }
