@@ -222,10 +222,12 @@ def preferred_law(laws_json: dict[str, dict]) -> dict:
     scored = {name: error for name, error in scored.items() if error is not None}
     if scored:
         name = min(scored, key=scored.get)
-        return {"name": name, "reason": f"lowest held-out error ({scored[name]:.4f}, the larger of leave-largest-out "
-                                        f"and leave-longest-out) of the {among}"}
+        return {"name": name, "rule": "heldout",
+                "reason": f"lowest held-out error ({scored[name]:.4f}, the larger of leave-largest-out "
+                          f"and leave-longest-out) of the {among}"}
     if pool:
-        return {"name": pool[0], "reason": "converged; too few model sizes for a held-out comparison"}
+        return {"name": pool[0], "rule": "first_converged",
+                "reason": "converged; too few model sizes for a held-out comparison"}
     return {"name": None, "reason": "no law converged; see each law's status"}
 
 

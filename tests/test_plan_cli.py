@@ -455,3 +455,23 @@ def test_an_unstable_law_is_refused_as_an_unidentified_one_is(runs, capsys):
     assert f"no law the fit can defend: chinchilla is unstable ({why})" in err and err.count("\n") == 1
     assert tlc_plan.main(["--runs", str(runs), "--budget", "1e15", "--law-form", "kaplan"]) == 2
     assert f"--law-form kaplan: kaplan is unstable ({why})" in capsys.readouterr().err
+
+
+def test_the_planner_plans_with_the_law_tlc_fit_prefers_under_every_branch_of_its_rule(tmp_path):
+    from scaling.sweep_fit import preferred_law
+    from tlc.plan.law import choose_law
+
+    def law(error, floor):  # a converged law with a leave-largest-out error, with or without a floor E
+        return {"status": "converged", "parameters": {"E": 1.0} if floor else {"N_c": 1.0},
+                "heldout": {"relative_error": error}}
+
+    # no compute hold-out (a sweep): Kaplan holds out better, but the law with a floor is preferred
+    laws = {"kaplan": law(0.0059, False), "overtraining": law(0.0067, True)}
+    preferred = preferred_law(laws)
+    assert preferred["name"] == "overtraining" and preferred["rule"] == "heldout"
+    chosen = choose_law({"laws": laws, "preferred_law": preferred}, None, "--runs", tmp_path)
+    assert chosen["name"] == "overtraining" and chosen["why"].startswith("fit.json's preferred law")
+    # no held-out errors at all: the first converged law, still recorded as the fit's rule
+    bare = {name: {k: v for k, v in entry.items() if k != "heldout"} for name, entry in laws.items()}
+    assert preferred_law(bare) == {"name": "overtraining", "rule": "first_converged",
+                                   "reason": "converged; too few model sizes for a held-out comparison"}

@@ -306,7 +306,7 @@ def choose_law(data: dict, law_form: str | None, flag: str, path: Path) -> dict:
                         f"larger shapes) and refit, or plan with --law {'|'.join(PUBLISHED_LAWS)}")
     preferred = (data.get("preferred_law") or {})
     chosen = [c for c in usable if c["name"] == preferred.get("name")]
-    if chosen and preferred.get("rule"):  # fits that record their rule (scaling.selection) choose for the plan too
+    if chosen and preferred.get("rule"):  # fits that record their rule (tlc fit since issue 30) choose for the plan too
         return {**chosen[0], "why": f"fit.json's preferred law: {preferred.get('reason')}", "candidates": candidates}
     scored = [c for c in usable if c["extrapolation_error"] is not None]
     if scored:
