@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from test_plan_cli import SHAPES, fake_latency_ms, write_sweep
+from test_plan_cli import fake_latency_ms, write_sweep
 from tlc.artifact import artifact_size
 from tlc.compress.pipeline import planned_variants
 from tlc.config import ModelShape
@@ -16,7 +16,6 @@ from tlc.fit.observations import fit_sweep
 from tlc.io import atomic_write_json, read_jsonl
 from tlc.plan import command as tlc_plan
 
-TEMPLATE = {"context": 128, "vocab_size": 1024, "arch": "gpt2"}  # test_plan_cli's sweep
 CALIBRATION = {"split": "train", "sequences": 128, "tokens": 128 * 128}
 
 
@@ -25,8 +24,7 @@ def add_gptq(runs_dir: Path, added_loss: float) -> None:
     bytes of its real encoding and the dense model's latency (codes run dequantized), then refit."""
     for run_dir in sorted(p for p in runs_dir.iterdir() if p.is_dir()):
         config = json.loads((run_dir / "config.json").read_text())
-        s = config["shape"]
-        shape = ModelShape(s["width"], s["depth"], s["heads"], **TEMPLATE)
+        shape = ModelShape(**config["shape"])
         rows = read_jsonl(run_dir / "compress.jsonl")
         dense = next(r for r in rows if r["method"] == "none" and r["bits"] == 32)
         n = config["params"]["non_embedding"]
@@ -60,3 +58,67 @@ def costly(tmp_path_factory) -> Path:
 def plan(argv: list, capsys) -> dict:
     assert tlc_plan.main([*map(str, argv), "--json"]) == 0, capsys.readouterr().err
     return json.loads(capsys.readouterr().out)
+
+
+BUDGET, MAX_BYTES = "1e17", 3e6  # a 3M-parameter model fits 3 MB at 4 bits (embeddings fp32), not with int8
+
+
+def test_a_cheap_4_bit_quantizer_is_planned_under_a_byte_budget(cheap, tmp_path, capsys):
+    runs = tmp_path / "runs"
+    shutil.copytree(cheap, runs)
+    result = plan(["--runs", runs, "--budget", BUDGET, "--max-bytes", MAX_BYTES], capsys)
+    assert "gptq-w4" in result["search"]["categories"]
+    rec = result["recommendation"]
+    c = rec["compression"]
+    assert (c["method"], c["bits"], c["group_size"], c["sparsity"], c["int8"]) == ("gptq", 4, 32, 0.0, False)
+    assert c["calibration"] == CALIBRATION and c["timing"] == "train dense, then compress"
+    assert 0 < c["added_loss"] < 0.002 and "dequantized" in c["latency"]
+    # bytes are the codes-and-scales encoding of the planned shape, inside the budget
+    shape = ModelShape(rec["width"], rec["depth"], rec["heads"], 128, 1024, "gpt2")
+    assert rec["inference"]["bytes"] == artifact_size(shape, "none", 0.0, False, grouped=(4, 32)).bytes <= MAX_BYTES
+    assert rec["inference"]["nonzeros"] == rec["params_total"]  # nothing pruned
+    dense = result["compute_optimal"]
+    assert rec["loss"]["mean"] < result["train_small"]["loss"]["mean"] and result["gain"]["loss"] > 0.05
+    assert rec["loss"]["low"] <= rec["loss"]["mean"] <= rec["loss"]["high"]
+    assert rec["non_embedding_params"] > 0.5 * dense["non_embedding_params"]  # near compute-optimal, 4x smaller
+    assert tlc_plan.main(["--runs", str(runs), "--budget", BUDGET, "--max-bytes", str(MAX_BYTES)]) == 0
+    assert "gptq 4-bit g32" in capsys.readouterr().out
+    # --methods picks compression methods, weight-only ones included; an unknown one lists gptq as valid
+    only_magnitude = plan(["--runs", runs, "--budget", BUDGET, "--max-bytes", MAX_BYTES, "--methods", "magnitude"],
+                          capsys)
+    assert "gptq-w4" not in only_magnitude["search"]["categories"]
+    assert only_magnitude["recommendation"]["loss"]["mean"] > rec["loss"]["mean"]
+    assert plan(["--runs", runs, "--budget", BUDGET, "--max-bytes", MAX_BYTES, "--methods", "gptq"],
+                capsys)["search"]["categories"] == ["none", "none+int8", "gptq-w4"]
+    assert tlc_plan.main(["--runs", str(runs), "--budget", BUDGET, "--methods", "awq"]) == 2
+    err = capsys.readouterr().err
+    assert "--methods: no compression model for awq" in err and "valid: magnitude, block, 2:4, gptq, gptq-w4" in err
+
+
+def test_a_quantizer_that_costs_too_much_loss_is_not_planned(costly, tmp_path, capsys):
+    runs = tmp_path / "runs"
+    shutil.copytree(costly, runs)
+    result = plan(["--runs", runs, "--budget", BUDGET, "--max-bytes", MAX_BYTES], capsys)
+    assert "gptq-w4" in result["search"]["categories"]  # considered
+    assert result["recommendation"]["compression"]["method"] != "gptq"
+
+
+def test_a_quantizer_runs_as_fast_as_dense_where_it_was_measured_so(cheap, tmp_path, capsys):
+    runs = tmp_path / "runs"
+    shutil.copytree(cheap, runs)
+    result = plan(["--runs", runs, "--budget", BUDGET, "--max-bytes", MAX_BYTES, "--device", "cpu"], capsys)
+    groups = {g["method"]: g for g in result["cost_model"]["latency"]["groups"] if not g["int8"]}
+    assert groups["gptq-w4"]["a"] == pytest.approx(groups["none"]["a"], abs=1e-6)  # no speedup invented
+    assert result["recommendation"]["inference"]["latency_ms"] > 0
+
+
+def test_a_weight_only_recipe_compresses_to_that_variant():
+    compression = {"method": "gptq", "sparsity": 0.0, "block": None, "recovery_steps": 0, "int8": False,
+                   "bits": 4, "group_size": 32, "calibration": {**CALIBRATION, "sequences": 64}}
+    settings, specs = planned_variants(compression)
+    assert [s.id for s in specs] == ["dense", "gptq-w4g32"]
+    assert (settings.methods, settings.quant_bits, settings.group_size, settings.calibration_sequences,
+            settings.int8) == (("gptq",), (4,), 32, 64, False)
+    settings, specs = planned_variants({**compression, "method": "rtn", "bits": 8, "group_size": 0,
+                                        "calibration": None})
+    assert specs[-1].id == "rtn-w8g0" and settings.quant_bits == (8,)

@@ -66,6 +66,7 @@ class WeightOnly:
     method: str
     bits: int
     group_size: int
+    calibration: dict | None = None  # compress.jsonl's {split, sequences, tokens} for gptq; None for rtn
 
     @property
     def key(self) -> str:
@@ -338,6 +339,7 @@ class CostModel:
         if not self.weight_only:
             return {}
         return {"weight_only": {key: {"method": w.method, "bits": w.bits, "group_size": w.group_size,
+                                      "calibration": w.calibration,
                                       "bytes": "codes (bits/8 bytes per weight, 4-bit codes two to a byte) plus an "
                                                "fp16 scale per output row and group of inputs; embeddings fp32",
                                       "latency": WEIGHT_ONLY_LATENCY}
@@ -385,7 +387,8 @@ def build_cost_model(runs_dir: Path | None, device: str | None, batch: int, late
             if isinstance(row.get("block"), int) and isinstance(row.get("method"), str):
                 blocks.setdefault(row["method"], row["block"])
             if row.get("method") in WEIGHT_ONLY and isinstance(row.get("bits"), int):
-                measured = WeightOnly(row["method"], row["bits"], int(row.get("group_size") or 0))
+                calibration = row.get("calibration") if isinstance(row.get("calibration"), dict) else None
+                measured = WeightOnly(row["method"], row["bits"], int(row.get("group_size") or 0), calibration)
                 weight_only.setdefault(measured.key, measured)  # one group size per quantizer, as compressed
     return CostModel(bytes_fits=fit_bytes(variants), latency=latency, template=template, blocks=blocks,
                      weight_only=weight_only)

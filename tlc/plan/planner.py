@@ -19,7 +19,7 @@ from scaling.loss_split import predict_split
 from tlc.errors import UserError
 from tlc.plan.cost import WEIGHT_ONLY_LATENCY, CostModel, build_cost_model
 from tlc.plan.law import PlanLaw
-from tlc.plan.output import FORMAT, plan_json
+from tlc.plan.output import FORMAT, WHEN, plan_json
 from tlc.plan.planfile import fit_sha256
 from tlc.plan.recipe import read_sweep_recipe
 from tlc.plan.search import feasible, run_nsga2, run_tpe, study_key, trial_start
@@ -327,7 +327,7 @@ def make_plan(law: PlanLaw, budgets: Budgets, args: argparse.Namespace, storage:
             measured = costs.weight_only[weight_only]
             out["compression"].update(
                 method=measured.method, bits=measured.bits, group_size=measured.group_size,
-                calibration=recipe.calibration(measured.method) if recipe is not None else None,
+                calibration=measured.calibration, timing=WHEN["after"],
                 added_loss=law.added_loss(point.N, _law_tokens(point), weight_only, point.embedding),
                 latency=WEIGHT_ONLY_LATENCY)
         out["dense_loss_split"] = predict_split(law.fitted.loss_split, law.law_params(point.N, point.embedding),

@@ -135,11 +135,6 @@ class SweepRecipe:
     compression: dict  # {method: {"block": int | None, "recovery_steps": int}} as compress.jsonl measured it
     reference_run: str
 
-    def calibration(self, method: str) -> dict | None:
-        """The training-split windows ``method`` was measured with ({split, sequences, tokens}); None for a method
-        that needs none (magnitude, rtn) or was not measured."""
-        return self.compression.get(method, {}).get("calibration") or None
-
     def point(self, shape: dict, tokens: float, method: str, sparsity: float, int8: bool,
               weight_only: WeightOnly | None = None) -> dict:
         """plan.json's recipe for one point: everything `tlc train --plan` and `tlc compress --plan` need.
@@ -172,7 +167,7 @@ class SweepRecipe:
         }
         if weight_only is not None:  # gptq or rtn codes of the dense model (tlc.compress.pipeline.planned_variants)
             compression.update(method=weight_only.method, bits=weight_only.bits, group_size=weight_only.group_size,
-                               calibration=self.calibration(weight_only.method))
+                               calibration=weight_only.calibration)
         return {
             "shape": shape,
             "train": train,
