@@ -92,7 +92,7 @@ def test_a_cheap_4_bit_quantizer_is_planned_under_a_byte_budget(cheap, tmp_path,
                 capsys)["search"]["categories"] == ["none", "none+int8", "gptq-w4"]
     assert tlc_plan.main(["--runs", str(runs), "--budget", BUDGET, "--methods", "awq"]) == 2
     err = capsys.readouterr().err
-    assert "--methods: no compression model for awq" in err and "valid: magnitude, block, 2:4, gptq, gptq-w4" in err
+    assert "--methods: no compression model for awq" in err and "valid: 2:4, block, magnitude, gptq, gptq-w4" in err
 
 
 def test_a_quantizer_that_costs_too_much_loss_is_not_planned(costly, tmp_path, capsys):
