@@ -12,9 +12,12 @@ from test_plan_cli import fake_latency_ms, write_sweep
 from tlc.artifact import artifact_size
 from tlc.compress.pipeline import planned_variants
 from tlc.config import ModelShape
+from tlc.demo import describe_plan
+from tlc.export.source import recommended_variant
 from tlc.fit.observations import fit_sweep
 from tlc.io import atomic_write_json, read_jsonl
 from tlc.plan import command as tlc_plan
+from tlc.report.summary import describe_point
 
 CALIBRATION = {"split": "train", "sequences": 128, "tokens": 128 * 128}
 
@@ -83,6 +86,12 @@ def test_a_cheap_4_bit_quantizer_is_planned_under_a_byte_budget(cheap, tmp_path,
     assert rec["non_embedding_params"] > 0.5 * dense["non_embedding_params"]  # near compute-optimal, 4x smaller
     assert tlc_plan.main(["--runs", str(runs), "--budget", BUDGET, "--max-bytes", str(MAX_BYTES)]) == 0
     assert "gptq 4-bit g32" in capsys.readouterr().out
+    # the report, the demo and tlc export name the same variant
+    assert "quantized by gptq to 4 bits (groups of 32)" in describe_point(rec)
+    assert "gptq 4-bit g32: predicted loss" in describe_plan(rec)
+    rows = {"dense": {"method": "none", "bits": 32, "sparsity": 0.0}, "none-int8": {"method": "none", "bits": 8},
+            "gptq-w8g32": {"method": "gptq", "bits": 8}, "gptq-w4g32": {"method": "gptq", "bits": 4}}
+    assert recommended_variant(result, rows) == "gptq-w4g32"
     # --methods picks compression methods, weight-only ones included; an unknown one lists gptq as valid
     only_magnitude = plan(["--runs", runs, "--budget", BUDGET, "--max-bytes", MAX_BYTES, "--methods", "magnitude"],
                           capsys)
