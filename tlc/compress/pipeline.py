@@ -263,8 +263,8 @@ def planned_variants(compression: dict) -> tuple[CompressSettings, list[VariantS
     if method in QUANTIZERS:
         calibration = compression.get("calibration") or {}
         bits, group = int(compression["bits"]), int(compression.get("group_size") or 0)
-        settings = CompressSettings(methods=(method,), sparsities=(0.0,), int8=False, quant_bits=(bits,), group_size=group,
-                                    calibration_sequences=int(calibration.get("sequences") or 128))
+        settings = CompressSettings(methods=(method,), sparsities=(0.0,), int8=False, quant_bits=(bits,),
+                                    group_size=group, calibration_sequences=int(calibration.get("sequences") or 128))
         return settings, [VariantSpec("none", 0.0, 32), VariantSpec(method, 0.0, bits, group=group)]
     block = int(compression.get("block") or 32) if method == "block" else None
     calibration = compression.get("calibration") or {}

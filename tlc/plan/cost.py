@@ -5,13 +5,6 @@ dense, so a model of E embedding and N non-embedding parameters keeps
 
     nonzeros = E + (1 - s)·N.
 
-Weight-only quantizers (gptq, rtn) form groups of their own, named as fit.json names their loss
-models ("gptq-w4": method and bits), never pruned and never int8. Their bytes are the encoding
-`tlc compress` stores (`tlc.artifact`: 4-bit codes two to a byte, or int8 codes, plus an fp16
-scale per output row and group of inputs; embeddings fp32) at the bits and group size measured.
-They run dequantized, as dense fp32 matrices (no int4 or int8 kernel on CPU), so their latency is
-only what compress.jsonl measured for them; no speedup is assumed.
-
 Bytes, per (pruning method, int8) group g, are linear in the non-zeros and the dense size P = E + N:
 
     bytes = v_g·nonzeros + m_g·P
@@ -20,8 +13,9 @@ v_g is bytes per stored value and m_g the per-weight overhead of the sparse form
 costs 1/8 byte per weight). Both are fitted, non-negative, to the variants `tlc compress`
 measured (compress.jsonl's nonzeros and bytes, config.json's params.total), or with a single
 measured size the ratio bytes/nonzeros alone (m_g = 0). Groups never measured get defaults:
-v = 4 for fp32 or 1 for 8-bit values (bits/8 + 2/group for weight-only codes), m = 1/8 for unstructured sparsity stored as a bitmask
-(magnitude, 2:4, gradual, movement), 0 for dense, block-sparse and structured models.
+v = 4 for fp32 or 1 for 8-bit values (bits/8 + 2/group for weight-only codes), m = 1/8 for
+unstructured sparsity stored as a bitmask (magnitude, 2:4, gradual, movement), 0 for dense,
+block-sparse and structured models.
 
 Latency, per device and batch size, is a log-linear fit to compress.jsonl's measurements:
 
@@ -32,6 +26,13 @@ size) and c_g (how much sparsity speeds group g up) fitted only for groups measu
 more sparsities (otherwise 0). Only measured groups can be predicted. Each variant's latency is
 the fastest runtime measured for it: torch, or ONNX Runtime int8 for 8-bit variants where
 `tlc compress` timed that too.
+
+Weight-only quantizers (gptq, rtn) form groups of their own, named as fit.json names their loss
+models ("gptq-w4": method and bits), never pruned and never int8. Their bytes are the encoding
+`tlc compress` stores (`tlc.artifact`: 4-bit codes two to a byte, or int8 codes, plus an fp16
+scale per output row and group of inputs; embeddings fp32) at the bits and group size measured.
+They run dequantized, as dense fp32 matrices (no int4 or int8 kernel on CPU), so their latency is
+only what compress.jsonl measured for them; no speedup is assumed.
 """
 
 from __future__ import annotations

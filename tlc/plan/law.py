@@ -102,7 +102,8 @@ class PlanLaw:
         p = self.fitted.laws[self.law].parameters
         return {name: float(getattr(p, name)) for name in p.__dataclass_fields__}
 
-    def loss(self, N, D, method: str, sparsity, int8: bool, embedding=0.0, weight_only: str | None = None) -> np.ndarray:
+    def loss(self, N, D, method: str, sparsity, int8: bool, embedding=0.0,
+             weight_only: str | None = None) -> np.ndarray:
         """Point-estimate loss, vectorised over N, D and sparsity (broadcast together), nats per token.
 
         N is non-embedding parameters and ``embedding`` the rest (see `law_params`); ``weight_only`` a
