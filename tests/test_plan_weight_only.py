@@ -17,6 +17,7 @@ from tlc.export.source import recommended_variant
 from tlc.fit.observations import fit_sweep
 from tlc.io import atomic_write_json, read_jsonl
 from tlc.plan import command as tlc_plan
+from tlc.plan.law import load_plan_law
 from tlc.report.summary import describe_point
 
 CALIBRATION = {"split": "train", "sequences": 128, "tokens": 128 * 128}
@@ -83,6 +84,9 @@ def test_a_cheap_4_bit_quantizer_is_planned_under_a_byte_budget(cheap, tmp_path,
     dense = result["compute_optimal"]
     assert rec["loss"]["mean"] < result["train_small"]["loss"]["mean"] and result["gain"]["loss"] > 0.05
     assert rec["loss"]["low"] <= rec["loss"]["mean"] <= rec["loss"]["high"]
+    law = load_plan_law(runs, None)
+    dense_loss = law.interval(rec["non_embedding_params"], rec["tokens"], "none", 0.0, False, rec["embedding_params"])
+    assert rec["loss"]["mean"] - dense_loss[0] == pytest.approx(c["added_loss"], rel=1e-6)  # the fitted gptq-w4 model
     assert rec["non_embedding_params"] > 0.5 * dense["non_embedding_params"]  # near compute-optimal, 4x smaller
     assert tlc_plan.main(["--runs", str(runs), "--budget", BUDGET, "--max-bytes", str(MAX_BYTES)]) == 0
     assert "gptq 4-bit g32" in capsys.readouterr().out
@@ -131,3 +135,23 @@ def test_a_weight_only_recipe_compresses_to_that_variant():
     settings, specs = planned_variants({**compression, "method": "rtn", "bits": 8, "group_size": 0,
                                         "calibration": None})
     assert specs[-1].id == "rtn-w8g0" and settings.quant_bits == (8,)
+
+
+@pytest.mark.slow
+def test_a_gptq_plan_is_trained_compressed_and_scored_by_validate(tmp_path, small_corpus):
+    """A plan that recommends gptq: tlc validate trains it, tlc compress --plan makes the gptq variant, and the
+    bytes it measures are the ones the plan promised."""
+    from conftest import run_tlc
+    from plan_fixtures import write_trainable_sweep
+
+    runs = write_trainable_sweep(tmp_path / "runs", small_corpus)
+    add_gptq(runs, 0.002)
+    assert tlc_plan.main(["--runs", str(runs), "--budget", "5e9", "--max-bytes", "100000"]) == 0
+    point = json.loads((runs / "plan.json").read_text())["recommendation"]
+    assert point["recipe"]["compression"]["method"] == "gptq" and point["recipe"]["compression"]["bits"] == 4
+    run_tlc("validate", runs, "--points", "recommendation", "--seeds", "0", timeout=1200, check=True)
+    entry = json.loads((runs / "validation.json").read_text())["validations"][0]["points"]["recommendation"]
+    run_dir = runs / entry["run_dirs"][0]
+    row = next(r for r in read_jsonl(run_dir / "compress.jsonl") if r["variant"] == "gptq-w4g32")
+    assert row["calibration"]["sequences"] == CALIBRATION["sequences"] and row["group_size"] == 32
+    assert entry["measured"]["bytes"] == row["bytes"] <= entry["predicted"]["bytes"] <= 100000
