@@ -83,6 +83,8 @@ class FittedSweep:
     pruning: dict[str, FittedLaw]  # pruning models by method
     int8: FittedLaw | None
     confidence: float = CONFIDENCE
+    # weight-only quantizers by method and bits ("gptq-w4"), fitted with the 8-bit forms (scaling.compression_fit)
+    quantization: dict[str, FittedLaw] = field(default_factory=dict)
     pruning_sparsities: dict[str, tuple[float, ...]] = field(default_factory=dict)  # measured, per method
     preferred_law: str | None = None  # fit.json's choice (best held-out error); None for a bare law
     flops: FlopsModel = SIX_N  # training FLOPs per token against N: the sweep's own, or 6N for a published law
@@ -107,9 +109,11 @@ class FittedSweep:
         sparsity: float = 0.0,
         int8: bool = False,
         law: str = "chinchilla",
+        weight_only: str | None = None,
     ) -> tuple[float, float, float]:
         """Predicted validation loss (mean, low, high) of a model of N non-embedding parameters
-        trained on D tokens, then pruned with ``method`` to ``sparsity`` and/or made 8-bit.
+        trained on D tokens, then pruned with ``method`` to ``sparsity`` and/or made 8-bit, or quantized
+        weight-only by a ``quantization`` model (``weight_only``, e.g. "gptq-w4").
 
         mean is the point estimate; (low, high) the bootstrap interval at ``confidence`` (NaN when
         fit.json holds no draws). The interval covers the uncertainty of the fitted mean loss, not
@@ -141,6 +145,11 @@ class FittedSweep:
             if self.int8 is None:
                 raise ValueError("int8: this fit has no 8-bit model (no 8-bit variants in compress.jsonl)")
             added_terms.append((self.int8, {"N": N, "tokens_per_param": D / N}))
+        if weight_only is not None:
+            if weight_only not in self.quantization:
+                raise ValueError(f"weight_only: no quantization model for {weight_only!r} in this fit; "
+                                 f"valid: {sorted(self.quantization)}")
+            added_terms.append((self.quantization[weight_only], {"N": N, "tokens_per_param": D / N}))
         for model, covariates in added_terms:
             # Compression forms predict log(dense_loss + added); with dense_loss = 1 that is log(1 + added).
             log_point, log_draws = model.log_loss(dense_loss=1.0, **covariates)
@@ -217,6 +226,11 @@ def load_fit(data: dict) -> FittedSweep:
         if int8_entry and int8_entry.get("status") != "not_converged"
         else None
     )
+    quantization = {
+        key: FittedLaw.from_json(INT8_CANDIDATES[entry["candidate"]], entry)
+        for key, entry in (compression.get("quantization") or {}).items()
+        if isinstance(entry, dict) and entry.get("status") != "not_converged"
+    }
     confidence = float((data.get("bootstrap") or {}).get("confidence", CONFIDENCE))
     sparsities = {
         method: tuple(float(s) for s in compression["pruning"][method].get("sparsities", ()))
@@ -233,6 +247,7 @@ def load_fit(data: dict) -> FittedSweep:
         pruning=pruning,
         int8=int8,
         confidence=confidence,
+        quantization=quantization,
         pruning_sparsities=sparsities,
         preferred_law=preferred if preferred in laws else None,
         flops=flops,

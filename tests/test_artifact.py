@@ -54,3 +54,21 @@ def test_bytes_fall_as_sparsity_rises():
         for int8 in (False, True):
             data, nonzeros = sizes(template, 128, 4, method, levels, int8, 32)
             assert (np.diff(data) <= 0).all() and (np.diff(nonzeros) <= 0).all(), (method, int8)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_predicted_bytes_bound_weight_only_codes_as_stored(tmp_path, arch):
+    from tlc.compress.calibrated import Grid, quantize_weights
+
+    shape = ModelShape(64, 2, 2, 32, 300, arch)
+    model = build_model(shape, eot_id=0, seed=0)
+    for bits, group in ((4, 32), (8, 32), (4, 0), (4, 48)):  # 48 does not divide 64: a short last group
+        quantized = copy.deepcopy(model)
+        codes = quantize_weights(quantized, Grid(bits, group), None, "rtn")
+        saved = save_variant(tmp_path / f"rtn-{bits}-{group}", quantized, "dense", 32, 32, None, {}, weight_only=codes)
+        predicted = artifact_size(shape, "none", 0.0, False, grouped=(bits, group))
+        where = f"{arch} rtn {bits}-bit g{group}"
+        assert saved["bytes"] <= predicted.bytes <= saved["bytes"] * 1.015, where
+        assert saved["nonzeros"] <= predicted.nonzeros, where
+    dense = artifact_size(shape, "none", 0.0, False).bytes
+    assert artifact_size(shape, "none", 0.0, False, grouped=(4, 32)).bytes < 0.5 * dense

@@ -17,6 +17,10 @@ What is predicted is an upper bound that is tight in practice:
 - the header is sized with the longest encoding record and the widest offsets each tensor could
   have.
 
+Weight-only quantized variants (gptq, rtn at ``bits`` with ``group_size`` inputs per scale) store
+every prunable matrix as codes, bits/8 bytes per weight (4-bit codes two to a byte), plus one fp16
+scale per output row and group of inputs; everything else stays fp32 (`store._encode_grouped`).
+
 A test saves real variants and checks predicted >= measured, within 0.5%.
 """
 
@@ -59,6 +63,15 @@ def _entries(t: Tensor, kind: str, int8: bool, kept: int, block: int) -> tuple[l
     return entries + scale, record
 
 
+def _grouped_entries(t: Tensor, bits: int, group_size: int) -> tuple[list[tuple[str, str, tuple]], dict]:
+    """(safetensors entries, tlc_format record) of one weight-only quantized matrix (`store._encode_grouped`)."""
+    rows, cols = t.shape
+    width = cols if group_size <= 0 else min(group_size, cols)
+    codes = [(f"{t.name}.q", "I8", (rows, cols))] if bits == 8 else [(f"{t.name}.q4", "U8", (-(-(rows * cols) // 2),))]
+    record = {"kind": "grouped", "shape": [rows, cols], "bits": bits, "group_size": width, "conv1d": t.conv1d}
+    return codes + [(f"{t.name}.scale", "F16", (rows, -(-cols // width)))], record
+
+
 def _header_bytes(entries: list[tuple[str, str, tuple]], formats: dict, int8_path: str, data_bytes: int) -> int:
     """Length of the safetensors header (JSON, padded to 8) plus its 8-byte length prefix; offsets at their widest."""
     widest = data_bytes
@@ -69,11 +82,21 @@ def _header_bytes(entries: list[tuple[str, str, tuple]], formats: dict, int8_pat
     return 8 + length + (-length) % 8
 
 
-def sizes(template: dict, width, depth, method: str, sparsity, int8: bool, block: int | None = None):
+def grouped_bytes(rows, cols, bits: int, group_size: int):
+    """Bytes of one weight-only quantized [rows, cols] matrix: its codes (4-bit codes two to a byte, the last
+    byte padded) and fp16 scales [rows, groups] with groups of ``group_size`` inputs (0: one per row)."""
+    width = np.minimum(group_size, cols) if group_size > 0 else cols
+    codes = rows * cols if bits == 8 else -(-(rows * cols) // 2)
+    return codes + 2 * rows * -(-cols // width)
+
+
+def sizes(template: dict, width, depth, method: str, sparsity, int8: bool, block: int | None = None,
+          grouped: tuple[int, int] | None = None):
     """(data bytes, non-zeros), vectorised over arrays of width, depth and sparsity (broadcast together).
 
     ``template``: arch, context, vocab_size, ffn_mult and optionally objective. Data bytes exclude the safetensors header
-    (`header_bytes`); both follow the module docstring's rules.
+    (`header_bytes`); both follow the module docstring's rules. ``grouped``: (bits, group_size) of a weight-only
+    quantized variant (method "none", not int8).
     """
     d, L, s = np.broadcast_arrays(*(np.asarray(v) for v in (width, depth, sparsity)))
     d, L, s = d.astype(np.int64), L.astype(np.int64), s.astype(float)
@@ -89,6 +112,10 @@ def sizes(template: dict, width, depth, method: str, sparsity, int8: bool, block
         nonzeros = nonzeros + rows * d
     for count, rows, cols in layout.matrices:
         numel = rows * cols
+        if grouped is not None:
+            data = data + count * L * grouped_bytes(rows, cols, *grouped)
+            nonzeros = nonzeros + count * L * numel
+            continue
         scales = 2 * rows if int8 else 0
         dense = vb * numel + scales
         kept = numel - np.floor(s * numel).astype(np.int64)
@@ -112,17 +139,19 @@ def sizes(template: dict, width, depth, method: str, sparsity, int8: bool, block
 
 
 def header_bytes(shape: ModelShape, method: str, int8: bool, block: int | None = None,
-                 int8_path: str = "torch_dynamic") -> int:
+                 int8_path: str = "torch_dynamic", grouped: tuple[int, int] | None = None) -> int:
     """An upper bound on the safetensors header of a variant: every encoding a matrix could take is
     sized at its longest, every number with as many digits as the widest width of ``shape``'s digit
     count (a width of 10^k - 1) can give, every offset as wide as that model's data."""
     return _header_bound(shape.arch, shape.context, shape.vocab_size, shape.ffn_mult, len(str(shape.width)),
-                         shape.depth, method, int8, block or 32, int8_path if int8 else "", shape.objective)
+                         shape.depth, method, int8, block or 32, int8_path if int8 else "", shape.objective,
+                         grouped)
 
 
 @lru_cache(maxsize=4096)
 def _header_bound(arch: str, context: int, vocab_size: int, ffn_mult: int, width_digits: int, depth: int,
-                  method: str, int8: bool, block: int, int8_path: str, objective: str = "clm") -> int:
+                  method: str, int8: bool, block: int, int8_path: str, objective: str = "clm",
+                  grouped: tuple[int, int] | None = None) -> int:
     widest = ModelShape(10**width_digits - 1, depth, 1, context, vocab_size, arch, ffn_mult, objective)
     entries_all: list = []
     formats: dict = {}
@@ -130,6 +159,14 @@ def _header_bound(arch: str, context: int, vocab_size: int, ffn_mult: int, width
         numel = math.prod(t.shape)
         if t.role == "other" or (t.role == "embedding" and not int8):
             entries_all.append((t.name, "F32", t.shape))
+            continue
+        if grouped is not None:
+            if t.role != "matrix":  # embeddings of a weight-only variant stay fp32
+                entries_all.append((t.name, "F32", t.shape))
+                continue
+            entries, record = _grouped_entries(t, *grouped)
+            entries_all += entries
+            formats[t.name] = record
             continue
         kinds = ["dense"]
         if t.role == "matrix" and method in UNSTRUCTURED:
@@ -152,11 +189,12 @@ class ArtifactSize:
 
 
 def artifact_size(shape: ModelShape, method: str, sparsity: float, int8: bool, block: int | None = None,
-                  int8_path: str = "torch_dynamic") -> ArtifactSize:
+                  int8_path: str = "torch_dynamic", grouped: tuple[int, int] | None = None) -> ArtifactSize:
     """Bytes and non-zeros of ``shape`` pruned with ``method`` to ``sparsity`` (of the prunable
-    weights) and/or 8-bit, as `tlc compress` stores it (module docstring)."""
+    weights) and/or 8-bit, or weight-only quantized at ``grouped`` (bits, group_size), as `tlc compress`
+    stores it (module docstring)."""
     template = {"arch": shape.arch, "context": shape.context, "vocab_size": shape.vocab_size,
                 "ffn_mult": shape.ffn_mult, "objective": shape.objective}
-    data, nonzeros = sizes(template, shape.width, shape.depth, method, sparsity, int8, block)
-    header = header_bytes(shape, method if sparsity > 0 else "none", int8, block, int8_path)
+    data, nonzeros = sizes(template, shape.width, shape.depth, method, sparsity, int8, block, grouped)
+    header = header_bytes(shape, method if sparsity > 0 else "none", int8, block, int8_path, grouped)
     return ArtifactSize(bytes=int(data) + header, nonzeros=int(nonzeros))

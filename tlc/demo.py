@@ -85,6 +85,8 @@ def describe_plan(point: dict) -> str:
     c = point.get("compression") or {}
     method = c.get("method") or "none"
     compression = "dense" if method == "none" else f"{method} pruning to {c.get('sparsity', 0):.0%}"
+    if c.get("bits"):  # a weight-only quantizer (gptq, rtn)
+        compression = f"{method} {c['bits']}-bit g{c.get('group_size') or 0}"
     if c.get("int8"):
         compression += " + int8"
     loss = point["loss"]

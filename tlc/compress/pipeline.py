@@ -257,8 +257,15 @@ def _device_name(device) -> str:
 
 def planned_variants(compression: dict) -> tuple[CompressSettings, list[VariantSpec]]:
     """Settings and variants for a plan's compression {method, sparsity, block, recovery_steps, int8}:
-    the dense baseline, the pruned model, and its 8-bit twin when the plan says int8."""
+    the dense baseline, the pruned model, and its 8-bit twin when the plan says int8; or, for a weight-only
+    quantizer {method gptq|rtn, bits, group_size, calibration}, the dense baseline and its codes."""
     method, sparsity, int8 = compression["method"], float(compression["sparsity"]), bool(compression["int8"])
+    if method in QUANTIZERS:
+        calibration = compression.get("calibration") or {}
+        bits, group = int(compression["bits"]), int(compression.get("group_size") or 0)
+        settings = CompressSettings(methods=(method,), sparsities=(0.0,), int8=False, quant_bits=(bits,),
+                                    group_size=group, calibration_sequences=int(calibration.get("sequences") or 128))
+        return settings, [VariantSpec("none", 0.0, 32), VariantSpec(method, 0.0, bits, group=group)]
     block = int(compression.get("block") or 32) if method == "block" else None
     calibration = compression.get("calibration") or {}
     settings = CompressSettings(methods=(method,) if method != "none" else (), sparsities=(sparsity,), int8=int8,

@@ -61,14 +61,14 @@ def find_variant(run_dir: Path, name: str) -> Variant:
 def recommended_variant(plan: dict | None, rows: dict[str, dict]) -> str | None:
     """The variant of ``rows`` (by name) closest to plan.json's recommended compression, or None.
 
-    Same method and bits, nearest achieved sparsity; the plan's method ``none`` is the dense model
-    (or its int8 twin).
+    Same method and bits (a weight-only quantizer's own bits), nearest achieved sparsity; the plan's method
+    ``none`` is the dense model (or its int8 twin).
     """
     compression = ((plan or {}).get("recommendation") or {}).get("compression") or {}
     if not compression:
         return None
     method = compression.get("method") or "none"
-    bits = 8 if compression.get("int8") else 32
+    bits = compression.get("bits") or (8 if compression.get("int8") else 32)
     target = float(compression.get("sparsity") or 0.0)
     candidates = [(abs(float(r.get("sparsity") or 0.0) - target), name) for name, r in rows.items()
                   if r.get("method") == method and int(r.get("bits", 32)) == bits]

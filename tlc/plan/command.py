@@ -46,9 +46,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--law-form", help="which law of fit.json to plan with, e.g. chinchilla or kaplan (default: the "
                    "lowest held-out error among the laws the fit does not mark unidentified)")
     g = parser.add_argument_group("compression (needs a fit with compression models)")
-    g.add_argument("--methods", help="pruning methods to consider, comma-separated (default: every fitted one)")
+    g.add_argument("--methods", help="compression methods to consider, comma-separated: pruning methods and "
+                   "weight-only quantizers (gptq, rtn, or one bit width such as gptq-w4) (default: every fitted one)")
     g.add_argument("--max-sparsity", type=float, help=f"highest sparsity searched (default {DEFAULT_MAX_SPARSITY})")
-    g.add_argument("--no-int8", action="store_true", help="never recommend 8-bit weights")
+    g.add_argument("--no-int8", action="store_true", help="never recommend 8-bit weights (int8, nor 8-bit gptq/rtn)")
     g.add_argument("--measured-shapes", action="store_true",
                    help="keep to the width/depth ratios and the depths of the sweep's shapes (the laws see only "
                    "the parameter count, so other shapes are an extrapolation that tlc plan warns about)")

@@ -13,8 +13,9 @@ v_g is bytes per stored value and m_g the per-weight overhead of the sparse form
 costs 1/8 byte per weight). Both are fitted, non-negative, to the variants `tlc compress`
 measured (compress.jsonl's nonzeros and bytes, config.json's params.total), or with a single
 measured size the ratio bytes/nonzeros alone (m_g = 0). Groups never measured get defaults:
-v = 4 for fp32 or 1 for 8-bit values, m = 1/8 for unstructured sparsity stored as a bitmask
-(magnitude, 2:4, gradual, movement), 0 for dense, block-sparse and structured models.
+v = 4 for fp32 or 1 for 8-bit values (bits/8 + 2/group for weight-only codes), m = 1/8 for
+unstructured sparsity stored as a bitmask (magnitude, 2:4, gradual, movement), 0 for dense,
+block-sparse and structured models.
 
 Latency, per device and batch size, is a log-linear fit to compress.jsonl's measurements:
 
@@ -25,6 +26,13 @@ size) and c_g (how much sparsity speeds group g up) fitted only for groups measu
 more sparsities (otherwise 0). Only measured groups can be predicted. Each variant's latency is
 the fastest runtime measured for it: torch, or ONNX Runtime int8 for 8-bit variants where
 `tlc compress` timed that too.
+
+Weight-only quantizers (gptq, rtn) form groups of their own, named as fit.json names their loss
+models ("gptq-w4": method and bits), never pruned and never int8. Their bytes are the encoding
+`tlc compress` stores (`tlc.artifact`: 4-bit codes two to a byte, or int8 codes, plus an fp16
+scale per output row and group of inputs; embeddings fp32) at the bits and group size measured.
+They run dequantized, as dense fp32 matrices (no int4 or int8 kernel on CPU), so their latency is
+only what compress.jsonl measured for them; no speedup is assumed.
 """
 
 from __future__ import annotations
@@ -42,7 +50,29 @@ from tlc.io import list_runs, read_jsonl
 
 VALUE_BYTES = {False: 4.0, True: 1.0}  # fp32 weights (compress.jsonl's dense rows are 32-bit), 8-bit weights
 LATENCY_BATCHES = (1, 32)
-WEIGHT_ONLY = ("gptq", "rtn")  # tlc.compress.variants.QUANTIZERS: weight-only rows the planner does not price yet
+WEIGHT_ONLY = ("gptq", "rtn")  # tlc.compress.variants.QUANTIZERS: weight-only codes, priced as groups of their own
+WEIGHT_ONLY_LATENCY = ("measured as stored runs it: codes dequantized to dense fp32 matrices (no int4/int8 kernel), "
+                       "so no speedup over dense is assumed")
+
+
+def weight_only_key(method: str, bits: int) -> str:
+    """A weight-only quantizer at a bit width as fit.json's quantization models name it: "gptq-w4"."""
+    return f"{method}-w{int(bits)}"
+
+
+@dataclass(frozen=True)
+class WeightOnly:
+    """A weight-only quantizer as `tlc compress` measured it: method, bits, inputs per scale (0: one per row)."""
+
+    method: str
+    bits: int
+    group_size: int
+    calibration: dict | None = None  # compress.jsonl's {split, sequences, tokens} for gptq; None for rtn
+
+    @property
+    def key(self) -> str:
+        """fit.json's name of its loss model, e.g. "gptq-w4"."""
+        return weight_only_key(self.method, self.bits)
 
 
 # A model trained sparse (pruning at init or during training) is stored as it is: global magnitude pruning
@@ -64,6 +94,8 @@ def default_overhead(method: str) -> float:
 
 
 def _group(row: dict) -> tuple[str, bool]:
+    if row.get("method") in WEIGHT_ONLY:
+        return weight_only_key(row["method"], row.get("bits") or 32), False
     sparsity = float(row.get("sparsity") or 0.0)
     method = "none" if sparsity <= 0 else str(row["method"])
     return method, float(row.get("bits") or 32) <= 8
@@ -102,8 +134,6 @@ def read_measurements(runs_dir: Path) -> list[MeasuredVariant]:
         total = params.get("total")
         for row in read_jsonl(run_dir / "compress.jsonl"):
             if not isinstance(row.get("method"), str):
-                continue
-            if row["method"] in WEIGHT_ONLY:  # gptq/rtn codes: not the (method, int8) groups this model prices
                 continue
             latency = {b: fastest_latency(row, b) for b in LATENCY_BATCHES}
             variants.append(MeasuredVariant(
@@ -216,20 +246,30 @@ class CostModel:
     latency: LatencyModel | None = None
     template: dict | None = None  # arch, context, vocab_size, ffn_mult
     blocks: dict = field(default_factory=dict)  # {method: block size} measured (block pruning)
+    weight_only: dict = field(default_factory=dict)  # {"gptq-w4": WeightOnly} measured (gptq, rtn)
 
-    def _encoded(self, N, embedding, sparsity, method: str, int8: bool) -> tuple[np.ndarray, np.ndarray]:
+    def grouped(self, weight_only: str | None) -> tuple[int, int] | None:
+        """(bits, group size) of a weight-only quantizer's encoding; None for pruning and int8 groups."""
+        if weight_only is None:
+            return None
+        measured = self.weight_only[weight_only]
+        return measured.bits, measured.group_size
+
+    def _encoded(self, N, embedding, sparsity, method: str, int8: bool,
+                 weight_only: str | None = None) -> tuple[np.ndarray, np.ndarray]:
         from tlc.artifact import header_bytes, sizes
         from tlc.config import ModelShape
 
         width, depth = shape_of(self.template, N, embedding)
         method = stored_method(method)
         block = self.blocks.get(method)
-        data, nonzeros = sizes(self.template, width, depth, method, sparsity, int8, block)
+        grouped = self.grouped(weight_only)
+        data, nonzeros = sizes(self.template, width, depth, method, sparsity, int8, block, grouped)
         t = self.template
         header = np.vectorize(lambda w, d, s: header_bytes(
             ModelShape(int(w), int(d), 1, t["context"], t["vocab_size"], t["arch"], t["ffn_mult"],
                        t.get("objective", "clm")),
-            method if s > 0 else "none", int8, block), otypes=[float])
+            method if s > 0 else "none", int8, block, grouped=grouped), otypes=[float])
         return data + header(width, depth, np.broadcast_to(sparsity, np.shape(width))), nonzeros
 
     def nonzeros(self, N, embedding, sparsity, method: str = "magnitude") -> np.ndarray:
@@ -238,32 +278,40 @@ class CostModel:
             return self._encoded(N, embedding, sparsity, method, False)[1].astype(float)
         return np.asarray(embedding) + (1.0 - np.asarray(sparsity)) * np.asarray(N)
 
-    def bytes_coefficients(self, method: str, int8: bool) -> tuple[float, float]:
+    def bytes_coefficients(self, method: str, int8: bool, weight_only: str | None = None) -> tuple[float, float]:
         """(v_g, m_g) for a group: fitted, else the documented defaults."""
+        if weight_only is not None:
+            bits, group = self.grouped(weight_only)
+            fitted = self.bytes_fits.get((weight_only, False))
+            return fitted if fitted is not None else (bits / 8 + (2 / group if group > 0 else 0.0), 0.0)
         method = stored_method(method)
         fitted = self.bytes_fits.get((method, int8))
         return fitted if fitted is not None else (VALUE_BYTES[int8], default_overhead(method))
 
-    def bytes(self, N, embedding, sparsity, method: str, int8: bool) -> np.ndarray:
-        """Artifact size in bytes (module docstring)."""
+    def bytes(self, N, embedding, sparsity, method: str, int8: bool, weight_only: str | None = None) -> np.ndarray:
+        """Artifact size in bytes (module docstring); ``weight_only`` names a quantizer ("gptq-w4") instead."""
         if self.template is not None:
-            return self._encoded(N, embedding, sparsity, method, int8)[0].astype(float)
-        v, m = self.bytes_coefficients(method, int8)
+            return self._encoded(N, embedding, sparsity, method, int8, weight_only)[0].astype(float)
+        v, m = self.bytes_coefficients(method, int8, weight_only)
         return v * self.nonzeros(N, embedding, sparsity) + m * (np.asarray(embedding) + np.asarray(N))
 
-    def latency_group(self, method: str, int8: bool) -> tuple[str, bool]:
-        """The measured (method, int8) group whose latency a category has: its own, and for a model trained
-        sparse its storage method's, else that of magnitude pruning (both run as dense matrices with zeros)."""
+    def latency_group(self, method: str, int8: bool, weight_only: str | None = None) -> tuple[str, bool]:
+        """The measured (method, int8) group whose latency a category has: its own (a weight-only quantizer's
+        is ("gptq-w4", False)), and for a model trained sparse its storage method's, else that of magnitude
+        pruning (both run as dense matrices with zeros)."""
+        if weight_only is not None:
+            return weight_only, False
         if timing_of(method) not in TIMINGS:
             return method, int8
         measured = self.latency.offsets if self.latency is not None else {}
         return next((g for g in ((STORE_SPARSE, int8), ("magnitude", int8)) if g in measured), (STORE_SPARSE, int8))
 
-    def latency_ms(self, N, embedding, sparsity, method: str, int8: bool) -> np.ndarray:
-        """Predicted latency in ms on the fitted device (NaN when no latency model)."""
+    def latency_ms(self, N, embedding, sparsity, method: str, int8: bool, weight_only: str | None = None) -> np.ndarray:
+        """Predicted latency in ms on the fitted device (NaN when no latency model, or the group was not measured)."""
         if self.latency is None:
             return np.full(np.shape(np.asarray(N) + np.asarray(sparsity)), np.nan)
-        return self.latency.predict(np.asarray(embedding) + np.asarray(N), sparsity, self.latency_group(method, int8))
+        return self.latency.predict(np.asarray(embedding) + np.asarray(N), sparsity,
+                                    self.latency_group(method, int8, weight_only))
 
     def describe(self) -> dict:
         """JSON-ready summary for plan.json."""
@@ -273,6 +321,7 @@ class CostModel:
                 "bytes": "the storage encoding of tlc.compress.store counted from the shape (tlc.artifact), "
                          "an upper bound: each matrix in its cheapest encoding, the header at its longest",
                 "blocks": self.blocks,
+                **self._describe_weight_only(),
                 "latency": self.latency.describe() if self.latency else None,
             }
         return {
@@ -281,9 +330,21 @@ class CostModel:
             "bytes_fitted": [
                 {"method": m, "int8": q, "v": v, "m": o} for (m, q), (v, o) in sorted(self.bytes_fits.items())
             ],
-            "bytes_default": "v = 4 (fp32) or 1 (int8); m = 1/8 for bitmask-stored unstructured sparsity, else 0",
+            "bytes_default": "v = 4 (fp32) or 1 (int8), bits/8 + 2/group (weight-only codes); m = 1/8 for "
+                             "bitmask-stored unstructured sparsity, else 0",
+            **self._describe_weight_only(),
             "latency": self.latency.describe() if self.latency else None,
         }
+
+    def _describe_weight_only(self) -> dict:
+        if not self.weight_only:
+            return {}
+        return {"weight_only": {key: {"method": w.method, "bits": w.bits, "group_size": w.group_size,
+                                      "calibration": w.calibration,
+                                      "bytes": "codes (bits/8 bytes per weight, 4-bit codes two to a byte) plus an "
+                                               "fp16 scale per output row and group of inputs; embeddings fp32",
+                                      "latency": WEIGHT_ONLY_LATENCY}
+                                for key, w in sorted(self.weight_only.items())}}
 
 
 def fit_bytes(variants: list[MeasuredVariant]) -> dict:
@@ -321,9 +382,14 @@ def build_cost_model(runs_dir: Path | None, device: str | None, batch: int, late
             devices = sorted({str(v.device) for v in variants if v.latency_ms})
             raise UserError(f"--device: required with --max-latency-ms; measured: {', '.join(devices) or 'none'}")
         latency = fit_latency(variants, device, batch)
-    blocks = {}
+    blocks, weight_only = {}, {}
     for run_dir in list_runs(runs_dir) if runs_dir is not None else []:
         for row in read_jsonl(run_dir / "compress.jsonl"):
             if isinstance(row.get("block"), int) and isinstance(row.get("method"), str):
                 blocks.setdefault(row["method"], row["block"])
-    return CostModel(bytes_fits=fit_bytes(variants), latency=latency, template=template, blocks=blocks)
+            if row.get("method") in WEIGHT_ONLY and isinstance(row.get("bits"), int):
+                calibration = row.get("calibration") if isinstance(row.get("calibration"), dict) else None
+                measured = WeightOnly(row["method"], row["bits"], int(row.get("group_size") or 0), calibration)
+                weight_only.setdefault(measured.key, measured)  # one group size per quantizer, as compressed
+    return CostModel(bytes_fits=fit_bytes(variants), latency=latency, template=template, blocks=blocks,
+                     weight_only=weight_only)

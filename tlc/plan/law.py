@@ -87,6 +87,11 @@ class PlanLaw:
         return tuple(m for m in self.fitted.methods if m not in self.withheld)
 
     @property
+    def quantizers(self) -> tuple[str, ...]:
+        """Weight-only quantizers by method and bits ("gptq-w4") with a fitted model of the loss they add."""
+        return tuple(k for k in sorted(self.fitted.quantization) if k not in self.withheld)
+
+    @property
     def has_int8(self) -> bool:
         """Whether the fit holds a model of the loss added by 8-bit weights."""
         return self.fitted.int8 is not None
@@ -97,11 +102,13 @@ class PlanLaw:
         p = self.fitted.laws[self.law].parameters
         return {name: float(getattr(p, name)) for name in p.__dataclass_fields__}
 
-    def loss(self, N, D, method: str, sparsity, int8: bool, embedding=0.0) -> np.ndarray:
+    def loss(self, N, D, method: str, sparsity, int8: bool, embedding=0.0,
+             weight_only: str | None = None) -> np.ndarray:
         """Point-estimate loss, vectorised over N, D and sparsity (broadcast together), nats per token.
 
-        N is non-embedding parameters and ``embedding`` the rest (see `law_params`). Compression models
-        with a tokens-per-parameter term see D/N: over-trained models compress worse."""
+        N is non-embedding parameters and ``embedding`` the rest (see `law_params`); ``weight_only`` a
+        quantization model ("gptq-w4") whose added loss counts too. Compression models with a
+        tokens-per-parameter term see D/N: over-trained models compress worse."""
         N = self.law_params(N, embedding)
         N, D, sparsity = np.broadcast_arrays(*(np.atleast_1d(np.asarray(v, dtype=float)) for v in (N, D, sparsity)))
         law = self.fitted.laws[self.law]
@@ -114,10 +121,18 @@ class PlanLaw:
             loss = loss + np.where(pruned, added, 0.0)
         if int8:
             loss = loss + _added_loss(self.fitted.int8, N=N, tokens_per_param=D / N)
+        if weight_only is not None:
+            loss = loss + _added_loss(self.fitted.quantization[weight_only], N=N, tokens_per_param=D / N)
         return loss
 
+    def added_loss(self, N: float, D: float, weight_only: str, embedding: float = 0.0) -> float:
+        """The loss a weight-only quantizer adds to a model of (N, D), at its point estimate (nats per token)."""
+        N = self.law_params(N, embedding)
+        return float(_added_loss(self.fitted.quantization[weight_only], N=np.atleast_1d(N),
+                                 tokens_per_param=np.atleast_1d(D / N))[0])
+
     def loss_draws(self, N: float, D: float, method: str, sparsity: float, int8: bool,
-                   embedding: float = 0.0) -> np.ndarray:
+                   embedding: float = 0.0, weight_only: str | None = None) -> np.ndarray:
         """Loss per bootstrap draw (R,), NaN for unusable draws; empty for a law without draws.
 
         Draw k of every model was fitted to the same resample of runs, so draws of two plans can be
@@ -131,14 +146,18 @@ class PlanLaw:
                                                                           tokens_per_param=D / N)[1])
         if len(draws) and int8:
             draws = draws + np.expm1(self.fitted.int8.log_loss(dense_loss=1.0, N=N, tokens_per_param=D / N)[1])
+        if len(draws) and weight_only is not None:
+            model = self.fitted.quantization[weight_only]
+            draws = draws + np.expm1(model.log_loss(dense_loss=1.0, N=N, tokens_per_param=D / N)[1])
         return draws
 
     def interval(self, N: float, D: float, method: str, sparsity: float, int8: bool,
-                 embedding: float = 0.0) -> tuple[float, float, float]:
+                 embedding: float = 0.0, weight_only: str | None = None) -> tuple[float, float, float]:
         """(mean, low, high) from the bootstrap draws in fit.json; low and high are NaN without draws."""
         N = float(self.law_params(N, embedding))
         pruning = method if (method != "none" and sparsity > 0) else None
-        return self.fitted.predict_loss(N, D, pruning, sparsity if pruning else 0.0, int8, law=self.law)
+        return self.fitted.predict_loss(N, D, pruning, sparsity if pruning else 0.0, int8, law=self.law,
+                                        weight_only=weight_only)
 
 
 def _added_loss(model: FittedLaw, **covariates: np.ndarray) -> np.ndarray:
@@ -342,6 +361,11 @@ def _fit_file(path: Path, data: dict, flag: str, law_form: str | None = None) ->
         if isinstance(entry, dict) and (timing_of(method) in TIMINGS and entry.get("status") in UNDEFENDED
                                         or entry.get("status") == "unstable")  # any method: its intervals are unsound
     }
+    withheld.update({
+        key: f"{entry.get('status')}: {entry.get('reason')}"
+        for key, entry in ((data.get("compression") or {}).get("quantization") or {}).items()
+        if isinstance(entry, dict) and entry.get("status") == "unstable"
+    })
     pruning_checks = {
         method: {"candidate": entry.get("candidate"),
                  "error": (entry.get("heldout_errors") or {}).get(entry.get("candidate")),

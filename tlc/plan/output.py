@@ -22,13 +22,17 @@ plan.json (format "tlc.plan/2"):
             (training and recovery fine-tune), train_seconds (predicted, null without a
             throughput model), inference_flops,
             compression {method, sparsity, int8, timing (WHEN: dense, train dense then compress, train
-            sparse from the start, prune while training)}, loss {mean, low, high},
+            sparse from the start, prune while training); for a weight-only quantizer also bits,
+            group_size (inputs per scale, 0: one per row), calibration {split, sequences, tokens} (gptq;
+            null for rtn), added_loss (its predicted nats per token over the dense model) and latency
+            (how its latency was measured)}, loss {mean, low, high},
             inference {nonzeros, bytes, latency_ms}, inference_cost (= inference[pareto_cost]),
             recipe {shape, train (train.prune set when pruning at init or during training), tokens
             (seen by the finished model; a WSD recipe's train.tokens is its trunk's), timing (none,
             after, init or during), lr_rule, warmup_rule (fraction, tokens or reference_run: how
             train.warmup_frac was set, tlc.plan.recipe), data, world_size, seed, compression {method, sparsity,
-            block, recovery_steps, int8}} when the law comes from a sweep (tlc.plan.recipe),
+            block, recovery_steps, int8, and bits, group_size, calibration for gptq/rtn}} when the law comes
+            from a sweep (tlc.plan.recipe),
             dense_loss_split {repeat, novel} or null: the trained model's loss before compression on
             targets seen earlier in their window and on the rest, from fit.json's loss_split
             (recommendation, train_small and compute_optimal only)}
@@ -92,6 +96,8 @@ def plan_json(point: Point, interval: tuple[float, float, float], inference_toke
 
 def _compression(entry: dict) -> str:
     c = entry["compression"]
+    if c.get("bits"):  # a weight-only quantizer: "gptq 4-bit g32" (g0: one scale per row)
+        return f"{c['method']} {c['bits']}-bit g{c['group_size']}"
     text = "dense" if c["method"] == "none" else f"{c['method']} {c['sparsity']:.0%}"
     return text + (" +int8" if c["int8"] else "")
 

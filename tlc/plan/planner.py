@@ -17,9 +17,9 @@ import numpy as np
 from scaling.bootstrap import percentile_interval
 from scaling.loss_split import predict_split
 from tlc.errors import UserError
-from tlc.plan.cost import CostModel, build_cost_model
+from tlc.plan.cost import WEIGHT_ONLY_LATENCY, CostModel, build_cost_model
 from tlc.plan.law import PlanLaw
-from tlc.plan.output import FORMAT, plan_json
+from tlc.plan.output import FORMAT, WHEN, plan_json
 from tlc.plan.planfile import fit_sha256
 from tlc.plan.recipe import read_sweep_recipe
 from tlc.plan.search import feasible, run_nsga2, run_tpe, study_key, trial_start
@@ -38,11 +38,13 @@ def _format_cost(name: str, value: float) -> str:
 
 
 def _categories(law: PlanLaw, args: argparse.Namespace, latency_groups: set | None, costs: CostModel) -> list[Category]:
-    """Compression choices: dense, then each fitted pruning method, each with and without int8."""
+    """Compression choices: dense, then each fitted pruning method, each with and without int8, then each fitted
+    weight-only quantizer (gptq-w4, ...) that compress.jsonl measured."""
     compression_flags = [f for f, given in (("--methods", args.methods is not None),
                                              ("--max-sparsity", args.max_sparsity is not None),
                                              ("--no-int8", args.no_int8)) if given]
-    if not law.methods and not law.has_int8 and compression_flags:
+    quantizers = [k for k in law.quantizers if k in costs.weight_only]  # fitted, and their encoding measured
+    if not law.methods and not law.has_int8 and not quantizers and compression_flags:
         why = ("its sweep has no compressed variants; run tlc compress, then tlc fit" if law.runs_dir else
                "a published or bare law describes dense models only; plan with --runs RUNS_DIR after tlc compress "
                "and tlc fit")
@@ -50,19 +52,26 @@ def _categories(law: PlanLaw, args: argparse.Namespace, latency_groups: set | No
     methods = list(law.methods)
     if args.methods is not None:
         asked = [m.strip() for m in args.methods.split(",") if m.strip()]
+        named = [k for k in quantizers if k in asked or costs.weight_only[k].method in asked]
+        asked = [m for m in asked if m not in quantizers and m not in {costs.weight_only[k].method for k in quantizers}]
+        quantizers = named
         withheld = [m for m in asked if m in law.withheld]
         if withheld:
             raise UserError(f"--methods: {withheld[0]}'s model is {law.withheld[withheld[0]]}; the sweep cannot defend "
                             f"it (train more shapes or sparsities with it), so the planner does not use it")
         unknown = [m for m in asked if m != "none" and m not in law.methods]
         if unknown:
-            raise UserError(f"--methods: no pruning model for {', '.join(unknown)} in {law.source}; "
-                            f"valid: {', '.join(law.methods) or 'none (no pruning was fitted)'}")
+            valid = [*law.methods, *dict.fromkeys(costs.weight_only[k].method for k in law.quantizers
+                                                  if k in costs.weight_only), *law.quantizers]
+            raise UserError(f"--methods: no compression model for {', '.join(unknown)} in {law.source}; "
+                            f"valid: {', '.join(valid) or 'none (no compression was fitted)'}")
         methods = [m for m in asked if m != "none"]
     int8_options = [False, True] if law.has_int8 and not args.no_int8 else [False]
     categories = [Category(m, q) for m in ["none", *methods] for q in int8_options]
+    categories += [Category("none", False, k) for k in quantizers
+                   if not (args.no_int8 and costs.weight_only[k].bits == 8)]
     if latency_groups is not None:
-        categories = [c for c in categories if costs.latency_group(c.method, c.int8) in latency_groups]
+        categories = [c for c in categories if costs.latency_group(c.method, c.int8, c.weight_only) in latency_groups]
         if not categories:
             raise UserError("--device: no compression variant measured there is also in the fit's models")
     return categories
@@ -78,7 +87,8 @@ def _smallest_costs(space: PlanSpace) -> dict[str, tuple[float, str]]:
         options = []
         for c in space.categories:
             for s in sorted({0.0, space.sparsity_range(c.method)[1]}):
-                desc = f"{size}, " + ("dense" if s == 0 else f"{c.method} {s:.0%}") + (" int8" if c.int8 else "")
+                desc = (f"{size}, " + ("dense" if s == 0 else f"{c.method} {s:.0%}") + (" int8" if c.int8 else "")
+                        + (f" {c.weight_only}" if c.weight_only else ""))
                 options.append((float(space.cost(name, N, emb, s, c)[0]), desc))
         out[name] = min(options)
     return out
@@ -238,7 +248,8 @@ def _law_tokens(point: Point) -> float:
 def _gain_interval(law: PlanLaw, small: Point, large: Point) -> tuple[float | None, float | None]:
     """Bootstrap interval of loss(train small) - loss(recommendation), paired draw by draw."""
     def draws(p: Point) -> np.ndarray:
-        return law.loss_draws(p.N, _law_tokens(p), p.category.method, p.sparsity, p.category.int8, p.embedding)
+        return law.loss_draws(p.N, _law_tokens(p), p.category.method, p.sparsity, p.category.int8, p.embedding,
+                              p.category.weight_only)
 
     difference = draws(small) - draws(large)
     if not len(difference) or not np.isfinite(difference).any():
@@ -308,15 +319,23 @@ def make_plan(law: PlanLaw, budgets: Budgets, args: argparse.Namespace, storage:
     def entry(point: Point | None) -> dict | None:
         if point is None:
             return None
+        weight_only = point.category.weight_only
         interval = law.interval(point.N, _law_tokens(point), point.category.method, point.sparsity,
-                                point.category.int8, point.embedding)
+                                point.category.int8, point.embedding, weight_only)
         out = plan_json(point, interval, budgets.inference_tokens, COST_KEYS[budgets.primary])
+        if weight_only is not None:  # plan.json names the quantizer, its encoding and the loss it is predicted to add
+            measured = costs.weight_only[weight_only]
+            out["compression"].update(
+                method=measured.method, bits=measured.bits, group_size=measured.group_size,
+                calibration=measured.calibration, timing=WHEN["after"],
+                added_loss=law.added_loss(point.N, _law_tokens(point), weight_only, point.embedding),
+                latency=WEIGHT_ONLY_LATENCY)
         out["dense_loss_split"] = predict_split(law.fitted.loss_split, law.law_params(point.N, point.embedding),
                                                 _law_tokens(point))
         if recipe is not None:
             shape = {"width": point.width, "depth": point.depth, "heads": out["heads"], **space.template}
             out["recipe"] = recipe.point(shape, point.tokens, point.category.method, point.sparsity,
-                                         point.category.int8)
+                                         point.category.int8, costs.weight_only.get(weight_only))
         return out
 
     rec, small = entry(recommendation), entry(train_small)

@@ -16,7 +16,8 @@ The warmup follows the rule the sweep's runs share: one fraction of the trunk fo
 warmup_frac); runs that share neither give the reference run's fraction ("reference_run").
 
 The compression half of a recipe takes the block size and recovery fine-tune steps of the
-variants `tlc compress` measured for that method, so the plan compresses as the law was fitted.
+variants `tlc compress` measured for that method, and for a weight-only quantizer (gptq, rtn) its
+bits, group size and calibration windows, so the plan compresses as the law was fitted.
 Nothing here imports torch.
 """
 
@@ -31,7 +32,7 @@ import numpy as np
 from scaling.compression_fit import TIMINGS, timing_of
 from tlc.config import PRUNE_DURING_DEFAULT
 from tlc.io import list_runs, read_jsonl, read_run_config
-from tlc.plan.cost import STORE_SPARSE
+from tlc.plan.cost import STORE_SPARSE, WeightOnly
 
 # Training settings a recipe copies from the sweep's runs; tokens, flops, lr and prune are the plan's own,
 # and an iso-FLOP sweep's budgets are not a planned run's.
@@ -134,8 +135,10 @@ class SweepRecipe:
     compression: dict  # {method: {"block": int | None, "recovery_steps": int}} as compress.jsonl measured it
     reference_run: str
 
-    def point(self, shape: dict, tokens: float, method: str, sparsity: float, int8: bool) -> dict:
+    def point(self, shape: dict, tokens: float, method: str, sparsity: float, int8: bool,
+              weight_only: WeightOnly | None = None) -> dict:
         """plan.json's recipe for one point: everything `tlc train --plan` and `tlc compress --plan` need.
+        ``weight_only``: the quantizer a dense model is compressed with instead (method "none", no int8).
 
         Pruning at init or during training (`timing_of`) is a training setting, ``train.prune``, as the
         sweep's sparse runs were trained; the trained model is then stored as it is, its zeros found by
@@ -153,6 +156,18 @@ class SweepRecipe:
         train = {**self.train, "tokens": trunk, "lr": lr, "prune": prune}
         if self.warmup is not None:
             train["warmup_frac"] = self.warmup.frac(trunk)
+        compression = {
+            "method": method if sparsity > 0 else "none",
+            "sparsity": sparsity,
+            "block": measured.get("block") if method == "block" else None,
+            "recovery_steps": measured.get("recovery_steps", 0) if sparsity > 0 and prune is None else 0,
+            "int8": int8,
+            # wanda and sparsegpt: the training-split windows they were measured with ({split, sequences, tokens})
+            **({"calibration": measured["calibration"]} if sparsity > 0 and measured.get("calibration") else {}),
+        }
+        if weight_only is not None:  # gptq or rtn codes of the dense model (tlc.compress.pipeline.planned_variants)
+            compression.update(method=weight_only.method, bits=weight_only.bits, group_size=weight_only.group_size,
+                               calibration=weight_only.calibration)
         return {
             "shape": shape,
             "train": train,
@@ -163,15 +178,7 @@ class SweepRecipe:
             "data": self.data,
             "world_size": self.world_size,
             "seed": 0,
-            "compression": {
-                "method": method if sparsity > 0 else "none",
-                "sparsity": sparsity,
-                "block": measured.get("block") if method == "block" else None,
-                "recovery_steps": measured.get("recovery_steps", 0) if sparsity > 0 and prune is None else 0,
-                "int8": int8,
-                # wanda and sparsegpt: the training-split windows they were measured with ({split, sequences, tokens})
-                **({"calibration": measured["calibration"]} if sparsity > 0 and measured.get("calibration") else {}),
-            },
+            "compression": compression,
         }
 
 

@@ -16,8 +16,9 @@ budget T gives D = T / seconds_per_token(shape) instead (`tlc.plan.training_cost
 corpus's unique tokens are known, the law is evaluated at the effective tokens of repeated data
 and plans above the epoch limit are infeasible.
 
-Compression is a category (pruning method or none, times int8 or not) and a sparsity (fixed
-for a method measured at one sparsity only, such as 2:4 at 0.5). The
+Compression is a category (pruning method or none, times int8 or not; or a weight-only quantizer
+such as gptq at 4 bits, never pruned) and a sparsity (fixed for a method measured at one sparsity
+only, such as 2:4 at 0.5). The
 polish fixes a category and, for each size, takes the smallest sparsity that meets every
 inference budget (loss only grows with sparsity at a fixed size), found by bisection; it then
 minimises loss over size: Brent's method on log N for continuous sizes, and an exhaustive
@@ -94,15 +95,17 @@ class Budgets:
 
 @dataclass(frozen=True)
 class Category:
-    """A compression choice: a pruning method ("none" for dense) and whether weights are 8-bit."""
+    """A compression choice: a pruning method ("none" for dense) and whether weights are 8-bit, or a weight-only
+    quantizer of a dense model (method "none", int8 False)."""
 
     method: str
     int8: bool
+    weight_only: str | None = None  # fit.json's quantization model, method and bits: "gptq-w4"
 
     @property
     def label(self) -> str:
-        """How the category is written in studies and tables: "none", "magnitude+int8"."""
-        return self.method + ("+int8" if self.int8 else "")
+        """How the category is written in studies and tables: "none", "magnitude+int8", "gptq-w4"."""
+        return self.weight_only or self.method + ("+int8" if self.int8 else "")
 
 
 @dataclass(frozen=True)
@@ -225,8 +228,8 @@ class PlanSpace:
         if name == "params":
             return self.costs.nonzeros(N, embedding, sparsity, category.method)
         if name == "bytes":
-            return self.costs.bytes(N, embedding, sparsity, category.method, category.int8)
-        return self.costs.latency_ms(N, embedding, sparsity, category.method, category.int8)
+            return self.costs.bytes(N, embedding, sparsity, category.method, category.int8, category.weight_only)
+        return self.costs.latency_ms(N, embedding, sparsity, category.method, category.int8, category.weight_only)
 
     def meets(self, N, embedding, sparsity, category: Category) -> np.ndarray:
         """Whether each model meets every inference budget."""
@@ -265,7 +268,7 @@ class PlanSpace:
         if sparsity is not None:
             feasible &= self.meets(N, embedding, s, category)
         s_used = np.where(np.isfinite(s), s, self.max_sparsity)
-        loss = self.law.loss(N, effective, category.method, s_used, category.int8, embedding)
+        loss = self.law.loss(N, effective, category.method, s_used, category.int8, embedding, category.weight_only)
         return loss, s_used, feasible
 
     def point(self, width_steps: int | None, depth: int | None, N: float | None, category: Category,
@@ -294,7 +297,7 @@ class PlanSpace:
             N=n, embedding=emb,
             tokens=D,
             train_flops_per_token=train_fpt, inference_flops_per_token=inference_fpt,
-            category=category if s0 > 0 else Category("none", category.int8),
+            category=category if s0 > 0 else replace(category, method="none"),
             sparsity=s0, loss=float(loss[0]), costs=costs,
             feasible=bool(feasible[0]) and (not self.shapes or bool(self.shape_allowed(width_steps, depth))),
             effective_tokens=effective, epochs=epochs if self.data_limit is not None else None,

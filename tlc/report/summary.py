@@ -36,6 +36,8 @@ def describe_point(point: dict) -> str:
     text = shape
     if c.get("method", "none") != "none" and c.get("sparsity", 0) > 0:
         text += f" pruned by {c['method']} to {c['sparsity']:.0%}"
+    if c.get("bits"):  # a weight-only quantizer (gptq, rtn)
+        text += f" quantized by {c['method']} to {c['bits']} bits (groups of {c.get('group_size') or 'a row'})"
     if c.get("int8"):
         text += " in int8"
     if point.get("epochs") and point["epochs"] > 1:
