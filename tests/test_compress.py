@@ -121,7 +121,7 @@ def test_a_second_run_resumes_and_skips_finished_variants(compressed_sweep, caps
     assert f"all {len(rows)} variants done" in capsys.readouterr().out
 
 
-def test_workers_compress_runs_side_by_side_to_the_same_rows(compressed_sweep, tmp_path, capsys):
+def test_workers_compress_runs_side_by_side_to_the_same_rows(compressed_sweep, tmp_path, capsys, monkeypatch):
     sweep, _ = compressed_sweep
     ours = {r["variant"]: r for r in read_jsonl(sweep / "w32-d2-s0" / ROWS)}
     for name in ("w32-d2-s0", "w32-d2-s1"):
@@ -134,6 +134,14 @@ def test_workers_compress_runs_side_by_side_to_the_same_rows(compressed_sweep, t
         for variant, row in rows.items():  # the same model, the same loss and bytes as compressed in one process
             assert row["val_loss"] == pytest.approx(ours[variant]["val_loss"], rel=1e-6), variant
             assert row["bytes"] == ours[variant]["bytes"]
+    # run again: nothing is left to make, so no worker starts (each would import torch for nothing)
+    import tlc.compress.command as command
+
+    monkeypatch.setattr(command, "compress_side_by_side", lambda *a: pytest.fail("workers started for finished runs"))
+    capsys.readouterr()
+    assert main(["compress", str(tmp_path), "--methods", "magnitude", *args]) == 0
+    assert capsys.readouterr().out.count("all 2 variants done") == 2
+    monkeypatch.undo()
     # a worker's error reaches the user as the one-line error the flag gets without workers
     capsys.readouterr()
     assert main(["compress", str(tmp_path), "--methods", "block", "--block-size", "64", *args]) == 2

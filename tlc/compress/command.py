@@ -189,11 +189,17 @@ def run(args: argparse.Namespace) -> int:
     jobs = [(run_dir, None) for run_dir in run_dirs]
     if args.branches:
         jobs += [(run_dir, branch) for run_dir in run_dirs for branch in branch_checkpoints(run_dir)]
-    if args.workers == 1 or len(jobs) == 1:
-        for run_dir, checkpoint in jobs:
-            compress_run(run_dir, settings, checkpoint=checkpoint)
-    else:
-        compress_side_by_side(jobs, settings, args.workers)
+    if args.workers > 1:  # a finished run is only read (here): workers start for the runs with work left
+        from tlc.compress.pipeline import missing_variants
+
+        pending = [job for job in jobs if missing_variants(job[0], settings, checkpoint=job[1])[1]]
+        jobs = [job for job in jobs if job not in pending]
+        if len(pending) > 1:
+            compress_side_by_side(pending, settings, args.workers)
+        else:
+            jobs += pending
+    for run_dir, checkpoint in jobs:
+        compress_run(run_dir, settings, checkpoint=checkpoint)
     changed = add_cie(run_dirs)
     if changed:
         print(f"compression-identified exemplars computed for {changed} rows across seeds")

@@ -293,19 +293,27 @@ def finished_model(run_dir: Path) -> Path | None:
     return branches[-1] if branches else None
 
 
+def missing_variants(run_dir: Path, settings: CompressSettings, specs: list[VariantSpec] | None = None,
+                     checkpoint: Path | None = None) -> tuple[dict, list[VariantSpec]]:
+    """A run's (or branch's) finished rows by variant, and the variants still to make (``specs``, default
+    every variant ``settings`` asks for). Reads compress.jsonl and the saved artifacts only: no model."""
+    from tlc.compress.store import is_saved
+
+    home = Path(checkpoint) if checkpoint is not None else Path(run_dir)
+    rows = {r["variant"]: r for r in read_jsonl(home / ROWS) if is_saved(home / "compressed" / str(r.get("variant")))}
+    return rows, [s for s in (variant_specs(settings) if specs is None else specs) if s.id not in rows]
+
+
 def compress_run(run_dir: Path, settings: CompressSettings, log=print,
                  specs: list[VariantSpec] | None = None, checkpoint: Path | None = None) -> list[dict]:
     """Make every missing variant of one run (``specs``, default every variant ``settings`` asks for);
     returns all of the run's rows. ``checkpoint`` is a cooldown branch's folder: its model is
     compressed instead, into its own compressed/ and compress.jsonl, each row carrying its tokens."""
-    from tlc.compress.store import is_saved
-
     run_dir = Path(run_dir)
     home = Path(checkpoint) if checkpoint is not None else run_dir
     label = run_dir.name if checkpoint is None else f"{run_dir.name}@{home.name}"
     path = home / ROWS
-    rows = {r["variant"]: r for r in read_jsonl(path) if is_saved(home / "compressed" / str(r.get("variant")))}
-    todo = [s for s in (variant_specs(settings) if specs is None else specs) if s.id not in rows]
+    rows, todo = missing_variants(run_dir, settings, specs, checkpoint)
     if _objective(run_dir) == "mlm" and any(s.method == "structured" for s in todo):
         # removing BERT heads would need per-layer head counts that its config cannot hold
         log(f"{label}: structured pruning is not available for mlm encoders; its variants are skipped")
