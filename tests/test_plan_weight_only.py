@@ -43,20 +43,21 @@ def add_gptq(runs_dir: Path, added_loss: float) -> None:
                                                        size="non_embedding"))
 
 
+def _gptq_sweep(tmp_path_factory, name: str, added_loss: float) -> Path:
+    runs = tmp_path_factory.mktemp(name) / "runs"
+    write_sweep(runs)
+    add_gptq(runs, added_loss)
+    return runs
+
+
 @pytest.fixture(scope="module")
 def cheap(tmp_path_factory) -> Path:
-    runs = tmp_path_factory.mktemp("gptq") / "runs"
-    write_sweep(runs)
-    add_gptq(runs, 0.002)
-    return runs
+    return _gptq_sweep(tmp_path_factory, "gptq", 0.002)
 
 
 @pytest.fixture(scope="module")
 def costly(tmp_path_factory) -> Path:
-    runs = tmp_path_factory.mktemp("gptq-costly") / "runs"
-    write_sweep(runs)
-    add_gptq(runs, 1.5)
-    return runs
+    return _gptq_sweep(tmp_path_factory, "gptq-costly", 1.5)
 
 
 def plan(argv: list, capsys) -> dict:
