@@ -73,17 +73,21 @@ def _encode_grouped(key: str, matrix) -> tuple[dict, dict]:
     return {f"{key}.q4": (codes[0::2] | (codes[1::2] << 4)).contiguous(), **scale}, record
 
 
-def _decode_grouped(key: str, record: dict, tensors: dict) -> torch.Tensor:
-    """The fp32 [out, in] matrix a ``grouped`` record stands for."""
+def _grouped_codes(key: str, record: dict, tensors: dict) -> torch.Tensor:
+    """The int8 [out, in] codes a ``grouped`` record stores (4-bit codes unpacked from two to a byte)."""
     rows, columns = record["shape"]
     if record["bits"] == 8:
-        q = tensors[f"{key}.q"].float()
-    else:
-        packed = tensors[f"{key}.q4"]
-        codes = torch.stack([packed & 0x0F, packed >> 4], dim=1).flatten()[: rows * columns]
-        q = (codes.to(torch.int16) - 8).float().view(rows, columns)
+        return tensors[f"{key}.q"]
+    packed = tensors[f"{key}.q4"]
+    codes = torch.stack([packed & 0x0F, packed >> 4], dim=1).flatten()[: rows * columns]
+    return (codes.to(torch.int16) - 8).to(torch.int8).view(rows, columns)
+
+
+def _decode_grouped(key: str, record: dict, tensors: dict) -> torch.Tensor:
+    """The fp32 [out, in] matrix a ``grouped`` record stands for."""
+    columns = record["shape"][1]
     scale = tensors[f"{key}.scale"].float().repeat_interleave(record["group_size"], dim=1)[:, :columns]
-    return q * scale
+    return _grouped_codes(key, record, tensors).float() * scale
 
 
 def _nbytes(tensors: dict) -> int:
@@ -219,14 +223,7 @@ def stored_codes(folder: Path) -> dict[str, tuple[torch.Tensor, torch.Tensor, in
     for key, record in formats.items():
         name = key[: -len(".weight")]
         if record["kind"] == "grouped":
-            rows, columns = record["shape"]
-            if record["bits"] == 8:
-                q = tensors[f"{key}.q"]
-            else:
-                packed = tensors[f"{key}.q4"]
-                nibbles = torch.stack([packed & 0x0F, packed >> 4], dim=1).flatten()[: rows * columns]
-                q = (nibbles.to(torch.int16) - 8).to(torch.int8).view(rows, columns)
-            codes[name] = (q, tensors[f"{key}.scale"].float(), record["bits"])
+            codes[name] = (_grouped_codes(key, record, tensors), tensors[f"{key}.scale"].float(), record["bits"])
         elif record["bits"] == 8:
             _, (q, scale) = _decode(key, record, tensors)
             codes[name] = (q, scale[:, None], 8)
