@@ -49,6 +49,15 @@ def _load_elsewhere(inputs: Path, jobs: list[tuple[str, Path]], tmp: Path) -> li
     return [dict(np.load(o, allow_pickle=False)) for o in outs]
 
 
+def _export_and_load(run: Path, variants: list[str], fmt: str, tmp: Path) -> tuple[np.ndarray, list[dict]]:
+    """Export each variant as ``fmt`` into tmp/<variant>, load them all in the loader (transformers, no tlc);
+    returns the probe batch and each variant's result."""
+    for variant in variants:
+        _export(run, variant, tmp / variant, fmt)
+    inputs = _inputs(run, tmp)
+    return np.load(inputs)["probe"], _load_elsewhere(inputs, [("hf", tmp / v) for v in variants], tmp)
+
+
 def _tlc_logits(run: Path, variant: str, probe: np.ndarray) -> np.ndarray:
     from tlc.compress.store import load_variant
 
@@ -74,11 +83,7 @@ HF_VARIANTS = ["dense", "structured-s50", "magnitude-s50-int8", "structured-s50-
 
 def test_hf_exports_load_without_tlc_and_match_tlc(compressed_run, tmp_path):
     run = compressed_run
-    for variant in HF_VARIANTS:
-        _export(run, variant, tmp_path / variant, "hf")
-    inputs = _inputs(run, tmp_path)
-    probe = np.load(inputs)["probe"]
-    results = _load_elsewhere(inputs, [("hf", tmp_path / v) for v in HF_VARIANTS], tmp_path)
+    probe, results = _export_and_load(run, HF_VARIANTS, "hf", tmp_path)
     for variant, got in zip(HF_VARIANTS, results):
         logits_tol, loss_tol = INT8 if variant.endswith("int8") else FP32
         assert _relative(got["logits"], _tlc_logits(run, variant, probe)) <= logits_tol, variant

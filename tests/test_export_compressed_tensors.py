@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import run_tlc
-from test_export import INT8, _error, _export, _inputs, _load_elsewhere, _row
+from test_export import INT8, _error, _export, _export_and_load, _row
 
 LOGITS, LOSS = 1e-4, 1e-4
 GROUP = 16  # --group-size of the gptq and rtn variants below: two groups per input row of width 32
@@ -51,11 +51,7 @@ def _stored_logits(run, variant: str, probe: np.ndarray) -> np.ndarray:
 
 def test_exports_load_in_transformers_and_match_tlc(quantized_run, tmp_path):
     run = quantized_run
-    for variant in VARIANTS:
-        _export(run, variant, tmp_path / variant, "compressed-tensors")
-    inputs = _inputs(run, tmp_path)
-    probe = np.load(inputs)["probe"]
-    results = _load_elsewhere(inputs, [("hf", tmp_path / v) for v in VARIANTS], tmp_path)
+    probe, results = _export_and_load(run, VARIANTS, "compressed-tensors", tmp_path)
     for variant, got in zip(VARIANTS, results):
         assert np.abs(got["logits"] - _stored_logits(run, variant, probe)).max() <= LOGITS, variant
         loss_tol = INT8[1] if variant.endswith("int8") else LOSS
