@@ -21,8 +21,10 @@ from pathlib import Path
 import torch
 
 CSRC = Path(__file__).parent / "csrc"
-CPU_SOURCES = ("bsr_ops.cpp", "bsr_cpu.cpp", "bsr_blas_cpu.cpp", "bsr_kernels_cpu.cpp", "bsr_kernels_portable.cpp",
-               "bsr_kernels_avx2.cpp", "bsr_kernels_avx512.cpp", "bsr_autograd.cpp")
+# bsr_torch.cpp includes the four files that use torch's headers (one translation unit: one parse of them)
+TORCH_SOURCES = ("bsr_ops.cpp", "bsr_cpu.cpp", "bsr_blas_cpu.cpp", "bsr_autograd.cpp")
+CPU_SOURCES = ("bsr_torch.cpp", "bsr_kernels_cpu.cpp", "bsr_kernels_portable.cpp", "bsr_kernels_avx2.cpp",
+               "bsr_kernels_avx512.cpp")
 CUDA_SOURCES = ("cuda/bsr_kernels.cu", "cuda/bsr_cuda.cu")
 HEADERS = ("bsr_checks.h", "bsr_kernels_cpu.h", "bsr_cpu_common.h", "bsr_blas_cpu.h", "bsr_kernels_avx512.inc",
            "bsr_simd_avx512.inc", "bsr_grad_values.inc", "cuda/bsr_kernels.h")
@@ -51,7 +53,7 @@ def _with_cuda() -> bool:
 
 def _build_name(sources: list[Path], cflags: list[str]) -> str:
     digest = hashlib.sha256()
-    for path in sorted(sources) + [CSRC / h for h in HEADERS]:
+    for path in sorted(sources) + [CSRC / h for h in (*TORCH_SOURCES, *HEADERS)]:
         if path.exists():
             digest.update(path.read_bytes())
     digest.update(" ".join(cflags).encode())

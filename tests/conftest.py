@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import selectors
 import shutil
 import signal
 import subprocess
@@ -75,14 +76,46 @@ TINY_SHAPE = ["--width", "32", "--depth", "2", "--heads", "2", "--context", "32"
 
 
 def run_tlc(*args: str, env: dict | None = None, timeout: int = 300, check: bool = False) -> subprocess.CompletedProcess:
-    """Run ``python -m tlc ARGS`` in a fresh process, as a user would."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "tlc", *map(str, args)],
-        capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})}, cwd=REPO,
-    )
-    if check and proc.returncode != 0:
-        raise AssertionError(f"tlc {' '.join(map(str, args))} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    return proc
+    """Run ``python -m tlc ARGS`` in a process of its own, as a user would, and capture its output.
+
+    The process is forked from a server that has the imports done (tlc.forkserver, as ``tlc sweep``
+    starts its trainers), so a test pays for the command, not for importing torch again.
+    """
+    from tlc import forkserver
+
+    argv = list(map(str, args))
+    reads, writes = zip(os.pipe(), os.pipe())
+    try:
+        proc = forkserver.popen(argv, env={**os.environ, **(env or {})}, cwd=str(REPO), stdout=writes[0],
+                                stderr=writes[1])
+    finally:
+        for fd in writes:
+            os.close(fd)
+    output = {fd: bytearray() for fd in reads}
+    deadline = time.monotonic() + timeout
+    with selectors.DefaultSelector() as selector:
+        for fd in reads:
+            selector.register(fd, selectors.EVENT_READ)
+        while selector.get_map():
+            ready = selector.select(max(0.0, deadline - time.monotonic()))
+            if not ready:
+                proc.kill()
+                proc.wait()
+                raise subprocess.TimeoutExpired(["tlc", *argv], timeout)
+            for key, _ in ready:
+                chunk = os.read(key.fd, 65536)
+                if chunk:
+                    output[key.fd] += chunk
+                else:
+                    selector.unregister(key.fd)
+                    os.close(key.fd)
+    code = proc.wait()
+    # decoded as subprocess.run(text=True) does: universal newlines
+    stdout, stderr = (bytes(output[fd]).decode("utf-8", "replace").replace("\r\n", "\n").replace("\r", "\n")
+                      for fd in reads)
+    if check and code != 0:
+        raise AssertionError(f"tlc {' '.join(argv)} failed ({code}):\n{stderr[-3000:]}")
+    return subprocess.CompletedProcess(["tlc", *argv], code, stdout, stderr)
 
 
 @pytest.fixture(scope="session")

@@ -49,37 +49,39 @@ def _eight_run_sweep(path: Path, corpus: Path) -> Path:
     return path
 
 
-def _children(pid: int) -> list[int]:
-    """Processes whose parent is ``pid`` (from /proc)."""
-    kids = []
+def _descendants(pid: int) -> set[int]:
+    """Processes below ``pid`` (from /proc): its children, theirs, and so on."""
+    parents = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
+            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError):
             continue
-        if int(fields[1]) == pid:
-            kids.append(int(stat.parent.name))
-    return kids
-
-
-def _run_id_of(pid: int) -> str | None:
-    try:
-        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return None
-    return argv[argv.index(b"--run-id") + 1].decode() if b"--run-id" in argv else None
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
 
 
 def _kill_mid_run(worker: subprocess.Popen, sweep_dir: Path, timeout_s: float = 300) -> tuple[str, int]:
-    """SIGKILL ``worker`` once its trainer has logged an evaluation but not finished; return (run id, trainer pid)."""
+    """SIGKILL ``worker`` once its trainer has logged an evaluation but not finished; return (run id, trainer pid).
+
+    The trainer is the process below the worker that holds the run's lock (its pid is in ``<run>/.lock``).
+    """
     deadline = time.time() + timeout_s
     while time.time() < deadline and worker.poll() is None:
-        for child in _children(worker.pid):
-            run_id = _run_id_of(child)
-            if run_id and read_jsonl(sweep_dir / run_id / "metrics.jsonl") and not is_complete(sweep_dir / run_id):
+        below = _descendants(worker.pid)
+        for lock in sweep_dir.glob("*/.lock"):
+            run_dir = lock.parent
+            try:
+                holder = int(lock.read_text().split()[0])
+            except (OSError, ValueError, IndexError):
+                continue
+            if holder in below and read_jsonl(run_dir / "metrics.jsonl") and not is_complete(run_dir):
                 worker.send_signal(signal.SIGKILL)
                 worker.wait()
-                return run_id, child
+                return run_dir.name, holder
         time.sleep(0.05)
     if worker.poll() is not None:
         raise AssertionError(f"worker 0 exited ({worker.returncode}) before it could be killed: "

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from tlc.errors import UserError
+from tlc.forkserver import SERVER_ENV
 
 WORKER_PID_ENV = "TLC_WORKER_PID"  # set by `tlc sweep` for the training processes it starts
 CHECKPOINT_TAG = re.compile(r"^step\d{8}$")  # the only tags tlc writes; anything else is refused
@@ -78,6 +79,8 @@ def exit_with_worker() -> None:
         worker = int(value)
     except ValueError:
         raise UserError(f"{WORKER_PID_ENV}: expected a process id, got {value!r}; unset it outside tlc sweep") from None
+    if os.environ.get(SERVER_ENV) == str(os.getppid()) and os.getppid() != 1:
+        return  # forked by the worker's fork server, which dies with the worker and takes this process along
     if sys.platform.startswith("linux") and os.getppid() == worker:
         import ctypes
 

@@ -1,0 +1,100 @@
+"""tlc.forkserver: commands forked from a server with the imports done behave as fresh processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, TINY_SHAPE
+from tlc import forkserver
+
+pytestmark = pytest.mark.skipif(not forkserver.usable(), reason="commands are not forked on this machine")
+
+
+def _run(argv, env=None, cwd=REPO):
+    """Start ``tlc ARGV`` through forkserver.popen; (process, stdout, stderr)."""
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    proc = forkserver.popen(argv, env=env, cwd=cwd, stdout=out_w, stderr=err_w)
+    os.close(out_w)
+    os.close(err_w)
+    with open(out_r, "rb") as out, open(err_r, "rb") as err:
+        stdout, stderr = out.read().decode(), err.read().decode()  # small outputs: a pipe holds them
+    proc.wait(timeout=300)
+    return proc, stdout, stderr
+
+
+def _metrics(run: Path) -> list[dict]:
+    timing = {"wall_s", "tokens_per_s", "time", "elapsed_s", "eval_s"}
+    return [{k: v for k, v in json.loads(line).items() if k not in timing}
+            for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_a_forked_trainer_trains_exactly_as_a_fresh_process(tmp_path, small_corpus):
+    args = ["train", *TINY_SHAPE, "--tokens", "8192", "--micro-batch", "8", "--evals", "2", "--precision", "fp32",
+            "--eval-tokens", "1024", "--data", str(small_corpus), "--no-progress"]
+    fresh = subprocess.run([sys.executable, "-m", "tlc", *args, "--out", str(tmp_path / "fresh")], cwd=REPO,
+                           capture_output=True, text=True, timeout=300)
+    assert fresh.returncode == 0, fresh.stderr
+    first, _, stderr = _run([*args, "--out", str(tmp_path / "forked")])
+    assert isinstance(first, forkserver.ForkedProcess) and first.returncode == 0, stderr
+    assert _metrics(tmp_path / "forked") == _metrics(tmp_path / "fresh")
+    # the next command is a fork of the same server, and a run of its own
+    second, _, _ = _run([*args, "--seed", "1", "--out", str(tmp_path / "again")])
+    assert second.returncode == 0 and second.pid != first.pid
+    assert _metrics(tmp_path / "again") != _metrics(tmp_path / "fresh")
+
+
+def test_argv_environment_directory_streams_and_exit_code_are_the_command_s(tmp_path):
+    env = {**os.environ, "PYTEST_CURRENT_TEST": "marker"}  # a run-time variable reaches the command
+    proc, stdout, stderr = _run(["fit", str(tmp_path / "missing")], env=env, cwd=tmp_path)
+    fresh = subprocess.run([sys.executable, "-m", "tlc", "fit", str(tmp_path / "missing")], cwd=tmp_path, env=env,
+                           capture_output=True, text=True, timeout=120)
+    assert isinstance(proc, forkserver.ForkedProcess)
+    assert (proc.returncode, stdout, stderr) == (fresh.returncode, fresh.stdout, fresh.stderr)
+    assert proc.returncode == 2 and stderr.startswith("tlc fit: error:")
+
+
+def test_the_switch_turns_forking_off():
+    proc, stdout, _ = _run(["--version"], env={**os.environ, forkserver.DISABLE_ENV: "0"})
+    assert isinstance(proc, subprocess.Popen) and proc.returncode == 0 and stdout.strip()
+
+
+def test_a_killed_client_takes_its_server_and_its_command_along(tmp_path, small_corpus):
+    """The trainer of a SIGKILLed sweep worker must not outlive it (another worker takes the run over)."""
+    client = textwrap.dedent(f"""
+        import sys
+        from tlc import forkserver
+        proc = forkserver.popen(["train", *{TINY_SHAPE!r}, "--tokens", "4000000", "--micro-batch", "8",
+                                 "--precision", "fp32", "--data", {str(small_corpus)!r}, "--no-progress",
+                                 "--out", {str(tmp_path / "run")!r}])
+        print(proc.pid, flush=True)
+        proc.wait()
+    """)
+    parent = subprocess.Popen([sys.executable, "-c", client], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    trainer = int(parent.stdout.readline())
+    deadline = time.time() + 120
+    while not (tmp_path / "run" / "metrics.jsonl").exists() and time.time() < deadline:
+        time.sleep(0.1)  # the trainer is under way
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait()
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        try:
+            state = Path(f"/proc/{trainer}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            break
+        if state in ("Z", "X"):
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(trainer, signal.SIGKILL)
+        pytest.fail("the command outlived the process that started it")
