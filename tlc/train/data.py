@@ -69,14 +69,16 @@ def cache_dir() -> Path:
 
 
 def _stdlib_files() -> list[tuple[str, Path]]:
+    """The standard library's ``.py`` files, in path order; installed packages (site-packages) left out.
+
+    Walked with those folders pruned: a Python's site-packages can hold ten times the standard library's files.
+    """
     root = Path(sysconfig.get_paths()["stdlib"])
-    files = []
-    for path in sorted(root.rglob("*.py")):
-        rel = path.relative_to(root).as_posix()
-        if "site-packages" in rel.split("/") or "dist-packages" in rel.split("/"):
-            continue
-        files.append((rel, path))
-    return files
+    paths = []
+    for folder, subfolders, names in os.walk(root):
+        subfolders[:] = [d for d in subfolders if d not in ("site-packages", "dist-packages")]
+        paths += [Path(folder, name) for name in names if name.endswith(".py")]
+    return [(path.relative_to(root).as_posix(), path) for path in sorted(paths)]
 
 
 @dataclass(frozen=True)
