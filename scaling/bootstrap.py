@@ -103,6 +103,37 @@ def bootstrap_law(
         if value <= NEAR_BEST * full_fit.objective + 1e-12
     ]
     starts = np.array([full_fit.theta, *near_best[1:]][:REFIT_STARTS], dtype=float)
+    job = (form, dict(x), loss, run_index, base, starts)
+    chunks = np.array_split(np.asarray(run_counts), _workers(len(run_counts)))
+    if len(chunks) == 1:
+        parts = [_refit(job, chunks[0])]
+    else:  # each refit is independent of the others: the same draws whichever process makes them
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(len(chunks), mp_context=multiprocessing.get_context("fork")) as pool:
+            parts = list(pool.map(_refit, [job] * len(chunks), chunks))
+    thetas = np.concatenate([t for t, _ in parts]).reshape(len(run_counts), len(form.fitted))
+    return BootstrapFits(law=form.name, thetas=thetas, statuses=tuple(s for _, part in parts for s in part))
+
+
+# Resamples per process below which refits stay in this one (a fork costs more than a few refits)
+MIN_RESAMPLES_PER_PROCESS = 32
+
+
+def _workers(n_resamples: int) -> int:
+    """Processes to share the refits: one per core (at most 4), where fork exists and each gets enough of them."""
+    import multiprocessing
+    import os
+
+    if "fork" not in multiprocessing.get_all_start_methods():
+        return 1
+    return max(1, min(os.cpu_count() or 1, 4, n_resamples // MIN_RESAMPLES_PER_PROCESS))
+
+
+def _refit(job: tuple, run_counts: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    """Refit on each of these resamples: (thetas with NaN rows for unusable refits, statuses)."""
+    form, x, loss, run_index, base, starts = job
     fallback = None
     thetas = np.full((len(run_counts), len(form.fitted)), np.nan)
     statuses = []
@@ -119,7 +150,7 @@ def bootstrap_law(
         statuses.append(refit.status)
         if refit.status != "not_converged":
             thetas[k] = refit.theta
-    return BootstrapFits(law=form.name, thetas=thetas, statuses=tuple(statuses))
+    return thetas, statuses
 
 
 def percentile_interval(samples: np.ndarray, confidence: float = CONFIDENCE) -> tuple[np.ndarray, np.ndarray]:
