@@ -149,6 +149,26 @@ def test_workers_compress_runs_side_by_side_to_the_same_rows(compressed_sweep, t
     assert "--block-size: 64 does not divide" in err and len(err.strip().splitlines()) == 1, err
 
 
+def test_passes_inside_shared_workers_use_the_same_worker_processes(compressed_sweep, tmp_path):
+    """tlc demo's three compress passes start their workers once; the workers end with the block."""
+    import tlc.compress.command as command
+
+    sweep, _ = compressed_sweep
+    for name in ("w32-d2-s0", "w32-d2-s1"):
+        shutil.copytree(sweep / "w32-d2-s0", tmp_path / name, ignore=shutil.ignore_patterns("compress*"))
+    args = ["--no-ort-latency", "--sparsity", "0.5", "--no-int8", "--latency-repeats", "1", "--workers", "2"]
+    pools = []
+    with command.shared_workers():
+        for methods in ("magnitude", "wanda"):
+            assert main(["compress", str(tmp_path), "--methods", methods, *args]) == 0
+            pools.append(command._shared["pool"])
+        workers = set(pools[0]._processes)
+    assert pools[0] is pools[1] and len(workers) == 2
+    assert "pool" not in command._shared and pools[0]._processes is None  # shut down with the block
+    for name in ("w32-d2-s0", "w32-d2-s1"):
+        rows = {r["variant"] for r in read_jsonl(tmp_path / name / ROWS)}
+        assert rows == {"dense", "magnitude-s50", "wanda-s50"}
+
 @pytest.mark.parametrize("args, message", [
     (["--sparsity", "1.0"], "--sparsity: each level must be in [0, 1), got 1.0"),
     (["--sparsity", "-0.1"], "--sparsity: each level must be in [0, 1)"),

@@ -204,14 +204,18 @@ def run(args: argparse.Namespace) -> int:
     build = start_kernel_build()
     stage("sweep", ["sweep", str(sweep_file), "--runs-dir", str(args.runs_dir),
                     "--workers", str(DEMO_WORKERS)])
-    with one_thread():  # tiny models gain nothing from a second thread, which only spins on a busy machine
+    from tlc.compress.command import shared_workers
+
+    # tiny models gain nothing from a second thread, which only spins on a busy machine; the passes share workers
+    with one_thread(), shared_workers():
         for compress in DEMO_COMPRESS_ARGS:
             stage("compress", ["compress", str(sweep_dir), *compress])
-    if build is not None:  # finished long since; its CPU time counts where its kernels were used
         cpu_started = cpu_seconds()
+    if build is not None:  # finished long since
         build.wait()
-        wall, cpu = stages["compress"]
-        stages["compress"] = (wall, cpu + cpu_seconds() - cpu_started)
+    # the workers' and the build's CPU time, counted once they are reaped
+    wall, cpu = stages["compress"]
+    stages["compress"] = (wall, cpu + cpu_seconds() - cpu_started)
     stage("fit", ["fit", str(sweep_dir)])
     unplannable = no_defensible_law(sweep_dir)
     if unplannable:

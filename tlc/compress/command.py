@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 from pathlib import Path
 
 from tlc.compress.pipeline import ROWS, add_cie, compress_run, find_runs
@@ -41,8 +43,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--group-size", type=int, default=d.group_size,
                         help=f"inputs per scale of gptq and rtn, 0 for one scale per output row (default {d.group_size})")
     parser.add_argument("--branches", action="store_true",
-                        help="also compress every saved cooldown-branch model (<run>/branches/<tokens>/, a WSD sweep): "
-                             "the same model at several tokens, which the compression models' D/N term is fitted to")
+                        help="also compress every saved cooldown-branch model (<run>/branches/<tokens>/, a WSD sweep) "
+                             "before the last, which is the run's own model: the same model at several tokens, which "
+                             "the compression models' D/N term is fitted to")
     parser.add_argument("--plan", type=Path, metavar="PLAN.json",
                         help="compress RUNS_DIR (one run) as a plan.json's point says: its method, sparsity, block, "
                              "recovery steps and int8; the other compression flags are ignored. A planned WSD run's "
@@ -111,15 +114,53 @@ def _compress_job(run_dir: Path, settings: CompressSettings, checkpoint: Path | 
     compress_run(run_dir, settings, log=lambda line: print(line, flush=True), checkpoint=checkpoint)
 
 
-def compress_side_by_side(jobs: list[tuple[Path, Path | None]], settings: CompressSettings, workers: int) -> None:
-    """Compress several runs at once, each in a fresh process (spawned: no threads inherited from this one),
-    the largest models first. A worker's error stops the rest and is raised here."""
+_shared: dict = {}  # inside shared_workers(): the "pool" and the (workers, environment) "key" it was made for
+
+
+def _spawn_pool(workers: int):
+    """Worker processes that are spawned: they inherit no threads from this one."""
     import multiprocessing
-    from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+    from concurrent.futures import ProcessPoolExecutor
+
+    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+
+
+def _drop_shared_pool() -> None:
+    pool = _shared.pop("pool", None)
+    _shared.pop("key", None)
+    if pool is not None:
+        pool.shutdown(wait=True)
+
+
+@contextlib.contextmanager
+def shared_workers():
+    """Within this block, successive ``tlc compress --workers N`` calls in this process share their worker
+    processes (``tlc demo`` makes three passes): each worker starts and imports torch once, not once a pass.
+    The workers end with the block; a call with another N or another environment gets workers of its own."""
+    _shared["on"] = True
+    try:
+        yield
+    finally:
+        _drop_shared_pool()
+        _shared.clear()
+
+
+def compress_side_by_side(jobs: list[tuple[Path, Path | None]], settings: CompressSettings, workers: int) -> None:
+    """Compress several runs at once, each worker a process of its own, the largest models first. A worker's
+    error stops the rest and is raised here."""
+    from concurrent.futures import FIRST_EXCEPTION, wait
 
     jobs = sorted(jobs, key=_model_bytes, reverse=True)
-    with ProcessPoolExecutor(max_workers=min(workers, len(jobs)),
-                             mp_context=multiprocessing.get_context("spawn")) as pool:
+    shared = bool(_shared.get("on"))
+    if shared:
+        key = (workers, tuple(sorted(os.environ.items())))
+        if _shared.get("key") != key:
+            _drop_shared_pool()
+            _shared.update(pool=_spawn_pool(workers), key=key)
+        pool = _shared["pool"]
+    else:
+        pool = _spawn_pool(min(workers, len(jobs)))
+    try:
         futures = [pool.submit(_compress_job, run_dir, settings, checkpoint) for run_dir, checkpoint in jobs]
         done, pending = wait(futures, return_when=FIRST_EXCEPTION)
         for future in pending:
@@ -127,6 +168,13 @@ def compress_side_by_side(jobs: list[tuple[Path, Path | None]], settings: Compre
         for future in futures:
             if future in done and future.exception() is not None:
                 raise future.exception()
+    except BaseException:
+        if shared:  # a pool that failed once is not shared further
+            _drop_shared_pool()
+        raise
+    finally:
+        if not shared:
+            pool.shutdown(wait=True)
 
 
 def check_planned_run(run_dir: Path, recipe: dict, point: str) -> None:
@@ -184,11 +232,11 @@ def run(args: argparse.Namespace) -> int:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # "Loading weights" bars would bury the one line per variant
-    from tlc.compress.pipeline import branch_checkpoints
+    from tlc.compress.pipeline import earlier_branches
 
     jobs = [(run_dir, None) for run_dir in run_dirs]
-    if args.branches:
-        jobs += [(run_dir, branch) for run_dir in run_dirs for branch in branch_checkpoints(run_dir)]
+    if args.branches:  # the last branch is the run's own model, compressed with the run
+        jobs += [(run_dir, branch) for run_dir in run_dirs for branch in earlier_branches(run_dir)]
     if args.workers > 1:  # a finished run is only read (here): workers start for the runs with work left
         from tlc.compress.pipeline import missing_variants
 

@@ -286,6 +286,13 @@ def branch_checkpoints(run_dir: Path) -> list[Path]:
     return sorted((p for p in root.iterdir() if p.name.isdigit() and is_complete(p)), key=lambda p: int(p.name))
 
 
+def earlier_branches(run_dir: Path) -> list[Path]:
+    """The cooldown-branch models of a run except the one that is the run's own finished model (the branch
+    at the run's final tokens: its weights are <run>/model/ too, compressed with the run; tlc fit counts it once)."""
+    finals = [row["tokens"] for row in read_jsonl(Path(run_dir) / "metrics.jsonl") if row.get("final")]
+    return [b for b in branch_checkpoints(run_dir) if not finals or int(b.name) != max(finals)]
+
+
 def finished_model(run_dir: Path) -> Path | None:
     """Where a run's finished model is, as ``compress_run``'s ``checkpoint``: the last cooldown branch of a
     WSD run (a planned run's one branch ends at its planned tokens), None for the run's own model."""
