@@ -234,6 +234,7 @@ def _run_command(argv: list[str], run_time_env: dict[str, str], fds: list[int]) 
     code = 1
     try:
         _die_with_parent()  # with the server, which dies with its client
+        _set_name(f"tlc {argv[0] if argv else ''}")
         for target, fd in enumerate(fds):
             os.dup2(fd, target)
             os.close(fd)
@@ -271,6 +272,14 @@ def _run_command(argv: list[str], run_time_env: dict[str, str], fds: list[int]) 
             sys.stderr.flush()
         finally:
             os._exit(code or 0)
+
+
+def _set_name(name: str) -> None:
+    """The name ``top`` and ``ps -o comm`` show (its command line stays the server's: Linux keeps argv in place)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(15, name.encode()[:15], 0, 0, 0)  # PR_SET_NAME
 
 
 def _die_with_parent() -> None:
