@@ -14,10 +14,11 @@ and interpreter equal the server's (what the server imported was imported under 
 else, and any server that fails to start, falls back to a fresh ``subprocess.Popen``.
 
 Protocol: one SOCK_SEQPACKET socket pair between a client and its server. A request is one message,
-JSON ``{"argv": [...], "env": {...}}`` (the variables of RUN_TIME_ONLY) with three file descriptors attached (the command's stdin, stdout, stderr);
-the server answers ``{"pid": N}`` once forked and ``{"pid": N, "returncode": R}`` when it has ended
-(R negative for a signal, as subprocess reports it). The server exits when its client closes the
-socket, and dies with the process that started it (``PR_SET_PDEATHSIG``).
+JSON ``{"argv": [...], "env": {...}}`` (``env``: the command's values of RUN_TIME_ONLY) with three file
+descriptors attached (the command's stdin, stdout, stderr); the server answers ``{"pid": N}`` once
+forked and ``{"pid": N, "returncode": R}`` when it has ended (R negative for a signal, as subprocess
+reports it). The server exits when its client closes the socket, and dies with the process that
+started it (``PR_SET_PDEATHSIG``).
 """
 
 from __future__ import annotations
