@@ -98,3 +98,14 @@ def test_a_killed_client_takes_its_server_and_its_command_along(tmp_path, small_
     else:
         os.kill(trainer, signal.SIGKILL)
         pytest.fail("the command outlived the process that started it")
+
+
+def test_a_server_that_died_is_replaced_by_fresh_processes():
+    env = {**os.environ, "TLC_TEST_SERVER": "dies"}  # a server of its own
+    first, _, _ = _run(["--version"], env=env)
+    assert isinstance(first, forkserver.ForkedProcess) and first.returncode == 0
+    key = next(k for k in forkserver._servers if ("TLC_TEST_SERVER", "dies") in k[2])
+    forkserver._servers[key]._proc.kill()
+    forkserver._servers[key]._proc.wait()
+    again, stdout, _ = _run(["--version"], env=env)
+    assert isinstance(again, subprocess.Popen) and again.returncode == 0 and stdout.startswith("tlc ")

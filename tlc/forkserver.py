@@ -45,10 +45,11 @@ PRELOAD = ("torch", "numpy", "tokenizers", "deepspeed", "deepspeed.ops", "transf
 
 
 def usable(env: dict[str, str] | None = None) -> bool:
-    """Whether commands with environment ``env`` (default this process's) may be forked here: a POSIX system,
-    the switch not off, and torch without CUDA."""
+    """Whether commands with environment ``env`` (default this process's) may be forked here: Linux (macOS has
+    no SOCK_SEQPACKET pairs, and forking after its system frameworks load is unsafe), the switch not off, and
+    torch without CUDA."""
     env = os.environ if env is None else env
-    if os.name != "posix" or env.get(DISABLE_ENV, "1") == "0" or not hasattr(socket, "send_fds"):
+    if not sys.platform.startswith("linux") or env.get(DISABLE_ENV, "1") == "0" or not hasattr(socket, "send_fds"):
         return False
     import torch
 
@@ -174,7 +175,10 @@ def popen(argv: list[str], env: dict[str, str] | None = None, cwd: str | None = 
             if server is None:
                 if len(_servers) >= 2:  # environments change between tests: keep the last two servers
                     _servers.pop(next(iter(_servers))).close()
-                server = _servers[key] = ForkServer(env, cwd)
+                try:
+                    server = _servers[key] = ForkServer(env, cwd)
+                except OSError:  # no socket pair or no process: fresh processes for this key
+                    server = _servers[key] = _Broken()
             if server.busy:
                 server = None  # a second command at once (threads of one process) starts fresh
             else:
@@ -185,6 +189,7 @@ def popen(argv: list[str], env: dict[str, str] | None = None, cwd: str | None = 
             except OSError:  # the server could not start or has died: fresh processes for this key from now on
                 with _servers_lock:
                     _servers[key] = _Broken()
+                server.close()
     return subprocess.Popen([sys.executable, "-m", "tlc", *argv], env=env, cwd=cwd, stdin=fds[0], stdout=fds[1],
                             stderr=fds[2])
 
