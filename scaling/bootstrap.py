@@ -122,11 +122,12 @@ MIN_RESAMPLES_PER_PROCESS = 32
 
 
 def _workers(n_resamples: int) -> int:
-    """Processes to share the refits: one per core (at most 4), where fork exists and each gets enough of them."""
-    import multiprocessing
+    """Processes to share the refits: one per core (at most 4) on Linux (where fork is safe in a process that has
+    loaded torch), each with enough of them."""
     import os
+    import sys
 
-    if "fork" not in multiprocessing.get_all_start_methods():
+    if not sys.platform.startswith("linux"):
         return 1
     return max(1, min(os.cpu_count() or 1, 4, n_resamples // MIN_RESAMPLES_PER_PROCESS))
 
