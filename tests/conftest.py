@@ -8,7 +8,6 @@ import selectors
 import shutil
 import signal
 import subprocess
-import sys
 import sysconfig
 import time
 from pathlib import Path
@@ -90,13 +89,21 @@ def run_tlc(*args: str, env: dict | None = None, timeout: int = 300, check: bool
     The process is forked from a server that has the imports done (tlc.forkserver, as ``tlc sweep``
     starts its trainers), so a test pays for the command, not for importing torch again.
     """
+    argv = list(map(str, args))
+    proc, stdout, stderr = start_tlc(argv, env={**os.environ, **(env or {})}, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"tlc {' '.join(argv)} failed ({proc.returncode}):\n{stderr[-3000:]}")
+    return subprocess.CompletedProcess(["tlc", *argv], proc.returncode, stdout, stderr)
+
+
+def start_tlc(argv: list[str], env: dict | None = None, cwd: Path = REPO, timeout: float = 300):
+    """``tlc ARGV`` through tlc.forkserver.popen, run to its end: (the process, its stdout, its stderr), decoded as
+    subprocess.run(text=True) decodes them (universal newlines). Killed, and TimeoutExpired, after ``timeout``."""
     from tlc import forkserver
 
-    argv = list(map(str, args))
     reads, writes = zip(os.pipe(), os.pipe())
     try:
-        proc = forkserver.popen(argv, env={**os.environ, **(env or {})}, cwd=str(REPO), stdout=writes[0],
-                                stderr=writes[1])
+        proc = forkserver.popen(argv, env=env, cwd=str(cwd), stdout=writes[0], stderr=writes[1])
     finally:
         for fd in writes:
             os.close(fd)
@@ -118,13 +125,24 @@ def run_tlc(*args: str, env: dict | None = None, timeout: int = 300, check: bool
                 else:
                     selector.unregister(key.fd)
                     os.close(key.fd)
-    code = proc.wait()
-    # decoded as subprocess.run(text=True) does: universal newlines
+    proc.wait()
     stdout, stderr = (bytes(output[fd]).decode("utf-8", "replace").replace("\r\n", "\n").replace("\r", "\n")
                       for fd in reads)
-    if check and code != 0:
-        raise AssertionError(f"tlc {' '.join(argv)} failed ({code}):\n{stderr[-3000:]}")
-    return subprocess.CompletedProcess(["tlc", *argv], code, stdout, stderr)
+    return proc, stdout, stderr
+
+
+def process_gone(pid: int, within_s: float) -> bool:
+    """Whether process ``pid`` ends within ``within_s`` seconds (a zombie waiting to be reaped counts as ended)."""
+    deadline = time.time() + within_s
+    while time.time() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            return True  # reaped
+        if state in ("Z", "X"):
+            return True
+        time.sleep(0.05)
+    return False
 
 
 @pytest.fixture(scope="session")

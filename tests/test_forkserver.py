@@ -13,23 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, TINY_SHAPE
+from conftest import REPO, TINY_SHAPE, process_gone, start_tlc
 from tlc import forkserver
 
 pytestmark = pytest.mark.skipif(not forkserver.usable(), reason="commands are not forked on this machine")
-
-
-def _run(argv, env=None, cwd=REPO):
-    """Start ``tlc ARGV`` through forkserver.popen; (process, stdout, stderr)."""
-    out_r, out_w = os.pipe()
-    err_r, err_w = os.pipe()
-    proc = forkserver.popen(argv, env=env, cwd=cwd, stdout=out_w, stderr=err_w)
-    os.close(out_w)
-    os.close(err_w)
-    with open(out_r, "rb") as out, open(err_r, "rb") as err:
-        stdout, stderr = out.read().decode(), err.read().decode()  # small outputs: a pipe holds them
-    proc.wait(timeout=300)
-    return proc, stdout, stderr
 
 
 def _metrics(run: Path) -> list[dict]:
@@ -44,18 +31,18 @@ def test_a_forked_trainer_trains_exactly_as_a_fresh_process(tmp_path, small_corp
     fresh = subprocess.run([sys.executable, "-m", "tlc", *args, "--out", str(tmp_path / "fresh")], cwd=REPO,
                            capture_output=True, text=True, timeout=300)
     assert fresh.returncode == 0, fresh.stderr
-    first, _, stderr = _run([*args, "--out", str(tmp_path / "forked")])
+    first, _, stderr = start_tlc([*args, "--out", str(tmp_path / "forked")])
     assert isinstance(first, forkserver.ForkedProcess) and first.returncode == 0, stderr
     assert _metrics(tmp_path / "forked") == _metrics(tmp_path / "fresh")
     # the next command is a fork of the same server, and a run of its own
-    second, _, _ = _run([*args, "--seed", "1", "--out", str(tmp_path / "again")])
+    second, _, _ = start_tlc([*args, "--seed", "1", "--out", str(tmp_path / "again")])
     assert second.returncode == 0 and second.pid != first.pid
     assert _metrics(tmp_path / "again") != _metrics(tmp_path / "fresh")
 
 
 def test_argv_environment_directory_streams_and_exit_code_are_the_command_s(tmp_path):
     env = {**os.environ, "PYTEST_CURRENT_TEST": "marker"}  # a run-time variable reaches the command
-    proc, stdout, stderr = _run(["fit", str(tmp_path / "missing")], env=env, cwd=tmp_path)
+    proc, stdout, stderr = start_tlc(["fit", str(tmp_path / "missing")], env=env, cwd=tmp_path)
     fresh = subprocess.run([sys.executable, "-m", "tlc", "fit", str(tmp_path / "missing")], cwd=tmp_path, env=env,
                            capture_output=True, text=True, timeout=120)
     assert isinstance(proc, forkserver.ForkedProcess)
@@ -64,7 +51,7 @@ def test_argv_environment_directory_streams_and_exit_code_are_the_command_s(tmp_
 
 
 def test_the_switch_turns_forking_off():
-    proc, stdout, _ = _run(["--version"], env={**os.environ, forkserver.DISABLE_ENV: "0"})
+    proc, stdout, _ = start_tlc(["--version"], env={**os.environ, forkserver.DISABLE_ENV: "0"})
     assert isinstance(proc, subprocess.Popen) and proc.returncode == 0 and stdout.strip()
 
 
@@ -86,26 +73,17 @@ def test_a_killed_client_takes_its_server_and_its_command_along(tmp_path, small_
         time.sleep(0.1)  # the trainer is under way
     os.kill(parent.pid, signal.SIGKILL)
     parent.wait()
-    deadline = time.time() + 10
-    while time.time() < deadline:
-        try:
-            state = Path(f"/proc/{trainer}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            break
-        if state in ("Z", "X"):
-            break
-        time.sleep(0.05)
-    else:
+    if not process_gone(trainer, within_s=10):
         os.kill(trainer, signal.SIGKILL)
         pytest.fail("the command outlived the process that started it")
 
 
 def test_a_server_that_died_is_replaced_by_fresh_processes():
     env = {**os.environ, "TLC_TEST_SERVER": "dies"}  # a server of its own
-    first, _, _ = _run(["--version"], env=env)
+    first, _, _ = start_tlc(["--version"], env=env)
     assert isinstance(first, forkserver.ForkedProcess) and first.returncode == 0
     key = next(k for k in forkserver._servers if ("TLC_TEST_SERVER", "dies") in k[2])
     forkserver._servers[key]._proc.kill()
     forkserver._servers[key]._proc.wait()
-    again, stdout, _ = _run(["--version"], env=env)
+    again, stdout, _ = start_tlc(["--version"], env=env)
     assert isinstance(again, subprocess.Popen) and again.returncode == 0 and stdout.startswith("tlc ")

@@ -20,7 +20,7 @@ import optuna
 import pytest
 import yaml
 
-from conftest import REPO
+from conftest import REPO, process_gone
 from pg_server import postgres_url
 from reliability_figures import record
 from tlc.io import read_jsonl
@@ -89,20 +89,6 @@ def _kill_mid_run(worker: subprocess.Popen, sweep_dir: Path, timeout_s: float = 
     raise AssertionError("worker 0 never had a run in progress to kill; make the runs longer")
 
 
-def _gone(pid: int, within_s: float) -> bool:
-    """Whether process ``pid`` ends within ``within_s`` seconds (a zombie waiting to be reaped counts as ended)."""
-    deadline = time.time() + within_s
-    while time.time() < deadline:
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            return True  # reaped
-        if state in ("Z", "X"):
-            return True
-        time.sleep(0.05)
-    return False
-
-
 def test_three_workers_on_postgres_survive_a_killed_worker(tmp_path, small_corpus, pg_url):
     sweep = _eight_run_sweep(tmp_path / "pg8.yaml", small_corpus)
     runs = tmp_path / "runs"
@@ -113,7 +99,7 @@ def test_three_workers_on_postgres_survive_a_killed_worker(tmp_path, small_corpu
                for _ in range(3)]
     try:
         killed_run, orphan = _kill_mid_run(workers[0], sweep_dir)
-        assert _gone(orphan, within_s=10), "the killed worker's trainer outlived it"
+        assert process_gone(orphan, within_s=10), "the killed worker's trainer outlived it"
         results = [w.communicate(timeout=600) for w in workers[1:]]
     finally:
         for w in workers:

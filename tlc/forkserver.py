@@ -71,11 +71,7 @@ class ForkedProcess:
         return self.returncode
 
     def _wait(self, timeout: float | None) -> int | None:
-        try:
-            if self._server.ended(timeout):
-                self.returncode = self._server.take_returncode()
-        except OSError:
-            self.returncode = self._server.lost()
+        self.returncode = self._server.returncode(timeout)
         return self.returncode
 
     def send_signal(self, sig: int) -> None:
@@ -102,7 +98,6 @@ class ForkServer:
                                           stderr=subprocess.DEVNULL)
         finally:
             theirs.close()
-        self._pending: dict | None = None
         self.busy = False
 
     def _receive(self, timeout: float | None) -> dict | None:
@@ -119,19 +114,18 @@ class ForkServer:
         socket.send_fds(self._sock, [json.dumps(request).encode()], [stdin, stdout, stderr])
         return ForkedProcess(self, self._receive(None)["pid"])
 
-    def ended(self, timeout: float | None) -> bool:
-        if self._pending is None:
-            self._pending = self._receive(timeout)
-        return self._pending is not None
-
-    def take_returncode(self) -> int:
-        reply, self._pending, self.busy = self._pending, None, False
+    def returncode(self, timeout: float | None) -> int | None:
+        """The running command's exit code once it has ended, None if it has not within ``timeout``. A command
+        whose server died under it died with it: -SIGKILL, and the server is not used again."""
+        try:
+            reply = self._receive(timeout)
+        except OSError:
+            self.busy = True
+            return -signal.SIGKILL
+        if reply is None:
+            return None
+        self.busy = False
         return reply["returncode"]
-
-    def lost(self) -> int:
-        """The return code of a command whose server died under it: the command died with it (SIGKILL)."""
-        self._pending, self.busy = None, True  # never used again
-        return -signal.SIGKILL
 
     def close(self) -> None:
         self._sock.close()  # the server exits when it reads the end of the socket
