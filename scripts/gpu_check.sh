@@ -197,9 +197,10 @@ if [ "$MODE" = dry ]; then
     # 10 a five-parameter law needs
     P_WIDTHS=(32 64 96) P_CONTEXT=32 P_VOCAB=300 P_TOKENS=16384 P_MICRO=4 P_PRECISION=fp32 P_EVAL=2048
     P_DATA="$PWD/tlc" P_BUDGET=2e10 P_REPEATS=3 P_VAL_REPEATS=7 P_BOOTSTRAP=20
+    P_SEEDS=0  # one seed: the dry run checks that validate trains, compresses and scores, not the spread
 else
     P_WIDTHS=(128 256 384) P_CONTEXT=128 P_VOCAB=1024 P_TOKENS=2097152 P_MICRO=32 P_PRECISION=bf16 P_EVAL=16384
-    P_DATA=stdlib P_BUDGET=2e13 P_REPEATS=20 P_VAL_REPEATS=20 P_BOOTSTRAP=200
+    P_DATA=stdlib P_BUDGET=2e13 P_REPEATS=20 P_VAL_REPEATS=20 P_BOOTSTRAP=200 P_SEEDS=0,1
 fi
 {
     echo "name: gpu-check"
@@ -242,7 +243,7 @@ if [ "$MODE" = dry ] && [ ! -f "$RUNS/plan.json" ] && grep -q "no law the fit ca
     SKIP_VALIDATE=1
 fi
 if [ -z "${SKIP_VALIDATE:-}" ]; then
-step "tlc validate" 240 "$PYTHON" -m tlc validate "$RUNS" --points recommendation --latency-repeats "$P_VAL_REPEATS"
+step "tlc validate" 240 "$PYTHON" -m tlc validate "$RUNS" --points recommendation --seeds "$P_SEEDS" --latency-repeats "$P_VAL_REPEATS"
 # what ran where: the device and int8 path each compressed variant was measured with
 step "product record" 60 "$PYTHON" -c '
 import json, pathlib, sys

@@ -55,6 +55,7 @@ def test_demo_runs_every_stage_and_resumes(tmp_path, small_corpus):
     again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stdout.count("skipped") >= 4  # no run trained twice
+    assert f"{sweep_dir / 'fit.json'} is up to date" in again.stdout  # nor the same fit made twice
     rows_after = sum(len((sweep_dir / r / "compress.jsonl").read_text().splitlines())
                      for r in RUN_IDS)
     assert rows_after == rows_before  # no variant made twice

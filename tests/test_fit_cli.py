@@ -383,3 +383,34 @@ def test_n_counts_every_parameter_by_default_and_fit_json_says_so(tmp_path, caps
     assert "outside the token and position embeddings" in capsys.readouterr().out
     with pytest.raises(UserError, match="--size: 'all' is not a parameter count; use one of total, non_embedding"):
         fit_sweep(tmp_path, size="all")
+
+
+def test_skip_unchanged_refits_only_when_a_run_file_an_option_or_the_code_changed(tmp_path, capsys, monkeypatch):
+    from tlc.fit import inputs
+
+    write_runs(tmp_path, n_runs=3, points=4, compress=False)
+    args = [str(tmp_path), "--bootstrap", "0", "--skip-unchanged"]
+    assert run_cli(args) == 0 and "up to date" not in capsys.readouterr().out
+    fitted = (tmp_path / "fit.json").read_bytes()
+    assert json.loads(fitted)["inputs"]["format"] == inputs.FORMAT
+    assert run_cli(args) == 0 and "is up to date" in capsys.readouterr().out
+    assert (tmp_path / "fit.json").read_bytes() == fitted  # left alone
+    # another option: refitted
+    assert run_cli([*args, "--seed", "1"]) == 0 and "up to date" not in capsys.readouterr().out
+    assert run_cli([*args, "--seed", "1"]) == 0 and "is up to date" in capsys.readouterr().out
+    # a run file changed (one evaluation more): refitted, and the fit sees it
+    metrics = sorted(tmp_path.glob("*/metrics.jsonl"))[0]
+    rows = metrics.read_text().splitlines()
+    metrics.write_text("\n".join(rows[:-1]) + "\n")
+    assert run_cli([*args, "--seed", "1"]) == 0 and "up to date" not in capsys.readouterr().out
+    assert json.loads((tmp_path / "fit.json").read_text())["n_points"] == 3 * 4 - 1
+    # the fitting code changed: refitted
+    code = tmp_path / "code.py"
+    code.write_text("# a law form edited\n")
+    monkeypatch.setattr(inputs, "_code_files", lambda: [code])
+    assert run_cli([*args, "--seed", "1"]) == 0 and "up to date" not in capsys.readouterr().out
+    # a table: the flag is refused
+    table = tmp_path / "runs.csv"
+    table.write_text("params,tokens,loss\n1e6,2e7,3.0\n")
+    with pytest.raises(UserError, match="--skip-unchanged"):
+        run_cli([str(table), "--skip-unchanged"])

@@ -53,7 +53,7 @@ def test_a_second_trainer_of_a_run_in_progress_stops_at_once(tmp_path, small_cor
 def test_a_stalled_worker_keeps_its_run_and_the_other_worker_leaves_it(tmp_path, small_corpus):
     doc = {"name": "stall", "model": {"context": 32, "vocab_size": 300},
            "shapes": [{"width": 16, "depth": 1, "heads": 2}], "seeds": [0],
-           "train": {"tokens": 6000 * 8 * 32, "micro_batch": 8, "evals": 3, "precision": "fp32"},
+           "train": {"tokens": 3500 * 8 * 32, "micro_batch": 8, "evals": 3, "precision": "fp32"},
            "data": {"source": str(small_corpus), "max_epochs": 100}, "launch": {"retries": 0}}
     (tmp_path / "stall.yaml").write_text(yaml.safe_dump(doc))
     runs, run_dir = tmp_path / "runs", tmp_path / "runs" / "stall" / "w16-d1-s0"

@@ -216,7 +216,7 @@ def run(args: argparse.Namespace) -> int:
     # the workers' and the build's CPU time, counted once they are reaped
     wall, cpu = stages["compress"]
     stages["compress"] = (wall, cpu + cpu_seconds() - cpu_started)
-    stage("fit", ["fit", str(sweep_dir)])
+    stage("fit", ["fit", str(sweep_dir), "--skip-unchanged"])  # run again, the demo refits only what changed
     unplannable = no_defensible_law(sweep_dir)
     if unplannable:
         # the planner refuses a law the fit cannot defend: say why, and still report what was measured

@@ -3,13 +3,25 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 from tlc.errors import UserError
 from tlc.fit.from_table import fit_table
+from tlc.fit.inputs import FORMAT as INPUTS_FORMAT
+from tlc.fit.inputs import inputs_digest
 from tlc.fit.observations import DEFAULT_BOOTSTRAP, fit_sweep
 from tlc.fit.published import PUBLISHED
 from tlc.io import atomic_write_json
+
+
+def _recorded_digest(path: Path) -> str | None:
+    """The inputs digest an existing fit.json records; None when there is none or it cannot be read."""
+    try:
+        inputs = json.loads(path.read_text(encoding="utf-8")).get("inputs") or {}
+    except (OSError, ValueError, AttributeError):
+        return None
+    return inputs.get("sha256") if isinstance(inputs, dict) and inputs.get("format") == INPUTS_FORMAT else None
 
 
 def _interval(entry: dict) -> str:
@@ -190,6 +202,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "the embeddings (as Kaplan et al. 2020); small models are mostly embedding, and their loss follows the total",
     )
     parser.add_argument(
+        "--skip-unchanged",
+        action="store_true",
+        help="leave RUNS_DIR/fit.json as it is when it was fitted with the same options, by the same code, to the "
+        "run files as they are now (tlc demo does this when run again)",
+    )
+    parser.add_argument(
         "--include-warmup",
         action="store_true",
         help="keep evaluations taken before the learning rate peaked (left out by default: there the "
@@ -215,6 +233,9 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("RUNS_DIR|TABLE: give a sweep folder or a run table, or --published NAME (one of them)")
     size = None if args.size is None else args.size.replace("-", "_")
     if args.published or args.runs_dir.is_file() or _only_events(args.runs_dir):
+        if args.skip_unchanged:
+            raise UserError("--skip-unchanged: applies to a sweep folder of runs; a table or --published set is "
+                            "refitted each time (drop the flag)")
         fit = fit_table(args.runs_dir, args.published, bootstrap=args.bootstrap, seed=args.seed, size=size)
         out = args.out or (Path("runs") / f"published-{args.published}" if args.published
                            else args.runs_dir.with_suffix(""))
@@ -222,15 +243,16 @@ def run(args: argparse.Namespace) -> int:
         atomic_write_json(path, fit)
         print(format_table(fit, path))
         return 0
-    fit = fit_sweep(
-        args.runs_dir,
-        bootstrap=args.bootstrap,
-        seed=args.seed,
-        all_points=args.all_points,
-        include_warmup=args.include_warmup,
-        size=size or "total",
-    )
+    options = {"bootstrap": args.bootstrap, "seed": args.seed, "all_points": args.all_points,
+               "include_warmup": args.include_warmup, "size": size or "total"}
     path = (args.out or Path(args.runs_dir)) / "fit.json"
+    digest = inputs_digest(args.runs_dir, options)  # before fitting: a run that changes meanwhile means a refit next time
+    if args.skip_unchanged and _recorded_digest(path) == digest:
+        print(f"{path} is up to date: fitted with these options, by this code, to the run files as they are now "
+              "(drop --skip-unchanged to refit)")
+        return 0
+    fit = fit_sweep(args.runs_dir, **options)
+    fit["inputs"] = {"format": INPUTS_FORMAT, "sha256": digest}
     atomic_write_json(path, fit)
     print(format_table(fit, path))
     return 0
