@@ -208,6 +208,8 @@ def test_several_seeds_of_a_shape_get_compression_identified_exemplars(compresse
         seeds.append(tmp_path / name)
     plain = {r["variant"]: r["disagreement"] for r in read_jsonl(seeds[0] / ROWS)}
     assert add_cie(seeds) == 2 * len(EXPECTED_VARIANTS)
+    written = [(s / ROWS).read_bytes() for s in seeds]
+    assert add_cie(seeds) == 0 and [(s / ROWS).read_bytes() for s in seeds] == written  # done: nothing redone
     for row in read_jsonl(seeds[1] / ROWS):
         cie = row["disagreement"]
         assert cie["kind"] == "cie" and cie["seeds"] == 2
@@ -223,6 +225,18 @@ def test_cie_uses_the_modal_prediction_of_each_population():
     loss = np.array([0.5, 1.0, 2.0, 4.0], dtype=np.float32)
     cie = compression_identified_exemplars(compressed, dense, loss, loss / 2)
     assert cie["count"] == 1 and cie["loss"] == 2.0 and cie["dense_loss"] == 1.0  # only position 2 flips
+
+
+def test_modal_prediction_matches_a_count_per_position_with_ties_to_the_smallest_id():
+    rng = np.random.default_rng(0)
+    for seeds in (1, 2, 3, 5):
+        population = [rng.integers(0, 4, size=300) for _ in range(seeds)]  # few ids: many ties
+        stacked = np.stack(population)
+        expected = []
+        for column in stacked.T:
+            ids, counts = np.unique(column, return_counts=True)  # sorted ids: argmax takes the smallest of a tie
+            expected.append(ids[np.argmax(counts)])
+        np.testing.assert_array_equal(modal_prediction(population), expected)
 
 
 def test_frequency_buckets_hold_equal_training_mass_rarest_first():

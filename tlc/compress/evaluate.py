@@ -87,13 +87,15 @@ def disagreement(predictions: np.ndarray, token_loss: np.ndarray, dense_predicti
 
 
 def modal_prediction(predictions: list[np.ndarray]) -> np.ndarray:
-    """Per position, the most common prediction over a population (ties to the smallest id)."""
-    stacked = np.stack(predictions)  # (seeds, positions)
-    out = np.empty(stacked.shape[1], dtype=stacked.dtype)
-    for i in range(stacked.shape[1]):
-        values, counts = np.unique(stacked[:, i], return_counts=True)
-        out[i] = values[np.argmax(counts)]
-    return out
+    """Per position, the most common prediction over a population (ties to the smallest id).
+
+    Vectorised over positions: each column sorted, then for each row of the sorted column how many entries
+    equal it; the first row with the most is the smallest of the most common ids. O(seeds² · positions),
+    for populations of a few seeds (a call per position of np.unique took 26 s per compress pass of the demo).
+    """
+    ordered = np.sort(np.stack(predictions), axis=0)  # (seeds, positions)
+    counts = (ordered[:, None, :] == ordered[None, :, :]).sum(axis=1)  # counts[k, i]: entries equal to ordered[k, i]
+    return np.take_along_axis(ordered, counts.argmax(axis=0)[None, :], axis=0)[0]
 
 
 def compression_identified_exemplars(compressed: list[np.ndarray], dense: list[np.ndarray],

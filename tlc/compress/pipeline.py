@@ -376,9 +376,15 @@ def add_cie(run_dirs: list[Path]) -> int:
         shared = set.intersection(*(set(r) for r in rows.values()))
         if "dense" not in shared:
             continue
+        # a variant whose rows already hold the CIE of this many seeds is done (run again, or the next pass)
+        todo = sorted(v for v in shared if any(rows[m][v]["disagreement"].get("kind") != "cie"
+                                               or rows[m][v]["disagreement"].get("seeds") != len(members)
+                                               for m in members))
+        if not todo:
+            continue
         dense = [load_eval(m / "compressed" / "dense") for m in members]
         dense_loss = np.mean([d[0] for d in dense], axis=0)
-        for variant in shared:
+        for variant in todo:
             evals = [load_eval(m / "compressed" / variant) for m in members]
             cie = compression_identified_exemplars([e[1] for e in evals], [d[1] for d in dense],
                                                    np.mean([e[0] for e in evals], axis=0), dense_loss)
