@@ -115,6 +115,37 @@ def test_tokenizer_is_cached_by_fingerprint_and_vocab(small_corpus):
     assert 1.0 < tokens.val_bytes_per_token < 6  # 300 tokens is 44 merges past the bytes
 
 
+def test_processes_that_need_the_same_tokens_at_once_build_them_once(tmp_path, small_corpus):
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    trained = tmp_path / "trained.log"
+    # each process counts the tokenizers it trains; a barrier file makes both ask for the tokens together
+    script = (
+        "import sys, time, pathlib, tokenizers\n"
+        "from tlc.train.data import load_corpus, load_tokens\n"
+        "train = tokenizers.Tokenizer.train_from_iterator\n"
+        "def counted(self, *a, **k):\n"
+        f"    open({str(trained)!r}, 'a').write('trained\\n')\n"
+        "    time.sleep(1.0)  # a slow build: the other process asks meanwhile\n"
+        "    return train(self, *a, **k)\n"
+        "tokenizers.Tokenizer.train_from_iterator = counted\n"
+        "corpus = load_corpus(sys.argv[1])\n"
+        "tokens = load_tokens(corpus, 300)\n"
+        "print(int(tokens.train.sum()), len(tokens.train))\n"
+    )
+    env = {**os.environ, "TLC_CACHE": str(tmp_path / "cache")}
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(small_corpus)], cwd=REPO, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err[-2000:] for _, err in outs]
+    assert trained.read_text().splitlines() == ["trained"]  # one build; the other process read it
+    assert outs[0][0] == outs[1][0]  # the same streams
+
+
 def test_batches_are_a_pure_function_of_seed_and_step():
     a = train_offsets(10_000, 32, 8, seed=3, step=5)
     b = train_offsets(10_000, 32, 8, seed=3, step=5)

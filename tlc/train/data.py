@@ -9,6 +9,7 @@ another one across the split. Tokenizers and token streams are cached by the cor
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import glob
 import hashlib
@@ -267,11 +268,35 @@ def _encode(tokenizer, docs: tuple[str, ...], eot_id: int) -> np.ndarray:
     return np.asarray(ids, dtype=np.uint16)
 
 
+@contextlib.contextmanager
+def _building(name: str):
+    """Hold an exclusive lock on ``<cache>/locks/NAME.lock`` in the block, waiting for it: of the processes
+    that need the same tokenizer and token streams at once (a sweep's workers start their first runs together),
+    one builds them and the others then read them, instead of each spending the build's CPU (~30 CPU-s on the
+    embedded corpus) on the same shared cores. Without fcntl (Windows) there is no lock: each builds, as before."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    path = cache_dir() / "locks" / f"{name}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)  # released when the file closes, or the process dies
+        yield
+
+
 def load_tokens(corpus: Corpus, vocab_size: int) -> TokenData:
     """Tokenize both splits once and cache the streams next to the tokenizer."""
+    name = f"{corpus.fingerprint[:20]}-v{vocab_size}"
+    with _building(name):
+        return _load_tokens(corpus, vocab_size, name)
+
+
+def _load_tokens(corpus: Corpus, vocab_size: int, name: str) -> TokenData:
     tokenizer = train_tokenizer(corpus, vocab_size)
     eot_id = tokenizer.token_to_id(EOT)
-    stem = cache_dir() / "tokens" / f"{corpus.fingerprint[:20]}-v{vocab_size}"
+    stem = cache_dir() / "tokens" / name
     streams = {}
     for split, docs in (("train", corpus.train_docs), ("val", corpus.val_docs)):
         path = stem.with_name(f"{stem.name}-{split}.npy")
