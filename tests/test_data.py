@@ -109,6 +109,9 @@ def test_tokenizer_is_cached_by_fingerprint_and_vocab(small_corpus):
     again = load_tokens(corpus, 300)
     assert cached[0].stat().st_mtime_ns == mtime  # loaded, not retrained
     assert np.array_equal(again.val, tokens.val)
+    # the streams (encoded without character offsets where tokenizers can) are the ids of a plain encode
+    plain = [i for enc in tokens.tokenizer.encode_batch(list(corpus.val_docs)) for i in (*enc.ids, tokens.eot_id)]
+    assert np.array_equal(tokens.val, plain)
     text = corpus.val_docs[0][:200]
     assert tokens.tokenizer.decode(tokens.tokenizer.encode(text).ids) == text  # byte-level: lossless
     # bits per byte: bytes per token is the ratio of the validation text to its tokens

@@ -260,9 +260,12 @@ class TokenData:
 
 
 def _encode(tokenizer, docs: tuple[str, ...], eot_id: int) -> np.ndarray:
+    # encode_batch_fast (tokenizers >= 0.20) skips the character offsets, which nothing here reads: the same ids
+    # in about half the time (the embedded corpus: 9.7 s -> 5.3 s wall, 18 -> 10 CPU-s)
+    encode = getattr(tokenizer, "encode_batch_fast", tokenizer.encode_batch)
     ids: list[int] = []
     for start in range(0, len(docs), 256):
-        for enc in tokenizer.encode_batch(list(docs[start : start + 256])):
+        for enc in encode(list(docs[start : start + 256])):
             ids.extend(enc.ids)
             ids.append(eot_id)
     return np.asarray(ids, dtype=np.uint16)
