@@ -274,8 +274,9 @@ def _encode(tokenizer, docs: tuple[str, ...], eot_id: int) -> np.ndarray:
 @contextlib.contextmanager
 def _building(name: str):
     """Hold an exclusive lock on ``<cache>/locks/NAME.lock`` in the block, waiting for it: of the processes
-    that need the same tokenizer and token streams at once (a sweep's workers start their first runs together),
-    one builds them and the others then read them, instead of each spending the build's CPU (~30 CPU-s on the
+    that need the same tokenizer and token streams at once on a cold cache (torchrun's ranks, sweep workers
+    started in separate terminals; ``tlc sweep --workers N`` prepares the data before it starts its helpers),
+    one builds them and the others then read them, instead of each spending the build's CPU (~20 CPU-s on the
     embedded corpus) on the same shared cores. Without fcntl (Windows) there is no lock: each builds, as before."""
     try:
         import fcntl
