@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     from tlc.config import load_sweep
     from tlc.io import is_complete
     from tlc.train.guard import WORKER_PID_ENV, exit_with_worker
-    from tlc.train.sweep import prepare_sweep_dir, run_sweep, summary_table
+    from tlc.train.sweep import prepare_data, prepare_sweep_dir, run_sweep, summary_table
 
     if args.check_design:
         return check_design_command(args)
@@ -65,8 +65,7 @@ def run(args: argparse.Namespace) -> int:
     done_before = {r.run_id for r in sweep.all_runs() if is_complete(sweep_dir / r.run_id)}
     workers = min(args.workers, max(1, len(sweep.all_runs()) - len(done_before)))  # no helper without a run to train
     if workers > 1:
-        # no prepare_data here: every worker's run_sweep prepares the data, and the cache's lock has one of them
-        # build the tokenizer and token streams while the others import and then wait for it (tlc.train.data)
+        prepare_data(sweep)  # the tokenizer is trained once, here, not by every worker at once
         # this worker's trainers read it from the environment too; restored below (tlc demo runs this in-process)
         os.environ["OMP_NUM_THREADS"] = threads or str(max(1, (os.cpu_count() or 1) // workers))
         cmd = [sys.executable, "-m", "tlc", "sweep", str(args.sweep), "--runs-dir", str(args.runs_dir)]
