@@ -395,6 +395,11 @@ def test_skip_unchanged_refits_only_when_a_run_file_an_option_or_the_code_change
     assert json.loads(fitted)["inputs"]["format"] == inputs.FORMAT
     assert run_cli(args) == 0 and "is up to date" in capsys.readouterr().out
     assert (tmp_path / "fit.json").read_bytes() == fitted  # left alone
+    # a file the fit does not read (a saved model's config) changes nothing
+    model = sorted(tmp_path.glob("*/config.json"))[0].parent / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    assert run_cli(args) == 0 and "is up to date" in capsys.readouterr().out
     # another option: refitted
     assert run_cli([*args, "--seed", "1"]) == 0 and "up to date" not in capsys.readouterr().out
     assert run_cli([*args, "--seed", "1"]) == 0 and "is up to date" in capsys.readouterr().out

@@ -2,9 +2,9 @@
 second run) leaves a fit.json alone when nothing it depends on has changed.
 
 The digest covers every file a fit reads from the runs (each run's config.json, metrics.jsonl and compress.jsonl,
-its cooldown branches' included), the fit's options, and the source of the code that fits (tlc.fit and scaling),
-so an edited law form or a new evaluation both mean a refit. Reading these files costs milliseconds; the fit it
-saves costs seconds to minutes.
+and each cooldown branch's compress.jsonl), the fit's options, and the source of the code that fits (tlc.fit and
+scaling), so an edited law form or a new evaluation both mean a refit. It reads those files only, not the runs'
+checkpoints and saved models: milliseconds, where the fit it saves costs seconds to minutes.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 
 from tlc.io import list_runs
 
-FORMAT = "tlc.fit-inputs/1"
+FORMAT = "tlc.fit-inputs/2"  # /1 also hashed files the fit never reads (saved models' config.json)
 RUN_FILES = ("config.json", "metrics.jsonl", "compress.jsonl")
 
 
@@ -38,6 +38,15 @@ def inputs_digest(runs_dir: Path, options: dict) -> str:
         add(f"code/{path.parent.name}/{path.name}", path.read_bytes())
     runs_dir = Path(runs_dir)
     for run_dir in list_runs(runs_dir):
-        for path in sorted(p for name in RUN_FILES for p in run_dir.rglob(name) if p.is_file()):
+        for path in _run_files(run_dir):
             add(path.relative_to(runs_dir).as_posix(), path.read_bytes())
     return digest.hexdigest()
+
+
+def _run_files(run_dir: Path) -> list[Path]:
+    """The files of one run that tlc.fit.observations reads: its RUN_FILES and <run>/branches/<tokens>/compress.jsonl."""
+    branches = run_dir / "branches"
+    candidates = [run_dir / name for name in RUN_FILES]
+    if branches.is_dir():
+        candidates += sorted(b / "compress.jsonl" for b in branches.iterdir() if b.name.isdigit())
+    return [p for p in candidates if p.is_file()]
