@@ -142,6 +142,7 @@ def call(argv: list[str], sandbox: Path) -> str:
 def stop_at_work(monkeypatch):
     """Replace every entry point that starts real work by a ReachedWork stop sign."""
     import tlc.compress.command
+    import tlc.fit.command
     import tlc.plan.command
     import tlc.train.sweep
     import tlc.train.loop
@@ -161,6 +162,9 @@ def stop_at_work(monkeypatch):
     monkeypatch.setattr(tlc.train.sweep, "prepare_data", prepare)
     monkeypatch.setattr(tlc.compress.command, "compress_run", stop)
     monkeypatch.setattr(tlc.plan.command, "make_plan", stop)
+    # tlc fit's work is the fitting: a drawn `fit --published NAME --bootstrap 10**9` must stop there too
+    monkeypatch.setattr(tlc.fit.command, "fit_table", stop)
+    monkeypatch.setattr(tlc.fit.command, "fit_sweep", stop)
 
 
 @pytest.fixture
