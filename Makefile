@@ -29,9 +29,10 @@ demo: $(VENV)/.installed
 
 # One pytest worker per core (pytest-xdist), each test file on one worker so that a file's shared
 # fixtures (a trained sweep) are built once. Most tests wait on single-threaded trainer processes,
-# so two workers on two cores halve the suite's wall time (BENCHMARKS.md, "Tests").
+# so two workers on two cores halve the suite's wall time (BENCHMARKS.md, "Tests"). The files start in the order
+# tests/conftest.py gives them (the slowest first); xdist would otherwise reorder them by their number of tests.
 test: $(VENV)/.installed-test
-	$(BIN)/python -m pytest -q -n auto --dist loadfile
+	$(BIN)/python -m pytest -q -n auto --dist loadfile --no-loadscope-reorder
 
 bench: $(VENV)/.installed
 	$(BIN)/python bench/train_overhead.py
