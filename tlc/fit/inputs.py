@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+from tlc.fit.observations import branch_compress_files
 from tlc.io import list_runs
 
 FORMAT = "tlc.fit-inputs/2"  # /1 also hashed files the fit never reads (saved models' config.json)
@@ -44,9 +45,5 @@ def inputs_digest(runs_dir: Path, options: dict) -> str:
 
 
 def _run_files(run_dir: Path) -> list[Path]:
-    """The files of one run that tlc.fit.observations reads: its RUN_FILES and <run>/branches/<tokens>/compress.jsonl."""
-    branches = run_dir / "branches"
-    candidates = [run_dir / name for name in RUN_FILES]
-    if branches.is_dir():
-        candidates += sorted(b / "compress.jsonl" for b in branches.iterdir() if b.name.isdigit())
-    return [p for p in candidates if p.is_file()]
+    """The files of one run that tlc.fit.observations reads: its RUN_FILES and its branches' compression rows."""
+    return [p for p in (run_dir / name for name in RUN_FILES) if p.is_file()] + branch_compress_files(run_dir)

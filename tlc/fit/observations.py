@@ -80,6 +80,15 @@ class RunNotTrained(Exception):
     """A run directory without any evaluation yet (a sweep still in progress); it is skipped."""
 
 
+def branch_compress_files(run_dir: Path) -> list[Path]:
+    """The compression rows of a run's cooldown branches, ``<run>/branches/<tokens>/compress.jsonl``, that exist."""
+    root = run_dir / "branches"
+    if not root.is_dir():
+        return []
+    return [b / "compress.jsonl" for b in sorted(root.iterdir())
+            if b.name.isdigit() and (b / "compress.jsonl").is_file()]
+
+
 def read_run(
     run_dir: Path, include_warmup: bool = False, size: str = DEFAULT_SIZE
 ) -> tuple[scaling.RunCurve, list[scaling.CompressedVariant], int]:
@@ -163,13 +172,10 @@ def read_run(
     # The run's final model, then each cooldown branch's model compressed at its own D
     # (<run>/branches/<tokens>/compress.jsonl): what the compression models' D/N term is fitted to.
     sources = [(run_dir / "compress.jsonl", None)]
-    branch_root = run_dir / "branches"
-    if branch_root.is_dir():
-        # the last branch's model is the run's model/ too: counted once, from the run's own rows
-        own = (run_dir / "compress.jsonl").is_file()
-        sources += [(b / "compress.jsonl", float(b.name)) for b in sorted(branch_root.iterdir())
-                    if b.name.isdigit() and (b / "compress.jsonl").is_file()
-                    and not (own and float(b.name) == curve.final_tokens)]
+    # the last branch's model is the run's model/ too: counted once, from the run's own rows
+    own = (run_dir / "compress.jsonl").is_file()
+    sources += [(path, float(path.parent.name)) for path in branch_compress_files(run_dir)
+                if not (own and float(path.parent.name) == curve.final_tokens)]
     for compress_path, branch_tokens in sources:
         if not compress_path.exists():
             continue
