@@ -98,6 +98,27 @@ def test_bad_sources_name_the_flag(tmp_path):
         load_corpus(str(tiny))
 
 
+def test_an_entry_the_walk_cannot_examine_is_a_one_line_error(tmp_path, monkeypatch):
+    """`tlc train --data /` met /proc/1/cwd (stat: permission denied) and ended in a traceback (found by test_fuzz)."""
+    import pathlib
+
+    folder = tmp_path / "texts"
+    folder.mkdir()
+    (folder / "a.txt").write_text("some text\n" * 50)
+    (folder / "locked").write_text("")
+    is_file = pathlib.Path.is_file
+
+    def denied(self):
+        if self.name == "locked":
+            raise PermissionError(13, "Permission denied", str(self))
+        return is_file(self)
+
+    monkeypatch.setattr(pathlib.Path, "is_file", denied)
+    for source in (str(folder), str(folder / "*")):
+        with pytest.raises(UserError, match=r"--data: cannot read '.*locked' under .*\(Permission denied\)"):
+            load_corpus(source)
+
+
 def test_tokenizer_is_cached_by_fingerprint_and_vocab(small_corpus):
     corpus = load_corpus(str(small_corpus))
     tokens = load_tokens(corpus, 300)

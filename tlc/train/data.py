@@ -119,13 +119,22 @@ def _text_file(name: str, path: Path) -> _File | None:
     return _File(name, raw, (raw.decode("utf-8", errors="replace"),), records=False)
 
 
+def _is_file(path: Path, source: str) -> bool:
+    """Whether ``path`` is a file; an entry that cannot be examined (e.g. /proc/1/cwd under --data /) is a
+    one-line error naming it, not a traceback."""
+    try:
+        return path.is_file()
+    except OSError as e:
+        raise UserError(f"--data: cannot read {str(path)!r} under {source!r} ({e.strerror}); {DATA_HELP}") from None
+
+
 def _source_files(source: str, text_field: str) -> list[_File]:
     """The files of a source, in a deterministic order."""
     if source == "stdlib":
         return [f for rel, p in _stdlib_files() if (f := _text_file(rel, p)) is not None]
     if any(ch in source for ch in "*?["):
         paths = sorted(Path(p) for p in glob.glob(source, recursive=True))
-        paths = [p for p in paths if p.is_file()]
+        paths = [p for p in paths if _is_file(p, source)]
         if not paths:
             raise UserError(f"--data: the glob {source!r} matches no files; {DATA_HELP}")
         base = Path(os.path.commonpath([str(p.parent) for p in paths]))
@@ -136,7 +145,7 @@ def _source_files(source: str, text_field: str) -> list[_File]:
         if target.is_file():
             paths, base = [target], target.parent
         else:
-            paths = sorted(p for p in target.rglob("*") if p.is_file() and not p.name.startswith("."))
+            paths = sorted(p for p in target.rglob("*") if not p.name.startswith(".") and _is_file(p, source))
             base = target
     files = []
     for p in paths:
