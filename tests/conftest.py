@@ -16,6 +16,13 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
+# One thread for torch in the pytest processes and in every command the tests start (trainers, compress, demo),
+# unless the caller set a number. The tests' models are tiny: a second thread only adds synchronisation. A
+# w32-d2 run of 64 steps took 6 s of CPU with one thread and 16-20 s with two on a shared 2-core machine, with the
+# same losses (BENCHMARKS.md, "Tests"); and with two xdist workers each running torch on both cores, four files
+# of in-process work took 151-158 s instead of 134 s (EPYC, 2026-12-07). Set before anything here imports torch.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 
 # The slowest test files, slowest first (seconds on a 2-core EPYC under `make test`, 2026-12-07): they are collected
 # first so that `make test`'s workers (pytest-xdist, one file at a time, --no-loadscope-reorder: by default xdist
@@ -32,6 +39,8 @@ def pytest_collection_modifyitems(config, items):
     selects them on a GPU machine)."""
     import torch
 
+    if os.environ["OMP_NUM_THREADS"].isdigit():  # in case a plugin imported torch before this file
+        torch.set_num_threads(max(1, int(os.environ["OMP_NUM_THREADS"])))
     rank = {name: i for i, name in enumerate(SLOWEST_FILES)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
     if torch.cuda.is_available():
@@ -53,21 +62,6 @@ def isolated_cache(tmp_path_factory):
         os.environ.pop("TLC_CACHE", None)
     else:
         os.environ["TLC_CACHE"] = old
-
-
-@pytest.fixture(scope="session", autouse=True)
-def one_thread_per_subprocess():
-    """Commands the tests start (trainers, compress, demo) use one thread each, unless the caller set a number.
-
-    The tests' models are tiny: a second thread only adds synchronisation. A w32-d2 run of 64 steps took
-    6 s of CPU with one thread and 16-20 s with two on a shared 2-core machine, with the same losses
-    (BENCHMARKS.md, "Tests").
-    """
-    old = os.environ.get("OMP_NUM_THREADS")
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    yield
-    if old is None:
-        os.environ.pop("OMP_NUM_THREADS", None)
 
 
 @pytest.fixture(scope="session")
