@@ -21,6 +21,17 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
+def cpu_model() -> str:
+    """The CPU's model name as lscpu prints it (Linux), else the machine type."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.machine()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sweep", type=Path, default=REPO / "sweeps" / "tiny.yaml")
@@ -37,7 +48,7 @@ def main() -> None:
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     sweep = load_sweep(args.sweep)
-    print(f"# {args.sweep.name}; {platform.processor() or platform.machine()}, cpu_kernel_isa "
+    print(f"# {args.sweep.name}; {cpu_model()}, cpu_kernel_isa "
           f"{cuda_ext.cpu_kernel_isa()}; torch {torch.__version__}, {torch.get_num_threads()} thread(s); thread CPU "
           f"time per step, median of {args.rounds} interleaved rounds x {args.steps} steps; load {os.getloadavg()[0]:.1f}")
     print("| shape | micro-batch | gelu_new ms | gelu_pytorch_tanh ms | speed-up | max logit difference |")
