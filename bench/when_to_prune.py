@@ -22,7 +22,6 @@ import argparse
 import dataclasses
 import json
 import os
-import platform
 import resource
 import shutil
 import statistics
@@ -31,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+from cuda_ext.crossover import cpu_model
 from tlc.compress.overlap import masks_from_weights, overlap_pairs
 from tlc.compress.pipeline import compress_run
 from tlc.compress.prune import prunable_layers, weight_out_in
@@ -54,16 +54,6 @@ def arm(cfg: RunConfig) -> tuple[str, str]:
     if prune.method == "imp":
         return "lottery", f"imp-k{100 * prune.rewind:g}"
     return ("init" if prune.at_init else "during"), prune.method
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def cpu_seconds() -> float:

@@ -45,7 +45,8 @@ def token_bucket(tokens: int) -> int:
     return 1 << round(tokens.bit_length() - 1 + (tokens / (1 << (tokens.bit_length() - 1)) >= 1.5))
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU's model name as lscpu prints it ("AMD EPYC"), from /proc/cpuinfo; elsewhere the platform's name."""
     try:
         with open("/proc/cpuinfo") as f:
             return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
@@ -60,7 +61,7 @@ def shape_class_key(out_features: int, in_features: int, block_size: int, tokens
     if device.type == "cuda":
         where = f"cuda:{torch.cuda.get_device_name(device)}"
     else:
-        where = f"cpu:{_cpu_model()}:{ops.cpu_kernel_isa() or 'reference'}:threads={torch.get_num_threads()}"
+        where = f"cpu:{cpu_model()}:{ops.cpu_kernel_isa() or 'reference'}:threads={torch.get_num_threads()}"
     return "|".join([platform.node(), where, f"torch={torch.__version__}", f"{out_features}x{in_features}",
                      f"bs={block_size}", f"tokens={token_bucket(tokens)}", str(dtype).replace("torch.", "")])
 
