@@ -263,8 +263,8 @@ def model_config(shape: ModelShape, eot_id: int = 0):
             n_head=shape.heads,
             n_inner=shape.ffn_mult * shape.width,
             # GPT-2's tanh approximation of GELU as torch's one fused op rather than transformers' "gelu_new", the
-            # same formula in five elementwise ops (outputs within 3e-7): forward and backward 3x faster, a
-            # w128-d2 training step 38.7 -> ~35 ms on one EPYC core (BENCHMARKS.md, "Training speed")
+            # same formula in five elementwise ops (outputs within 3e-7): a demo shape's training step 1.07-1.19x
+            # faster on one EPYC core (bench/step_speed.py; BENCHMARKS.md, "Training speed")
             activation_function="gelu_pytorch_tanh",
             resid_pdrop=0.0,
             embd_pdrop=0.0,

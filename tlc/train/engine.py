@@ -105,8 +105,8 @@ def build_engine(deepspeed, model, train: TrainSettings, global_batch: int, tens
         [{"params": [p for n, p in named if decays(n, p)], "weight_decay": train.weight_decay},
          {"params": [p for n, p in named if not decays(n, p)], "weight_decay": 0.0}],
         lr=train.lr, betas=(0.9, 0.95), eps=1e-8,
-        # one fused kernel per parameter instead of a chain of foreach ops: a tiny model's whole step 1.04-1.10x
-        # faster on one EPYC core (BENCHMARKS.md, "Training speed"); torch has it for CPU and CUDA tensors
+        # one fused kernel per parameter instead of a chain of foreach ops: a demo shape's step 1.01-1.11x faster
+        # on one EPYC core (bench/step_speed.py; BENCHMARKS.md, "Training speed"); torch has it for CPU and CUDA
         fused=True,
     )
     ds_config = {
