@@ -4,7 +4,7 @@ tlc's GPT-2 computes GELU's tanh approximation as torch's one fused op ("gelu_py
 transformers' "gelu_new" (the same formula in five elementwise ops, each with its own backward), and its AdamW
 is torch's fused kernel rather than the default foreach ops. For every shape of the sweep (default: the demo's
 sweeps/tiny.yaml) the same model is built three ways from one seed: as before (gelu_new, foreach AdamW), with
-the fused GELU, and with both; a training step (forward, backward, AdamW with tlc's groups and betas) on one
+the fused GELU, and with both; a training step (forward, backward, tlc's AdamW: tlc.train.engine.adamw) on one
 micro-batch is timed in thread CPU time, the three alternating round by round so that a machine's drift hits
 them alike. Prints the median step of each, the ratios, and how far the parameters drift apart.
 
@@ -38,6 +38,7 @@ def main() -> None:
     from cuda_ext.crossover import cpu_model
     from tlc.architecture import model_config
     from tlc.config import load_sweep
+    from tlc.train.engine import adamw
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     sweep = load_sweep(args.sweep)
@@ -59,13 +60,7 @@ def main() -> None:
             config.activation_function = activation
             torch.manual_seed(0)
             model = GPT2LMHeadModel(config)
-            named = list(model.named_parameters())
-            decays = [p for n, p in named if p.dim() >= 2 and "wte" not in n]
-            rest = [p for n, p in named if not (p.dim() >= 2 and "wte" not in n)]
-            optimizer = torch.optim.AdamW([{"params": decays, "weight_decay": train.weight_decay},
-                                           {"params": rest, "weight_decay": 0.0}],
-                                          lr=train.lr, betas=(0.9, 0.95), eps=1e-8, fused=fused)
-            models[name] = (model, optimizer)
+            models[name] = (model, adamw(model, train, fused=fused))
         batch = torch.randint(0, shape.vocab_size, (train.micro_batch, shape.context),
                               generator=torch.Generator().manual_seed(0))
         times = {name: [] for name in models}

@@ -88,12 +88,12 @@ def tensorboard_available() -> bool:
     return importlib.util.find_spec("tensorboard") is not None
 
 
-def build_engine(deepspeed, model, train: TrainSettings, global_batch: int, tensorboard_dir: Path | None = None):
-    """A DeepSpeed engine around ``model`` with AdamW (decay on matrices only) for these settings.
+def adamw(model, train: TrainSettings, fused: bool = True):
+    """tlc's AdamW for ``model``: weight decay on matrices only (not embeddings, norms or biases), betas (0.9, 0.95).
 
-    With ``tensorboard_dir`` (and tensorboard installed), DeepSpeed's own monitor writes TensorBoard
-    event files there: its learning rate per step, and what :func:`monitor_scalars` sends.
-    Returns the engine and its optimizer, whose ``param_groups`` take the learning rate.
+    ``fused``: torch's one fused kernel per parameter instead of its chain of foreach ops, for CPU and CUDA
+    tensors; a demo shape's step 1.01-1.11x faster on one EPYC core (bench/step_speed.py, which times it against
+    ``fused=False``; BENCHMARKS.md, "Training speed").
     """
     import torch
 
@@ -101,14 +101,21 @@ def build_engine(deepspeed, model, train: TrainSettings, global_batch: int, tens
         return p.dim() >= 2 and "wte" not in name and "embed" not in name
 
     named = list(model.named_parameters())
-    optimizer = torch.optim.AdamW(
+    return torch.optim.AdamW(
         [{"params": [p for n, p in named if decays(n, p)], "weight_decay": train.weight_decay},
          {"params": [p for n, p in named if not decays(n, p)], "weight_decay": 0.0}],
-        lr=train.lr, betas=(0.9, 0.95), eps=1e-8,
-        # one fused kernel per parameter instead of a chain of foreach ops: a demo shape's step 1.01-1.11x faster
-        # on one EPYC core (bench/step_speed.py; BENCHMARKS.md, "Training speed"); torch has it for CPU and CUDA
-        fused=True,
+        lr=train.lr, betas=(0.9, 0.95), eps=1e-8, fused=fused,
     )
+
+
+def build_engine(deepspeed, model, train: TrainSettings, global_batch: int, tensorboard_dir: Path | None = None):
+    """A DeepSpeed engine around ``model`` with AdamW (decay on matrices only) for these settings.
+
+    With ``tensorboard_dir`` (and tensorboard installed), DeepSpeed's own monitor writes TensorBoard
+    event files there: its learning rate per step, and what :func:`monitor_scalars` sends.
+    Returns the engine and its optimizer, whose ``param_groups`` take the learning rate.
+    """
+    optimizer = adamw(model, train)
     ds_config = {
         "train_batch_size": global_batch,
         "train_micro_batch_size_per_gpu": train.micro_batch,
