@@ -47,10 +47,10 @@ from __future__ import annotations
 import math
 
 from scaling.compression_fit import timing_of
+from tlc.plan.planfile import FORMAT
 from tlc.plan.space import Point, heads_for_width
 from tlc.units import format_bytes, format_count
 
-FORMAT = "tlc.plan/2"
 
 
 def _finite(value: float | None) -> float | None:

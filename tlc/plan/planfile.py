@@ -10,8 +10,8 @@ from pathlib import Path
 
 from tlc.config import DataSettings, ModelShape, RunConfig, TrainSettings, parse_prune, validate_run
 from tlc.errors import UserError
-from tlc.plan.output import FORMAT
 
+FORMAT = "tlc.plan/2"  # plan.json's "format": what tlc plan writes (tlc.plan.output) and these readers accept
 POINTS = ("recommendation", "train_small")  # the plan's runnable points, in the order validate trains them
 
 
