@@ -198,3 +198,15 @@ def test_a_plan_from_a_wsd_sweep_is_validated_at_its_one_branch(tmp_path, small_
     assert not (run_dir / "compress.jsonl").exists() and {r["tokens"] for r in rows} == {final["tokens"]}
     assert entry["measured"]["dense_loss"] == pytest.approx(final["val_loss"])
     assert entry["measured"]["bytes"] <= entry["predicted"]["bytes"] <= float(MAX_BYTES)
+
+
+def test_a_training_that_fails_is_one_line_naming_the_point_and_the_trainer_s_error(tmp_path):
+    from tlc.errors import UserError
+    from tlc.validate.validation import train_point
+
+    missing = tmp_path / "plan.json"
+    with pytest.raises(UserError) as error:
+        train_point(missing, "recommendation", 0, tmp_path / "run", log=lambda line: None)
+    message = str(error.value)
+    assert message.startswith("training recommendation (seed 0) failed: ") and str(missing) in message
+    assert "run tlc validate again to resume" in message and "\n" not in message
