@@ -86,16 +86,19 @@ def test_saved_variants_reload_to_the_evaluated_outputs(compressed_sweep):
 
     from tlc.train.data import load_corpus, load_tokens, val_offsets
     from tlc.compress.evaluate import evaluate_positions
+    from tlc.train.evaluation import eval_batch_size
 
     sweep, _ = compressed_sweep
     run = sweep / "w32-d2-s0"
     config = json.loads((run / "config.json").read_text())
     tokens = load_tokens(load_corpus(config["data"]["source"]), 300)
-    offsets = val_offsets(len(tokens.val), 32, config["train"]["eval_tokens"])[:8]
+    # the pipeline's first evaluation batch (int8 dynamic quantization scales activations over a whole batch)
+    batch = eval_batch_size(config["train"]["micro_batch"], 32)
+    offsets = val_offsets(len(tokens.val), 32, config["train"]["eval_tokens"])[:batch]
     buckets = np.zeros(300, dtype=np.int64)
     for variant in ("structured-s50", "block16-s50-int8", "2of4-s50"):
         model = load_variant(run / "compressed" / variant)
-        _, loss, predictions = evaluate_positions(model, tokens, offsets, 32, 8, torch.device("cpu"), buckets)
+        _, loss, predictions = evaluate_positions(model, tokens, offsets, 32, batch, torch.device("cpu"), buckets)
         saved_loss, saved_predictions = load_eval(run / "compressed" / variant)
         np.testing.assert_array_equal(predictions, saved_predictions[: predictions.size])
         np.testing.assert_allclose(loss, saved_loss[: loss.size], rtol=1e-5, atol=1e-6)

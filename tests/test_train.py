@@ -30,6 +30,26 @@ def test_repeated_targets_marks_tokens_seen_earlier_in_their_window():
     assert repeated_targets(windows).tolist() == brute
 
 
+def test_evaluation_batches_up_to_4096_tokens_and_scores_the_same_as_at_the_micro_batch():
+    import numpy as np
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from tlc.train.data import TokenData, val_offsets
+    from tlc.train.evaluation import eval_batch_size, evaluate
+
+    assert eval_batch_size(8, 32) == 128 and eval_batch_size(4, 128) == 32
+    assert eval_batch_size(64, 128) == 64 and eval_batch_size(2, 8192) == 2  # never below the micro-batch
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=1, n_head=2, vocab_size=300, n_positions=32))
+    stream = np.random.default_rng(0).integers(0, 300, 20_000).astype(np.uint16)
+    tokens = TokenData(train=stream, val=stream, val_bytes_per_token=3.0, eot_id=0, tokenizer=None)
+    offsets = val_offsets(len(stream), 32, 8192)
+    at_micro_batch = evaluate(model, tokens, offsets, 32, 8, torch.device("cpu"))
+    batched = evaluate(model, tokens, offsets, 32, eval_batch_size(8, 32), torch.device("cpu"))
+    assert batched == pytest.approx(at_micro_batch, rel=1e-6)
+
+
 def test_lr_schedule_warms_up_then_decays_to_the_floor():
     lrs = [get_lr(s, 100, 1e-3, 0.1, 0.1) for s in range(100)]
     assert lrs[0] == pytest.approx(1e-4) and lrs[9] == pytest.approx(1e-3)

@@ -137,6 +137,7 @@ def make_variant(ctx: RunContext, spec: VariantSpec, settings: CompressSettings,
     from tlc.compress.store import is_saved, load_fp32, save_variant
     from tlc.compress.variants import (block_sparse_model, block_storage_note, build_pruned, latency_kind,
                                        sparse_kind)
+    from tlc.train.evaluation import eval_batch_size
 
     started = time.perf_counter()
     shape, train = ctx.config["shape"], ctx.config["train"]
@@ -176,8 +177,9 @@ def make_variant(ctx: RunContext, spec: VariantSpec, settings: CompressSettings,
                          ctx.int8_path if stored_bits == 8 else None, manifest, weight_only=quantized)
     runtime = saved.get("model", model32)
 
-    metrics, token_loss, predictions = evaluate_positions(
-        runtime, ctx.tokens, ctx.offsets, shape["context"], train["micro_batch"], ctx.device, ctx.buckets)
+    metrics, token_loss, predictions = evaluate_positions(runtime, ctx.tokens, ctx.offsets, shape["context"],
+                                                          eval_batch_size(train["micro_batch"], shape["context"]),
+                                                          ctx.device, ctx.buckets)
     _save_eval(folder, token_loss, predictions)
 
     vocab = shape["vocab_size"]

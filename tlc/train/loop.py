@@ -33,7 +33,7 @@ from tlc.train.data import (cache_dir, load_corpus, load_tokens, train_offsets, 
                             write_data_record)
 from tlc.train.engine import (build_engine, device_for_rank, init_distributed, monitor_scalars, save_checkpoint,
                               save_final_model)
-from tlc.train.evaluation import evaluate, lm_loss
+from tlc.train.evaluation import eval_batch_size, evaluate, lm_loss
 from tlc.train.guard import checkpoint_tag, exit_with_worker, load_checkpoints_safely, lock_run_dir
 from tlc.train.model import build_model
 from tlc.train.precision import choose_for_run
@@ -224,8 +224,9 @@ class _Session:
     def log(self, done: int, lr: float, train_loss: float, final: bool, **extra) -> dict:
         """Evaluate the model after ``done`` optimizer steps and append the line to metrics.jsonl."""
         plan = self.plan
-        metrics = evaluate(self.engine.module, self.tokens, self.val_windows, self.cfg.shape.context,
-                           self.cfg.train.micro_batch, self.device, self.rank, self.world)
+        context = self.cfg.shape.context
+        metrics = evaluate(self.engine.module, self.tokens, self.val_windows, context,
+                           eval_batch_size(self.cfg.train.micro_batch, context), self.device, self.rank, self.world)
         row = {
             "step": done,
             "tokens": done * plan.tokens_per_step,
