@@ -195,8 +195,8 @@ rm -rf "$PRODUCT" && mkdir -p "$PRODUCT"
 if [ "$MODE" = dry ]; then
     # widths divisible by 32 (the block size); 3 shapes x 4 cooldown branches = 12 finished points, above the
     # 10 a five-parameter law needs
-    P_WIDTHS=(32 64 96) P_CONTEXT=32 P_VOCAB=300 P_TOKENS=16384 P_MICRO=4 P_PRECISION=fp32 P_EVAL=2048
-    P_DATA="$PWD/tlc" P_BUDGET=2e10 P_REPEATS=3 P_VAL_REPEATS=7 P_BOOTSTRAP=20
+    P_WIDTHS=(32 64 96) P_CONTEXT=32 P_VOCAB=300 P_TOKENS=8192 P_MICRO=4 P_PRECISION=fp32 P_EVAL=2048
+    P_DATA="$PWD/tlc" P_BUDGET=1e10 P_REPEATS=3 P_VAL_REPEATS=7 P_BOOTSTRAP=10
     P_SEEDS=0  # one seed: the dry run checks that validate trains, compresses and scores, not the spread
 else
     P_WIDTHS=(128 256 384) P_CONTEXT=128 P_VOCAB=1024 P_TOKENS=2097152 P_MICRO=32 P_PRECISION=bf16 P_EVAL=16384
