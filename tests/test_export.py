@@ -238,6 +238,38 @@ def test_compress_times_8bit_variants_on_onnxruntime(compressed_run):
             assert row["latency_ms_b1_ort_int8"] is None, row["variant"]
 
 
+def test_later_variants_of_a_model_reuse_its_onnx_graph_with_their_own_weights_or_are_exported(monkeypatch, tmp_path):
+    """ORT int8 latency exports the first variant of a trained model; later ones of the same architecture get that
+    graph with their own weight matrices, kept only where its logits are theirs."""
+    pytest.importorskip("onnxruntime")
+    import copy
+
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from tlc.export import to_onnx
+
+    exports = []
+    export = to_onnx.export_fp32
+    monkeypatch.setattr(to_onnx, "export_fp32", lambda *a: exports.append(1) or export(*a))
+    torch.manual_seed(0)
+    dense = GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=1, n_head=2, vocab_size=300, n_positions=32)).eval()
+    pruned = copy.deepcopy(dense)
+    with torch.no_grad():
+        weight = pruned.transformer.h[0].mlp.c_fc.weight
+        weight[weight.abs() < weight.abs().median()] = 0
+    biased = copy.deepcopy(pruned)
+    with torch.no_grad():
+        biased.transformer.h[0].mlp.c_fc.bias += 1.0  # a value the exporter folds into a constant
+    for model in (dense, pruned, biased):
+        times = to_onnx.ort_int8_latency(model, 32, 300, 8, 1, source="run")
+        assert times["latency_ms_b1_ort_int8"] > 0 and times["latency_ms_b32_ort_int8"] > 0
+    # dense exported; pruned reused its graph; biased could not (the exporter had folded dense's zero biases into
+    # one shared constant, so the graph had no c_fc.bias to take biased's values) and was exported again
+    assert len(exports) == 2
+    key = next(iter(to_onnx._graphs))  # biased's graph, where that bias is an initializer of its own
+    assert to_onnx._reused_graph(pruned, key, tmp_path / "pruned.onnx", 32)
+
+
 def test_ort_latency_without_onnxruntime_is_a_one_line_error(compressed_run, capsys, monkeypatch):
     import tlc.export
 

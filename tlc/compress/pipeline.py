@@ -205,7 +205,8 @@ def make_variant(ctx: RunContext, spec: VariantSpec, settings: CompressSettings,
         from tlc.compress.store import load_fp32
         from tlc.export.to_onnx import ort_int8_latency
 
-        ort = ort_int8_latency(load_fp32(folder), shape["context"], vocab, prompt, settings.latency_repeats)
+        ort = ort_int8_latency(load_fp32(folder), shape["context"], vocab, prompt, settings.latency_repeats,
+                               source=str(ctx.run_dir))
 
     if dense_eval is None:  # this is the dense model itself
         dense_eval = (token_loss, predictions)

@@ -108,15 +108,55 @@ def ort_latency_ms_per_token(sess, vocab_size: int, batch: int, prompt_tokens: i
     return 1000.0 * statistics.median(times) / (batch * prompt_tokens)
 
 
+# Graphs exported in this process, by the trained model they came from and its architecture: every 8-bit variant of
+# one run has the graph of its dense model with other values in the weight matrices (tlc.compress times each)
+_graphs: dict[tuple, bytes] = {}
+
+
+def _reused_graph(model: torch.nn.Module, key: tuple, path: Path, context: int) -> bool:
+    """Write ``key``'s graph to ``path`` with ``model``'s values in its named initializers (the weight matrices; the
+    exporter folds biases and norms into constants, which pruning and tlc's int8 leave as they were) and keep it
+    if its logits are ``model``'s (as a fresh export's are: within 1e-4); False if there is no such graph or it
+    differs."""
+    import onnx
+    from onnx import numpy_helper
+
+    graph = _graphs.get(key)
+    if graph is None:
+        return False
+    proto = onnx.load_model_from_string(graph)
+    values = {f"model.{name}": tensor for name, tensor in model.state_dict().items()}
+    for initializer in proto.graph.initializer:
+        if initializer.name in values:
+            array = values[initializer.name].detach().float().cpu().numpy()
+            initializer.CopyFrom(numpy_helper.from_array(array.astype(numpy_helper.to_array(initializer).dtype),
+                                                         initializer.name))
+    onnx.save(proto, str(path))
+    probe = torch.randint(0, model.config.vocab_size, (2, min(8, context)), generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        expected = _LogitsOnly(model).eval()(probe).float().numpy()
+    return bool(np.allclose(ort_logits(session(path, threads=1), probe.numpy()), expected, rtol=1e-4, atol=1e-4))
+
+
 def ort_int8_latency(model: torch.nn.Module, context: int, vocab_size: int, prompt_tokens: int,
-                     repeats: int) -> dict[str, float]:
-    """ms per token at batch 1 and 32 of ``model`` (fp32) exported and quantized by ONNX Runtime, timed there."""
+                     repeats: int, source: str | None = None) -> dict[str, float]:
+    """ms per token at batch 1 and 32 of ``model`` (fp32) exported and quantized by ONNX Runtime, timed there.
+
+    ``source`` names the trained model ``model`` was made from (its checkpoint folder): the first variant of a
+    source is exported (seconds: torch.export), later ones of the same architecture reuse that graph with their
+    own weights, checked against their logits (`_reused_graph`)."""
+    import json
     import shutil
     import tempfile
 
     folder = Path(tempfile.mkdtemp(prefix="tlc-ort-"))
+    key = None if source is None else (source, json.dumps(model.config.to_dict(), sort_keys=True, default=str), context)
     try:
-        export_fp32(model, folder / FP32, context)
+        if key is None or not _reused_graph(model, key, folder / FP32, context):
+            export_fp32(model, folder / FP32, context)
+            if key is not None:
+                _graphs.clear()  # one graph at a time: compress_run makes a source's variants one after another
+                _graphs[key] = (folder / FP32).read_bytes()
         quantize_int8(folder / FP32, folder / INT8)
         sess = session(folder / INT8)
         return {f"latency_ms_b{b}_ort_int8": ort_latency_ms_per_token(sess, vocab_size, b, prompt_tokens, repeats)
