@@ -24,14 +24,14 @@ REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
-# The slowest test files, slowest first (seconds on a 2-core EPYC under `make test`, 2026-12-07): they are collected
-# first so that `make test`'s workers (pytest-xdist, one file at a time, --no-loadscope-reorder: by default xdist
-# reorders files by their number of tests) start them at once rather than end on them
-SLOWEST_FILES = ("test_demo.py", "test_gpu_check.py", "test_fit_cli.py", "test_validate.py",  # 93, 79, 64, 60
-                 "test_plan_weight_only.py", "test_train.py", "test_sweep.py", "test_plan_cli.py",  # 52, 47, 47, 45
-                 "test_export.py", "test_reliability_sweep.py", "test_postgres.py", "test_reliability.py",  # 39, 34..33
-                 "test_compression_tokens.py", "test_sparsity.py", "test_prune_timing_plan.py",  # 33, 30, 29
-                 "test_report.py", "test_lottery.py", "test_design_check.py", "test_compress.py")  # 28..25
+# The slowest test files, slowest first (seconds on a 2-core EPYC under `make test`, 2026-12-07, warm): they are
+# collected first so that `make test`'s workers (pytest-xdist, one file at a time, --no-loadscope-reorder: by default
+# xdist reorders files by their number of tests) start them at once rather than end on them
+SLOWEST_FILES = ("test_gpu_check.py", "test_fit_cli.py", "test_plan_weight_only.py", "test_demo.py",  # ~90, 71, 61, 50
+                 "test_sweep.py", "test_train.py", "test_compression_tokens.py", "test_plan_cli.py",  # 42, 42, 40, 39
+                 "test_export.py", "test_validate.py", "test_compress.py", "test_reliability.py",  # 38, 36, 31, 30
+                 "test_forkserver.py", "test_prune_timing_plan.py", "test_design_check.py", "test_report.py",  # 29..24
+                 "test_postgres.py", "test_reliability_sweep.py", "test_plan_budgets.py")  # 24, 22, 21
 
 
 def pytest_collection_modifyitems(config, items):
