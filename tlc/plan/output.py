@@ -52,7 +52,6 @@ from tlc.plan.space import Point, heads_for_width
 from tlc.units import format_bytes, format_count
 
 
-
 def _finite(value: float | None) -> float | None:
     return float(value) if value is not None and math.isfinite(value) else None
 
