@@ -26,7 +26,7 @@ from scaling.bootstrap import (
 from scaling.compression import INT8_CANDIDATES, PRUNING_CANDIDATES
 from scaling.compression_fit import (SAME_LEVEL, TIMINGS, CompressionModel, compression_points, fit_compression_model,
                                      timing_of)
-from scaling.fitting import HUBER_DELTA, FitResult
+from scaling.fitting import HUBER_DELTA, FitResult, reuse_fits
 from scaling.forms import LAWS, LawForm
 from scaling.frontier import LEARNING_CURVE, bootstrap_frontier, compute_frontier, fit_frontier, fit_learning_curve
 from scaling.law_fit import LawFit, fit_sweep_law, judge_identification
@@ -261,6 +261,11 @@ def fit_sweep_observations(
     (decade_prediction), or too few distinct N, D or points to fit at all: then parameters,
     heldout and bootstrap are null) or "not_converged"; ``reason`` says why.
     """
+    with reuse_fits():  # the held-out refits repeat one another on many sweeps (scaling.fitting.reuse_fits)
+        return _fit_sweep_observations(observations, bootstrap, seed, final_only)
+
+
+def _fit_sweep_observations(observations: SweepObservations, bootstrap: int, seed: int, final_only: bool) -> dict:
     table = observations.points(final_only)
     run_counts = resample_runs(len(observations.runs), bootstrap, seed)
     problems = observations.identification_problems(final_only)

@@ -137,6 +137,27 @@ def test_weights_drop_points():
     assert max(_relative_errors(fit.parameters, TINY_TRUTH).values()) < 1e-4
 
 
+def test_inside_reuse_fits_a_fit_with_the_same_inputs_is_the_earlier_result_and_nothing_else_is(monkeypatch):
+    import scaling.fitting as fitting
+
+    table = synthetic_sweep(n_runs=4, points_per_run=5, noise=0.01).points()
+    x, form = {"N": table.N, "D": table.D}, ChinchillaForm()
+    held = np.ones_like(table.loss)
+    held[:5] = 0.0
+    runs = []
+    minimize = fitting.minimize
+    monkeypatch.setattr(fitting, "minimize", lambda *a, **k: runs.append(1) or minimize(*a, **k))
+    with fitting.reuse_fits():
+        first = fit_law(form, x, table.loss, held, grid_starts=2)
+        optimised = len(runs)
+        assert fit_law(form, {"N": table.N.copy(), "D": table.D.copy()}, table.loss.copy(), held.copy(),
+                       grid_starts=2) is first and len(runs) == optimised  # equal inputs, other arrays
+        other = fit_law(form, x, table.loss, np.ones_like(held), grid_starts=2)  # other weights: a fit of its own
+        assert len(runs) > optimised and other.n_points == first.n_points + 5
+    again = fit_law(form, x, table.loss, held, grid_starts=2)  # outside the block: fitted again, to the same result
+    assert again is not first and again.theta == first.theta
+
+
 def test_unidentified_law_reports_hit_bound():
     # Loss does not depend on N at all: the best fit drives alpha to its bound at 0 (or A to -inf).
     n = np.repeat(np.geomspace(1e5, 1e8, 4), 10)
