@@ -52,6 +52,17 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(scope="session", autouse=True)
+def fits_made_once():
+    """Each distinct fit once per pytest worker: a fit is a deterministic function of its inputs, and many tests fit
+    the same synthetic sweeps (scaling.fitting.reuse_fits, which `tlc fit` uses within one sweep's fit). A test
+    that counts or times optimiser runs turns it off for itself (monkeypatch ``scaling.fitting._reused``)."""
+    from scaling.fitting import reuse_fits
+
+    with reuse_fits():
+        yield
+
+
+@pytest.fixture(scope="session", autouse=True)
 def isolated_cache(tmp_path_factory):
     """Tokenizers and token streams go to a per-session cache, never the user's."""
     cache = tmp_path_factory.mktemp("tlc-cache")

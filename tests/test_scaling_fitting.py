@@ -140,6 +140,7 @@ def test_weights_drop_points():
 def test_inside_reuse_fits_a_fit_with_the_same_inputs_is_the_earlier_result_and_nothing_else_is(monkeypatch):
     import scaling.fitting as fitting
 
+    monkeypatch.setattr(fitting, "_reused", None)  # not the test session's reuse (conftest.fits_made_once)
     table = synthetic_sweep(n_runs=4, points_per_run=5, noise=0.01).points()
     x, form = {"N": table.N, "D": table.D}, ChinchillaForm()
     held = np.ones_like(table.loss)
