@@ -120,6 +120,7 @@ def _reused_graph(model: torch.nn.Module, key: tuple, path: Path, context: int) 
     differs."""
     import onnx
     from onnx import numpy_helper
+    from onnx.helper import tensor_dtype_to_np_dtype
 
     graph = _graphs.get(key)
     if graph is None:
@@ -129,8 +130,8 @@ def _reused_graph(model: torch.nn.Module, key: tuple, path: Path, context: int) 
     for initializer in proto.graph.initializer:
         if initializer.name in values:
             array = values[initializer.name].detach().float().cpu().numpy()
-            initializer.CopyFrom(numpy_helper.from_array(array.astype(numpy_helper.to_array(initializer).dtype),
-                                                         initializer.name))
+            dtype = tensor_dtype_to_np_dtype(initializer.data_type)  # the graph's, without decoding its values
+            initializer.CopyFrom(numpy_helper.from_array(array.astype(dtype), initializer.name))
     onnx.save(proto, str(path))
     probe = torch.randint(0, model.config.vocab_size, (2, min(8, context)), generator=torch.Generator().manual_seed(7))
     with torch.no_grad():
