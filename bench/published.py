@@ -7,29 +7,36 @@ For each set, fit on the small end and predict the held-out large end:
   Gadre et al.'s own fit set (0.411B parameters at 20 tokens per parameter, M = 20); predict the
   open_lm_1b (1.4B) and open_lm_7b (6.9B) runs. The two targets the paper names, 1.4B on 900B
   tokens (32x over-trained, RedPajama) and 6.9B on 138B, sit about 300x past the fit set.
+  Beside tlc's laws, the authors' own method as an anchor: Gadre et al.'s law fitted their way
+  (`authors_fit`), on their five fit runs, by least squares in loss.
 - frantar-t5: hold out the largest model at every sparsity (and every step count); the dense laws
   fit the dense rows without it, Frantar et al.'s sparse law all other rows.
 
 Printed per target: compute extrapolation factor (its 6ND against the fit set's largest),
 predicted loss [90% interval], measured, relative error, and whether the interval holds it, for
-every law form and for the one `tlc fit`'s rule chooses (marked *). Then per set and form: median
+every law form and for the one `tlc fit`'s rule chooses (marked *), and on Gadre's sets the authors'
+method (law "authors'", no interval). Then per set and form: median
 and max |error|, coverage, and the mean half-width of the intervals. Held-out losses are only read
 to score predictions; nothing is chosen from them.
 
     python bench/published.py                       # every set, 200 bootstrap resamples
     python bench/published.py --sets chinchilla --bootstrap 50
+    python bench/published.py --sets gadre-c4,gadre-rpj,gadre-rw --bootstrap 50
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import math
 import time
 
 import numpy as np
+from scipy.optimize import curve_fit
 
 import scaling
+from scaling.forms import OvertrainingParameters
 from scaling.sparse_law import FRANTAR, fit_sparse_law
 from tlc.fit.published import PUBLISHED, published_path
 from tlc.fit.table import TableRow, _observations, read_table
@@ -37,6 +44,11 @@ from tlc.fit.table import TableRow, _observations, read_table
 CONFIDENCE = 0.90
 SETS = tuple(PUBLISHED)
 GADRE_FIT_LIMIT = 6 * 411616256 * 20 * 411616256  # 6ND of the 0.411B model at M = 20: Gadre et al.'s largest fit run
+# The runs Gadre et al. fit their loss law on (github.com/mlfoundations/scaling, scaling/shared.py, fit_ds): four
+# models at M = 20 tokens per parameter and the smallest also at M = 320 (chinchilla multiplier 16).
+GADRE_AUTHORS_RUNS = ("d=96_l=8_h=4-1.0", "d=512_l=8_h=4-1.0", "d=576_l=24_h=8-1.0", "d=1024_l=24_h=8-1.0",
+                      "d=96_l=8_h=4-16.0")
+AUTHORS = "authors'"  # the law column's label for the authors' method
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +75,36 @@ def split(name: str) -> Split:
     return Split(tuple(r for r in rows if r.params < largest), tuple(r for r in rows if r.params == largest))
 
 
+def authors_law(N, D, p: OvertrainingParameters):
+    """Gadre et al.'s loss law, eq. 4-5 with D = M·N: tlc's over-training form, in loss."""
+    return p.E + p.A * np.power(N, -p.alpha) + p.B * np.power(D, -p.alpha)
+
+
+def authors_fit(rows: list[TableRow]) -> OvertrainingParameters:
+    """Gadre et al.'s fit: ordinary least squares on the loss itself (not log loss, no Huber), Levenberg-Marquardt
+    from every start of their grid (A and B each 1e2..3e3, alpha 0.1 or 0.3, E 0..10), the lowest residual kept.
+
+    Their code writes B·D^-alpha as b·6^(eta/2)·(M·N)^eta with eta = -alpha; the factor 6^(eta/2) only rescales
+    B, so B's starts here differ from theirs by it, and the fit ends at the same optimum."""
+    N = np.array([r.params for r in rows])
+    D = np.array([r.tokens for r in rows])
+    loss = np.array([r.loss for r in rows])
+    best, best_residual = None, math.inf
+    for start in itertools.product((1e2, 3e2, 1e3, 3e3), (1e2, 3e2, 1e3, 3e3), (0.1, 0.3), (0.0, 1.0, 2.0, 10.0)):
+        try:
+            theta, _ = curve_fit(lambda x, A, B, alpha, E: authors_law(*x, OvertrainingParameters(E, A, B, alpha)),
+                                 (N, D), loss, p0=start, maxfev=10000)
+        except RuntimeError:  # a start that runs out of evaluations; the others decide
+            continue
+        A, B, alpha, E = theta
+        candidate = OvertrainingParameters(E=E, A=A, B=B, alpha=alpha)
+        residual = float(np.sum((loss - authors_law(N, D, candidate)) ** 2))
+        if residual < best_residual:
+            best, best_residual = candidate, residual
+    assert best is not None, "every start of the authors' grid failed"
+    return best
+
+
 def score(name: str, bootstrap: int, seed: int) -> list[dict]:
     """Per target and law: factor, predicted, interval, measured, error, inside; the chosen law flagged."""
     protocol = split(name)
@@ -82,6 +124,13 @@ def score(name: str, bootstrap: int, seed: int) -> list[dict]:
             mean, low, high = fitted.predict_loss(target.params, target.tokens, law=law)
             out.append(_row(name, target, law, law == chosen, mean, low, high, target.flops / largest,
                             fit["laws"][law]["status"], seconds, target.run_id in protocol.named))
+    if name.startswith("gadre"):
+        rows = {r.run_id: r for r in read_table(published_path(name), PUBLISHED[name].size).dense}
+        theirs = authors_fit([rows[run] for run in GADRE_AUTHORS_RUNS])
+        for target in protocol.targets:
+            predicted = float(authors_law(target.params, target.tokens, theirs))
+            out.append(_row(name, target, AUTHORS, False, predicted, None, None, target.flops / largest,
+                            "least sq", seconds, target.run_id in protocol.named))
     if name == "frantar-t5":
         table = read_table(published_path(name), PUBLISHED[name].size)
         every = table.dense + table.sparse
@@ -104,26 +153,32 @@ def score(name: str, bootstrap: int, seed: int) -> list[dict]:
 
 
 def _row(name, target, law, chosen, mean, low, high, factor, status, seconds, named) -> dict:
+    """One prediction; low and high None where the method gives no interval (the authors' anchor)."""
+    bounded = low is not None
     return {"set": name, "run": target.run_id, "law": law, "chosen": chosen, "status": status, "factor": factor,
             "predicted": mean, "low": low, "high": high, "measured": target.loss, "sparsity": target.sparsity,
-            "error": mean / target.loss - 1, "inside": bool(low <= target.loss <= high),
-            "half_width": (high - low) / 2 / mean, "fit_cpu_s": seconds, "named": named}
+            "error": mean / target.loss - 1, "inside": bool(low <= target.loss <= high) if bounded else None,
+            "half_width": (high - low) / 2 / mean if bounded else None, "fit_cpu_s": seconds, "named": named}
 
 
 def print_set(rows: list[dict]) -> None:
-    """Per target, one line per law; then the summary per law and for the chosen one."""
+    """Per target, one line per law (the authors' method last); then the summary per law and for the chosen one."""
     name = rows[0]["set"]
     print(f"\n## {name}: fit CPU {rows[0]['fit_cpu_s']:.1f} s; {CONFIDENCE:.0%} intervals; * = tlc fit's choice")
+    if anchored := any(r["law"] == AUTHORS for r in rows):
+        print(f"{AUTHORS} = Gadre et al.'s method: their law on their {len(GADRE_AUTHORS_RUNS)} fit runs, least squares "
+              "in loss (scaling/shared.py fit_ds); no interval")
     print(f"{'target':<24}{'law':<12}{'factor':>8}  {'predicted [interval]':<28}{'measured':>9}{'error':>8}  inside")
-    for row in sorted(rows, key=lambda r: (r["factor"], r["run"], r["law"])):
+    for row in sorted(rows, key=lambda r: (r["factor"], r["run"], r["law"] == AUTHORS, r["law"])):
         mark = "*" if row["chosen"] else " "
         label = row["run"] + (" (paper's)" if row["named"] else "")
+        interval = f"[{row['low']:.4f}, {row['high']:.4f}]" if row["low"] is not None else "-"
+        inside = "-" if row["inside"] is None else "yes" if row["inside"] else "no"
         print(f"{label:<24}{row['law'] + mark:<12}{row['factor']:>8.3g}  {row['predicted']:.4f} "
-              f"[{row['low']:.4f}, {row['high']:.4f}]   {row['measured']:>9.4f}{row['error']:>+8.2%}  "
-              f"{'yes' if row['inside'] else 'no'}")
+              f"{interval:<18}   {row['measured']:>9.4f}{row['error']:>+8.2%}  {inside}")
     print(f"{'law':<12}{'status':<14}{'targets':>8}{'median |err|':>14}{'max |err|':>11}{'covered':>9}"
           f"{'mean ±':>8}{'  at >=100x: max |err|':>22}")
-    laws = sorted({r["law"] for r in rows}) + ["chosen"]
+    laws = sorted({r["law"] for r in rows} - {AUTHORS}) + ["chosen"] + [AUTHORS] * anchored
     for law in laws:
         mine = [r for r in rows if (r["chosen"] if law == "chosen" else r["law"] == law)]
         if not mine:
@@ -132,9 +187,11 @@ def print_set(rows: list[dict]) -> None:
         far = [abs(r["error"]) for r in mine if r["factor"] >= 100]
         status = ",".join(sorted({r["status"] for r in mine})) if law != "chosen" else "+".join(
             sorted({r["law"] for r in mine}))
+        bounded = law == "chosen" or mine[0]["low"] is not None
+        covered = f"{np.mean([r['inside'] for r in mine]):.0%}" if bounded else "-"
+        half_width = f"{np.mean([r['half_width'] for r in mine]):.2%}" if bounded else "-"
         print(f"{law:<12}{status:<14}{len(mine):>8}{np.median(errors):>14.2%}{errors.max():>11.2%}"
-              f"{np.mean([r['inside'] for r in mine]):>9.0%}{np.mean([r['half_width'] for r in mine]):>8.2%}"
-              f"{(f'{max(far):.2%} of {len(far)}' if far else '-'):>22}")
+              f"{covered:>9}{half_width:>8}{(f'{max(far):.2%} of {len(far)}' if far else '-'):>22}")
 
 
 def main() -> None:
