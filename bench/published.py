@@ -168,15 +168,15 @@ def print_set(rows: list[dict]) -> None:
     if anchored := any(r["law"] == AUTHORS for r in rows):
         print(f"{AUTHORS} = Gadre et al.'s method: their law on their {len(GADRE_AUTHORS_RUNS)} fit runs, least squares "
               "in loss (scaling/shared.py fit_ds); no interval")
-    print(f"{'target':<24}{'law':<12}{'factor':>8}  {'predicted [interval]':<28}{'measured':>9}{'error':>8}  inside")
+    print(f"{'target':<26}{'law':<14}{'factor':>8}  {'predicted [interval]':<28}{'measured':>9}{'error':>8}  inside")
     for row in sorted(rows, key=lambda r: (r["factor"], r["run"], r["law"] == AUTHORS, r["law"])):
         mark = "*" if row["chosen"] else " "
         label = row["run"] + (" (paper's)" if row["named"] else "")
         interval = f"[{row['low']:.4f}, {row['high']:.4f}]" if row["low"] is not None else "-"
         inside = "-" if row["inside"] is None else "yes" if row["inside"] else "no"
-        print(f"{label:<24}{row['law'] + mark:<12}{row['factor']:>8.3g}  {row['predicted']:.4f} "
+        print(f"{label:<26}{row['law'] + mark:<14}{row['factor']:>8.3g}  {row['predicted']:.4f} "
               f"{interval:<18}   {row['measured']:>9.4f}{row['error']:>+8.2%}  {inside}")
-    print(f"{'law':<12}{'status':<14}{'targets':>8}{'median |err|':>14}{'max |err|':>11}{'covered':>9}"
+    print(f"{'law':<14}{'status':<14}{'targets':>8}{'median |err|':>14}{'max |err|':>11}{'covered':>9}"
           f"{'mean ±':>8}{'  at >=100x: max |err|':>22}")
     laws = sorted({r["law"] for r in rows} - {AUTHORS}) + ["chosen"] + [AUTHORS] * anchored
     for law in laws:
@@ -190,7 +190,7 @@ def print_set(rows: list[dict]) -> None:
         bounded = law == "chosen" or mine[0]["low"] is not None
         covered = f"{np.mean([r['inside'] for r in mine]):.0%}" if bounded else "-"
         half_width = f"{np.mean([r['half_width'] for r in mine]):.2%}" if bounded else "-"
-        print(f"{law:<12}{status:<14}{len(mine):>8}{np.median(errors):>14.2%}{errors.max():>11.2%}"
+        print(f"{law:<14}{status:<14}{len(mine):>8}{np.median(errors):>14.2%}{errors.max():>11.2%}"
               f"{covered:>9}{half_width:>8}{(f'{max(far):.2%} of {len(far)}' if far else '-'):>22}")
 
 
@@ -210,6 +210,10 @@ def main() -> None:
     print(f"\nall sets, the chosen law: {len(chosen)} targets, covered {np.mean([r['inside'] for r in chosen]):.0%}, "
           f"mean ± {np.mean([r['half_width'] for r in chosen]):.2%}; at >= 100x: "
           f"{sum(abs(r['error']) <= 0.02 for r in far)}/{len(far)} within 2%")
+    anchor = [r for r in everything if r["law"] == AUTHORS and r["factor"] >= 100]
+    if anchor:
+        print(f"the authors' method on the same targets at >= 100x: {sum(abs(r['error']) <= 0.02 for r in anchor)}/"
+              f"{len(anchor)} within 2% (" + ", ".join(f"{r['set']} {r['run']} {r['error']:+.2%}" for r in anchor) + ")")
 
 
 if __name__ == "__main__":
