@@ -150,6 +150,14 @@ def test_bad_plans_and_points_are_one_line_naming_the_flag(planned, tmp_path, ca
     assert "--plan: the plan was made from another fit" in err
 
 
+def test_unreadable_plan_paths_are_one_line_naming_the_flag(tmp_path, capsys):
+    assert "--plan: " in _error(["train", "--plan", tmp_path / "none.json"], capsys)  # missing
+    assert "--plan: cannot read" in _error(["train", "--plan", tmp_path], capsys)  # a folder
+    assert "--plan: cannot read" in _error(["train", "--plan", "a\x00b"], capsys)  # a NUL (found by test_fuzz)
+    (tmp_path / "bad.json").write_bytes(b"\xff{")
+    assert "--plan: cannot read" in _error(["compress", "--plan", tmp_path / "bad.json", tmp_path], capsys)
+
+
 def test_report_leads_with_the_answer_and_the_validation(validated):
     runs, _ = validated
     assert tlc_main(["report", str(runs)]) == 0

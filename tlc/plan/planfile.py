@@ -22,7 +22,7 @@ def read_plan(path: Path, flag: str = "--plan") -> dict:
         plan = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise UserError(f"{flag}: {path} not found; write one with tlc plan --runs RUNS_DIR") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+    except (OSError, ValueError) as error:  # unreadable, not UTF-8, not JSON, or a NUL in the path
         raise UserError(f"{flag}: cannot read {path} as JSON ({error})") from None
     if not isinstance(plan, dict):
         raise UserError(f"{flag}: {path} is not a plan.json (a JSON object written by tlc plan)")
