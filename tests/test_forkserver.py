@@ -50,6 +50,19 @@ def test_argv_environment_directory_streams_and_exit_code_are_the_command_s(tmp_
     assert proc.returncode == 2 and stderr.startswith("tlc fit: error:")
 
 
+def test_variables_libraries_set_while_running_do_not_start_another_server(tmp_path):
+    """torch's inductor sets its cache folder and DeepSpeed's import a CUDA-check switch in the process that uses
+    them; the next command that process starts is still forked from the server it already has."""
+    env = {k: v for k, v in os.environ.items() if k not in forkserver.RUN_TIME_ONLY}
+    first, _, _ = start_tlc(["--version"], env=env)
+    later = {**env, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path), "PYTORCH_NVML_BASED_CUDA_CHECK": "1"}
+    second, _, _ = start_tlc(["--version"], env=later)
+    assert isinstance(first, forkserver.ForkedProcess) and isinstance(second, forkserver.ForkedProcess)
+    assert second._server is first._server and (first.returncode, second.returncode) == (0, 0)
+    third, _, _ = start_tlc(["--version"], env={**later, "TLC_SOME_SETTING": "1"})  # any other variable: its own
+    assert third._server is not first._server
+
+
 def test_the_switch_turns_forking_off():
     proc, stdout, _ = start_tlc(["--version"], env={**os.environ, forkserver.DISABLE_ENV: "0"})
     assert isinstance(proc, subprocess.Popen) and proc.returncode == 0 and stdout.strip()

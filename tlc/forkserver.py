@@ -36,8 +36,11 @@ import threading
 SERVER_ENV = "TLC_FORKSERVER_PID"  # set in each forked command: the pid of the server it was forked from
 DISABLE_ENV = "TLC_FORKSERVER"  # "0" starts every command as a fresh process
 # Variables that change while a process runs and that no import reads: a server serves requests that differ
-# in them (each command still gets exactly its own environment)
-RUN_TIME_ONLY = frozenset({"PYTEST_CURRENT_TEST"})
+# in them (each command still gets exactly its own environment). Libraries set the last two in-process and read
+# them only when called: torch's inductor its cache folder on first use, DeepSpeed's import (setdefault "1") the
+# switch torch.cuda.is_available() reads. Without them here a process that had compiled something or imported
+# DeepSpeed started a second server for its next command (5 servers instead of 2-3 per pytest worker).
+RUN_TIME_ONLY = frozenset({"PYTEST_CURRENT_TEST", "TORCHINDUCTOR_CACHE_DIR", "PYTORCH_NVML_BASED_CUDA_CHECK"})
 # What `tlc train` imports before its first step (the rest of tlc imports in milliseconds)
 PRELOAD = ("torch", "numpy", "tokenizers", "deepspeed", "deepspeed.ops", "transformers",
            "transformers.models.gpt2.modeling_gpt2", "transformers.models.bert.modeling_bert",
