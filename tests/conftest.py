@@ -105,6 +105,24 @@ def run_tlc(*args: str, env: dict | None = None, timeout: int = 300, check: bool
     return subprocess.CompletedProcess(["tlc", *argv], proc.returncode, stdout, stderr)
 
 
+def tlc_in_process(*args: str, check: bool = False) -> subprocess.CompletedProcess:
+    """``tlc ARGS`` run by this process, its output captured like run_tlc's. For commands that start trainings of
+    their own (``tlc validate``): they are forked from this process's fork server, which a test worker already has,
+    where a command in a process of its own starts a server first (5 CPU-seconds of imports)."""
+    import contextlib
+    import io
+
+    from tlc.cli import main
+
+    argv = list(map(str, args))
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(argv)
+    if check and code != 0:
+        raise AssertionError(f"tlc {' '.join(argv)} failed ({code}):\n{err.getvalue()[-3000:]}")
+    return subprocess.CompletedProcess(["tlc", *argv], code, out.getvalue(), err.getvalue())
+
+
 def start_tlc(argv: list[str], env: dict | None = None, cwd: Path = REPO, timeout: float = 300):
     """``tlc ARGV`` through tlc.forkserver.popen, run to its end: (the process, its stdout, its stderr), decoded as
     subprocess.run(text=True) decodes them (universal newlines). Killed, and TimeoutExpired, after ``timeout``."""

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import yaml
 
-from conftest import REPO
+from conftest import run_tlc
 
 RUN_IDS = ("w32-d1-s0", "w64-d1-s0", "w64-d2-s0")
 
@@ -27,8 +25,8 @@ def test_demo_runs_every_stage_and_resumes(tmp_path, small_corpus):
         "data": {"source": str(small_corpus)},
     }))
     runs = tmp_path / "runs"
-    cmd = [sys.executable, "-m", "tlc", "demo", "--sweep", str(sweep), "--runs-dir", str(runs)]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
+    cmd = ["demo", "--sweep", sweep, "--runs-dir", runs]
+    proc = run_tlc(*cmd, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = proc.stdout
     for stage in ("tlc sweep", "tlc compress", "tlc fit", "tlc report"):
@@ -52,7 +50,7 @@ def test_demo_runs_every_stage_and_resumes(tmp_path, small_corpus):
     rows_before = sum(len((sweep_dir / r / "compress.jsonl").read_text().splitlines())
                       for r in RUN_IDS)
 
-    again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
+    again = run_tlc(*cmd, timeout=900)
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stdout.count("skipped") >= len(RUN_IDS)  # no run trained twice
     assert f"{sweep_dir / 'fit.json'} is up to date" in again.stdout  # nor the same fit made twice

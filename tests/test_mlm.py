@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO, TINY_SHAPE, run_tlc
+from conftest import REPO, TINY_SHAPE, run_tlc, tlc_in_process
 from tlc.architecture import ModelShape, flops_per_token, mask_token_id, param_counts
 from tlc.errors import UserError
 from tlc.io import read_jsonl
@@ -202,7 +202,7 @@ def test_validate_trains_an_mlm_plan_as_an_encoder(tmp_path, small_corpus):
     plan = json.loads((runs / "plan.json").read_text())
     recipe = plan["recommendation"]["recipe"]
     assert recipe["shape"]["objective"] == "mlm"  # the recipe carries the objective
-    proc = run_tlc("validate", runs, "--points", "recommendation", "--seeds", "0", timeout=1800, check=True)
+    proc = tlc_in_process("validate", runs, "--points", "recommendation", "--seeds", "0", check=True)
     entry, = json.loads((runs / "validation.json").read_text())["validations"]
     point = entry["points"]["recommendation"]
     run_dir = runs / point["run_dirs"][0]

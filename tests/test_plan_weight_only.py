@@ -142,7 +142,7 @@ def test_a_weight_only_recipe_compresses_to_that_variant():
 def test_a_gptq_plan_is_trained_compressed_and_scored_by_validate(tmp_path, small_corpus):
     """A plan that recommends gptq: tlc validate trains it, tlc compress --plan makes the gptq variant, and the
     bytes it measures are the ones the plan promised."""
-    from conftest import run_tlc
+    from conftest import tlc_in_process
     from plan_fixtures import write_trainable_sweep
 
     runs = write_trainable_sweep(tmp_path / "runs", small_corpus)
@@ -150,7 +150,7 @@ def test_a_gptq_plan_is_trained_compressed_and_scored_by_validate(tmp_path, smal
     assert tlc_plan.main(["--runs", str(runs), "--budget", "5e9", "--max-bytes", "100000"]) == 0
     point = json.loads((runs / "plan.json").read_text())["recommendation"]
     assert point["recipe"]["compression"]["method"] == "gptq" and point["recipe"]["compression"]["bits"] == 4
-    run_tlc("validate", runs, "--points", "recommendation", "--seeds", "0", timeout=1200, check=True)
+    tlc_in_process("validate", runs, "--points", "recommendation", "--seeds", "0", check=True)
     entry = json.loads((runs / "validation.json").read_text())["validations"][0]["points"]["recommendation"]
     run_dir = runs / entry["run_dirs"][0]
     row = next(r for r in read_jsonl(run_dir / "compress.jsonl") if r["variant"] == "gptq-w4g32")

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from conftest import run_tlc
+from conftest import tlc_in_process
 from plan_fixtures import INIT_RANDOM, SHAPES, write_trainable_sweep
 from tlc.cli import main as tlc_main
 
@@ -79,7 +79,7 @@ def test_a_plan_to_train_sparse_from_the_start_is_trained_sparse_and_stored_spar
     assert recipe["train"]["prune"] == {"method": "random", "sparsity": point["compression"]["sparsity"],
                                         "start": 0.0, "end": 0.0}
     assert recipe["compression"]["method"] == "magnitude-global" and recipe["compression"]["recovery_steps"] == 0
-    run_tlc("validate", timed, "--points", "recommendation", "--seeds", "0", timeout=1200, check=True)
+    tlc_in_process("validate", timed, "--points", "recommendation", "--seeds", "0", check=True)
     entry = json.loads((timed / "validation.json").read_text())["validations"][-1]["points"]["recommendation"]
     run_dir = timed / entry["run_dirs"][0]
     assert json.loads((run_dir / "config.json").read_text())["train"]["prune"]["method"] == "random"

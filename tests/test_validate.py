@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_tlc
+from conftest import run_tlc, tlc_in_process
 from plan_fixtures import NOVEL_FACTOR, REPEAT_FACTOR, write_trainable_sweep
 from tlc.cli import main as tlc_main
 from tlc.io import atomic_write_json, list_runs
@@ -26,7 +26,7 @@ def planned(tmp_path_factory, small_corpus) -> Path:
 
 @pytest.fixture(scope="module")
 def validated(planned) -> tuple[Path, str]:
-    proc = run_tlc("validate", planned, timeout=1800, check=True)
+    proc = tlc_in_process("validate", planned, check=True)
     return planned, proc.stdout
 
 
@@ -109,7 +109,7 @@ def test_the_gain_is_judged_from_its_interval_and_the_seeds_never_from_signs_alo
 def test_validate_resumes_without_training_again(validated):
     runs, _ = validated
     before = (runs / "validation.json").read_text()
-    proc = run_tlc("validate", runs, timeout=600, check=True)
+    proc = tlc_in_process("validate", runs, check=True)
     assert "training recommendation" not in proc.stdout and "training train_small" not in proc.stdout
     after = json.loads((runs / "validation.json").read_text())
     assert len(after["validations"]) == 1
@@ -193,7 +193,7 @@ def test_a_plan_from_a_wsd_sweep_is_validated_at_its_one_branch(tmp_path, small_
     ends at the planned tokens, and that branch's model is what gets compressed and measured."""
     runs = write_trainable_sweep(tmp_path / "runs", small_corpus, wsd=True)
     assert tlc_main(["plan", "--runs", str(runs), "--budget", BUDGET, "--max-bytes", MAX_BYTES]) == 0
-    run_tlc("validate", runs, "--points", "recommendation", "--seeds", "0", timeout=1200, check=True)
+    tlc_in_process("validate", runs, "--points", "recommendation", "--seeds", "0", check=True)
     point = json.loads((runs / "plan.json").read_text())["recommendation"]
     entry = json.loads((runs / "validation.json").read_text())["validations"][0]["points"]["recommendation"]
     run_dir = runs / entry["run_dirs"][0]
