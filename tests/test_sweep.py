@@ -12,7 +12,7 @@ import optuna
 import pytest
 import yaml
 
-from conftest import REPO
+from conftest import REPO, run_tlc
 from tlc.io import read_jsonl
 from tlc.io import is_complete
 
@@ -90,8 +90,7 @@ def test_a_failed_run_is_recorded_and_the_sweep_goes_on(tmp_path, small_corpus):
     blocker = runs / "grid" / "w16-d1-s0"
     blocker.mkdir(parents=True)
     (blocker / "config.json").write_text("{ not json")  # this run cannot start
-    proc = subprocess.run([sys.executable, "-m", "tlc", "sweep", str(sweep), "--runs-dir", str(runs)],
-                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    proc = run_tlc("sweep", sweep, "--runs-dir", runs, timeout=600)
     assert proc.returncode == 1
     assert "1 run(s) failed: w16-d1-s0" in proc.stderr
     assert is_complete(runs / "grid" / "w32-d1-s0")
@@ -108,8 +107,7 @@ def test_a_failed_run_is_recorded_and_the_sweep_goes_on(tmp_path, small_corpus):
 def _sweep_cli(tmp_path, doc, runs):
     """`tlc sweep` on ``doc``, written to <tmp_path>/<name>.yaml, as a user runs it."""
     (tmp_path / f"{doc['name']}.yaml").write_text(yaml.safe_dump(doc))
-    cmd = [sys.executable, "-m", "tlc", "sweep", str(tmp_path / f"{doc['name']}.yaml"), "--runs-dir", str(runs)]
-    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    return run_tlc("sweep", tmp_path / f"{doc['name']}.yaml", "--runs-dir", runs, timeout=600)
 
 
 def test_iso_flop_budgets_train_named_runs_and_leave_out_what_they_cannot_train(tmp_path, small_corpus):
