@@ -53,7 +53,7 @@ def test_a_second_trainer_of_a_run_in_progress_stops_at_once(tmp_path, small_cor
 def test_a_stalled_worker_keeps_its_run_and_the_other_worker_leaves_it(tmp_path, small_corpus):
     doc = {"name": "stall", "model": {"context": 32, "vocab_size": 300},
            "shapes": [{"width": 16, "depth": 1, "heads": 2}], "seeds": [0],
-           "train": {"tokens": 3500 * 8 * 32, "micro_batch": 8, "evals": 3, "precision": "fp32"},
+           "train": {"tokens": 1200 * 8 * 32, "micro_batch": 8, "evals": 3, "precision": "fp32"},
            "data": {"source": str(small_corpus), "max_epochs": 100}, "launch": {"retries": 0}}
     (tmp_path / "stall.yaml").write_text(yaml.safe_dump(doc))
     runs, run_dir = tmp_path / "runs", tmp_path / "runs" / "stall" / "w16-d1-s0"
@@ -61,15 +61,20 @@ def test_a_stalled_worker_keeps_its_run_and_the_other_worker_leaves_it(tmp_path,
     env = {**os.environ, **FAST_HEARTBEATS}
     logs = [open(tmp_path / f"worker{i}.log", "w+") for i in range(2)]
     stalled = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=logs[0], stderr=subprocess.STDOUT)
-    other = None
+    other = trainer = None
     try:
         _wait_for_metrics(run_dir, stalled)
-        other = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=logs[1], stderr=subprocess.STDOUT)
-        time.sleep(1)
-        stalled.send_signal(signal.SIGSTOP)  # its heartbeats stop; its trainer goes on
-        assert other.wait(timeout=300) == 0, (tmp_path / "worker1.log").read_text()[-3000:]
+        # the worker's heartbeats stop; its trainer, which holds the run's lock, is paused with it (stopped or
+        # running, the lock is held: pausing it spares the test a run long enough to outlast the other worker)
+        trainer = int((run_dir / ".lock").read_text())
+        for pid in (stalled.pid, trainer):
+            os.kill(pid, signal.SIGSTOP)
         assert not is_complete(run_dir), "the run finished before the stall mattered; make it longer"
+        other = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=logs[1], stderr=subprocess.STDOUT)
+        assert other.wait(timeout=300) == 0, (tmp_path / "worker1.log").read_text()[-3000:]
     finally:
+        if trainer is not None:
+            os.kill(trainer, signal.SIGCONT)
         stalled.send_signal(signal.SIGCONT)
         if other is not None and other.poll() is None:
             other.kill()
