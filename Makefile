@@ -31,15 +31,12 @@ $(VENV)/.installed-test: pyproject.toml
 demo: $(VENV)/.installed
 	$(BIN)/tlc demo
 
-# One pytest worker per core and one more (pytest-xdist), each test file on one worker so that a file's shared
-# fixtures (a trained sweep) are built once. Most tests wait on single-threaded trainer processes, so two workers
-# on two cores halve the suite's wall time (BENCHMARKS.md, "Tests"); the extra worker runs while another waits
-# (heartbeat grace periods, killed processes, a fork server's start): 464 s against 512 s on two cores, warm,
-# back to back. The files start in the order tests/conftest.py gives them (the slowest first); xdist would
-# otherwise reorder them by their number of tests.
+# One pytest worker per core (pytest-xdist), each test file on one worker so that a file's shared
+# fixtures (a trained sweep) are built once. Most tests wait on single-threaded trainer processes,
+# so two workers on two cores halve the suite's wall time (BENCHMARKS.md, "Tests"). The files start in the order
+# tests/conftest.py gives them (the slowest first); xdist would otherwise reorder them by their number of tests.
 test: $(VENV)/.installed-test
-	$(BIN)/python -m pytest -q -n $$($(BIN)/python -c 'import os; print((os.cpu_count() or 1) + 1)') \
-		--dist loadfile --no-loadscope-reorder
+	$(BIN)/python -m pytest -q -n auto --dist loadfile --no-loadscope-reorder
 
 bench: $(VENV)/.installed
 	$(BIN)/python bench/train_overhead.py
