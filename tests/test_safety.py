@@ -3,8 +3,6 @@ string a user (or a planted file) supplies is escaped in the HTML report."""
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import pathlib
 import shutil
@@ -14,10 +12,9 @@ import pytest
 import torch
 import yaml
 
-from conftest import run_tlc
+from conftest import run_tlc, tlc_in_process
 from reliability_figures import record
 from report_fixtures import write_synthetic_sweep
-from tlc.cli import main
 from tlc.config import load_sweep
 from tlc.errors import UserError
 from tlc.train.guard import checkpoint_tag
@@ -40,13 +37,8 @@ class Planted:
 
 def _tlc(argv: list) -> tuple[int, str]:
     """``tlc ARGV`` in process: (exit status, stderr)."""
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        try:
-            code = main([str(a) for a in argv])
-        except SystemExit as e:
-            code = e.code
-    return code, err.getvalue()
+    proc = tlc_in_process(*argv)
+    return proc.returncode, proc.stderr
 
 
 def _blocked(ok: bool) -> None:
